@@ -1,0 +1,53 @@
+/**
+ * Every setting of a node, read from the environment in one place. Runner (cluster) settings
+ * are passed to Effect cluster explicitly so unprefixed variables such as `PORT` never move a runner.
+ */
+import { Config, Context, Duration, Layer, Option, Redacted } from "effect"
+
+export interface AppSettings {
+  readonly port: number
+  readonly host: string
+  readonly databaseUrl: Option.Option<Redacted.Redacted>
+  readonly dataDir: string
+  readonly jwtSecret: Option.Option<Redacted.Redacted>
+  readonly jwtIssuer: string
+  readonly tokenTtl: Duration.Duration
+  readonly innerAllow: ReadonlyArray<string>
+  readonly adminKey: Option.Option<Redacted.Redacted>
+  readonly maxBodyBytes: number
+  readonly dbPoolSize: number
+  readonly entityIdle: Duration.Duration
+  readonly groupCommitMax: number
+}
+
+const list = (name: string, fallback: string) =>
+  Config.String(name).pipe(
+    Config.withDefault(fallback),
+    Config.map((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
+  )
+
+export const settingsConfig: Config.Config<AppSettings> = Config.all({
+  port: Config.Port("PORT").pipe(Config.withDefault(8080)),
+  host: Config.String("HOST").pipe(Config.withDefault("0.0.0.0")),
+  databaseUrl: Config.option(Config.Redacted("DATABASE_URL")),
+  dataDir: Config.String("QUICKIM_DATA_DIR").pipe(Config.withDefault("./data")),
+  jwtSecret: Config.option(Config.Redacted("QUICKIM_JWT_SECRET")),
+  jwtIssuer: Config.String("QUICKIM_JWT_ISSUER").pipe(Config.withDefault("quick-im")),
+  tokenTtl: Config.Duration("QUICKIM_TOKEN_TTL").pipe(Config.withDefault(Duration.hours(24))),
+  innerAllow: list("QUICKIM_INNER_ALLOW", "127.0.0.0/8,::1/128"),
+  adminKey: Config.option(Config.Redacted("QUICKIM_ADMIN_KEY")),
+  maxBodyBytes: Config.Int("QUICKIM_MAX_BODY_BYTES").pipe(Config.withDefault(64 * 1024)),
+  dbPoolSize: Config.Int("QUICKIM_DB_POOL").pipe(Config.withDefault(10)),
+  entityIdle: Config.Duration("QUICKIM_ENTITY_IDLE").pipe(Config.withDefault(Duration.minutes(5))),
+  groupCommitMax: Config.Int("QUICKIM_GROUP_COMMIT_MAX").pipe(Config.withDefault(256))
+})
+
+export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-im/Config") {
+  static readonly layer = Layer.effect(AppConfig, settingsConfig)
+  static readonly make = (settings: AppSettings) => Layer.succeed(AppConfig, settings)
+}
+
+/** Empty or whitespace-only values count as unset, so `DATABASE_URL=` means "embedded". */
+export const isConfigured = (value: Option.Option<Redacted.Redacted>) =>
+  Option.isSome(value) && Redacted.value(value.value).trim().length > 0
+

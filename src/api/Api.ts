@@ -1,0 +1,111 @@
+/**
+ * The HTTP contract of gateway-api.zh.md, declared once: the server, the OpenAPI document
+ * and typed clients all derive from it. Every body is the `{code, error, data}` envelope.
+ */
+import { Effect, Schema } from "effect"
+import { HttpApi, HttpApiEndpoint, HttpApiGroup, OpenApi } from "effect/http-api"
+import { ConversationDetail, ConversationId, ConversationType, Int32, MsgData, SessionId } from "../domain/Conversation.ts"
+import { MsgId } from "../domain/MsgId.ts"
+import { ApiErrors } from "./Errors.ts"
+import { Authorization, InnerGuard } from "./Security.ts"
+
+/** Success envelope: `{"code": 0, "data": ...}`. */
+const ok = <S extends Schema.Top>(data: S) => Schema.Struct({ code: Schema.Literal(0), data })
+
+const defaultTo = <S extends Schema.Top>(schema: S, value: S["Encoded"]) =>
+  schema.pipe(Schema.withDecodingDefaultKey(Effect.succeed(value)))
+
+const Conversation = { conversation_id: ConversationId }
+const Sessions = Schema.Array(SessionId).check(Schema.isMaxLength(10_000))
+const ConversationIdData = ok(Schema.Struct({ ConversationId: Schema.String }))
+const Messages = ok(Schema.Struct({ Msg: Schema.Array(MsgData) }))
+const Desc = { desc: defaultTo(Schema.Boolean, false) }
+
+const post = <const Name extends string, P extends Schema.Struct.Fields, S extends Schema.Top>(
+  name: Name,
+  payload: P,
+  success: S
+) => HttpApiEndpoint.post(name, `/${name}`, { payload: Schema.Struct(payload), success, error: ApiErrors })
+
+export class ConversationApi extends HttpApiGroup.make("conversation")
+  .add(
+    post("check_joined_conversation", Conversation, ok(Schema.Struct({ Joined: Schema.Boolean }))),
+    post(
+      "get_joined_conversation",
+      { SessionId: Schema.optionalKey(Schema.String) },
+      ok(Schema.Struct({ Conversations: Schema.Array(Schema.String) }))
+    ),
+    post("get_conversation_detail", Conversation, ok(ConversationDetail)),
+    post("join_conversation", Conversation, ConversationIdData),
+    post("create_conversation", { conversation_type: defaultTo(ConversationType, 0) }, ConversationIdData),
+    post("leave_conversation", Conversation, ConversationIdData),
+    post("get_lastone_msgid", Conversation, ok(Schema.Struct({ MsgId: Schema.NullOr(Schema.String) })))
+  )
+  .middleware(Authorization)
+{}
+
+export class MessageApi extends HttpApiGroup.make("message")
+  .add(
+    post("send_msg", {
+      ...Conversation,
+      status: defaultTo(Int32, 0),
+      type: defaultTo(Int32, 0),
+      content: Schema.String,
+      client_msg_id: Schema.optionalKey(Schema.String.check(Schema.isBetweenLength(1, 128)))
+    }, ok(Schema.Struct({ MsgID: Schema.String }))),
+    post("get_conversation_msg_by_range", {
+      ...Conversation,
+      start_msg_id: MsgId,
+      end_msg_id: MsgId,
+      ...Desc
+    }, Messages),
+    post("get_conversation_30msg_before_the_id", { ...Conversation, msg_id: MsgId, ...Desc }, Messages),
+    post("get_conversation_30msg_after_the_id", { ...Conversation, msg_id: MsgId, ...Desc }, Messages),
+    post("get_conversation_last_30_msg", { ...Conversation, ...Desc }, Messages),
+    post("get_conversation_lastone_msg", { ...Conversation, ...Desc }, Messages)
+  )
+  .middleware(Authorization)
+{}
+
+const innerPost = <const Name extends string, P extends Schema.Struct.Fields, S extends Schema.Top>(
+  name: Name,
+  payload: P,
+  success: S
+) => HttpApiEndpoint.post(name, `/inner/${name}`, { payload: Schema.Struct(payload), success, error: ApiErrors })
+
+export class InnerApi extends HttpApiGroup.make("inner")
+  .add(
+    innerPost("get_token", { session: SessionId, platform: Int32 }, ok(Schema.String)),
+    innerPost(
+      "create_conversation",
+      { conversation_type: defaultTo(ConversationType, 0), sessions: Sessions },
+      ConversationIdData
+    ),
+    innerPost("kickout_conversation", { ...Conversation, sessions: Sessions }, ConversationIdData),
+    innerPost("join_conversation", { ...Conversation, sessions: Sessions }, ConversationIdData),
+    innerPost(
+      "set_archive_conversations",
+      { conversation_ids: Schema.Array(ConversationId).check(Schema.isMaxLength(10_000)), is_archive: Schema.Boolean },
+      Schema.Struct({ code: Schema.Literal(0) })
+    )
+  )
+  .middleware(InnerGuard)
+{}
+
+export class SystemApi extends HttpApiGroup.make("system").add(
+  HttpApiEndpoint.get("healthz", "/healthz", {
+    success: ok(Schema.Struct({ status: Schema.Literal("ok") })),
+    error: ApiErrors
+  })
+) {}
+
+export class Api extends HttpApi.make("quick-im")
+  .add(ConversationApi)
+  .add(MessageApi)
+  .add(InnerApi)
+  .add(SystemApi)
+  .annotateMerge(OpenApi.annotations({
+    title: "quick-im gateway API",
+    description: "Conversations, durable time-ordered messages and push. Every body is {code, error, data}."
+  }))
+{}

@@ -1,0 +1,56 @@
+/**
+ * The Conversation entity's protocol: every write to a conversation goes through the one
+ * entity that owns it (keyed by conversation id), which makes it the single writer.
+ */
+import { Schema } from "effect"
+import { Entity } from "effect/cluster"
+import { Rpc } from "effect/rpc"
+import {
+  ConversationNotFound,
+  ConversationTypeOutOfRange,
+  EmptyMembers,
+  NotMember
+} from "../domain/Conversation.ts"
+
+export const Create = Rpc.make("Create", {
+  payload: { conversationType: Schema.Number, sessions: Schema.Array(Schema.String) },
+  error: Schema.Union([ConversationTypeOutOfRange, EmptyMembers])
+})
+
+export const Join = Rpc.make("Join", {
+  payload: { sessions: Schema.Array(Schema.String) },
+  error: Schema.Union([ConversationNotFound, EmptyMembers])
+})
+
+/** Leave (one session, by itself) and kick (by the backend) both remove members. */
+export const Remove = Rpc.make("Remove", {
+  payload: { sessions: Schema.Array(Schema.String) },
+  error: Schema.Union([ConversationNotFound, EmptyMembers])
+})
+
+export const Archive = Rpc.make("Archive", {
+  payload: { isArchive: Schema.Boolean },
+  error: ConversationNotFound
+})
+
+export const SentMessage = Schema.Struct({
+  msgId: Schema.String,
+  seq: Schema.Number,
+  sendTime: Schema.String,
+  duplicate: Schema.Boolean
+})
+export type SentMessage = typeof SentMessage.Type
+
+export const Send = Rpc.make("Send", {
+  payload: {
+    session: Schema.String,
+    status: Schema.Number,
+    type: Schema.Number,
+    content: Schema.String,
+    clientMsgId: Schema.optionalKey(Schema.String)
+  },
+  success: SentMessage,
+  error: Schema.Union([ConversationNotFound, NotMember])
+})
+
+export const Conversation = Entity.make("Conversation", [Create, Join, Remove, Archive, Send])

@@ -1,0 +1,65 @@
+/**
+ * Domain shapes of conversations and messages, with the field names of the wire contract.
+ * Shared by the HTTP contract, the Conversation entity protocol and clients.
+ */
+import { Schema } from "effect"
+import { CONVERSATION_TYPE_MAX, MsgId } from "./MsgId.ts"
+
+export const ConversationId = Schema.String.check(
+  Schema.isMinLength(1, { message: "conversation_id must not be empty" }),
+  Schema.isMaxLength(128, { message: "conversation_id is longer than 128 characters" })
+)
+
+export const SessionId = Schema.String.check(
+  Schema.isMinLength(1, { message: "session id must not be empty" }),
+  Schema.isMaxLength(128, { message: "session id is longer than 128 characters" })
+)
+
+/** int32 as the reference declares `Status` and `Type`. */
+export const Int32 = Schema.Int.check(Schema.isBetween({ minimum: -2147483648, maximum: 2147483647 }))
+
+/** int64 on the wire; the range check (0..15, the bits MsgId reserves) is a domain rule with its own code. */
+export const ConversationType = Schema.Int
+
+export const isConversationTypeInRange = (t: number) => t >= 0 && t <= CONVERSATION_TYPE_MAX
+
+/** One message as history and push return it (the document's MsgData). */
+export const MsgData = Schema.Struct({
+  MsgId: MsgId,
+  ConversationID: Schema.String,
+  FromSession: Schema.String,
+  SendTime: Schema.String,
+  Status: Schema.Int,
+  Type: Schema.Int,
+  Content: Schema.String
+})
+export type MsgData = typeof MsgData.Type
+
+export const ConversationDetail = Schema.Struct({
+  ConversationID: Schema.String,
+  LastMsgID: Schema.NullOr(Schema.String),
+  LastSendTime: Schema.NullOr(Schema.String),
+  IsDelete: Schema.Boolean,
+  ConversationType: Schema.Int,
+  LastSendSession: Schema.NullOr(Schema.String),
+  IsArchive: Schema.Boolean
+})
+export type ConversationDetail = typeof ConversationDetail.Type
+
+// Failures the Conversation entity reports; mapped to codes at the HTTP edge.
+export class ConversationNotFound extends Schema.TaggedError<ConversationNotFound>()("ConversationNotFound", {
+  conversationId: Schema.String
+}) {}
+
+export class NotMember extends Schema.TaggedError<NotMember>()("NotMember", {
+  conversationId: Schema.String,
+  session: Schema.String
+}) {}
+
+export class ConversationTypeOutOfRange
+  extends Schema.TaggedError<ConversationTypeOutOfRange>()("ConversationTypeOutOfRange", {
+    conversationType: Schema.Number
+  })
+{}
+
+export class EmptyMembers extends Schema.TaggedError<EmptyMembers>()("EmptyMembers", {}) {}

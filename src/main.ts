@@ -1,0 +1,20 @@
+/** Entry point: `serve` (default) or `migrate`. */
+import { NodeRuntime } from "@effect/platform-node"
+import { Effect, Layer } from "effect"
+import { MainLive } from "./App.ts"
+import { AppConfig } from "./Config.ts"
+import { DatabaseLive } from "./storage/Database.ts"
+
+const command = process.argv[2] ?? "serve"
+
+const program = command === "migrate"
+  ? Effect.gen(function*() {
+    yield* Effect.logInfo("database migrated")
+  }).pipe(Effect.provide(DatabaseLive.pipe(Layer.provide(AppConfig.layer))))
+  : command === "serve"
+  ? Layer.launch(MainLive)
+  : Effect.logError(`unknown command '${command}': use 'serve' or 'migrate'`).pipe(
+    Effect.andThen(Effect.sync(() => process.exit(2)))
+  )
+
+NodeRuntime.runMain(program as Effect.Effect<unknown, unknown>)

@@ -1,0 +1,92 @@
+/**
+ * The one place where HttpApi's own answers are brought to the documented wire format.
+ * HttpApi answers decode failures with an empty 400, oversize bodies with an empty 413 and
+ * unknown routes with an empty 404, and picks the body decoder by content type (curl's `-d`
+ * sends form encoding); the contract wants the `{code, error}` envelope for all of them and
+ * JSON bodies whatever the header says. Defects become 10002 with the cause logged, never shown.
+ */
+import { ByteSize, Cause, Effect, Layer } from "effect"
+import { Headers, HttpIncomingMessage, HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { HttpApiError } from "effect/http-api"
+import { ErrorCode } from "../api/Errors.ts"
+import { AppConfig } from "../Config.ts"
+
+const envelope = (status: number, code: number, error: string) =>
+  HttpServerResponse.jsonUnsafe({ code, error }, { status })
+
+const describeSchemaError = (error: HttpApiError.HttpApiSchemaError) =>
+  `invalid ${error.kind === "Payload" ? "request body" : error.kind.toLowerCase()}: ${
+    error.cause.message.replace(/\s*\n\s*/g, " ")
+  }`
+
+const fromCause = (cause: Cause.Cause<unknown>) =>
+  Effect.gen(function*() {
+    for (const reason of cause.reasons) {
+      const value = Cause.isFailReason(reason) ? reason.error : Cause.isDieReason(reason) ? reason.defect : undefined
+      if (HttpApiError.HttpApiSchemaError.is(value) && value.kind !== "Body" && value.kind !== "ResponseHeaders") {
+        return envelope(400, ErrorCode.InvalidParameter, describeSchemaError(value))
+      }
+      if (HttpApiError.HttpApiPayloadTooLarge.is(value)) {
+        return envelope(413, ErrorCode.BodyTooLarge, "request body is too large")
+      }
+      const tag = (value as any)?._tag
+      const reasonTag = (value as any)?.reason?._tag
+      if (tag === "HttpServerError" && reasonTag === "RouteNotFound") {
+        return envelope(404, ErrorCode.UnknownPath, "unknown path or method")
+      }
+      if (tag === "HttpServerError" && reasonTag === "RequestParseError") {
+        return (value as any).reason.reason === "BodyTooLarge"
+          ? envelope(413, ErrorCode.BodyTooLarge, "request body is too large")
+          : envelope(400, ErrorCode.InvalidParameter, "request body could not be read")
+      }
+    }
+    if (Cause.hasInterruptsOnly(cause)) return yield* Effect.failCause(cause)
+    yield* Effect.logError("request failed", cause)
+    return envelope(500, ErrorCode.Internal, "internal error")
+  })
+
+/** Empty 4xx answers that HttpApi produced itself (no body): give them the envelope. */
+const fillEmpty = (response: HttpServerResponse.HttpServerResponse) => {
+  if (response.body._tag !== "Empty") return response
+  switch (response.status) {
+    case 400:
+      return envelope(400, ErrorCode.InvalidParameter, "invalid request")
+    case 404:
+      return envelope(404, ErrorCode.UnknownPath, "unknown path or method")
+    case 413:
+      return envelope(413, ErrorCode.BodyTooLarge, "request body is too large")
+    case 415:
+      return envelope(400, ErrorCode.InvalidParameter, "request body must be JSON")
+    default:
+      return response
+  }
+}
+
+export const EdgeLive = Layer.unwrap(Effect.gen(function*() {
+  const config = yield* AppConfig
+  const maxBody = ByteSize.bytes(config.maxBodyBytes)
+  return HttpRouter.middleware(
+    (httpEffect) =>
+      Effect.gen(function*() {
+        const request = yield* HttpServerRequest.HttpServerRequest
+        const contentType = request.headers["content-type"] ?? ""
+        const asJson = request.method === "POST" && !contentType.includes("json")
+          ? request.modify({ headers: Headers.set(request.headers, "content-type", "application/json") })
+          : request
+        return yield* httpEffect.pipe(
+          Effect.provideService(HttpServerRequest.HttpServerRequest, asJson),
+          Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBody),
+          Effect.map(fillEmpty),
+          Effect.catchCause(fromCause)
+        )
+      }),
+    { global: true }
+  )
+}))
+
+/** Browsers may call the public API from any origin; tokens travel in headers, not cookies. */
+export const CorsLive = HttpRouter.cors({
+  allowedMethods: ["GET", "POST", "OPTIONS"],
+  allowedHeaders: ["authorization", "content-type", "last-event-id", "x-quickim-admin-key"],
+  maxAge: 86400
+})

@@ -1,0 +1,42 @@
+/** Domain and cluster failures → the wire errors of the contract. Anything unknown stays a defect (10002). */
+import { Effect, Predicate } from "effect"
+import { type ApiError, BadRequest, ErrorCode, Forbidden, NotFound, Unavailable } from "../api/Errors.ts"
+
+const tagOf = (e: unknown) => Predicate.hasProperty(e, "_tag") ? String(e._tag) : undefined
+
+export const toApiError = (e: unknown): Effect.Effect<never, ApiError> => {
+  const x = e as any
+  switch (tagOf(e)) {
+    case "ConversationNotFound":
+      return Effect.fail(
+        new NotFound({ code: ErrorCode.ConversationNotFound, error: `conversation ${x.conversationId} not found` })
+      )
+    case "NotMember":
+      return Effect.fail(
+        new Forbidden({ code: ErrorCode.NotMember, error: `not a member of conversation ${x.conversationId}` })
+      )
+    case "ConversationTypeOutOfRange":
+      return Effect.fail(
+        new BadRequest({
+          code: ErrorCode.ConversationTypeOutOfRange,
+          error: `conversation_type ${x.conversationType} is out of range 0..15`
+        })
+      )
+    case "EmptyMembers":
+      return Effect.fail(
+        new BadRequest({ code: ErrorCode.EmptyMembers, error: "sessions must name at least one member" })
+      )
+    case "MailboxFull":
+      return Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "conversation is overloaded, retry" }))
+    case "EntityNotAssignedToRunner":
+    case "RunnerUnavailable":
+    case "RunnerNotRegistered":
+      return Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "conversation is moving, retry" }))
+    default:
+      return Effect.die(e)
+  }
+}
+
+/** Runs a handler effect with its failures mapped to wire errors. */
+export const mapped = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, ApiError, R> =>
+  Effect.catch(effect, toApiError)

@@ -1,0 +1,82 @@
+/**
+ * The SQL client of a node: PostgreSQL when `DATABASE_URL` is set, else embedded PGlite in
+ * `QUICKIM_DATA_DIR` guarded by a lock file (PGlite does not lock its directory itself).
+ * Migrations run before the layer is handed out.
+ */
+import { PgliteClient } from "@effect/sql-pglite"
+import { PgClient } from "@effect/sql-pg"
+import { Effect, Layer, Option } from "effect"
+import { SqlClient } from "effect/sql"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import { AppConfig, isConfigured } from "../Config.ts"
+import { StartupError } from "../server/Tokens.ts"
+import { migrate } from "./Migrations.ts"
+
+const processAlive = (pid: number) => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
+/** Holds `<dir>/quick-im.lock` for the layer's lifetime; a live holder makes start-up fail. */
+export const dataDirLock = (dir: string) =>
+  Effect.acquireRelease(
+    Effect.gen(function*() {
+      const file = Path.join(dir, "quick-im.lock")
+      yield* Effect.sync(() => Fs.mkdirSync(dir, { recursive: true }))
+      for (let attempt = 0; attempt < 2; attempt++) {
+        try {
+          const fd = Fs.openSync(file, "wx")
+          Fs.writeSync(fd, String(process.pid))
+          Fs.closeSync(fd)
+          return file
+        } catch (e) {
+          if ((e as NodeJS.ErrnoException).code !== "EEXIST") throw e
+          const holder = Number(Fs.readFileSync(file, "utf8").trim())
+          if (Number.isInteger(holder) && holder > 0 && holder !== process.pid && processAlive(holder)) {
+            return yield* new StartupError({
+              message: `data directory ${dir} is in use by process ${holder} (lock file ${file}); ` +
+                `stop it or set QUICKIM_DATA_DIR to another directory`
+            })
+          }
+          // The holder died without cleaning up: the lock is stale.
+          Fs.rmSync(file, { force: true })
+        }
+      }
+      return yield* new StartupError({ message: `could not take the lock file in ${dir}` })
+    }),
+    (file) => Effect.sync(() => Fs.rmSync(file, { force: true }))
+  )
+
+const postgres = (url: Option.Option<import("effect").Redacted.Redacted>, poolSize: number) =>
+  PgClient.layer({ url: Option.getOrUndefined(url), maxConnections: poolSize, applicationName: "quick-im" })
+
+const pglite = (dataDir: string) =>
+  Layer.unwrap(Effect.gen(function*() {
+    yield* dataDirLock(dataDir)
+    return PgliteClient.layer({ dataDir: Path.join(dataDir, "pglite") })
+  }))
+
+/** SqlClient for this node's configuration, migrated. */
+export const DatabaseLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> = Layer.unwrap(
+  Effect.gen(function*() {
+    const config = yield* AppConfig
+    const client = isConfigured(config.databaseUrl)
+      ? postgres(config.databaseUrl, config.dbPoolSize)
+      : pglite(config.dataDir)
+    const migrated = Layer.effectDiscard(
+      Effect.gen(function*() {
+        const applied = yield* migrate()
+        if (applied.length > 0) yield* Effect.logInfo(`applied migrations: ${applied.join(", ")}`)
+      })
+    )
+    return Layer.provideMerge(migrated, client)
+  })
+)
+
+export const databaseKind = (config: { readonly databaseUrl: Option.Option<import("effect").Redacted.Redacted> }) =>
+  isConfigured(config.databaseUrl) ? "postgresql" : "pglite"
