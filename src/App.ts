@@ -28,8 +28,8 @@ const CoreLive = Layer.mergeAll(ConversationStore.layer, Tokens.layer).pipe(Laye
 const HttpLive = Layer.unwrap(Effect.gen(function*() {
   const config = yield* AppConfig
   const routes = HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive))
-  return HttpRouter.serve(Layer.mergeAll(routes, EdgeLive, CorsLive)).pipe(
-    Layer.provide(NodeHttpServer.layer(createServer, { port: config.port, host: config.host }))
+  return HttpRouter.serve(Layer.mergeAll(routes, EdgeLive, CorsLive), { disableLogger: !config.accessLog }).pipe(
+    Layer.provideMerge(NodeHttpServer.layer(createServer, { port: config.port, host: config.host }))
   )
 }))
 

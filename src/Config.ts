@@ -18,6 +18,7 @@ export interface AppSettings {
   readonly dbPoolSize: number
   readonly entityIdle: Duration.Duration
   readonly groupCommitMax: number
+  readonly accessLog: boolean
 }
 
 const list = (name: string, fallback: string) =>
@@ -39,7 +40,8 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   maxBodyBytes: Config.Int("QUICKIM_MAX_BODY_BYTES").pipe(Config.withDefault(64 * 1024)),
   dbPoolSize: Config.Int("QUICKIM_DB_POOL").pipe(Config.withDefault(10)),
   entityIdle: Config.Duration("QUICKIM_ENTITY_IDLE").pipe(Config.withDefault(Duration.minutes(5))),
-  groupCommitMax: Config.Int("QUICKIM_GROUP_COMMIT_MAX").pipe(Config.withDefault(256))
+  groupCommitMax: Config.Int("QUICKIM_GROUP_COMMIT_MAX").pipe(Config.withDefault(256)),
+  accessLog: Config.Boolean("QUICKIM_ACCESS_LOG").pipe(Config.withDefault(false))
 })
 
 export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-im/Config") {

@@ -1,0 +1,97 @@
+/**
+ * Starts a real quick-im node in this process (real HTTP socket on a free port, real database)
+ * and gives a small JSON client for it.
+ */
+import { Context, Duration, Effect, Exit, Layer, Option, Redacted, Scope } from "effect"
+import { HttpServer } from "effect/http"
+import * as Fs from "node:fs"
+import * as Os from "node:os"
+import * as Path from "node:path"
+import { appWith } from "../../src/App.ts"
+import type { AppSettings } from "../../src/Config.ts"
+
+export type DbKind = "pglite" | "postgres"
+
+export const testDatabaseUrl = () => {
+  const url = process.env.QUICKIM_TEST_DATABASE_URL
+  if (!url) throw new Error("QUICKIM_TEST_DATABASE_URL is not set (test/support/globalSetup.ts sets it)")
+  return url
+}
+
+export const tempDir = (prefix = "quickim-") => Fs.mkdtempSync(Path.join(Os.tmpdir(), prefix))
+
+export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): AppSettings => ({
+  port: 0,
+  host: "127.0.0.1",
+  databaseUrl: db === "postgres" ? Option.some(Redacted.make(testDatabaseUrl())) : Option.none(),
+  dataDir: overrides.dataDir ?? tempDir(),
+  jwtSecret: Option.some(Redacted.make("test-secret-test-secret-test-secret")),
+  jwtIssuer: "quick-im",
+  tokenTtl: Duration.hours(24),
+  innerAllow: ["127.0.0.0/8", "::1/128"],
+  adminKey: Option.none(),
+  maxBodyBytes: 64 * 1024,
+  dbPoolSize: 8,
+  entityIdle: Duration.minutes(5),
+  groupCommitMax: 256,
+  accessLog: false,
+  ...overrides
+})
+
+export interface Reply {
+  readonly status: number
+  readonly body: any
+}
+
+export interface TestServer {
+  readonly url: string
+  readonly settings: AppSettings
+  readonly post: (path: string, body: unknown, token?: string, headers?: Record<string, string>) => Promise<Reply>
+  readonly raw: (path: string, init: RequestInit) => Promise<Reply>
+  readonly token: (session: string, platform?: number) => Promise<string>
+  readonly stop: () => Promise<void>
+}
+
+export const clientFor = (url: string) => {
+  const raw = async (path: string, init: RequestInit): Promise<Reply> => {
+    const res = await fetch(url + path, init)
+    const text = await res.text()
+    let body: unknown = text
+    try {
+      body = text.length > 0 ? JSON.parse(text) : undefined
+    } catch {
+      // not JSON: keep the text so the assertion shows it
+    }
+    return { status: res.status, body }
+  }
+  const post = (path: string, body: unknown, token?: string, headers: Record<string, string> = {}) =>
+    raw(path, {
+      method: "POST",
+      headers: {
+        "content-type": "application/json",
+        ...(token ? { authorization: `Bearer ${token}` } : {}),
+        ...headers
+      },
+      body: typeof body === "string" ? body : JSON.stringify(body)
+    })
+  const token = async (session: string, platform = 1) => {
+    const r = await post("/inner/get_token", { session, platform })
+    if (r.body?.code !== 0) throw new Error(`get_token failed: ${JSON.stringify(r.body)}`)
+    return r.body.data as string
+  }
+  return { raw, post, token }
+}
+
+export const startServer = async (settings: AppSettings): Promise<TestServer> => {
+  const scope = Effect.runSync(Scope.make())
+  const context = await Effect.runPromise(Layer.buildWithScope(appWith(settings), scope))
+  const address = Context.get(context, HttpServer.HttpServer).address
+  if (!("port" in address)) throw new Error("expected a TCP address")
+  const url = `http://127.0.0.1:${address.port}`
+  return {
+    url,
+    settings,
+    ...clientFor(url),
+    stop: () => Effect.runPromise(Scope.close(scope, Exit.void))
+  }
+}
