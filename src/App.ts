@@ -25,7 +25,7 @@ const ClusterLive = SingleRunner.layer({
 
 const CoreLive = Layer.mergeAll(ConversationStore.layer, Tokens.layer).pipe(Layer.provideMerge(DatabaseLive))
 
-const HttpLive = Layer.unwrap(Effect.gen(function*() {
+const HttpLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const routes = HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive))
   return HttpRouter.serve(Layer.mergeAll(routes, EdgeLive, CorsLive), { disableLogger: !config.accessLog }).pipe(

@@ -52,4 +52,3 @@ export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-
 /** Empty or whitespace-only values count as unset, so `DATABASE_URL=` means "embedded". */
 export const isConfigured = (value: Option.Option<Redacted.Redacted>) =>
   Option.isSome(value) && Redacted.value(value.value).trim().length > 0
-

@@ -8,7 +8,7 @@ import { DatabaseLive } from "./storage/Database.ts"
 const command = process.argv[2] ?? "serve"
 
 const program = command === "migrate"
-  ? Effect.gen(function*() {
+  ? Effect.gen(function* () {
     yield* Effect.logInfo("database migrated")
   }).pipe(Effect.provide(DatabaseLive.pipe(Layer.provide(AppConfig.layer))))
   : command === "serve"

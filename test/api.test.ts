@@ -88,9 +88,12 @@ describe.each<DbKind>(["pglite", "postgres"])("API on %s", (db) => {
     assert.deepStrictEqual(ok(await server.post("/get_lastone_msgid", { conversation_id: id }, aliceToken)), {
       MsgId: null
     })
-    assert.deepStrictEqual(ok(await server.post("/get_conversation_lastone_msg", { conversation_id: id }, aliceToken)), {
-      Msg: []
-    })
+    assert.deepStrictEqual(
+      ok(await server.post("/get_conversation_lastone_msg", { conversation_id: id }, aliceToken)),
+      {
+        Msg: []
+      }
+    )
   })
 
   it("joined list is the token's own, whatever SessionId the body names", async () => {
@@ -171,7 +174,10 @@ describe.each<DbKind>(["pglite", "postgres"])("API on %s", (db) => {
   it("concurrent sends all land, with strictly increasing ids and nothing lost", async () => {
     const id = await createWith([alice])
     const replies = await Promise.all(
-      Array.from({ length: 100 }, (_, i) => server.post("/send_msg", { conversation_id: id, content: `c${i}` }, aliceToken))
+      Array.from(
+        { length: 100 },
+        (_, i) => server.post("/send_msg", { conversation_id: id, content: `c${i}` }, aliceToken)
+      )
     )
     const ids = replies.map((r) => ok(r).MsgID as string)
     assert.strictEqual(new Set(ids).size, 100)

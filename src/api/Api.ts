@@ -4,7 +4,14 @@
  */
 import { Effect, Schema } from "effect"
 import { HttpApi, HttpApiEndpoint, HttpApiGroup, OpenApi } from "effect/http-api"
-import { ConversationDetail, ConversationId, ConversationType, Int32, MsgData, SessionId } from "../domain/Conversation.ts"
+import {
+  ConversationDetail,
+  ConversationId,
+  ConversationType,
+  Int32,
+  MsgData,
+  SessionId
+} from "../domain/Conversation.ts"
 import { MsgId } from "../domain/MsgId.ts"
 import { ApiErrors } from "./Errors.ts"
 import { Authorization, InnerGuard } from "./Security.ts"
@@ -41,8 +48,7 @@ export class ConversationApi extends HttpApiGroup.make("conversation")
     post("leave_conversation", Conversation, ConversationIdData),
     post("get_lastone_msgid", Conversation, ok(Schema.Struct({ MsgId: Schema.NullOr(Schema.String) })))
   )
-  .middleware(Authorization)
-{}
+  .middleware(Authorization) {}
 
 export class MessageApi extends HttpApiGroup.make("message")
   .add(
@@ -64,8 +70,7 @@ export class MessageApi extends HttpApiGroup.make("message")
     post("get_conversation_last_30_msg", { ...Conversation, ...Desc }, Messages),
     post("get_conversation_lastone_msg", { ...Conversation, ...Desc }, Messages)
   )
-  .middleware(Authorization)
-{}
+  .middleware(Authorization) {}
 
 const innerPost = <const Name extends string, P extends Schema.Struct.Fields, S extends Schema.Top>(
   name: Name,
@@ -89,8 +94,7 @@ export class InnerApi extends HttpApiGroup.make("inner")
       Schema.Struct({ code: Schema.Literal(0) })
     )
   )
-  .middleware(InnerGuard)
-{}
+  .middleware(InnerGuard) {}
 
 export class SystemApi extends HttpApiGroup.make("system").add(
   HttpApiEndpoint.get("healthz", "/healthz", {
@@ -107,5 +111,4 @@ export class Api extends HttpApi.make("quick-im")
   .annotateMerge(OpenApi.annotations({
     title: "quick-im gateway API",
     description: "Conversations, durable time-ordered messages and push. Every body is {code, error, data}."
-  }))
-{}
+  })) {}

@@ -4,7 +4,7 @@
  * mailbox in batches, so sends that arrive together share one transaction (group commit).
  * A send is answered only after its transaction committed.
  */
-import { Cause, Clock, Effect, Option, Queue } from "effect"
+import { Cause, Clock, type Duration, Effect, Layer, Option, Queue } from "effect"
 import { Entity, type Envelope } from "effect/cluster"
 import { AppConfig } from "../Config.ts"
 import {
@@ -29,179 +29,186 @@ interface Loaded {
 
 const dedupeKey = (session: string, clientMsgId: string) => `${session}\u0000${clientMsgId}`
 
-export const ConversationEntityLive = Conversation.toLayerQueue(
-  Effect.gen(function*() {
-    const address = yield* Entity.CurrentAddress
-    const id = address.entityId
-    const store = yield* ConversationStore
-    const config = yield* AppConfig
+const entityLayer = (maxIdleTime: Duration.Duration) =>
+  Conversation.toLayerQueue(
+    Effect.gen(function* () {
+      const address = yield* Entity.CurrentAddress
+      const id = address.entityId
+      const store = yield* ConversationStore
+      const config = yield* AppConfig
 
-    return (mailbox, replier) => {
-      // undefined: not loaded yet (or dropped after a failed write); null: no such conversation.
-      let loaded: Loaded | null | undefined = undefined
+      return (mailbox, replier) => {
+        // undefined: not loaded yet (or dropped after a failed write); null: no such conversation.
+        let loaded: Loaded | null | undefined = undefined
 
-      const load = Effect.gen(function*() {
-        if (loaded !== undefined) return loaded
-        const state = yield* store.load(id)
-        loaded = Option.match(state, {
-          onNone: () => null,
-          onSome: (s) => ({ state: { ...s }, clock: new MsgIdClock(id, s.conversationType, s.lastMsgId) })
-        })
-        return loaded
-      })
-
-      const reply = (request: Request, value: unknown) => replier.succeed(request as any, value as any)
-      const fail = (request: Request, error: unknown) => replier.fail(request as any, error as any)
-
-      /** A write whose outcome is unknown: answer with a defect and reload state before the next one. */
-      const failAll = (requests: ReadonlyArray<Request>, cause: Cause.Cause<unknown>) =>
-        Effect.gen(function*() {
-          loaded = undefined
-          yield* Effect.logError("conversation write failed", cause).pipe(Effect.annotateLogs({ conversationId: id }))
-          const defect = Cause.die(Cause.squash(cause))
-          for (const r of requests) yield* replier.failCause(r as any, defect as any)
+        const load = Effect.gen(function* () {
+          if (loaded !== undefined) return loaded
+          const state = yield* store.load(id)
+          loaded = Option.match(state, {
+            onNone: () => null,
+            onSome: (s) => ({ state: { ...s }, clock: new MsgIdClock(id, s.conversationType, s.lastMsgId) })
+          })
+          return loaded
         })
 
-      const handleSends = (requests: ReadonlyArray<SendRequest>) =>
-        Effect.gen(function*() {
-          const current = yield* load
-          if (current === null) {
-            for (const r of requests) yield* fail(r, new ConversationNotFound({ conversationId: id }))
-            return
-          }
-          const { state, clock } = current
-          const known = new Map<string, SentMessage>()
-          const withClientId = requests.filter((r) =>
-            r.payload.clientMsgId !== undefined && state.members.has(r.payload.session)
-          )
-          if (withClientId.length > 0) {
-            const found = yield* store.findByClientIds(
-              id,
-              withClientId.map((r) => ({ session: r.payload.session, clientMsgId: r.payload.clientMsgId! }))
+        const reply = (request: Request, value: unknown) => replier.succeed(request as any, value as any)
+        const fail = (request: Request, error: unknown) => replier.fail(request as any, error as any)
+
+        /** A write whose outcome is unknown: answer with a defect and reload state before the next one. */
+        const failAll = (requests: ReadonlyArray<Request>, cause: Cause.Cause<unknown>) =>
+          Effect.gen(function* () {
+            loaded = undefined
+            yield* Effect.logError("conversation write failed", cause).pipe(Effect.annotateLogs({ conversationId: id }))
+            const defect = Cause.die(Cause.squash(cause))
+            for (const r of requests) yield* replier.failCause(r as any, defect as any)
+          })
+
+        const handleSends = (requests: ReadonlyArray<SendRequest>) =>
+          Effect.gen(function* () {
+            const current = yield* load
+            if (current === null) {
+              for (const r of requests) yield* fail(r, new ConversationNotFound({ conversationId: id }))
+              return
+            }
+            const { state, clock } = current
+            const known = new Map<string, SentMessage>()
+            const withClientId = requests.filter((r) =>
+              r.payload.clientMsgId !== undefined && state.members.has(r.payload.session)
             )
-            for (const f of found) {
-              known.set(dedupeKey(f.session, f.clientMsgId), {
-                msgId: f.msgId,
-                seq: f.seq,
-                sendTime: f.sendTime,
-                duplicate: true
+            if (withClientId.length > 0) {
+              const found = yield* store.findByClientIds(
+                id,
+                withClientId.map((r) => ({ session: r.payload.session, clientMsgId: r.payload.clientMsgId! }))
+              )
+              for (const f of found) {
+                known.set(dedupeKey(f.session, f.clientMsgId), {
+                  msgId: f.msgId,
+                  seq: f.seq,
+                  sendTime: f.sendTime,
+                  duplicate: true
+                })
+              }
+            }
+            const now = yield* Clock.currentTimeMillis
+            const sendTime = formatSendTime(now)
+            const rows: Array<MessageRow> = []
+            const accepted: Array<[SendRequest, SentMessage]> = []
+            const answers: Array<[SendRequest, SentMessage | NotMember]> = []
+            let seq = state.lastSeq
+            for (const r of requests) {
+              const p = r.payload
+              if (!state.members.has(p.session)) {
+                answers.push([r, new NotMember({ conversationId: id, session: p.session })])
+                continue
+              }
+              const key = p.clientMsgId === undefined ? undefined : dedupeKey(p.session, p.clientMsgId)
+              const earlier = key === undefined ? undefined : known.get(key)
+              if (earlier !== undefined) {
+                answers.push([r, { ...earlier, duplicate: true }])
+                continue
+              }
+              seq++
+              const sent: SentMessage = { msgId: clock.next(now), seq, sendTime, duplicate: false }
+              if (key !== undefined) known.set(key, sent)
+              rows.push({
+                conversation_id: id,
+                msg_id: sent.msgId,
+                seq,
+                from_session: p.session,
+                send_time: sendTime,
+                status: p.status,
+                type: p.type,
+                content: p.content,
+                client_msg_id: p.clientMsgId ?? null
               })
+              accepted.push([r, sent])
+              answers.push([r, sent])
             }
-          }
-          const now = yield* Clock.currentTimeMillis
-          const sendTime = formatSendTime(now)
-          const rows: Array<MessageRow> = []
-          const accepted: Array<[SendRequest, SentMessage]> = []
-          const answers: Array<[SendRequest, SentMessage | NotMember]> = []
-          let seq = state.lastSeq
-          for (const r of requests) {
-            const p = r.payload
-            if (!state.members.has(p.session)) {
-              answers.push([r, new NotMember({ conversationId: id, session: p.session })])
-              continue
+            if (rows.length > 0) {
+              yield* store.appendMessages(id, rows)
+              const last = rows[rows.length - 1]
+              state.lastSeq = last.seq
+              state.lastMsgId = last.msg_id
             }
-            const key = p.clientMsgId === undefined ? undefined : dedupeKey(p.session, p.clientMsgId)
-            const earlier = key === undefined ? undefined : known.get(key)
-            if (earlier !== undefined) {
-              answers.push([r, { ...earlier, duplicate: true }])
-              continue
+            for (const [r, answer] of answers) {
+              if (answer instanceof NotMember) yield* fail(r, answer)
+              else yield* reply(r, answer)
             }
-            seq++
-            const sent: SentMessage = { msgId: clock.next(now), seq, sendTime, duplicate: false }
-            if (key !== undefined) known.set(key, sent)
-            rows.push({
-              conversation_id: id,
-              msg_id: sent.msgId,
-              seq,
-              from_session: p.session,
-              send_time: sendTime,
-              status: p.status,
-              type: p.type,
-              content: p.content,
-              client_msg_id: p.clientMsgId ?? null
-            })
-            accepted.push([r, sent])
-            answers.push([r, sent])
-          }
-          if (rows.length > 0) {
-            yield* store.appendMessages(id, rows)
-            const last = rows[rows.length - 1]
-            state.lastSeq = last.seq
-            state.lastMsgId = last.msg_id
-          }
-          for (const [r, answer] of answers) {
-            if (answer instanceof NotMember) yield* fail(r, answer)
-            else yield* reply(r, answer)
-          }
-        }).pipe(Effect.catchCause((cause) => failAll(requests, cause)))
+          }).pipe(Effect.catchCause((cause) => failAll(requests, cause)))
 
-      const handleOne = (request: Request) =>
-        Effect.gen(function*() {
-          const payload = request.payload as any
-          switch (request.tag) {
-            case "Create": {
-              if (!isConversationTypeInRange(payload.conversationType)) {
-                return yield* fail(request, new ConversationTypeOutOfRange({ conversationType: payload.conversationType }))
-              }
-              const sessions = [...new Set<string>(payload.sessions)]
-              if (sessions.length === 0) return yield* fail(request, new EmptyMembers())
-              const current = yield* load
-              if (current === null) {
-                yield* store.create(id, payload.conversationType, sessions)
-                loaded = undefined
-              }
-              return yield* reply(request, undefined)
-            }
-            case "Join":
-            case "Remove": {
-              const sessions = [...new Set<string>(payload.sessions)]
-              if (sessions.length === 0) return yield* fail(request, new EmptyMembers())
-              const current = yield* load
-              if (current === null) return yield* fail(request, new ConversationNotFound({ conversationId: id }))
-              const { members } = current.state
-              if (request.tag === "Join") {
-                const added = sessions.filter((s) => !members.has(s))
-                if (added.length > 0) {
-                  yield* store.addMembers(id, added, current.state.lastSeq)
-                  for (const s of added) members.set(s, current.state.lastSeq)
+        const handleOne = (request: Request) =>
+          Effect.gen(function* () {
+            const payload = request.payload as any
+            switch (request.tag) {
+              case "Create": {
+                if (!isConversationTypeInRange(payload.conversationType)) {
+                  return yield* fail(
+                    request,
+                    new ConversationTypeOutOfRange({ conversationType: payload.conversationType })
+                  )
                 }
-              } else {
-                const removed = sessions.filter((s) => members.has(s))
-                if (removed.length > 0) {
-                  yield* store.removeMembers(id, removed)
-                  for (const s of removed) members.delete(s)
+                const sessions = [...new Set<string>(payload.sessions)]
+                if (sessions.length === 0) return yield* fail(request, new EmptyMembers())
+                const current = yield* load
+                if (current === null) {
+                  yield* store.create(id, payload.conversationType, sessions)
+                  loaded = undefined
                 }
+                return yield* reply(request, undefined)
               }
-              return yield* reply(request, undefined)
-            }
-            case "Archive": {
-              const current = yield* load
-              if (current === null) return yield* fail(request, new ConversationNotFound({ conversationId: id }))
-              if (current.state.isArchive !== payload.isArchive) {
-                yield* store.setArchive(id, payload.isArchive)
-                current.state.isArchive = payload.isArchive
+              case "Join":
+              case "Remove": {
+                const sessions = [...new Set<string>(payload.sessions)]
+                if (sessions.length === 0) return yield* fail(request, new EmptyMembers())
+                const current = yield* load
+                if (current === null) return yield* fail(request, new ConversationNotFound({ conversationId: id }))
+                const { members } = current.state
+                if (request.tag === "Join") {
+                  const added = sessions.filter((s) => !members.has(s))
+                  if (added.length > 0) {
+                    yield* store.addMembers(id, added, current.state.lastSeq)
+                    for (const s of added) members.set(s, current.state.lastSeq)
+                  }
+                } else {
+                  const removed = sessions.filter((s) => members.has(s))
+                  if (removed.length > 0) {
+                    yield* store.removeMembers(id, removed)
+                    for (const s of removed) members.delete(s)
+                  }
+                }
+                return yield* reply(request, undefined)
               }
-              return yield* reply(request, undefined)
+              case "Archive": {
+                const current = yield* load
+                if (current === null) return yield* fail(request, new ConversationNotFound({ conversationId: id }))
+                if (current.state.isArchive !== payload.isArchive) {
+                  yield* store.setArchive(id, payload.isArchive)
+                  current.state.isArchive = payload.isArchive
+                }
+                return yield* reply(request, undefined)
+              }
             }
-          }
-        }).pipe(Effect.catchCause((cause) => failAll([request], cause)))
+          }).pipe(Effect.catchCause((cause) => failAll([request], cause)))
 
-      return Effect.gen(function*() {
-        const batch = yield* Queue.takeBetween(mailbox, 1, config.groupCommitMax)
-        let i = 0
-        while (i < batch.length) {
-          if (batch[i].tag === "Send") {
-            let j = i
-            while (j < batch.length && batch[j].tag === "Send") j++
-            yield* handleSends(batch.slice(i, j) as Array<SendRequest>)
-            i = j
-          } else {
-            yield* handleOne(batch[i])
-            i++
+        return Effect.gen(function* () {
+          const batch = yield* Queue.takeBetween(mailbox, 1, config.groupCommitMax)
+          let i = 0
+          while (i < batch.length) {
+            if (batch[i].tag === "Send") {
+              let j = i
+              while (j < batch.length && batch[j].tag === "Send") j++
+              yield* handleSends(batch.slice(i, j) as Array<SendRequest>)
+              i = j
+            } else {
+              yield* handleOne(batch[i])
+              i++
+            }
           }
-        }
-      }).pipe(Effect.forever, Effect.orDie) as Effect.Effect<never>
-    }
-  }),
-  { maxIdleTime: "5 minutes" }
-)
+        }).pipe(Effect.forever, Effect.orDie) as Effect.Effect<never>
+      }
+    }),
+    { maxIdleTime }
+  )
+
+/** Idle conversations passivate after `QUICKIM_ENTITY_IDLE` and rebuild their state from SQL when next used. */
+export const ConversationEntityLive = Layer.unwrap(Effect.map(AppConfig, (c) => entityLayer(c.entityIdle)))

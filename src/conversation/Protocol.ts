@@ -5,12 +5,7 @@
 import { Schema } from "effect"
 import { Entity } from "effect/cluster"
 import { Rpc } from "effect/rpc"
-import {
-  ConversationNotFound,
-  ConversationTypeOutOfRange,
-  EmptyMembers,
-  NotMember
-} from "../domain/Conversation.ts"
+import { ConversationNotFound, ConversationTypeOutOfRange, EmptyMembers, NotMember } from "../domain/Conversation.ts"
 
 export const Create = Rpc.make("Create", {
   payload: { conversationType: Schema.Number, sessions: Schema.Array(Schema.String) },

@@ -59,7 +59,6 @@ export class NotMember extends Schema.TaggedError<NotMember>()("NotMember", {
 export class ConversationTypeOutOfRange
   extends Schema.TaggedError<ConversationTypeOutOfRange>()("ConversationTypeOutOfRange", {
     conversationType: Schema.Number
-  })
-{}
+  }) {}
 
 export class EmptyMembers extends Schema.TaggedError<EmptyMembers>()("EmptyMembers", {}) {}

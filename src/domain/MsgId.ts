@@ -42,16 +42,18 @@ export interface MsgIdParts {
 }
 
 export const encode = (parts: MsgIdParts): string => {
-  let n = (BigInt(parts.millis) << LOW_BITS) |
-    (BigInt(parts.seq) << (TYPE_BITS + HASH_BITS)) |
-    (BigInt(parts.conversationType & 0xf) << HASH_BITS) |
-    BigInt(parts.hash)
+  let n = (BigInt(parts.millis) << LOW_BITS)
+    | (BigInt(parts.seq) << (TYPE_BITS + HASH_BITS))
+    | (BigInt(parts.conversationType & 0xf) << HASH_BITS)
+    | BigInt(parts.hash)
   const out: Array<string> = new Array(DIGITS)
   for (let i = DIGITS - 1; i >= 0; i--) {
     out[i] = ALPHABET[Number(n & 31n)]
     n >>= 5n
   }
-  return `${out.slice(0, 5).join("")}-${out.slice(5, 9).join("")}-${out.slice(9, 13).join("")}-${out.slice(13).join("")}`
+  return `${out.slice(0, 5).join("")}-${out.slice(5, 9).join("")}-${out.slice(9, 13).join("")}-${
+    out.slice(13).join("")
+  }`
 }
 
 export const decode = (id: string): MsgIdParts => {
@@ -76,12 +78,10 @@ export class MsgIdClock {
   private millis: number
   private seq: number
   private readonly hash: number
+  readonly conversationType: number
 
-  constructor(
-    readonly conversationId: string,
-    readonly conversationType: number,
-    last: string | undefined
-  ) {
+  constructor(conversationId: string, conversationType: number, last: string | undefined) {
+    this.conversationType = conversationType
     this.hash = conversationHash(conversationId)
     if (last === undefined) {
       this.millis = -1

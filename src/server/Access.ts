@@ -13,11 +13,11 @@ import { Tokens } from "./Tokens.ts"
 
 export const AuthorizationLive = Layer.effect(
   Authorization,
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const tokens = yield* Tokens
     return Authorization.of({
       bearer: (httpEffect, { credential }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const token = Redacted.value(credential)
           if (token.length === 0) {
             return yield* new Unauthorized({ code: ErrorCode.InvalidToken, error: "missing bearer token" })
@@ -57,12 +57,12 @@ const sameSecret = (a: string, b: string) => {
 
 export const InnerGuardLive = Layer.effect(
   InnerGuard,
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const config = yield* AppConfig
     const allowed = yield* Effect.try(() => makeAllowList(config.innerAllow))
     const adminKey = Option.map(config.adminKey, Redacted.value).pipe(Option.filter((k) => k.length > 0))
     return InnerGuard.of((httpEffect) =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const request = yield* HttpServerRequest.HttpServerRequest
         const remote = Option.getOrElse(request.remoteAddress, () => "")
         if (!allowed(remote)) {

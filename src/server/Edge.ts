@@ -19,15 +19,15 @@ const describeSchemaError = (error: HttpApiError.HttpApiSchemaError) =>
     error.cause.message.replace(/\s*\n\s*/g, " ")
   }`
 
-const fromCause = (cause: Cause.Cause<unknown>) =>
-  Effect.gen(function*() {
+const fromCause = (cause: Cause.Cause<unknown>, tooLarge: string) =>
+  Effect.gen(function* () {
     for (const reason of cause.reasons) {
       const value = Cause.isFailReason(reason) ? reason.error : Cause.isDieReason(reason) ? reason.defect : undefined
       if (HttpApiError.HttpApiSchemaError.is(value) && value.kind !== "Body" && value.kind !== "ResponseHeaders") {
         return envelope(400, ErrorCode.InvalidParameter, describeSchemaError(value))
       }
       if (HttpApiError.HttpApiPayloadTooLarge.is(value)) {
-        return envelope(413, ErrorCode.BodyTooLarge, "request body is too large")
+        return envelope(413, ErrorCode.BodyTooLarge, tooLarge)
       }
       const tag = (value as any)?._tag
       const reasonTag = (value as any)?.reason?._tag
@@ -36,7 +36,7 @@ const fromCause = (cause: Cause.Cause<unknown>) =>
       }
       if (tag === "HttpServerError" && reasonTag === "RequestParseError") {
         return (value as any).reason.reason === "BodyTooLarge"
-          ? envelope(413, ErrorCode.BodyTooLarge, "request body is too large")
+          ? envelope(413, ErrorCode.BodyTooLarge, tooLarge)
           : envelope(400, ErrorCode.InvalidParameter, "request body could not be read")
       }
     }
@@ -46,7 +46,7 @@ const fromCause = (cause: Cause.Cause<unknown>) =>
   })
 
 /** Empty 4xx answers that HttpApi produced itself (no body): give them the envelope. */
-const fillEmpty = (response: HttpServerResponse.HttpServerResponse) => {
+const fillEmpty = (response: HttpServerResponse.HttpServerResponse, tooLarge: string) => {
   if (response.body._tag !== "Empty") return response
   switch (response.status) {
     case 400:
@@ -54,7 +54,7 @@ const fillEmpty = (response: HttpServerResponse.HttpServerResponse) => {
     case 404:
       return envelope(404, ErrorCode.UnknownPath, "unknown path or method")
     case 413:
-      return envelope(413, ErrorCode.BodyTooLarge, "request body is too large")
+      return envelope(413, ErrorCode.BodyTooLarge, tooLarge)
     case 415:
       return envelope(400, ErrorCode.InvalidParameter, "request body must be JSON")
     default:
@@ -62,12 +62,13 @@ const fillEmpty = (response: HttpServerResponse.HttpServerResponse) => {
   }
 }
 
-export const EdgeLive = Layer.unwrap(Effect.gen(function*() {
+export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const maxBody = ByteSize.bytes(config.maxBodyBytes)
+  const tooLarge = `request body is larger than ${config.maxBodyBytes} bytes`
   return HttpRouter.middleware(
     (httpEffect) =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const request = yield* HttpServerRequest.HttpServerRequest
         const contentType = request.headers["content-type"] ?? ""
         const asJson = request.method === "POST" && !contentType.includes("json")
@@ -76,8 +77,8 @@ export const EdgeLive = Layer.unwrap(Effect.gen(function*() {
         return yield* httpEffect.pipe(
           Effect.provideService(HttpServerRequest.HttpServerRequest, asJson),
           Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBody),
-          Effect.map(fillEmpty),
-          Effect.catchCause(fromCause)
+          Effect.map((response) => fillEmpty(response, tooLarge)),
+          Effect.catchCause((cause) => fromCause(cause, tooLarge))
         )
       }),
     { global: true }

@@ -16,7 +16,7 @@ import { mapped } from "./ErrorMapping.ts"
 import { Tokens } from "./Tokens.ts"
 
 /** Reads are for current members only; a non-member learns whether the conversation exists. */
-const requireMember = Effect.fnUntraced(function*(conversationId: string) {
+const requireMember = Effect.fnUntraced(function* (conversationId: string) {
   const store = yield* ConversationStore
   const { sid } = yield* CurrentSession
   if (yield* store.isMember(conversationId, sid)) return
@@ -29,48 +29,50 @@ const requireMember = Effect.fnUntraced(function*(conversationId: string) {
 const ConversationHandlers = HttpApiBuilder.group(
   Api,
   "conversation",
-  Effect.fn(function*(handlers) {
+  Effect.fn(function* (handlers) {
     const store = yield* ConversationStore
     const conversations = yield* Conversation.client
     return handlers.handleAll({
       check_joined_conversation: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const { sid } = yield* CurrentSession
           return { code: 0 as const, data: { Joined: yield* store.isMember(payload.conversation_id, sid) } }
         }).pipe(mapped),
       get_joined_conversation: () =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const { sid } = yield* CurrentSession
           return { code: 0 as const, data: { Conversations: yield* store.joined(sid) } }
         }).pipe(mapped),
       get_conversation_detail: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           yield* requireMember(payload.conversation_id)
           const detail = yield* store.detail(payload.conversation_id)
-          if (detail._tag === "None") return yield* new ConversationNotFound({ conversationId: payload.conversation_id })
+          if (detail._tag === "None") {
+            return yield* new ConversationNotFound({ conversationId: payload.conversation_id })
+          }
           return { code: 0 as const, data: detail.value }
         }).pipe(mapped),
       join_conversation: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const { sid } = yield* CurrentSession
           yield* conversations(payload.conversation_id).Join({ sessions: [sid] })
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       create_conversation: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const { sid } = yield* CurrentSession
           const id = randomUUID()
           yield* conversations(id).Create({ conversationType: payload.conversation_type, sessions: [sid] })
           return { code: 0 as const, data: { ConversationId: id } }
         }).pipe(mapped),
       leave_conversation: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const { sid } = yield* CurrentSession
           yield* conversations(payload.conversation_id).Remove({ sessions: [sid] })
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       get_lastone_msgid: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           yield* requireMember(payload.conversation_id)
           return { code: 0 as const, data: { MsgId: yield* store.lastMsgId(payload.conversation_id) } }
         }).pipe(mapped)
@@ -81,17 +83,17 @@ const ConversationHandlers = HttpApiBuilder.group(
 const MessageHandlers = HttpApiBuilder.group(
   Api,
   "message",
-  Effect.fn(function*(handlers) {
+  Effect.fn(function* (handlers) {
     const store = yield* ConversationStore
     const conversations = yield* Conversation.client
     const history = <A>(conversationId: string, read: Effect.Effect<A, any>) =>
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         yield* requireMember(conversationId)
         return { code: 0 as const, data: { Msg: yield* read } }
       }).pipe(mapped)
     return handlers.handleAll({
       send_msg: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const { sid } = yield* CurrentSession
           const sent = yield* conversations(payload.conversation_id).Send({
             session: sid,
@@ -108,8 +110,10 @@ const MessageHandlers = HttpApiBuilder.group(
         history(p.conversation_id, store.before(p.conversation_id, p.msg_id, p.desc)),
       get_conversation_30msg_after_the_id: ({ payload: p }) =>
         history(p.conversation_id, store.after(p.conversation_id, p.msg_id, p.desc)),
-      get_conversation_last_30_msg: ({ payload: p }) => history(p.conversation_id, store.last(p.conversation_id, PAGE, p.desc)),
-      get_conversation_lastone_msg: ({ payload: p }) => history(p.conversation_id, store.last(p.conversation_id, 1, p.desc))
+      get_conversation_last_30_msg: ({ payload: p }) =>
+        history(p.conversation_id, store.last(p.conversation_id, PAGE, p.desc)),
+      get_conversation_lastone_msg: ({ payload: p }) =>
+        history(p.conversation_id, store.last(p.conversation_id, 1, p.desc))
     })
   })
 )
@@ -117,31 +121,33 @@ const MessageHandlers = HttpApiBuilder.group(
 const InnerHandlers = HttpApiBuilder.group(
   Api,
   "inner",
-  Effect.fn(function*(handlers) {
+  Effect.fn(function* (handlers) {
     const store = yield* ConversationStore
     const tokens = yield* Tokens
     const conversations = yield* Conversation.client
     return handlers.handleAll({
       get_token: ({ payload }) =>
-        tokens.issue(payload.session, payload.platform).pipe(Effect.map((token) => ({ code: 0 as const, data: token }))),
+        tokens.issue(payload.session, payload.platform).pipe(
+          Effect.map((token) => ({ code: 0 as const, data: token }))
+        ),
       create_conversation: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           const id = randomUUID()
           yield* conversations(id).Create({ conversationType: payload.conversation_type, sessions: payload.sessions })
           return { code: 0 as const, data: { ConversationId: id } }
         }).pipe(mapped),
       kickout_conversation: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           yield* conversations(payload.conversation_id).Remove({ sessions: payload.sessions })
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       join_conversation: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           yield* conversations(payload.conversation_id).Join({ sessions: payload.sessions })
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       set_archive_conversations: ({ payload }) =>
-        Effect.gen(function*() {
+        Effect.gen(function* () {
           // All or nothing: refuse the whole request if any id is unknown, before changing any.
           const ids = [...new Set(payload.conversation_ids)]
           const found = new Set(yield* store.exists(ids))
@@ -160,14 +166,16 @@ const InnerHandlers = HttpApiBuilder.group(
 const SystemHandlers = HttpApiBuilder.group(
   Api,
   "system",
-  Effect.fn(function*(handlers) {
+  Effect.fn(function* (handlers) {
     const store = yield* ConversationStore
     return handlers.handleAll({
       healthz: () =>
         store.ping.pipe(
           Effect.timeout("2 seconds"),
           Effect.as({ code: 0 as const, data: { status: "ok" as const } }),
-          Effect.catch(() => Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "database unavailable" })))
+          Effect.catch(() =>
+            Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "database unavailable" }))
+          )
         )
     })
   })

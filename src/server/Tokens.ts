@@ -19,12 +19,12 @@ export class Tokens extends Context.Service<Tokens, {
 }>()("quick-im/Tokens") {
   static readonly layer = Layer.effect(
     Tokens,
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const config = yield* AppConfig
       const key = yield* signingKey
       const ttlSeconds = Math.max(1, Math.floor(Duration.toSeconds(config.tokenTtl)))
 
-      const issue = Effect.fnUntraced(function*(sid: string, platform: number) {
+      const issue = Effect.fnUntraced(function* (sid: string, platform: number) {
         const now = Math.floor((yield* Clock.currentTimeMillis) / 1000)
         return yield* Effect.promise(() =>
           new Jose.SignJWT({ sid, platform })
@@ -39,7 +39,8 @@ export class Tokens extends Context.Service<Tokens, {
       const verify = (token: string) =>
         Effect.tryPromise({
           try: () => Jose.jwtVerify(token, key, { algorithms: ["HS256"], issuer: config.jwtIssuer }),
-          catch: (e) => new TokenInvalid({ reason: e instanceof Jose.errors.JWTExpired ? "token expired" : "invalid token" })
+          catch: (e) =>
+            new TokenInvalid({ reason: e instanceof Jose.errors.JWTExpired ? "token expired" : "invalid token" })
         }).pipe(
           Effect.flatMap(({ payload }) =>
             typeof payload.sid === "string" && payload.sid.length > 0 && Number.isInteger(payload.platform)
@@ -54,7 +55,7 @@ export class Tokens extends Context.Service<Tokens, {
 }
 
 /** The HS256 key: configured, or (embedded database only) generated and kept in the data dir. */
-const signingKey = Effect.gen(function*() {
+const signingKey = Effect.gen(function* () {
   const config = yield* AppConfig
   if (isConfigured(config.jwtSecret)) {
     return new TextEncoder().encode(Redacted.value(Option.getOrThrow(config.jwtSecret)))

@@ -79,7 +79,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
 }>()("quick-im/ConversationStore") {
   static readonly layer = Layer.effect(
     ConversationStore,
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
       const columns = sql`msg_id, conversation_id, from_session, send_time, status, type, content`
       const ordered = (rows: ReadonlyArray<StoredMessage>, rowsAreDesc: boolean, desc: boolean) => {
@@ -89,7 +89,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
 
       return ConversationStore.of({
         load: (id) =>
-          Effect.gen(function*() {
+          Effect.gen(function* () {
             const rows = yield* sql<{
               conversation_type: string
               is_archive: boolean
@@ -109,7 +109,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             })
           }),
         create: (id, conversationType, sessions) =>
-          sql.withTransaction(Effect.gen(function*() {
+          sql.withTransaction(Effect.gen(function* () {
             yield* sql`INSERT INTO conversations ${sql.insert({ id, conversation_type: conversationType })}
               ON CONFLICT (id) DO NOTHING`
             yield* sql`INSERT INTO conversation_members ${
@@ -126,7 +126,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
         setArchive: (id, isArchive) =>
           sql`UPDATE conversations SET is_archive = ${isArchive} WHERE id = ${id}`.pipe(Effect.asVoid),
         appendMessages: (id, rows) =>
-          sql.withTransaction(Effect.gen(function*() {
+          sql.withTransaction(Effect.gen(function* () {
             yield* sql`INSERT INTO messages ${sql.insert(rowsOf(rows))}`
             const last = rows[rows.length - 1]
             yield* sql`UPDATE conversations SET last_msg_id = ${last.msg_id}, last_send_time = ${last.send_time},

@@ -25,7 +25,7 @@ const processAlive = (pid: number) => {
 /** Holds `<dir>/quick-im.lock` for the layer's lifetime; a live holder makes start-up fail. */
 export const dataDirLock = (dir: string) =>
   Effect.acquireRelease(
-    Effect.gen(function*() {
+    Effect.gen(function* () {
       const file = Path.join(dir, "quick-im.lock")
       yield* Effect.sync(() => Fs.mkdirSync(dir, { recursive: true }))
       for (let attempt = 0; attempt < 2; attempt++) {
@@ -39,8 +39,8 @@ export const dataDirLock = (dir: string) =>
           const holder = Number(Fs.readFileSync(file, "utf8").trim())
           if (Number.isInteger(holder) && holder > 0 && holder !== process.pid && processAlive(holder)) {
             return yield* new StartupError({
-              message: `data directory ${dir} is in use by process ${holder} (lock file ${file}); ` +
-                `stop it or set QUICKIM_DATA_DIR to another directory`
+              message: `data directory ${dir} is in use by process ${holder} (lock file ${file}); `
+                + `stop it or set QUICKIM_DATA_DIR to another directory`
             })
           }
           // The holder died without cleaning up: the lock is stale.
@@ -56,20 +56,20 @@ const postgres = (url: Option.Option<import("effect").Redacted.Redacted>, poolSi
   PgClient.layer({ url: Option.getOrUndefined(url), maxConnections: poolSize, applicationName: "quick-im" })
 
 const pglite = (dataDir: string) =>
-  Layer.unwrap(Effect.gen(function*() {
+  Layer.unwrap(Effect.gen(function* () {
     yield* dataDirLock(dataDir)
     return PgliteClient.layer({ dataDir: Path.join(dataDir, "pglite") })
   }))
 
 /** SqlClient for this node's configuration, migrated. */
 export const DatabaseLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> = Layer.unwrap(
-  Effect.gen(function*() {
+  Effect.gen(function* () {
     const config = yield* AppConfig
     const client = isConfigured(config.databaseUrl)
       ? postgres(config.databaseUrl, config.dbPoolSize)
       : pglite(config.dataDir)
     const migrated = Layer.effectDiscard(
-      Effect.gen(function*() {
+      Effect.gen(function* () {
         const applied = yield* migrate()
         if (applied.length > 0) yield* Effect.logInfo(`applied migrations: ${applied.join(", ")}`)
       })

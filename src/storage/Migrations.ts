@@ -38,10 +38,10 @@ export const readMigrations = (dir: string = schemaDir): ReadonlyArray<Migration
     }))
 
 /** Runs pending migrations; returns the names applied now. */
-export const migrate = Effect.fn("Migrations.migrate")(function*(dir?: string) {
+export const migrate = Effect.fn("Migrations.migrate")(function* (dir?: string) {
   const sql = yield* SqlClient.SqlClient
   const migrations = readMigrations(dir)
-  return yield* sql.withTransaction(Effect.gen(function*() {
+  return yield* sql.withTransaction(Effect.gen(function* () {
     // Any constant key works: it only serialises concurrent migrators.
     yield* sql`SELECT pg_advisory_xact_lock(7261839)`
     yield* sql`CREATE TABLE IF NOT EXISTS quickim_migrations (

@@ -1,0 +1,96 @@
+/** Runs quick-im as a real child process (Deno by default, or a given Node) and waits until it serves. */
+import { type ChildProcess, spawn } from "node:child_process"
+import * as Net from "node:net"
+import * as Path from "node:path"
+import { clientFor } from "./server.ts"
+
+export const root = Path.resolve(import.meta.dirname ?? ".", "../..")
+export const denoBin = Path.join(root, "node_modules/.bin/deno")
+
+export const freePort = () =>
+  new Promise<number>((resolve, reject) => {
+    const srv = Net.createServer()
+    srv.once("error", reject)
+    srv.listen(0, "127.0.0.1", () => {
+      const port = (srv.address() as Net.AddressInfo).port
+      srv.close(() => resolve(port))
+    })
+  })
+
+export interface NodeProcess extends ReturnType<typeof clientFor> {
+  readonly url: string
+  readonly child: ChildProcess
+  readonly output: () => string
+  /** Resolves with the exit code, or the signal's name when the process ended by a signal. */
+  readonly stop: (signal?: NodeJS.Signals) => Promise<number | string | null>
+}
+
+export interface SpawnOptions {
+  readonly env: Record<string, string>
+  readonly runtime?: "deno" | { readonly node: string }
+  readonly args?: ReadonlyArray<string>
+}
+
+/** Starts the server; resolves once /healthz answers, rejects if the process exits first. */
+export const spawnServer = async (options: SpawnOptions): Promise<NodeProcess> => {
+  const port = await freePort()
+  const main = Path.join(root, "src/main.ts")
+  const [command, args] = options.runtime === undefined || options.runtime === "deno"
+    ? [denoBin, ["run", "-A", main, ...(options.args ?? [])]]
+    : [options.runtime.node, [main, ...(options.args ?? [])]]
+  const child = spawn(command, args, {
+    cwd: root,
+    env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", ...options.env },
+    stdio: ["ignore", "pipe", "pipe"]
+  })
+  let output = ""
+  child.stdout!.on("data", (d) => (output += d))
+  child.stderr!.on("data", (d) => (output += d))
+  const exited = new Promise<number | string | null>((resolve) =>
+    child.once("exit", (code, signal) => resolve(code ?? signal))
+  )
+  const url = `http://127.0.0.1:${port}`
+  const client = clientFor(url)
+  const deadline = Date.now() + 45_000
+  for (;;) {
+    const state = await Promise.race([
+      exited.then((code) => ({ exited: code })),
+      client.raw("/healthz", { method: "GET" }).then((r) => ({ status: r.status }), () => ({ status: 0 }))
+    ])
+    if ("exited" in state) throw new Error(`server exited with ${state.exited} before serving:\n${output}`)
+    if (state.status === 200) break
+    if (Date.now() > deadline) {
+      child.kill("SIGKILL")
+      throw new Error(`server did not serve within 45 s:\n${output}`)
+    }
+    await new Promise((r) => setTimeout(r, 150))
+  }
+  return {
+    url,
+    child,
+    ...client,
+    output: () => output,
+    stop: (signal = "SIGTERM") => {
+      if (child.exitCode === null) child.kill(signal)
+      return exited
+    }
+  }
+}
+
+/** Runs the server expecting it to exit by itself; returns its exit code and output. */
+export const runToExit = (options: SpawnOptions, timeoutMs = 45_000) =>
+  new Promise<{ code: number | null; output: string }>((resolve) => {
+    const child = spawn(denoBin, ["run", "-A", Path.join(root, "src/main.ts"), ...(options.args ?? [])], {
+      cwd: root,
+      env: { ...process.env, HOST: "127.0.0.1", ...options.env },
+      stdio: ["ignore", "pipe", "pipe"]
+    })
+    let output = ""
+    child.stdout.on("data", (d) => (output += d))
+    child.stderr.on("data", (d) => (output += d))
+    const timer = setTimeout(() => child.kill("SIGKILL"), timeoutMs)
+    child.once("exit", (code) => {
+      clearTimeout(timer)
+      resolve({ code, output })
+    })
+  })
