@@ -36,18 +36,40 @@ export class Tokens extends Context.Service<Tokens, {
         )
       })
 
-      const verify = (token: string) =>
+      // Verified tokens are remembered until they expire: a token is immutable, and HMAC
+      // verification is a large share of a small request's CPU.
+      const verified = new Map<string, { sid: string; platform: number; expMs: number }>()
+      const remember = (token: string, claims: { sid: string; platform: number }, exp: number | undefined) => {
+        if (verified.size >= 10_000) verified.delete(verified.keys().next().value!)
+        verified.set(token, { ...claims, expMs: (exp ?? 0) * 1000 })
+      }
+
+      const verifySlow = (token: string) =>
         Effect.tryPromise({
           try: () => Jose.jwtVerify(token, key, { algorithms: ["HS256"], issuer: config.jwtIssuer }),
           catch: (e) =>
             new TokenInvalid({ reason: e instanceof Jose.errors.JWTExpired ? "token expired" : "invalid token" })
         }).pipe(
-          Effect.flatMap(({ payload }) =>
-            typeof payload.sid === "string" && payload.sid.length > 0 && Number.isInteger(payload.platform)
-              ? Effect.succeed({ sid: payload.sid, platform: payload.platform as number })
-              : Effect.fail(new TokenInvalid({ reason: "token lacks sid or platform" }))
-          )
+          Effect.flatMap(({ payload }) => {
+            if (typeof payload.sid !== "string" || payload.sid.length === 0 || !Number.isInteger(payload.platform)) {
+              return Effect.fail(new TokenInvalid({ reason: "token lacks sid or platform" }))
+            }
+            const claims = { sid: payload.sid, platform: payload.platform as number }
+            remember(token, claims, payload.exp)
+            return Effect.succeed(claims)
+          })
         )
+
+      const verify = (token: string) =>
+        Effect.flatMap(Clock.currentTimeMillis, (now) => {
+          const hit = verified.get(token)
+          if (hit === undefined) return verifySlow(token)
+          if (hit.expMs <= now) {
+            verified.delete(token)
+            return Effect.fail(new TokenInvalid({ reason: "token expired" }))
+          }
+          return Effect.succeed({ sid: hit.sid, platform: hit.platform })
+        })
 
       return Tokens.of({ issue, verify })
     })
