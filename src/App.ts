@@ -11,11 +11,16 @@ import { createServer } from "node:http"
 import { Api } from "./api/Api.ts"
 import { AppConfig, type AppSettings } from "./Config.ts"
 import { ConversationEntityLive } from "./conversation/ConversationEntity.ts"
+import { Feed } from "./push/Feed.ts"
+import { MailboxEntityLive } from "./push/MailboxEntity.ts"
+import { NotifyRoutes } from "./push/NotifyRoutes.ts"
+import { WebSocketGateway } from "./push/WebSocketGateway.ts"
 import { CorsLive, EdgeLive } from "./server/Edge.ts"
 import { HandlersLive } from "./server/Handlers.ts"
 import { Tokens } from "./server/Tokens.ts"
 import { ConversationStore } from "./storage/ConversationStore.ts"
 import { DatabaseLive } from "./storage/Database.ts"
+import { Replay } from "./storage/Replay.ts"
 
 /** Every runner option is explicit, so unprefixed env vars (PORT, HOST, ...) never reach the runner. */
 const ClusterLive = SingleRunner.layer({
@@ -23,17 +28,27 @@ const ClusterLive = SingleRunner.layer({
   shardingConfig: { ...ShardingConfig.defaults, simulateRemoteSerialization: false }
 }).pipe(Layer.provide(NodeCrypto.layerDigest))
 
-const CoreLive = Layer.mergeAll(ConversationStore.layer, Tokens.layer).pipe(Layer.provideMerge(DatabaseLive))
+const CoreLive = Layer.mergeAll(ConversationStore.layer, Replay.layer, Tokens.layer).pipe(
+  Layer.provideMerge(DatabaseLive)
+)
 
 const HttpLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
+  const gateway = yield* WebSocketGateway
   const routes = HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive))
-  return HttpRouter.serve(Layer.mergeAll(routes, EdgeLive, CorsLive), { disableLogger: !config.accessLog }).pipe(
-    Layer.provideMerge(NodeHttpServer.layer(createServer, { port: config.port, host: config.host }))
+  return HttpRouter.serve(Layer.mergeAll(routes, NotifyRoutes, EdgeLive, CorsLive), {
+    disableLogger: !config.accessLog
+  }).pipe(
+    Layer.provideMerge(
+      NodeHttpServer.layer(() => gateway.attach(createServer()), { port: config.port, host: config.host })
+    )
   )
 }))
 
-export const AppLive = Layer.mergeAll(HttpLive, ConversationEntityLive).pipe(
+const PushLive = WebSocketGateway.layer.pipe(Layer.provideMerge(Feed.layer))
+
+export const AppLive = Layer.mergeAll(HttpLive, ConversationEntityLive, MailboxEntityLive).pipe(
+  Layer.provideMerge(PushLive),
   Layer.provideMerge(ClusterLive),
   Layer.provideMerge(CoreLive)
 )

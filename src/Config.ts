@@ -19,6 +19,12 @@ export interface AppSettings {
   readonly entityIdle: Duration.Duration
   readonly groupCommitMax: number
   readonly accessLog: boolean
+  readonly resumeWindow: Duration.Duration
+  readonly connectionBuffer: number
+  readonly mailboxIdle: Duration.Duration
+  readonly pollWait: Duration.Duration
+  readonly sseHeartbeat: Duration.Duration
+  readonly wsPing: Duration.Duration
 }
 
 const list = (name: string, fallback: string) =>
@@ -41,7 +47,13 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   dbPoolSize: Config.Int("QUICKIM_DB_POOL").pipe(Config.withDefault(10)),
   entityIdle: Config.Duration("QUICKIM_ENTITY_IDLE").pipe(Config.withDefault(Duration.minutes(5))),
   groupCommitMax: Config.Int("QUICKIM_GROUP_COMMIT_MAX").pipe(Config.withDefault(256)),
-  accessLog: Config.Boolean("QUICKIM_ACCESS_LOG").pipe(Config.withDefault(false))
+  accessLog: Config.Boolean("QUICKIM_ACCESS_LOG").pipe(Config.withDefault(false)),
+  resumeWindow: Config.Duration("QUICKIM_RESUME_WINDOW").pipe(Config.withDefault(Duration.seconds(15))),
+  connectionBuffer: Config.Int("QUICKIM_CONNECTION_BUFFER").pipe(Config.withDefault(1000)),
+  mailboxIdle: Config.Duration("QUICKIM_MAILBOX_IDLE").pipe(Config.withDefault(Duration.minutes(2))),
+  pollWait: Config.Duration("QUICKIM_POLL_WAIT").pipe(Config.withDefault(Duration.seconds(30))),
+  sseHeartbeat: Config.Duration("QUICKIM_SSE_HEARTBEAT").pipe(Config.withDefault(Duration.seconds(15))),
+  wsPing: Config.Duration("QUICKIM_WS_PING").pipe(Config.withDefault(Duration.seconds(20)))
 })
 
 export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-im/Config") {

@@ -12,11 +12,13 @@ import {
   ConversationTypeOutOfRange,
   EmptyMembers,
   isConversationTypeInRange,
+  type MsgData,
   NotMember
 } from "../domain/Conversation.ts"
 import { MsgIdClock } from "../domain/MsgId.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
 import { type ConversationState, ConversationStore, type MessageRow } from "../storage/ConversationStore.ts"
+import { Mailbox } from "../push/Protocol.ts"
 import { Conversation, type Send, type SentMessage } from "./Protocol.ts"
 
 type Request = Envelope.Request<any>
@@ -25,6 +27,21 @@ type SendRequest = Envelope.Request<typeof Send>
 interface Loaded {
   readonly state: ConversationState & { lastSeq: number; lastMsgId: string | undefined; isArchive: boolean }
   readonly clock: MsgIdClock
+}
+
+const toMsgData = (r: MessageRow): MsgData => ({
+  MsgId: r.msg_id,
+  ConversationID: r.conversation_id,
+  FromSession: r.from_session,
+  SendTime: r.send_time,
+  Status: r.status,
+  Type: r.type,
+  Content: r.content
+})
+
+interface Delivery {
+  readonly members: ReadonlyArray<string>
+  readonly messages: ReadonlyArray<MsgData>
 }
 
 const dedupeKey = (session: string, clientMsgId: string) => `${session}\u0000${clientMsgId}`
@@ -36,6 +53,27 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const id = address.entityId
       const store = yield* ConversationStore
       const config = yield* AppConfig
+      const mailboxes = yield* Mailbox.client
+
+      // Push after commit, off the send path: one fiber per conversation hands each committed batch
+      // to every member's mailbox (fire-and-forget), batch after batch, so each mailbox sees the
+      // conversation's messages in commit order. A slow or absent member never delays the sender.
+      const deliveries = yield* Queue.unbounded<Delivery>()
+      yield* Effect.gen(function* () {
+        const { members, messages } = yield* Queue.take(deliveries)
+        yield* Effect.forEach(
+          members,
+          (member) =>
+            mailboxes(member).Deliver({ messages }, { discard: true }).pipe(
+              Effect.catchCause((cause) =>
+                Effect.logWarning("push to mailbox failed; the member resumes by cursor", cause).pipe(
+                  Effect.annotateLogs({ conversationId: id, session: member })
+                )
+              )
+            ),
+          { concurrency: 64, discard: true }
+        )
+      }).pipe(Effect.forever, Effect.forkScoped)
 
       return (mailbox, replier) => {
         // undefined: not loaded yet (or dropped after a failed write); null: no such conversation.
@@ -129,6 +167,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               const last = rows[rows.length - 1]
               state.lastSeq = last.seq
               state.lastMsgId = last.msg_id
+              Queue.offerUnsafe(deliveries, { members: [...state.members.keys()], messages: rows.map(toMsgData) })
             }
             for (const [r, answer] of answers) {
               if (answer instanceof NotMember) yield* fail(r, answer)

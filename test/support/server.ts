@@ -35,6 +35,12 @@ export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): A
   entityIdle: Duration.minutes(5),
   groupCommitMax: 256,
   accessLog: false,
+  resumeWindow: Duration.seconds(15),
+  connectionBuffer: 1000,
+  mailboxIdle: Duration.minutes(2),
+  pollWait: Duration.seconds(30),
+  sseHeartbeat: Duration.seconds(15),
+  wsPing: Duration.seconds(20),
   ...overrides
 })
 

@@ -1,0 +1,147 @@
+/**
+ * The Mailbox entity of one session: the registry of its live connections (every platform, on
+ * any node) and the single place that orders its deliveries. Each connection has a bounded
+ * buffer; overflow ends that subscription with `SlowConsumer` and never slows anyone else.
+ * Long-poll platforms get a pending queue that outlives each request, so what arrives between
+ * polls comes with the next one; its position is kept in SQL across passivation and restarts.
+ */
+import { Cause, Deferred, Effect, Layer, Option, Queue, Schedule, Stream } from "effect"
+import { Entity } from "effect/cluster"
+import { Rpc } from "effect/rpc"
+import { SqlClient } from "effect/sql"
+import { AppConfig } from "../Config.ts"
+import type { MsgData } from "../domain/Conversation.ts"
+import { Replay } from "../storage/Replay.ts"
+import { Mailbox, type PushEvent, SlowConsumer } from "./Protocol.ts"
+
+interface Connection {
+  readonly platform: number
+  readonly queue: Queue.Queue<PushEvent, SlowConsumer | Cause.Done>
+}
+
+interface PollState {
+  pending: Array<MsgData>
+  readonly waiters: Array<Deferred.Deferred<MsgData>>
+  last: string | undefined
+  dirty: boolean
+}
+
+/** The most messages a poll platform keeps between polls; beyond that the oldest go and a resume refills. */
+const POLL_PENDING_MAX = 10_000
+
+const entityLayer = (options: { readonly buffer: number; readonly idle: import("effect").Duration.Duration }) =>
+  Mailbox.toLayer(
+    Effect.gen(function* () {
+      const session = (yield* Entity.CurrentAddress).entityId
+      const replay = yield* Replay
+      const sql = yield* SqlClient.SqlClient
+      const connections = new Map<string, Connection>()
+      const polls = new Map<number, PollState>()
+
+      const savePositions = Effect.gen(function* () {
+        for (const [platform, state] of polls) {
+          if (!state.dirty || state.last === undefined) continue
+          state.dirty = false
+          yield* sql`INSERT INTO poll_positions (session_id, platform, last_msg_id) VALUES (${session}, ${platform}, ${state.last})
+            ON CONFLICT (session_id, platform) DO UPDATE SET last_msg_id = EXCLUDED.last_msg_id, updated_at = now()`
+        }
+      }).pipe(Effect.catchCause((cause) => Effect.logWarning("could not save poll positions", cause)))
+      yield* Effect.addFinalizer(() => savePositions)
+      yield* savePositions.pipe(Effect.repeat(Schedule.spaced("5 seconds")), Effect.forkScoped)
+
+      const pushPoll = (state: PollState, message: MsgData) => {
+        const waiter = state.waiters.shift()
+        if (waiter !== undefined) {
+          state.last = message.MsgId
+          state.dirty = true
+          Deferred.doneUnsafe(waiter, Effect.succeed(message))
+          return
+        }
+        if (state.pending.length >= POLL_PENDING_MAX) state.pending.shift()
+        state.pending.push(message)
+      }
+
+      const openPoll = Effect.fnUntraced(function* (platform: number, cursor: string | undefined) {
+        const previous = polls.get(platform)
+        const state: PollState = { pending: [], waiters: previous?.waiters ?? [], last: undefined, dirty: false }
+        // Registered before reading SQL: whatever commits from now on reaches `pending`.
+        polls.set(platform, state)
+        let from = cursor ?? previous?.last
+        if (from === undefined && previous === undefined) {
+          const [row] = yield* sql<{ last_msg_id: string }>`
+            SELECT last_msg_id FROM poll_positions WHERE session_id = ${session} AND platform = ${platform}`
+          from = row?.last_msg_id
+        }
+        state.last = from
+        if (from === undefined) return state
+        const backlog = yield* Stream.runCollect(replay.after(session, from))
+        const live = new Set(state.pending.map((m) => m.MsgId))
+        state.pending = [...backlog.filter((m) => !live.has(m.MsgId)), ...state.pending]
+        return state
+      })
+
+      return Mailbox.of({
+        Deliver: ({ payload }) =>
+          Effect.sync(() => {
+            for (const [id, connection] of connections) {
+              for (const message of payload.messages) {
+                if (!Queue.offerUnsafe(connection.queue, { _tag: "Pushed", message })) {
+                  connections.delete(id)
+                  Queue.failCauseUnsafe(connection.queue, Cause.fail(new SlowConsumer({ buffered: options.buffer })))
+                  break
+                }
+              }
+            }
+            for (const state of polls.values()) {
+              for (const message of payload.messages) pushPoll(state, message)
+            }
+          }),
+
+        Subscribe: ({ payload }) =>
+          Rpc.fork(Stream.unwrap(Effect.gen(function* () {
+            // One slot more than the buffer for the leading `Ready`.
+            const queue = yield* Queue.bounded<PushEvent, SlowConsumer | Cause.Done>(options.buffer + 1)
+            Queue.offerUnsafe(queue, { _tag: "Ready" })
+            connections.set(payload.connectionId, { platform: payload.platform, queue })
+            return Stream.fromQueue(queue).pipe(
+              Stream.ensuring(Effect.sync(() => {
+                if (connections.get(payload.connectionId)?.queue === queue) connections.delete(payload.connectionId)
+              }))
+            )
+          }))),
+
+        Poll: ({ payload }) =>
+          Rpc.fork(
+            Effect.gen(function* () {
+              const existing = polls.get(payload.platform)
+              const state = existing === undefined || payload.cursor !== undefined
+                ? yield* openPoll(payload.platform, payload.cursor)
+                : existing
+              const next = state.pending.shift()
+              if (next !== undefined) {
+                state.last = next.MsgId
+                state.dirty = true
+                return next
+              }
+              const waiter = yield* Deferred.make<MsgData>()
+              state.waiters.push(waiter)
+              const got = yield* Deferred.await(waiter).pipe(Effect.timeoutOption(payload.waitMs))
+              if (Option.isNone(got)) {
+                const i = state.waiters.indexOf(waiter)
+                if (i >= 0) state.waiters.splice(i, 1)
+                // Raced with a delivery that completed the waiter just now: hand it over all the same.
+                const late = yield* Deferred.poll(waiter)
+                return Option.isNone(late) ? null : yield* late.value
+              }
+              return got.value
+            }).pipe(Effect.orDie)
+          )
+      })
+    }),
+    { maxIdleTime: options.idle }
+  )
+
+/** Mailboxes passivate after `QUICKIM_MAILBOX_IDLE` without connections or polls. */
+export const MailboxEntityLive = Layer.unwrap(
+  Effect.map(AppConfig, (c) => entityLayer({ buffer: c.connectionBuffer, idle: c.mailboxIdle }))
+)

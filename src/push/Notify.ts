@@ -1,0 +1,62 @@
+/**
+ * `GET /notify` shared parts: who is connecting (token from the `Authorization` header or
+ * `?token=`), which protocol, and from which cursor (`Last-Event-ID` or `?last_msg_id=`).
+ */
+import { Effect } from "effect"
+import { ErrorCode } from "../api/Errors.ts"
+import { MsgIdPattern } from "../domain/MsgId.ts"
+import { Tokens } from "../server/Tokens.ts"
+
+export const PROTOCOLS = ["ws", "sse", "poll"] as const
+export type Protocol = (typeof PROTOCOLS)[number]
+
+export interface NotifyRequest {
+  readonly session: string
+  readonly platform: number
+  readonly protocol: Protocol
+  readonly cursor: string | undefined
+}
+
+/** A refusal before any streaming starts: answered as the envelope with this status. */
+export interface NotifyRefusal {
+  readonly status: number
+  readonly code: number
+  readonly error: string
+}
+
+const refuse = (status: number, code: number, error: string): Effect.Effect<never, NotifyRefusal> =>
+  Effect.fail({ status, code, error })
+
+export const parseNotify = Effect.fnUntraced(function* (
+  url: string,
+  headers: Readonly<Record<string, string | ReadonlyArray<string> | undefined>>
+) {
+  const params = new URL(url, "http://notify").searchParams
+  const header = (name: string) => {
+    const v = headers[name]
+    return typeof v === "string" ? v : Array.isArray(v) ? v[0] : undefined
+  }
+  const protocol = params.get("protoc") ?? ""
+  if (!(PROTOCOLS as ReadonlyArray<string>).includes(protocol)) {
+    return yield* refuse(400, ErrorCode.UnsupportedProtocol, `protoc must be one of ws, sse, poll (got '${protocol}')`)
+  }
+  const bearer = header("authorization")?.match(/^Bearer\s+(.+)$/i)?.[1]
+  const token = bearer ?? params.get("token") ?? ""
+  if (token.length === 0) return yield* refuse(401, ErrorCode.InvalidToken, "missing token")
+  const tokens = yield* Tokens
+  const claims = yield* tokens.verify(token).pipe(
+    Effect.catch((e) => refuse(401, ErrorCode.InvalidToken, e.reason))
+  )
+  const cursor = params.get("last_msg_id") ?? header("last-event-id") ?? undefined
+  if (cursor !== undefined && cursor !== "" && !MsgIdPattern.test(cursor)) {
+    return yield* refuse(400, ErrorCode.InvalidParameter, "last_msg_id (or Last-Event-ID) is not a MsgId")
+  }
+  return {
+    session: claims.sid,
+    platform: claims.platform,
+    protocol: protocol as Protocol,
+    cursor: cursor === "" ? undefined : cursor
+  } satisfies NotifyRequest
+})
+
+export const isNotifyPath = (url: string | undefined) => url !== undefined && /^\/notify(\?|$)/.test(url)

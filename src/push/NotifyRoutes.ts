@@ -1,0 +1,77 @@
+/**
+ * `GET /notify` over plain HTTP: `protoc=sse` (an event stream) and `protoc=poll` (one message
+ * per request, waiting up to QUICKIM_POLL_WAIT, 204 when none came). `protoc=ws` arrives as an
+ * upgrade and is served by WebSocketGateway; without the upgrade headers it is refused here.
+ */
+import { Duration, Effect, Layer, Stream } from "effect"
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { ErrorCode } from "../api/Errors.ts"
+import { AppConfig } from "../Config.ts"
+import type { MsgData } from "../domain/Conversation.ts"
+import { Feed } from "./Feed.ts"
+import { parseNotify } from "./Notify.ts"
+import { Mailbox } from "./Protocol.ts"
+
+const encoder = new TextEncoder()
+
+const sseEvent = (m: MsgData) => encoder.encode(`event: message\nid: ${m.MsgId}\ndata: ${JSON.stringify(m)}\n\n`)
+
+export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
+  const config = yield* AppConfig
+  const feed = yield* Feed
+  const mailboxes = yield* Mailbox.client
+  const heartbeat = Duration.toMillis(config.sseHeartbeat)
+  const waitMs = Duration.toMillis(config.pollWait)
+
+  return HttpRouter.add("GET", "/notify", (request) =>
+    Effect.gen(function* () {
+      const notify = yield* parseNotify(request.url, request.headers)
+      switch (notify.protocol) {
+        case "ws":
+          return HttpServerResponse.jsonUnsafe({
+            code: ErrorCode.UnsupportedProtocol,
+            error: "protoc=ws needs a WebSocket upgrade request"
+          }, { status: 426, headers: { upgrade: "websocket" } })
+        case "poll": {
+          const message = yield* mailboxes(notify.session).Poll({
+            platform: notify.platform,
+            waitMs,
+            ...(notify.cursor === undefined ? {} : { cursor: notify.cursor })
+          })
+          return message === null
+            ? HttpServerResponse.empty({ status: 204 })
+            : HttpServerResponse.jsonUnsafe(message, { headers: { "cache-control": "no-store" } })
+        }
+        case "sse": {
+          const events = feed.open(notify.session, notify.platform, notify.cursor).pipe(
+            Stream.map(sseEvent),
+            // A slow reader or a failure ends the stream with a reason; EventSource reconnects with Last-Event-ID.
+            Stream.catchCause((cause) => {
+              const slow = cause.reasons.some((r) => r._tag === "Fail" && (r.error as any)?._tag === "SlowConsumer")
+              return Stream.succeed(encoder.encode(
+                `event: error\ndata: ${
+                  JSON.stringify(
+                    slow ? { code: 10007, error: "slow consumer" } : { code: 10002, error: "internal error" }
+                  )
+                }\n\n`
+              ))
+            }),
+            Stream.merge(Stream.tick(heartbeat).pipe(Stream.map(() => encoder.encode(": ping\n\n"))), {
+              haltStrategy: "left"
+            })
+          )
+          // The first chunk goes out at once so the headers are flushed before any message.
+          return HttpServerResponse.stream(Stream.concat(Stream.succeed(encoder.encode("retry: 2000\n\n")), events), {
+            contentType: "text/event-stream",
+            headers: { "cache-control": "no-store", "x-accel-buffering": "no", connection: "keep-alive" }
+          })
+        }
+      }
+    }).pipe(
+      Effect.catch((e: any) =>
+        "status" in e && "code" in e
+          ? Effect.succeed(HttpServerResponse.jsonUnsafe({ code: e.code, error: e.error }, { status: e.status }))
+          : Effect.die(e)
+      )
+    ))
+}))

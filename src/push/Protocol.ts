@@ -1,0 +1,44 @@
+/**
+ * The Mailbox entity's protocol. One Mailbox per session (`sid`) knows the session's live
+ * connections, on any node, and delivers to them in one order. Conversations hand it committed
+ * messages with `Deliver`; gateways attach a connection with the streaming `Subscribe`; long-poll
+ * clients take messages with `Poll`.
+ */
+import { Schema } from "effect"
+import { Entity } from "effect/cluster"
+import { Rpc } from "effect/rpc"
+import { MsgData } from "../domain/Conversation.ts"
+
+/** Committed messages of one conversation, in commit order (fire-and-forget from the Conversation entity). */
+export const Deliver = Rpc.make("Deliver", {
+  payload: { messages: Schema.Array(MsgData) }
+})
+
+export const Ready = Schema.TaggedStruct("Ready", {})
+export const Pushed = Schema.TaggedStruct("Pushed", { message: MsgData })
+/** A subscription first yields `Ready` (the connection is registered: nothing delivered from now on is missed), then messages. */
+export const PushEvent = Schema.Union([Ready, Pushed])
+export type PushEvent = typeof PushEvent.Type
+
+/** The connection's buffer overflowed: the consumer is too slow. The client resumes by cursor. */
+export class SlowConsumer extends Schema.TaggedError<SlowConsumer>()("SlowConsumer", {
+  buffered: Schema.Number
+}) {}
+
+export const Subscribe = Rpc.make("Subscribe", {
+  payload: { connectionId: Schema.String, platform: Schema.Number },
+  success: PushEvent,
+  error: SlowConsumer,
+  stream: true
+})
+
+/**
+ * Long-poll: the next message for this (session, platform), waiting up to `waitMs`. The mailbox
+ * keeps the platform's position between polls; `cursor` (a MsgId) restarts from there.
+ */
+export const Poll = Rpc.make("Poll", {
+  payload: { platform: Schema.Number, cursor: Schema.optionalKey(Schema.String), waitMs: Schema.Number },
+  success: Schema.NullOr(MsgData)
+})
+
+export const Mailbox = Entity.make("Mailbox", [Deliver, Subscribe, Poll])

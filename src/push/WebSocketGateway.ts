@@ -1,0 +1,150 @@
+/**
+ * `/notify?protoc=ws`: one JSON text frame per message, protocol-level pings, a bounded send
+ * buffer, and close codes that tell the client what to do.
+ *
+ * Why not Effect's `request.upgrade`: its Socket exposes neither WebSocket ping frames nor the
+ * send buffer's size, and both are needed here (dead-peer detection; slow-consumer cut-off). So
+ * `attach` routes `/notify` upgrades of the Node server to this module (the `ws` package, which
+ * Effect uses underneath too) and every other upgrade to Effect as before.
+ */
+import { Context, Duration, Effect, Exit, Fiber, Layer, Stream } from "effect"
+import type * as Http from "node:http"
+import type { Duplex } from "node:stream"
+import { WebSocket, WebSocketServer } from "ws"
+import { AppConfig } from "../Config.ts"
+import { Feed } from "./Feed.ts"
+import { isNotifyPath, type NotifyRefusal, parseNotify } from "./Notify.ts"
+
+/** Close codes (4000–4999 are the application's). */
+export const CloseCode = {
+  /** The server is stopping: reconnect (to any node) with `last_msg_id`. */
+  Restart: 1012,
+  /** The client sent a data frame: `/notify` is one-way. */
+  PolicyViolation: 1008,
+  Internal: 1011,
+  /** The client read too slowly and its buffer filled: reconnect with `last_msg_id`. */
+  SlowConsumer: 4008
+} as const
+
+/** Bytes queued in a socket's send buffer before the connection is cut as a slow consumer. */
+const MAX_BUFFERED = 4 * 1024 * 1024
+
+const refuseUpgrade = (socket: Duplex, refusal: NotifyRefusal) => {
+  const body = JSON.stringify({ code: refusal.code, error: refusal.error })
+  socket.end(
+    `HTTP/1.1 ${refusal.status} ${refusal.status === 401 ? "Unauthorized" : "Bad Request"}\r\n`
+      + `Content-Type: application/json\r\nContent-Length: ${
+        Buffer.byteLength(body)
+      }\r\nConnection: close\r\n\r\n${body}`
+  )
+}
+
+export class WebSocketGateway extends Context.Service<WebSocketGateway, {
+  /** Makes `server` send `/notify` upgrades here. Call before anything listens for `upgrade`. */
+  readonly attach: (server: Http.Server) => Http.Server
+}>()("quick-im/push/WebSocketGateway") {
+  static readonly layer = Layer.effect(
+    WebSocketGateway,
+    Effect.gen(function* () {
+      const context = yield* Effect.context<Feed | AppConfig | import("../server/Tokens.ts").Tokens>()
+      const feed = yield* Feed
+      const config = yield* AppConfig
+      const pingEvery = Duration.toMillis(config.wsPing)
+      const run = Effect.runForkWith(context)
+      const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 4096 })
+      const open = new Set<WebSocket>()
+      // Stopping: every client is told to come back (to any node) and resume by cursor.
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          for (const ws of open) ws.close(CloseCode.Restart, "server restarting: reconnect with last_msg_id")
+          wss.close()
+        })
+      )
+
+      const serve = (ws: WebSocket, session: string, platform: number, cursor: string | undefined) => {
+        open.add(ws)
+        let alive = true
+        const ping = setInterval(() => {
+          if (!alive) return ws.terminate()
+          alive = false
+          ws.ping()
+        }, pingEvery)
+        ws.on("pong", () => (alive = true))
+        const close = (code: number, reason: string) => {
+          if (ws.readyState === WebSocket.OPEN) ws.close(code, reason)
+        }
+        const fiber = run(
+          feed.open(session, platform, cursor).pipe(
+            Stream.runForEach((message) =>
+              Effect.sync(() => {
+                if (ws.bufferedAmount > MAX_BUFFERED) {
+                  close(CloseCode.SlowConsumer, "slow consumer: reconnect with last_msg_id")
+                  return
+                }
+                ws.send(JSON.stringify(message))
+              })
+            )
+          )
+        )
+        fiber.addObserver((exit) => {
+          if (Exit.isSuccess(exit)) return close(CloseCode.Restart, "stream ended: reconnect with last_msg_id")
+          const slow = exit.cause.reasons.some((r) => r._tag === "Fail" && (r.error as any)?._tag === "SlowConsumer")
+          if (slow) return close(CloseCode.SlowConsumer, "slow consumer: reconnect with last_msg_id")
+          if (ws.readyState === WebSocket.OPEN) {
+            run(Effect.logWarning("push connection failed", exit.cause))
+            close(CloseCode.Internal, "internal error: reconnect with last_msg_id")
+          }
+        })
+        ws.on("message", () => close(CloseCode.PolicyViolation, "/notify is one-way: clients send no data frames"))
+        ws.on("close", () => {
+          open.delete(ws)
+          clearInterval(ping)
+          run(Fiber.interrupt(fiber))
+        })
+        ws.on("error", () => ws.terminate())
+      }
+
+      const handle = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+        run(
+          parseNotify(request.url ?? "/", request.headers).pipe(
+            Effect.match({
+              onFailure: (refusal) => refuseUpgrade(socket, refusal),
+              onSuccess: (notify) => {
+                if (notify.protocol !== "ws") {
+                  return refuseUpgrade(socket, {
+                    status: 400,
+                    code: 90013,
+                    error: `a WebSocket upgrade needs protoc=ws (got ${notify.protocol})`
+                  })
+                }
+                wss.handleUpgrade(
+                  request,
+                  socket,
+                  head,
+                  (ws) => serve(ws, notify.session, notify.platform, notify.cursor)
+                )
+              }
+            })
+          )
+        )
+      }
+
+      const attach = (server: Http.Server) => {
+        const on = server.on.bind(server)
+        const wrap = (event: string | symbol, listener: (...args: Array<any>) => void) =>
+          event === "upgrade"
+            ? on(
+              "upgrade",
+              (request: Http.IncomingMessage, socket: Duplex, head: Buffer) =>
+                isNotifyPath(request.url) ? handle(request, socket, head) : listener(request, socket, head)
+            )
+            : on(event as string, listener)
+        server.on = wrap as typeof server.on
+        server.addListener = wrap as typeof server.addListener
+        return server
+      }
+
+      return WebSocketGateway.of({ attach })
+    })
+  )
+}
