@@ -25,6 +25,7 @@ export interface AppSettings {
   readonly pollWait: Duration.Duration
   readonly sseHeartbeat: Duration.Duration
   readonly wsPing: Duration.Duration
+  readonly wsMaxBufferedBytes: number
 }
 
 const list = (name: string, fallback: string) =>
@@ -53,7 +54,8 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   mailboxIdle: Config.Duration("QUICKIM_MAILBOX_IDLE").pipe(Config.withDefault(Duration.minutes(2))),
   pollWait: Config.Duration("QUICKIM_POLL_WAIT").pipe(Config.withDefault(Duration.seconds(30))),
   sseHeartbeat: Config.Duration("QUICKIM_SSE_HEARTBEAT").pipe(Config.withDefault(Duration.seconds(15))),
-  wsPing: Config.Duration("QUICKIM_WS_PING").pipe(Config.withDefault(Duration.seconds(20)))
+  wsPing: Config.Duration("QUICKIM_WS_PING").pipe(Config.withDefault(Duration.seconds(20))),
+  wsMaxBufferedBytes: Config.Int("QUICKIM_WS_MAX_BUFFERED_BYTES").pipe(Config.withDefault(4 * 1024 * 1024))
 })
 
 export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-im/Config") {

@@ -26,9 +26,6 @@ export const CloseCode = {
   SlowConsumer: 4008
 } as const
 
-/** Bytes queued in a socket's send buffer before the connection is cut as a slow consumer. */
-const MAX_BUFFERED = 4 * 1024 * 1024
-
 const refuseUpgrade = (socket: Duplex, refusal: NotifyRefusal) => {
   const body = JSON.stringify({ code: refusal.code, error: refusal.error })
   socket.end(
@@ -50,6 +47,8 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
       const feed = yield* Feed
       const config = yield* AppConfig
       const pingEvery = Duration.toMillis(config.wsPing)
+      // Bytes queued in a socket's send buffer before the connection is cut as a slow consumer.
+      const maxBuffered = config.wsMaxBufferedBytes
       const run = Effect.runForkWith(context)
       const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 4096 })
       const open = new Set<WebSocket>()
@@ -77,7 +76,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
           feed.open(session, platform, cursor).pipe(
             Stream.runForEach((message) =>
               Effect.sync(() => {
-                if (ws.bufferedAmount > MAX_BUFFERED) {
+                if (ws.bufferedAmount > maxBuffered) {
                   close(CloseCode.SlowConsumer, "slow consumer: reconnect with last_msg_id")
                   return
                 }

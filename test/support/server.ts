@@ -41,6 +41,7 @@ export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): A
   pollWait: Duration.seconds(30),
   sseHeartbeat: Duration.seconds(15),
   wsPing: Duration.seconds(20),
+  wsMaxBufferedBytes: 4 * 1024 * 1024,
   ...overrides
 })
 

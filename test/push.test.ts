@@ -1,0 +1,229 @@
+/**
+ * Push end to end over real sockets: each protocol, multi-device, membership changes, resume
+ * after a forced disconnect mid-burst, and slow consumers.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { Duration } from "effect"
+import * as Net from "node:net"
+import type { MsgData } from "../src/domain/Conversation.ts"
+import { connect, connectPoll, connectSse, connectWs, dedupe, type Protocol, sleep } from "./support/push.ts"
+import { settingsFor, startServer, type TestServer } from "./support/server.ts"
+
+const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
+const PROTOCOLS: ReadonlyArray<Protocol> = ["ws", "sse", "poll"]
+
+describe("push", () => {
+  let server: TestServer
+  beforeAll(async () => {
+    server = await startServer(settingsFor("pglite", { pollWait: Duration.seconds(2) }))
+  })
+  afterAll(() => server?.stop())
+
+  const session = async (platform = 1) => {
+    const sid = unique("s")
+    return { sid, token: await server.token(sid, platform) }
+  }
+  const conversationOf = async (...sessions: Array<string>) =>
+    (await server.post("/inner/create_conversation", { sessions })).body.data.ConversationId as string
+  const send = async (token: string, conversation_id: string, content: string) => {
+    const reply = await server.post("/send_msg", { conversation_id, content, type: 1 }, token)
+    assert.strictEqual(reply.body.code, 0, JSON.stringify(reply.body))
+    return reply.body.data.MsgID as string
+  }
+  /** A poll client only exists from its first request on. */
+  const settle = (protocol: Protocol) => sleep(protocol === "poll" ? 400 : 50)
+
+  for (const protocol of PROTOCOLS) {
+    it(`${protocol}: a member receives each message once, as the MsgData of history`, async () => {
+      const a = await session()
+      const b = await session(2)
+      const id = await conversationOf(a.sid, b.sid)
+      const client = await connect(protocol, server.url, b.token)
+      await settle(protocol)
+      try {
+        const ids = [await send(a.token, id, "one"), await send(a.token, id, "two"), await send(a.token, id, "three")]
+        await client.until((m) => m.length >= 3)
+        await sleep(200)
+        assert.deepStrictEqual(client.messages.map((m) => m.MsgId), ids)
+        const history =
+          (await server.post("/get_conversation_last_30_msg", { conversation_id: id }, b.token)).body.data.Msg
+        assert.deepStrictEqual(client.messages, history)
+      } finally {
+        client.close()
+      }
+    })
+
+    it(`${protocol}: resumes after a forced disconnect mid-burst with nothing lost`, async () => {
+      const a = await session()
+      const b = await session(3)
+      const id = await conversationOf(a.sid, b.sid)
+      const first = await connect(protocol, server.url, b.token)
+      await settle(protocol)
+      const burst = (async () => {
+        const ids: Array<string> = []
+        for (let i = 0; i < 120; i++) ids.push(await send(a.token, id, `m${i}`))
+        return ids
+      })()
+      await first.until((m) => m.length >= 20)
+      first.close()
+      const seen = [...first.messages]
+      const cursor = seen[seen.length - 1].MsgId
+      await sleep(100)
+      const second = await connect(protocol, server.url, b.token, cursor)
+      const sent = await burst
+      try {
+        await second.until((m) => dedupe([...seen, ...m]).length >= sent.length)
+        const all = dedupe([...seen, ...second.messages]).map((m) => m.MsgId)
+        assert.deepStrictEqual(all, sent, "every message once, in order")
+      } finally {
+        second.close()
+      }
+    })
+  }
+
+  it("every device of a session receives, including the sender's own other devices", async () => {
+    const a = await session(1)
+    const aPhone = await server.token(a.sid, 2)
+    const b = await session()
+    const id = await conversationOf(a.sid, b.sid)
+    const clients = [
+      await connectWs(server.url, a.token),
+      await connectWs(server.url, a.token), // a second connection on the same platform
+      await connectSse(server.url, aPhone),
+      await connectWs(server.url, b.token)
+    ]
+    try {
+      const msgId = await send(a.token, id, "to everyone")
+      for (const c of clients) await c.until((m) => m.some((x) => x.MsgId === msgId))
+    } finally {
+      for (const c of clients) c.close()
+    }
+  })
+
+  it("a kicked member gets nothing more; a new member receives from the moment it joined", async () => {
+    const a = await session()
+    const b = await session()
+    const c = await session()
+    const id = await conversationOf(a.sid, b.sid)
+    const before = await send(a.token, id, "before c joined")
+    const bClient = await connectWs(server.url, b.token)
+    const cClient = await connectWs(server.url, c.token, before)
+    try {
+      await server.post("/inner/join_conversation", { conversation_id: id, sessions: [c.sid] })
+      const joined = await send(a.token, id, "after c joined")
+      await cClient.until((m) => m.some((x) => x.MsgId === joined))
+      await server.post("/inner/kickout_conversation", { conversation_id: id, sessions: [b.sid] })
+      const afterKick = await send(a.token, id, "after b was kicked")
+      await cClient.until((m) => m.some((x) => x.MsgId === afterKick))
+      await sleep(300)
+      assert.notInclude(bClient.messages.map((m) => m.MsgId), afterKick)
+      assert.notInclude(cClient.messages.map((m) => m.MsgId), before, "nothing from before joining, even on resume")
+      // A resume after the kick does not hand the kicked member anything either.
+      const resumed = await connectWs(server.url, b.token, joined)
+      await sleep(300)
+      assert.deepStrictEqual(resumed.messages, [])
+      resumed.close()
+    } finally {
+      bClient.close()
+      cClient.close()
+    }
+  })
+
+  it("poll: what arrives between polls comes with the next poll, in order", async () => {
+    const a = await session()
+    const b = await session(5)
+    const id = await conversationOf(a.sid, b.sid)
+    const first = await fetch(`${server.url}/notify?protoc=poll&token=${b.token}`)
+    assert.strictEqual(first.status, 204)
+    const ids = [await send(a.token, id, "x"), await send(a.token, id, "y")]
+    const got: Array<string> = []
+    for (let i = 0; i < 2; i++) {
+      const res = await fetch(`${server.url}/notify?protoc=poll&token=${b.token}`)
+      assert.strictEqual(res.status, 200)
+      got.push(((await res.json()) as MsgData).MsgId)
+    }
+    assert.deepStrictEqual(got, ids)
+    const empty = await fetch(`${server.url}/notify?protoc=poll&token=${b.token}`)
+    assert.strictEqual(empty.status, 204)
+  })
+
+  it("refuses unknown protocols (90013) and bad tokens (10101) with the envelope", async () => {
+    const { token } = await session()
+    const bad = await fetch(`${server.url}/notify?protoc=mqtt&token=${token}`)
+    assert.strictEqual(bad.status, 400)
+    assert.strictEqual(((await bad.json()) as any).code, 90013)
+    const noToken = await fetch(`${server.url}/notify?protoc=sse`)
+    assert.strictEqual(noToken.status, 401)
+    assert.strictEqual(((await noToken.json()) as any).code, 10101)
+    const wsBad = await connectWs(server.url, "forged").then(() => "opened", () => "refused")
+    assert.strictEqual(wsBad, "refused")
+    const cursor = await fetch(`${server.url}/notify?protoc=sse&token=${token}&last_msg_id=nope`)
+    assert.strictEqual(((await cursor.json()) as any).code, 10001)
+  })
+})
+
+/**
+ * A client that connects and then stops reading: after the kernel's socket buffers fill, the
+ * server sees it as slow. Returns everything it received once `drain()` lets it read again.
+ */
+const stalledClient = async (url: string, headers: Record<string, string> = {}) => {
+  const { hostname, port, pathname, search } = new URL(url)
+  const socket = Net.connect(Number(port), hostname)
+  await new Promise((r) => socket.once("connect", r))
+  const chunks: Array<Buffer> = []
+  socket.on("data", (d) => chunks.push(d))
+  const ended = new Promise((r) => socket.once("close", r))
+  socket.write(
+    `GET ${pathname}${search} HTTP/1.1\r\nHost: ${hostname}\r\n`
+      + Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("") + "\r\n"
+  )
+  await sleep(200)
+  socket.pause()
+  return {
+    drain: async (ms: number) => {
+      socket.resume()
+      await Promise.race([ended, sleep(ms)])
+      socket.destroy()
+      return Buffer.concat(chunks).toString("latin1")
+    }
+  }
+}
+
+describe("slow consumers", () => {
+  it("readers that stop reading are cut off with a reason; the sender and other members are not slowed", async () => {
+    const server = await startServer(settingsFor("pglite", { connectionBuffer: 50, wsMaxBufferedBytes: 256 * 1024 }))
+    try {
+      const sids = [unique("sender"), unique("fast"), unique("stalled")]
+      const [sender, fast, stalled] = await Promise.all(sids.map((s) => server.token(s)))
+      const id = (await server.post("/inner/create_conversation", { sessions: sids })).body.data.ConversationId
+      const fastClient = await connectWs(server.url, fast)
+      const stalledSse = await stalledClient(`${server.url}/notify?protoc=sse&token=${stalled}`)
+      const stalledWs = await stalledClient(`${server.url}/notify?protoc=ws&token=${stalled}`, {
+        Connection: "Upgrade",
+        Upgrade: "websocket",
+        "Sec-WebSocket-Version": "13",
+        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="
+      })
+      // ~16 MB in all: more than loopback socket buffers hold.
+      const content = "x".repeat(16_000)
+      const sent: Array<string> = []
+      for (let i = 0; i < 1000; i++) {
+        const r = await server.post("/send_msg", { conversation_id: id, content }, sender)
+        assert.strictEqual(r.body.code, 0)
+        sent.push(r.body.data.MsgID)
+      }
+      await fastClient.until((m) => m.length >= sent.length, 30_000)
+      assert.deepStrictEqual(fastClient.messages.map((m) => m.MsgId), sent)
+      fastClient.close()
+      const sseText = await stalledSse.drain(10_000)
+      assert.include(sseText, "event: error")
+      assert.include(sseText, "slow consumer")
+      const wsBytes = await stalledWs.drain(10_000)
+      assert.include(wsBytes, "101 Switching Protocols")
+      // The close frame carries code 4008 and a reason telling the client to resume.
+      assert.include(wsBytes, "\x0f\xa8slow consumer: reconnect with last_msg_id")
+    } finally {
+      await server.stop()
+    }
+  })
+})

@@ -1,0 +1,147 @@
+/** Push clients for tests: real WebSocket, EventSource-style SSE over fetch, and long-poll loops. */
+import type { MsgData } from "../../src/domain/Conversation.ts"
+
+export interface PushClient {
+  readonly messages: Array<MsgData>
+  /** Resolves when the server or the test ended the connection. */
+  readonly closed: Promise<{ readonly code?: number; readonly reason?: string }>
+  readonly close: () => void
+  /** Waits until `predicate` holds over the received messages. */
+  readonly until: (predicate: (messages: ReadonlyArray<MsgData>) => boolean, timeoutMs?: number) => Promise<void>
+}
+
+const waiter =
+  (messages: Array<MsgData>, listeners: Set<() => void>) =>
+  (predicate: (m: ReadonlyArray<MsgData>) => boolean, timeoutMs = 15_000) =>
+    new Promise<void>((resolve, reject) => {
+      if (predicate(messages)) return resolve()
+      const check = () => {
+        if (predicate(messages)) {
+          listeners.delete(check)
+          clearTimeout(timer)
+          resolve()
+        }
+      }
+      const timer = setTimeout(() => {
+        listeners.delete(check)
+        reject(new Error(`timed out after ${timeoutMs} ms with ${messages.length} messages`))
+      }, timeoutMs)
+      listeners.add(check)
+    })
+
+export const connectWs = (base: string, token: string, cursor?: string, platformQuery = ""): Promise<PushClient> =>
+  new Promise((resolve, reject) => {
+    const url = `${base.replace(/^http/, "ws")}/notify?protoc=ws&token=${token}${
+      cursor ? `&last_msg_id=${cursor}` : ""
+    }${platformQuery}`
+    const ws = new WebSocket(url)
+    const messages: Array<MsgData> = []
+    const listeners = new Set<() => void>()
+    let resolveClosed!: (v: { code?: number; reason?: string }) => void
+    const closed = new Promise<{ code?: number; reason?: string }>((r) => (resolveClosed = r))
+    ws.onmessage = (e) => {
+      messages.push(JSON.parse(String(e.data)))
+      for (const l of [...listeners]) l()
+    }
+    ws.onclose = (e) => resolveClosed({ code: e.code, reason: e.reason })
+    ws.onerror = () => reject(new Error("websocket failed to open"))
+    ws.onopen = () => resolve({ messages, closed, close: () => ws.close(), until: waiter(messages, listeners) })
+  })
+
+export const connectSse = async (base: string, token: string, cursor?: string): Promise<
+  PushClient & {
+    readonly errors: Array<string>
+  }
+> => {
+  const controller = new AbortController()
+  const res = await fetch(`${base}/notify?protoc=sse&token=${token}`, {
+    headers: cursor ? { "last-event-id": cursor } : {},
+    signal: controller.signal
+  })
+  if (res.status !== 200) throw new Error(`sse answered ${res.status}: ${await res.text()}`)
+  const messages: Array<MsgData> = []
+  const errors: Array<string> = []
+  const listeners = new Set<() => void>()
+  const closed = (async () => {
+    const reader = res.body!.getReader()
+    const decoder = new TextDecoder()
+    let buffer = ""
+    try {
+      for (;;) {
+        const { value, done } = await reader.read()
+        if (done) break
+        buffer += decoder.decode(value, { stream: true })
+        let end: number
+        while ((end = buffer.indexOf("\n\n")) >= 0) {
+          const block = buffer.slice(0, end)
+          buffer = buffer.slice(end + 2)
+          const lines = block.split("\n")
+          const event = lines.find((l) => l.startsWith("event: "))?.slice(7)
+          const data = lines.filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n")
+          if (event === "message") {
+            const m = JSON.parse(data) as MsgData
+            const id = lines.find((l) => l.startsWith("id: "))?.slice(4)
+            if (id !== m.MsgId) throw new Error(`SSE id ${id} does not match MsgId ${m.MsgId}`)
+            messages.push(m)
+            for (const l of [...listeners]) l()
+          } else if (event === "error") errors.push(data)
+        }
+      }
+    } catch {
+      // aborted by the test
+    }
+    return {}
+  })()
+  return { messages, errors, closed, close: () => controller.abort(), until: waiter(messages, listeners) }
+}
+
+/** Polls in a loop (one request at a time) until closed. */
+export const connectPoll = (base: string, token: string, cursor?: string): PushClient => {
+  const messages: Array<MsgData> = []
+  const listeners = new Set<() => void>()
+  let stopped = false
+  const controller = new AbortController()
+  const closed = (async () => {
+    let first = true
+    while (!stopped) {
+      const c = first && cursor ? `&last_msg_id=${cursor}` : ""
+      first = false
+      try {
+        const res = await fetch(`${base}/notify?protoc=poll&token=${token}${c}`, { signal: controller.signal })
+        if (res.status === 200) {
+          messages.push(await res.json())
+          for (const l of [...listeners]) l()
+        } else await res.body?.cancel()
+      } catch {
+        if (!stopped) await new Promise((r) => setTimeout(r, 50))
+      }
+    }
+    return {}
+  })()
+  return {
+    messages,
+    closed,
+    close: () => {
+      stopped = true
+      controller.abort()
+    },
+    until: waiter(messages, listeners)
+  }
+}
+
+export type Protocol = "ws" | "sse" | "poll"
+
+export const connect = (protocol: Protocol, base: string, token: string, cursor?: string): Promise<PushClient> =>
+  protocol === "ws"
+    ? connectWs(base, token, cursor)
+    : protocol === "sse"
+    ? connectSse(base, token, cursor)
+    : Promise.resolve(connectPoll(base, token, cursor))
+
+/** Messages deduplicated by MsgId, first occurrence kept. */
+export const dedupe = (messages: ReadonlyArray<MsgData>) => {
+  const seen = new Set<string>()
+  return messages.filter((m) => !seen.has(m.MsgId) && seen.add(m.MsgId))
+}
+
+export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
