@@ -53,34 +53,37 @@ export class Replay extends Context.Service<Replay, {
       const after = (session: string, cursor: string) =>
         Stream.unwrap(Effect.gen(function* () {
           const floor = floorOf(cursor, config.resumeWindow)
-          // Only conversations with something at or after the floor; `joined_seq` hides what came before joining.
-          const conversations = yield* sql<{ conversation_id: string; joined_seq: string }>`
-            SELECT cm.conversation_id, cm.joined_seq FROM conversation_members cm
-            JOIN conversations c ON c.id = cm.conversation_id
-            WHERE cm.session_id = ${session} AND c.last_msg_id > ${floor}
-            ORDER BY cm.conversation_id`
-          // The cursor's own conversation was seen in order up to the cursor: start right after it there.
+          // The cursor's own conversation was seen in order up to the cursor: nothing of it before.
           const hash = decode(cursor).hash
-          const start = new Map<string, string>()
-          for (const c of conversations) {
-            if (conversationHash(c.conversation_id) !== hash) continue
-            const hit =
-              yield* sql`SELECT 1 FROM messages WHERE conversation_id = ${c.conversation_id} AND msg_id = ${cursor}`
-            if (hit.length > 0) start.set(c.conversation_id, cursor)
-          }
-          return Stream.fromIterable(conversations).pipe(
-            Stream.flatMap((c) =>
-              Stream.paginate(start.get(c.conversation_id) ?? floor, (from: string) =>
-                sql<Row>`SELECT msg_id, conversation_id, from_session, send_time, status, type, content
-                  FROM messages WHERE conversation_id = ${c.conversation_id} AND msg_id > ${from}
-                  AND seq > ${Number(c.joined_seq)} ORDER BY msg_id LIMIT ${PAGE}`.pipe(
-                  Effect.map((rows) =>
-                    [
-                      rows.map(toMsgData),
-                      rows.length === PAGE ? Option.some(rows[rows.length - 1].msg_id) : Option.none()
-                    ] as const
-                  )
-                )), { concurrency: 1 })
+          const candidates = yield* sql<{ conversation_id: string }>`
+            SELECT m.conversation_id FROM conversation_members cm
+            JOIN messages m ON m.conversation_id = cm.conversation_id AND m.msg_id = ${cursor}
+            WHERE cm.session_id = ${session}`
+          const own = candidates.find((c) => conversationHash(c.conversation_id) === hash)?.conversation_id ?? ""
+          // One order across conversations (by MsgId), so that any message a client received during
+          // a replay is itself a safe cursor: everything after it in the replay sorts above it.
+          return Stream.paginate(
+            { id: floor, conversation: "" },
+            (after: { readonly id: string; readonly conversation: string }) =>
+              sql<Row>`SELECT m.msg_id, m.conversation_id, m.from_session, m.send_time, m.status, m.type, m.content
+                FROM conversation_members cm
+                JOIN conversations c ON c.id = cm.conversation_id AND c.last_msg_id > ${floor}
+                JOIN messages m ON m.conversation_id = cm.conversation_id AND m.msg_id > ${floor}
+                  AND m.seq > cm.joined_seq
+                WHERE cm.session_id = ${session}
+                  AND NOT (m.conversation_id = ${own} AND m.msg_id <= ${cursor})
+                  AND (m.msg_id, m.conversation_id) > (${after.id}, ${after.conversation})
+                ORDER BY m.msg_id, m.conversation_id LIMIT ${PAGE}`.pipe(
+                Effect.map((rows) => {
+                  const last = rows[rows.length - 1]
+                  return [
+                    rows.map(toMsgData),
+                    rows.length === PAGE
+                      ? Option.some({ id: last.msg_id, conversation: last.conversation_id })
+                      : Option.none()
+                  ] as const
+                })
+              )
           )
         }))
 
