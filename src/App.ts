@@ -3,7 +3,7 @@
  * the HTTP gateway. `main.ts` launches it; tests build it with their own settings.
  */
 import { NodeCrypto, NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer } from "effect"
+import { Effect, Layer, References } from "effect"
 import { ShardingConfig, SingleRunner } from "effect/cluster"
 import { HttpRouter } from "effect/http"
 import { HttpApiBuilder } from "effect/http-api"
@@ -12,6 +12,7 @@ import { Api } from "./api/Api.ts"
 import { AppConfig, type AppSettings } from "./Config.ts"
 import { ConversationEntityLive } from "./conversation/ConversationEntity.ts"
 import { Feed } from "./push/Feed.ts"
+import { LocalConnections } from "./push/LocalConnections.ts"
 import { MailboxEntityLive } from "./push/MailboxEntity.ts"
 import { NotifyRoutes } from "./push/NotifyRoutes.ts"
 import { WebSocketGateway } from "./push/WebSocketGateway.ts"
@@ -49,8 +50,11 @@ const PushLive = WebSocketGateway.layer.pipe(Layer.provideMerge(Feed.layer))
 
 export const AppLive = Layer.mergeAll(HttpLive, ConversationEntityLive, MailboxEntityLive).pipe(
   Layer.provideMerge(PushLive),
+  Layer.provideMerge(LocalConnections.layer),
   Layer.provideMerge(ClusterLive),
-  Layer.provideMerge(CoreLive)
+  Layer.provideMerge(CoreLive),
+  // No span exporter is configured yet: recording spans nobody reads costs CPU on every request.
+  Layer.provide(Layer.succeed(References.TracerEnabled, false))
 )
 
 /** The node with settings from the environment. */

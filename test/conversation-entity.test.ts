@@ -10,12 +10,14 @@ import { SqlClient } from "effect/sql"
 import { AppConfig } from "../src/Config.ts"
 import { ConversationEntityLive } from "../src/conversation/ConversationEntity.ts"
 import { Conversation } from "../src/conversation/Protocol.ts"
+import { LocalConnections } from "../src/push/LocalConnections.ts"
 import { ConversationStore } from "../src/storage/ConversationStore.ts"
 import { DatabaseLive } from "../src/storage/Database.ts"
 import { settingsFor } from "./support/server.ts"
 
 const TestLayer = ConversationEntityLive.pipe(
   Layer.provideMerge(TestRunner.layer),
+  Layer.provideMerge(LocalConnections.layer),
   Layer.provideMerge(ConversationStore.layer),
   Layer.provideMerge(DatabaseLive),
   Layer.provideMerge(AppConfig.make(settingsFor("pglite", { entityIdle: Duration.millis(300) }))),

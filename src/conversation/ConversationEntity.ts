@@ -18,6 +18,7 @@ import {
 import { MsgIdClock } from "../domain/MsgId.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
 import { type ConversationState, ConversationStore, type MessageRow } from "../storage/ConversationStore.ts"
+import { LocalConnections } from "../push/LocalConnections.ts"
 import { Mailbox } from "../push/Protocol.ts"
 import { Conversation, type Send, type SentMessage } from "./Protocol.ts"
 
@@ -54,17 +55,26 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const store = yield* ConversationStore
       const config = yield* AppConfig
       const mailboxes = yield* Mailbox.client
+      const here = yield* LocalConnections
 
       // Push after commit, off the send path: one fiber per conversation hands each committed batch
       // to every member's mailbox (fire-and-forget), batch after batch, so each mailbox sees the
       // conversation's messages in commit order. A slow or absent member never delays the sender.
       const deliveries = yield* Queue.unbounded<Delivery>()
+      // A member's mailbox active in this process is called directly; any other gets a cluster
+      // message, awaited until handled, so a direct call for a later batch can never overtake it.
       yield* Effect.gen(function* () {
         const { members, messages } = yield* Queue.take(deliveries)
+        const remote: Array<string> = []
+        for (const member of members) {
+          const direct = here.mailboxes.get(member)
+          if (direct !== undefined) direct(messages)
+          else remote.push(member)
+        }
         yield* Effect.forEach(
-          members,
+          remote,
           (member) =>
-            mailboxes(member).Deliver({ messages }, { discard: true }).pipe(
+            mailboxes(member).Deliver({ messages }).pipe(
               Effect.catchCause((cause) =>
                 Effect.logWarning("push to mailbox failed; the member resumes by cursor", cause).pipe(
                   Effect.annotateLogs({ conversationId: id, session: member })

@@ -12,6 +12,7 @@ import { SqlClient } from "effect/sql"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { Replay } from "../storage/Replay.ts"
+import { LocalConnections } from "./LocalConnections.ts"
 import { Mailbox, type PushEvent, SlowConsumer } from "./Protocol.ts"
 
 interface Connection {
@@ -34,6 +35,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
     Effect.gen(function* () {
       const session = (yield* Entity.CurrentAddress).entityId
       const replay = yield* Replay
+      const here = yield* LocalConnections
       const sql = yield* SqlClient.SqlClient
       const connections = new Map<string, Connection>()
       const polls = new Map<number, PollState>()
@@ -80,29 +82,46 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
         return state
       })
 
-      return Mailbox.of({
-        Deliver: ({ payload }) =>
-          Effect.sync(() => {
-            for (const [id, connection] of connections) {
-              for (const message of payload.messages) {
-                if (!Queue.offerUnsafe(connection.queue, { _tag: "Pushed", message })) {
-                  connections.delete(id)
-                  Queue.failCauseUnsafe(connection.queue, Cause.fail(new SlowConsumer({ buffered: options.buffer })))
-                  break
-                }
-              }
+      const deliver = (messages: ReadonlyArray<MsgData>) => {
+        for (const [id, connection] of connections) {
+          for (const message of messages) {
+            if (!Queue.offerUnsafe(connection.queue, { _tag: "Pushed", message })) {
+              connections.delete(id)
+              Queue.failCauseUnsafe(connection.queue, Cause.fail(new SlowConsumer({ buffered: options.buffer })))
+              break
             }
-            for (const state of polls.values()) {
-              for (const message of payload.messages) pushPoll(state, message)
-            }
-          }),
+          }
+        }
+        for (const state of polls.values()) {
+          for (const message of messages) pushPoll(state, message)
+        }
+      }
+      // Registered for direct calls from Conversation entities in this process, until passivation.
+      here.mailboxes.set(session, deliver)
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          if (here.mailboxes.get(session) === deliver) here.mailboxes.delete(session)
+        })
+      )
 
+      return Mailbox.of({
+        Deliver: ({ payload }) => Effect.sync(() => deliver(payload.messages)),
         Subscribe: ({ payload }) =>
           Rpc.fork(Stream.unwrap(Effect.gen(function* () {
             // One slot more than the buffer for the leading `Ready`.
             const queue = yield* Queue.bounded<PushEvent, SlowConsumer | Cause.Done>(options.buffer + 1)
             Queue.offerUnsafe(queue, { _tag: "Ready" })
-            connections.set(payload.connectionId, { platform: payload.platform, queue })
+            const local = payload.nodeId === here.nodeId ? here.queues.get(payload.connectionId) : undefined
+            connections.set(payload.connectionId, { platform: payload.platform, queue: local ?? queue })
+            if (local !== undefined) {
+              // Same process: messages go straight to the connection's queue; this stream only
+              // says `Ready` and lives as long as the connection (its end unregisters it).
+              return Stream.concat(Stream.succeed({ _tag: "Ready" } as const), Stream.never).pipe(
+                Stream.ensuring(Effect.sync(() => {
+                  if (connections.get(payload.connectionId)?.queue === local) connections.delete(payload.connectionId)
+                }))
+              )
+            }
             return Stream.fromQueue(queue).pipe(
               Stream.ensuring(Effect.sync(() => {
                 if (connections.get(payload.connectionId)?.queue === queue) connections.delete(payload.connectionId)

@@ -26,7 +26,8 @@ export class SlowConsumer extends Schema.TaggedError<SlowConsumer>()("SlowConsum
 }) {}
 
 export const Subscribe = Rpc.make("Subscribe", {
-  payload: { connectionId: Schema.String, platform: Schema.Number },
+  /** `nodeId`: where the connection lives; on the mailbox's own node messages bypass the stream. */
+  payload: { connectionId: Schema.String, platform: Schema.Number, nodeId: Schema.String },
   success: PushEvent,
   error: SlowConsumer,
   stream: true

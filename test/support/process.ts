@@ -27,7 +27,7 @@ export interface NodeProcess extends ReturnType<typeof clientFor> {
 
 export interface SpawnOptions {
   readonly env: Record<string, string>
-  readonly runtime?: "deno" | { readonly node: string }
+  readonly runtime?: "deno" | { readonly node: string; readonly flags?: ReadonlyArray<string> }
   readonly args?: ReadonlyArray<string>
 }
 
@@ -37,7 +37,7 @@ export const spawnServer = async (options: SpawnOptions): Promise<NodeProcess> =
   const main = Path.join(root, "src/main.ts")
   const [command, args] = options.runtime === undefined || options.runtime === "deno"
     ? [denoBin, ["run", "-A", main, ...(options.args ?? [])]]
-    : [options.runtime.node, [main, ...(options.args ?? [])]]
+    : [options.runtime.node, [...(options.runtime.flags ?? []), main, ...(options.args ?? [])]]
   const child = spawn(command, args, {
     cwd: root,
     env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", ...options.env },
