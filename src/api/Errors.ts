@@ -11,6 +11,7 @@ export const ErrorCode = {
   UnknownPath: 10004,
   BodyTooLarge: 10005,
   Unavailable: 10006,
+  SlowConsumer: 10007,
   InvalidToken: 10101,
   ConversationTypeOutOfRange: 90010,
   EmptyMembers: 90011,

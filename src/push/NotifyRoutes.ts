@@ -51,7 +51,9 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
               return Stream.succeed(encoder.encode(
                 `event: error\ndata: ${
                   JSON.stringify(
-                    slow ? { code: 10007, error: "slow consumer" } : { code: 10002, error: "internal error" }
+                    slow
+                      ? { code: ErrorCode.SlowConsumer, error: "slow consumer" }
+                      : { code: ErrorCode.Internal, error: "internal error" }
                   )
                 }\n\n`
               ))

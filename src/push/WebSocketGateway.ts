@@ -7,7 +7,7 @@
  * `attach` routes `/notify` upgrades of the Node server to this module (the `ws` package, which
  * Effect uses underneath too) and every other upgrade to Effect as before.
  */
-import { Context, Duration, Effect, Exit, Fiber, Layer, Stream } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Stream } from "effect"
 import type * as Http from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocket, WebSocketServer } from "ws"
@@ -89,6 +89,9 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
           if (Exit.isSuccess(exit)) return close(CloseCode.Restart, "stream ended: reconnect with last_msg_id")
           const slow = exit.cause.reasons.some((r) => r._tag === "Fail" && (r.error as any)?._tag === "SlowConsumer")
           if (slow) return close(CloseCode.SlowConsumer, "slow consumer: reconnect with last_msg_id")
+          if (Cause.hasInterruptsOnly(exit.cause)) {
+            return close(CloseCode.Restart, "server restarting: reconnect with last_msg_id")
+          }
           if (ws.readyState === WebSocket.OPEN) {
             run(Effect.logWarning("push connection failed", exit.cause))
             close(CloseCode.Internal, "internal error: reconnect with last_msg_id")
