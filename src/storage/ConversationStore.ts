@@ -26,7 +26,7 @@ export interface MessageRow {
   readonly client_msg_id: string | null
 }
 
-interface StoredMessage {
+export interface StoredMessage {
   readonly msg_id: string
   readonly conversation_id: string
   readonly from_session: string
@@ -36,7 +36,7 @@ interface StoredMessage {
   readonly content: string
 }
 
-const toMsgData = (r: StoredMessage): MsgData => ({
+export const toMsgData = (r: StoredMessage): MsgData => ({
   MsgId: r.msg_id,
   ConversationID: r.conversation_id,
   FromSession: r.from_session,

@@ -6,30 +6,11 @@
 import { Context, Duration, Effect, Layer, Option, Stream } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import { AppConfig } from "../Config.ts"
-import type { MsgData } from "../domain/Conversation.ts"
 import { conversationHash, decode, encode } from "../domain/MsgId.ts"
+import type { MsgData } from "../domain/Conversation.ts"
+import { type StoredMessage, toMsgData } from "./ConversationStore.ts"
 
 const PAGE = 500
-
-interface Row {
-  readonly msg_id: string
-  readonly conversation_id: string
-  readonly from_session: string
-  readonly send_time: string
-  readonly status: number
-  readonly type: number
-  readonly content: string
-}
-
-const toMsgData = (r: Row): MsgData => ({
-  MsgId: r.msg_id,
-  ConversationID: r.conversation_id,
-  FromSession: r.from_session,
-  SendTime: r.send_time,
-  Status: Number(r.status),
-  Type: Number(r.type),
-  Content: r.content
-})
 
 /** The smallest MsgId of millisecond `millis`: ids compare as strings, across conversations. */
 export const floorOf = (cursor: string, window: Duration.Duration) =>
@@ -65,7 +46,9 @@ export class Replay extends Context.Service<Replay, {
           return Stream.paginate(
             { id: floor, conversation: "" },
             (after: { readonly id: string; readonly conversation: string }) =>
-              sql<Row>`SELECT m.msg_id, m.conversation_id, m.from_session, m.send_time, m.status, m.type, m.content
+              sql<
+                StoredMessage
+              >`SELECT m.msg_id, m.conversation_id, m.from_session, m.send_time, m.status, m.type, m.content
                 FROM conversation_members cm
                 JOIN conversations c ON c.id = cm.conversation_id AND c.last_msg_id > ${floor}
                 JOIN messages m ON m.conversation_id = cm.conversation_id AND m.msg_id > ${floor}
