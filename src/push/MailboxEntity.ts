@@ -144,7 +144,19 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
               }
               const waiter = yield* Deferred.make<MsgData>()
               state.waiters.push(waiter)
-              const got = yield* Deferred.await(waiter).pipe(Effect.timeoutOption(payload.waitMs))
+              const got = yield* Deferred.await(waiter).pipe(
+                Effect.timeoutOption(payload.waitMs),
+                // The poller went away (its HTTP request was aborted): forget its waiter, and if a
+                // message reached it in the meantime, keep that message for the next poll.
+                Effect.onInterrupt(() =>
+                  Effect.gen(function* () {
+                    const i = state.waiters.indexOf(waiter)
+                    if (i >= 0) state.waiters.splice(i, 1)
+                    const reached = yield* Deferred.poll(waiter)
+                    if (Option.isSome(reached)) state.pending.unshift(yield* reached.value)
+                  })
+                )
+              )
               if (Option.isNone(got)) {
                 const i = state.waiters.indexOf(waiter)
                 if (i >= 0) state.waiters.splice(i, 1)
