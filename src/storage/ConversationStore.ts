@@ -5,6 +5,7 @@
 import { Context, Effect, Layer, Option } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import type { ConversationDetail, MsgData } from "../domain/Conversation.ts"
+import { makeCommitBatcher } from "./CommitBatcher.ts"
 
 export interface ConversationState {
   readonly conversationType: number
@@ -81,6 +82,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
     ConversationStore,
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
+      const batcher = makeCommitBatcher(sql)
       const columns = sql`msg_id, conversation_id, from_session, send_time, status, type, content`
       const ordered = (rows: ReadonlyArray<StoredMessage>, rowsAreDesc: boolean, desc: boolean) => {
         const out = rows.map(toMsgData)
@@ -125,14 +127,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             .pipe(Effect.asVoid),
         setArchive: (id, isArchive) =>
           sql`UPDATE conversations SET is_archive = ${isArchive} WHERE id = ${id}`.pipe(Effect.asVoid),
-        appendMessages: (id, rows) => {
-          // One statement, so one implicit transaction and one round trip: the messages and the
-          // conversation's last-message fields commit together or not at all.
-          const last = rows[rows.length - 1]
-          return sql`WITH inserted AS (INSERT INTO messages ${sql.insert(rowsOf(rows))} RETURNING 1)
-            UPDATE conversations SET last_msg_id = ${last.msg_id}, last_send_time = ${last.send_time},
-              last_send_session = ${last.from_session}, last_seq = ${last.seq} WHERE id = ${id}`.pipe(Effect.asVoid)
-        },
+        appendMessages: (_id, rows) => batcher.append(rows),
         findByClientIds: (id, keys) =>
           sql<{ from_session: string; client_msg_id: string; msg_id: string; seq: string; send_time: string }>`
             SELECT from_session, client_msg_id, msg_id, seq, send_time FROM messages
