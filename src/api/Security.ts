@@ -2,7 +2,7 @@
  * Middleware declarations of the contract: bearer-token sessions for public endpoints and
  * the trusted-caller guard for `inner/*`. Implementations live on the server side.
  */
-import { Context, Schema } from "effect"
+import { Context } from "effect"
 import { HttpApiMiddleware, HttpApiSecurity } from "effect/http-api"
 import { Forbidden, Unauthorized } from "./Errors.ts"
 
@@ -23,5 +23,3 @@ export class InnerGuard extends HttpApiMiddleware.Service<InnerGuard>()("quick-i
 
 /** The header an `inner/*` caller presents when `QUICKIM_ADMIN_KEY` is set. */
 export const ADMIN_KEY_HEADER = "x-quickim-admin-key"
-
-export const TokenClaims = Schema.Struct({ sid: Schema.String, platform: Schema.Int })

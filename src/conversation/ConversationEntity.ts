@@ -17,7 +17,7 @@ import {
 } from "../domain/Conversation.ts"
 import { MsgIdClock } from "../domain/MsgId.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
-import { type ConversationState, ConversationStore, type MessageRow } from "../storage/ConversationStore.ts"
+import { type ConversationState, ConversationStore, type MessageRow, toMsgData } from "../storage/ConversationStore.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
 import { Mailbox } from "../push/Protocol.ts"
 import { Conversation, type Send, type SentMessage } from "./Protocol.ts"
@@ -29,16 +29,6 @@ interface Loaded {
   readonly state: ConversationState & { lastSeq: number; lastMsgId: string | undefined; isArchive: boolean }
   readonly clock: MsgIdClock
 }
-
-const toMsgData = (r: MessageRow): MsgData => ({
-  MsgId: r.msg_id,
-  ConversationID: r.conversation_id,
-  FromSession: r.from_session,
-  SendTime: r.send_time,
-  Status: r.status,
-  Type: r.type,
-  Content: r.content
-})
 
 interface Delivery {
   readonly members: ReadonlyArray<string>

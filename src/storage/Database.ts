@@ -77,6 +77,3 @@ export const DatabaseLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> 
     return Layer.provideMerge(migrated, client)
   })
 )
-
-export const databaseKind = (config: { readonly databaseUrl: Option.Option<import("effect").Redacted.Redacted> }) =>
-  isConfigured(config.databaseUrl) ? "postgresql" : "pglite"
