@@ -15,6 +15,7 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { freePort, root, spawnServer } from "../test/support/process.ts"
+import { readSseEvents } from "../test/support/push.ts"
 
 const ADMIN = process.env.QUICKIM_TEST_PG_ADMIN ?? "postgresql://postgres@127.0.0.1:5432/postgres"
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 200)
@@ -49,27 +50,9 @@ const procStat = (pid: number) => {
 const sseConnect = async (url: string, onData: (data: string) => void) => {
   const controller = new AbortController()
   const res = await fetch(url, { signal: controller.signal })
-  const reader = res.body!.getReader()
-  const decoder = new TextDecoder()
-  ;(async () => {
-    let buffer = ""
-    try {
-      for (;;) {
-        const { value, done } = await reader.read()
-        if (done) return
-        buffer += decoder.decode(value, { stream: true })
-        let end: number
-        while ((end = buffer.indexOf("\n\n")) >= 0) {
-          const block = buffer.slice(0, end)
-          buffer = buffer.slice(end + 2)
-          const data = block.split("\n").find((l) => l.startsWith("data: "))
-          if (block.startsWith("event: message") && data) onData(data.slice(6))
-        }
-      }
-    } catch {
-      // closed
-    }
-  })()
+  readSseEvents(res.body!, (e) => {
+    if (e.event === "message") onData(e.data)
+  })
   return () => controller.abort()
 }
 

@@ -48,6 +48,38 @@ export const connectWs = (base: string, token: string, cursor?: string, platform
     ws.onopen = () => resolve({ messages, closed, close: () => ws.close(), until: waiter(messages, listeners) })
   })
 
+export interface SseEvent {
+  readonly event: string | undefined
+  readonly id: string | undefined
+  readonly data: string
+}
+
+/** Reads an event stream until it ends or is aborted, calling `onEvent` for each event block. */
+export const readSseEvents = async (body: ReadableStream<Uint8Array>, onEvent: (e: SseEvent) => void) => {
+  const reader = body.getReader()
+  const decoder = new TextDecoder()
+  let buffer = ""
+  try {
+    for (;;) {
+      const { value, done } = await reader.read()
+      if (done) return
+      buffer += decoder.decode(value, { stream: true })
+      let end: number
+      while ((end = buffer.indexOf("\n\n")) >= 0) {
+        const lines = buffer.slice(0, end).split("\n")
+        buffer = buffer.slice(end + 2)
+        onEvent({
+          event: lines.find((l) => l.startsWith("event: "))?.slice(7),
+          id: lines.find((l) => l.startsWith("id: "))?.slice(4),
+          data: lines.filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n")
+        })
+      }
+    }
+  } catch {
+    // aborted by the caller
+  }
+}
+
 export const connectSse = async (base: string, token: string, cursor?: string): Promise<
   PushClient & {
     readonly errors: Array<string>
@@ -62,36 +94,14 @@ export const connectSse = async (base: string, token: string, cursor?: string): 
   const messages: Array<MsgData> = []
   const errors: Array<string> = []
   const listeners = new Set<() => void>()
-  const closed = (async () => {
-    const reader = res.body!.getReader()
-    const decoder = new TextDecoder()
-    let buffer = ""
-    try {
-      for (;;) {
-        const { value, done } = await reader.read()
-        if (done) break
-        buffer += decoder.decode(value, { stream: true })
-        let end: number
-        while ((end = buffer.indexOf("\n\n")) >= 0) {
-          const block = buffer.slice(0, end)
-          buffer = buffer.slice(end + 2)
-          const lines = block.split("\n")
-          const event = lines.find((l) => l.startsWith("event: "))?.slice(7)
-          const data = lines.filter((l) => l.startsWith("data: ")).map((l) => l.slice(6)).join("\n")
-          if (event === "message") {
-            const m = JSON.parse(data) as MsgData
-            const id = lines.find((l) => l.startsWith("id: "))?.slice(4)
-            if (id !== m.MsgId) throw new Error(`SSE id ${id} does not match MsgId ${m.MsgId}`)
-            messages.push(m)
-            for (const l of [...listeners]) l()
-          } else if (event === "error") errors.push(data)
-        }
-      }
-    } catch {
-      // aborted by the test
-    }
-    return {}
-  })()
+  const closed = readSseEvents(res.body!, ({ event, id, data }) => {
+    if (event === "message") {
+      const m = JSON.parse(data) as MsgData
+      if (id !== m.MsgId) throw new Error(`SSE id ${id} does not match MsgId ${m.MsgId}`)
+      messages.push(m)
+      for (const l of [...listeners]) l()
+    } else if (event === "error") errors.push(data)
+  }).then(() => ({}))
   return { messages, errors, closed, close: () => controller.abort(), until: waiter(messages, listeners) }
 }
 
