@@ -270,24 +270,32 @@ const only = process.argv.slice(2).filter((a): a is Proto => a === "ws" || a ===
 const protocols: Array<Proto> = only.length > 0 ? only : ["ws", "sse", "poll"]
 const results: Array<Result> = []
 
+// BENCH_WORKLOADS=pairs (or group) narrows a run while tuning; the ceiling always runs for the ratios.
+const workloads = (process.env.BENCH_WORKLOADS ?? "pairs,group").split(",")
 {
   const c = await ceiling()
-  results.push(await runWorkload("pairs", c, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS))
-  results.push(await runWorkload("group", c, GROUP, group, GROUP_MESSAGES, 4))
+  if (workloads.includes("pairs")) {
+    results.push(await runWorkload("pairs", c, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS))
+  }
+  if (workloads.includes("group")) results.push(await runWorkload("group", c, GROUP, group, GROUP_MESSAGES, 4))
   await c.stop()
 }
 for (const protocol of protocols) {
-  const p = await quickIm(protocol, PAIRS * 2, pairs)
-  results.push(await runWorkload("pairs", p, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS))
-  await p.stop()
-  const g = await quickIm(protocol, GROUP, group)
-  results.push(await runWorkload("group", g, GROUP, group, GROUP_MESSAGES, 4))
-  await g.stop()
+  if (workloads.includes("pairs")) {
+    const p = await quickIm(protocol, PAIRS * 2, pairs)
+    results.push(await runWorkload("pairs", p, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS))
+    await p.stop()
+  }
+  if (workloads.includes("group")) {
+    const g = await quickIm(protocol, GROUP, group)
+    results.push(await runWorkload("group", g, GROUP, group, GROUP_MESSAGES, 4))
+    await g.stop()
+  }
 }
 
 // Memory holding idle connections.
 let idleRss = NaN
-{
+if (IDLE > 0) {
   const p = await quickIm("ws", IDLE, [[0, 1]])
   const closers: Array<() => void> = []
   for (let u = 0; u < IDLE; u += 50) {

@@ -1,22 +1,28 @@
 /**
  * This process's push connections, by connection id. A Mailbox entity that runs in the same
- * process as a connection hands it messages here directly; only connections on other nodes are
- * fed through the cluster's streaming RPC. Likewise a Conversation entity calls an active local
- * Mailbox directly. Measured in the group benchmark: cluster messaging (RPC client and server)
- * was the largest share of the server's CPU per delivery; the direct hand-off is one queue offer.
+ * process as a connection hands it messages here directly, by a plain function call; only
+ * connections on other nodes are fed through the cluster's streaming RPC. Likewise a Conversation
+ * entity calls an active local Mailbox directly. Measured: cluster messaging per delivery was the
+ * largest share of the group benchmark's CPU, and a queue plus stream stages per connection the
+ * largest share of the pairs benchmark's delivery cost; the direct path is a few function calls.
  */
-import { type Cause, Context, Effect, Layer } from "effect"
-import type { Queue } from "effect"
+import { Context, Effect, Layer } from "effect"
 import { randomUUID } from "node:crypto"
 import type { MsgData } from "../domain/Conversation.ts"
-import type { PushEvent, SlowConsumer } from "./Protocol.ts"
+import type { SlowConsumer } from "./Protocol.ts"
 
-export type ConnectionQueue = Queue.Queue<PushEvent, SlowConsumer | Cause.Done>
+/** Where a connection takes its messages. */
+export interface ConnectionSink {
+  /** Hands over messages in order; false when the connection's buffer is full (it is then failed). */
+  readonly push: (messages: ReadonlyArray<MsgData>) => boolean
+  /** Ends the connection with a reason the client acts on (it resumes by cursor). */
+  readonly fail: (error: SlowConsumer) => void
+}
 
 export class LocalConnections extends Context.Service<LocalConnections, {
   /** Identifies this process among the cluster's nodes. */
   readonly nodeId: string
-  readonly queues: Map<string, ConnectionQueue>
+  readonly sinks: Map<string, ConnectionSink>
   /**
    * Mailbox entities active in this process, by session. A Conversation entity on this node
    * delivers to them with a direct call instead of a cluster message (see ConversationEntity).
@@ -25,6 +31,6 @@ export class LocalConnections extends Context.Service<LocalConnections, {
 }>()("quick-im/push/LocalConnections") {
   static readonly layer = Layer.effect(
     LocalConnections,
-    Effect.sync(() => LocalConnections.of({ nodeId: randomUUID(), queues: new Map(), mailboxes: new Map() }))
+    Effect.sync(() => LocalConnections.of({ nodeId: randomUUID(), sinks: new Map(), mailboxes: new Map() }))
   )
 }

@@ -12,13 +12,22 @@ import { SqlClient } from "effect/sql"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { Replay } from "../storage/Replay.ts"
-import { LocalConnections } from "./LocalConnections.ts"
+import { type ConnectionSink, LocalConnections } from "./LocalConnections.ts"
 import { Mailbox, type PushEvent, SlowConsumer } from "./Protocol.ts"
 
 interface Connection {
   readonly platform: number
-  readonly queue: Queue.Queue<PushEvent, SlowConsumer | Cause.Done>
+  readonly sink: ConnectionSink
 }
+
+/** A connection on another node: its messages go into the Subscribe stream's bounded queue. */
+const queueSink = (queue: Queue.Queue<PushEvent, SlowConsumer | Cause.Done>): ConnectionSink => ({
+  push: (messages) => {
+    for (const message of messages) if (!Queue.offerUnsafe(queue, { _tag: "Pushed", message })) return false
+    return true
+  },
+  fail: (error) => Queue.failCauseUnsafe(queue, Cause.fail(error))
+})
 
 interface PollState {
   pending: Array<MsgData>
@@ -84,12 +93,15 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
 
       const deliver = (messages: ReadonlyArray<MsgData>) => {
         for (const [id, connection] of connections) {
-          for (const message of messages) {
-            if (!Queue.offerUnsafe(connection.queue, { _tag: "Pushed", message })) {
-              connections.delete(id)
-              Queue.failCauseUnsafe(connection.queue, Cause.fail(new SlowConsumer({ buffered: options.buffer })))
-              break
-            }
+          let taken = false
+          try {
+            taken = connection.sink.push(messages)
+          } catch {
+            // A transport that throws is treated like a full one: cut off, and the client resumes.
+          }
+          if (!taken) {
+            connections.delete(id)
+            connection.sink.fail(new SlowConsumer({ buffered: options.buffer }))
           }
         }
         for (const state of polls.values()) {
@@ -111,20 +123,21 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
             // One slot more than the buffer for the leading `Ready`.
             const queue = yield* Queue.bounded<PushEvent, SlowConsumer | Cause.Done>(options.buffer + 1)
             Queue.offerUnsafe(queue, { _tag: "Ready" })
-            const local = payload.nodeId === here.nodeId ? here.queues.get(payload.connectionId) : undefined
-            connections.set(payload.connectionId, { platform: payload.platform, queue: local ?? queue })
+            const local = payload.nodeId === here.nodeId ? here.sinks.get(payload.connectionId) : undefined
+            const sink = local ?? queueSink(queue)
+            connections.set(payload.connectionId, { platform: payload.platform, sink })
             if (local !== undefined) {
               // Same process: messages go straight to the connection's queue; this stream only
               // says `Ready` and lives as long as the connection (its end unregisters it).
               return Stream.concat(Stream.succeed({ _tag: "Ready" } as const), Stream.never).pipe(
                 Stream.ensuring(Effect.sync(() => {
-                  if (connections.get(payload.connectionId)?.queue === local) connections.delete(payload.connectionId)
+                  if (connections.get(payload.connectionId)?.sink === local) connections.delete(payload.connectionId)
                 }))
               )
             }
             return Stream.fromQueue(queue).pipe(
               Stream.ensuring(Effect.sync(() => {
-                if (connections.get(payload.connectionId)?.queue === queue) connections.delete(payload.connectionId)
+                if (connections.get(payload.connectionId)?.sink === sink) connections.delete(payload.connectionId)
               }))
             )
           }))),

@@ -7,7 +7,7 @@
  * `attach` routes `/notify` upgrades of the Node server to this module (the `ws` package, which
  * Effect uses underneath too) and every other upgrade to Effect as before.
  */
-import { Cause, Context, Duration, Effect, Exit, Fiber, Layer, Stream } from "effect"
+import { Cause, Context, Duration, Effect, Exit, Fiber, Layer } from "effect"
 import type * as Http from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocket, WebSocketServer } from "ws"
@@ -72,18 +72,13 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
         const close = (code: number, reason: string) => {
           if (ws.readyState === WebSocket.OPEN) ws.close(code, reason)
         }
+        // Frames are written straight from the mailbox's delivery; a full send buffer cuts the connection.
         const fiber = run(
-          feed.open(session, platform, cursor).pipe(
-            Stream.runForEach((message) =>
-              Effect.sync(() => {
-                if (ws.bufferedAmount > maxBuffered) {
-                  close(CloseCode.SlowConsumer, "slow consumer: reconnect with last_msg_id")
-                  return
-                }
-                ws.send(JSON.stringify(message))
-              })
-            )
-          )
+          Effect.scoped(feed.attach(session, platform, cursor, (messages) => {
+            if (ws.bufferedAmount > maxBuffered) return false
+            for (const message of messages) ws.send(JSON.stringify(message))
+            return true
+          }))
         )
         fiber.addObserver((exit) => {
           if (Exit.isSuccess(exit)) return close(CloseCode.Restart, "stream ended: reconnect with last_msg_id")
