@@ -4,6 +4,7 @@
  * (bench/ceiling.ts: a plain ws broadcast from memory):
  *   pairs: 200 conversations of 2 members, 20,000 messages, 64 concurrent senders
  *   group: one conversation of 500 connected members, 200 messages
+ * Each run is preceded by a warm-up that is delivered but not measured (400 messages in pairs, 10 in group).
  * Reports sends/s, deliveries/s, send→receive latency, lost and duplicate deliveries, server RSS
  * and CPU µs per delivery; appends the table to bench/RESULTS.md.
  *
@@ -16,6 +17,7 @@ import * as Os from "node:os"
 import * as Path from "node:path"
 import { freePort, root, spawnServer } from "../test/support/process.ts"
 import { readSseEvents } from "../test/support/push.ts"
+import { makeHttpClient } from "./http-client.ts"
 
 const ADMIN = process.env.QUICKIM_TEST_PG_ADMIN ?? "postgresql://postgres@127.0.0.1:5432/postgres"
 const PAIRS = Number(process.env.BENCH_PAIRS ?? 200)
@@ -23,6 +25,8 @@ const PAIRS_MESSAGES = Number(process.env.BENCH_PAIRS_MESSAGES ?? 20_000)
 const PAIRS_SENDERS = Number(process.env.BENCH_PAIRS_SENDERS ?? 64)
 const GROUP = Number(process.env.BENCH_GROUP ?? 500)
 const GROUP_MESSAGES = Number(process.env.BENCH_GROUP_MESSAGES ?? 200)
+const PAIRS_WARMUP = Number(process.env.BENCH_PAIRS_WARMUP ?? 2 * PAIRS)
+const GROUP_WARMUP = Number(process.env.BENCH_GROUP_WARMUP ?? 10)
 const IDLE = Number(process.env.BENCH_IDLE ?? 1000)
 const TICKS = 100 // Linux clock ticks per second for /proc/<pid>/stat
 
@@ -47,6 +51,22 @@ const procStat = (pid: number) => {
   return { rssMb: rssKb / 1024, cpuUs: ((Number(fields[11]) + Number(fields[12])) / TICKS) * 1e6 }
 }
 
+/** CPU time of every PostgreSQL process on the machine (the server's database work). */
+const postgresCpuUs = () => {
+  let total = 0
+  for (const pid of Fs.readdirSync("/proc").filter((d) => /^\d+$/.test(d))) {
+    try {
+      const stat = Fs.readFileSync(`/proc/${pid}/stat`, "utf8")
+      if (!stat.includes("(postgres)")) continue
+      const fields = stat.split(") ")[1].split(" ")
+      total += ((Number(fields[11]) + Number(fields[12])) / TICKS) * 1e6
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return total
+}
+
 const sseConnect = async (url: string, onData: (data: string) => void) => {
   const controller = new AbortController()
   const res = await fetch(url, { signal: controller.signal })
@@ -63,7 +83,9 @@ const quickIm = async (protocol: Proto, users: number, conversations: Array<Read
     env: {
       DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${dbName}`),
       QUICKIM_JWT_SECRET: "bench-secret-bench-secret",
-      QUICKIM_DB_POOL: "16"
+      QUICKIM_DB_POOL: "16",
+      // BENCH_SERVER_V8_FLAGS tries V8 settings on the server alone (the driver keeps its own).
+      ...(process.env.BENCH_SERVER_V8_FLAGS ? { DENO_V8_FLAGS: process.env.BENCH_SERVER_V8_FLAGS } : {})
     },
     // BENCH_NODE=/path/to/node runs the server under Node instead; BENCH_NODE_FLAGS="--cpu-prof" profiles it.
     ...(process.env.BENCH_NODE
@@ -86,6 +108,7 @@ const quickIm = async (protocol: Proto, users: number, conversations: Array<Read
     const r = await server.post("/inner/create_conversation", { sessions: members.map((m) => `u${m}`) })
     ids.push(r.body.data.ConversationId)
   }
+  const http = makeHttpClient(server.url)
   const target: Target & { readonly stop: () => Promise<void> } = {
     name: `quick-im ${protocol}`,
     pid: server.child.pid!,
@@ -123,8 +146,8 @@ const quickIm = async (protocol: Proto, users: number, conversations: Array<Read
       }
     },
     send: async (from, conv, _members, content) => {
-      const r = await server.post("/send_msg", { conversation_id: ids[conv], content }, tokens[from])
-      if (r.body?.code !== 0) throw new Error(`send failed: ${JSON.stringify(r.body)}`)
+      const r = await http.post("/send_msg", { conversation_id: ids[conv], content }, tokens[from])
+      if (JSON.parse(r.body).code !== 0) throw new Error(`send failed: ${r.status} ${r.body}`)
     },
     stop: async () => {
       await server.stop()
@@ -150,7 +173,7 @@ const ceiling = async () => {
     stdio: ["ignore", "pipe", "inherit"]
   })
   await new Promise((r) => child.stdout!.once("data", r))
-  const url = `http://127.0.0.1:${port}`
+  const http = makeHttpClient(`http://127.0.0.1:${port}`)
   return {
     name: "ceiling ws",
     pid: child.pid!,
@@ -161,11 +184,7 @@ const ceiling = async () => {
       return () => ws.close()
     },
     send: async (from: number, _conv: number, members: ReadonlyArray<number>, content: string) => {
-      const res = await fetch(`${url}/send`, {
-        method: "POST",
-        body: JSON.stringify({ to: members.map(String), message: { FromSession: `u${from}`, Content: content } })
-      })
-      await res.text()
+      await http.post("/send", { to: members.map(String), message: { FromSession: `u${from}`, Content: content } })
     },
     stop: async () => {
       child.kill("SIGTERM")
@@ -188,19 +207,25 @@ interface Result {
   readonly cpuUsPerDelivery: number
 }
 
-/** Connects everyone, sends, waits for every delivery (or 30 s of silence), measures. */
+/**
+ * Connects everyone, warms up (`warmup` messages, delivered but not measured: entity activation
+ * and the JIT's first passes), sends, waits for every delivery (or 30 s of silence), measures.
+ */
 const runWorkload = async (
   workload: string,
   target: Target,
   users: number,
   conversations: Array<ReadonlyArray<number>>,
   messages: number,
-  senders: number
+  senders: number,
+  warmup: number
 ): Promise<Result> => {
   const sentAt = new Map<string, number>()
   const latencies: Array<number> = []
+  const acks: Array<number> = [] // send request → answer
   const seen = new Map<string, number>() // `${user}:${content}` → count
   let deliveries = 0
+  let warmed = 0
   let lastDelivery = performance.now()
   const closers: Array<() => void> = []
   for (let u = 0; u < users; u += 50) {
@@ -208,6 +233,7 @@ const runWorkload = async (
       ...await Promise.all(
         Array.from({ length: Math.min(50, users - u) }, (_, k) =>
           target.connect(u + k, (content) => {
+            if (content.startsWith("warmup-")) return void warmed++
             const now = performance.now()
             const key = `${u + k}:${content}`
             seen.set(key, (seen.get(key) ?? 0) + 1)
@@ -220,7 +246,20 @@ const runWorkload = async (
     )
   }
   await new Promise((r) => setTimeout(r, 1000))
+  let nextWarm = 0
+  await Promise.all(Array.from({ length: senders }, async () => {
+    while (nextWarm < warmup) {
+      const n = nextWarm++
+      const members = conversations[n % conversations.length]
+      await target.send(members[n % members.length], n % conversations.length, members, `warmup-${n}`)
+    }
+  }))
+  for (let waited = 0; warmed < warmup * conversations[0].length && waited < 10_000; waited += 50) {
+    await new Promise((r) => setTimeout(r, 50))
+  }
   const before = procStat(target.pid)
+  const driverBefore = process.cpuUsage()
+  const postgresBefore = postgresCpuUs()
   const started = performance.now()
   let next = 0
   await Promise.all(Array.from({ length: senders }, async () => {
@@ -229,8 +268,10 @@ const runWorkload = async (
       const conv = n % conversations.length
       const members = conversations[conv]
       const content = `${workload}-${n}`
-      sentAt.set(content, performance.now())
+      const t0 = performance.now()
+      sentAt.set(content, t0)
       await target.send(members[n % members.length], conv, members, content)
+      acks.push(performance.now() - t0)
     }
   }))
   const sendSeconds = (performance.now() - started) / 1000
@@ -240,6 +281,15 @@ const runWorkload = async (
   }
   const seconds = (lastDelivery - started) / 1000
   const after = procStat(target.pid)
+  const driverCpu = process.cpuUsage(driverBefore)
+  const busy = (us: number) => (us / 1e6 / seconds).toFixed(2)
+  acks.sort((a, b) => a - b)
+  console.error(
+    `${workload} ${target.name}: send answered p50 ${percentile(acks, 50).toFixed(1)} ms, p99 ${
+      percentile(acks, 99).toFixed(1)
+    } ms; cores busy over ${seconds.toFixed(1)} s: server ${busy(after.cpuUs - before.cpuUs)}, `
+      + `driver ${busy(driverCpu.user + driverCpu.system)}, postgres ${busy(postgresCpuUs() - postgresBefore)}`
+  )
   for (const close of closers) close()
   let unique = 0
   let duplicates = 0
@@ -275,20 +325,22 @@ const workloads = (process.env.BENCH_WORKLOADS ?? "pairs,group").split(",")
 {
   const c = await ceiling()
   if (workloads.includes("pairs")) {
-    results.push(await runWorkload("pairs", c, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS))
+    results.push(await runWorkload("pairs", c, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS, PAIRS_WARMUP))
   }
-  if (workloads.includes("group")) results.push(await runWorkload("group", c, GROUP, group, GROUP_MESSAGES, 4))
+  if (workloads.includes("group")) {
+    results.push(await runWorkload("group", c, GROUP, group, GROUP_MESSAGES, 4, GROUP_WARMUP))
+  }
   await c.stop()
 }
 for (const protocol of protocols) {
   if (workloads.includes("pairs")) {
     const p = await quickIm(protocol, PAIRS * 2, pairs)
-    results.push(await runWorkload("pairs", p, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS))
+    results.push(await runWorkload("pairs", p, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS, PAIRS_WARMUP))
     await p.stop()
   }
   if (workloads.includes("group")) {
     const g = await quickIm(protocol, GROUP, group)
-    results.push(await runWorkload("group", g, GROUP, group, GROUP_MESSAGES, 4))
+    results.push(await runWorkload("group", g, GROUP, group, GROUP_MESSAGES, 4, GROUP_WARMUP))
     await g.stop()
   }
 }

@@ -1,9 +1,12 @@
 /** Entry point: `serve` (default) or `migrate`. */
+import { restore } from "./NoFiberAsyncContext.ts" // first: before `effect` is evaluated
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Layer } from "effect"
 import { MainLive } from "./App.ts"
 import { AppConfig } from "./Config.ts"
 import { DatabaseLive } from "./storage/Database.ts"
+
+restore()
 
 const command = process.argv[2] ?? "serve"
 

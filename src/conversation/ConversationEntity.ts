@@ -191,7 +191,15 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                 const current = yield* load
                 if (current === null) {
                   yield* store.create(id, payload.conversationType, sessions)
-                  loaded = undefined
+                  // What was just written is the whole state: the first send needs no reload.
+                  const state = {
+                    conversationType: payload.conversationType,
+                    isArchive: false,
+                    lastMsgId: undefined,
+                    lastSeq: 0,
+                    members: new Map(sessions.map((s) => [s, 0] as const))
+                  }
+                  loaded = { state, clock: new MsgIdClock(id, state.conversationType, undefined) }
                 }
                 return yield* reply(request, undefined)
               }

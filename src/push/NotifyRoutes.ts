@@ -9,12 +9,32 @@ import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { Feed } from "./Feed.ts"
+import { messageJson } from "./Frames.ts"
 import { parseNotify } from "./Notify.ts"
 import { Mailbox } from "./Protocol.ts"
 
 const encoder = new TextEncoder()
 
-const sseEvent = (m: MsgData) => encoder.encode(`event: message\nid: ${m.MsgId}\ndata: ${JSON.stringify(m)}\n\n`)
+const END = encoder.encode("\n\n")
+
+/** One chunk per batch the connection has waiting: one write instead of one per message. */
+const sseEvents = (messages: ReadonlyArray<MsgData>) => {
+  const parts: Array<Uint8Array> = []
+  let size = 0
+  for (const m of messages) {
+    const head = encoder.encode(`event: message\nid: ${m.MsgId}\ndata: `)
+    const body = messageJson(m)
+    parts.push(head, body, END)
+    size += head.length + body.length + END.length
+  }
+  const chunk = new Uint8Array(size)
+  let at = 0
+  for (const part of parts) {
+    chunk.set(part, at)
+    at += part.length
+  }
+  return chunk
+}
 
 export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
@@ -44,7 +64,8 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
         }
         case "sse": {
           const events = feed.open(notify.session, notify.platform, notify.cursor).pipe(
-            Stream.map(sseEvent),
+            Stream.chunks,
+            Stream.map(sseEvents),
             // A slow reader or a failure ends the stream with a reason; EventSource reconnects with Last-Event-ID.
             Stream.catchCause((cause) => {
               const slow = cause.reasons.some((r) => r._tag === "Fail" && (r.error as any)?._tag === "SlowConsumer")

@@ -13,7 +13,10 @@ import type { Duplex } from "node:stream"
 import { WebSocket, WebSocketServer } from "ws"
 import { AppConfig } from "../Config.ts"
 import { Feed } from "./Feed.ts"
+import { messageJson } from "./Frames.ts"
 import { isNotifyPath, type NotifyRefusal, parseNotify } from "./Notify.ts"
+
+const TEXT = { binary: false } as const
 
 /** Close codes (4000–4999 are the application's). */
 export const CloseCode = {
@@ -76,7 +79,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
         const fiber = run(
           Effect.scoped(feed.attach(session, platform, cursor, (messages) => {
             if (ws.bufferedAmount > maxBuffered) return false
-            for (const message of messages) ws.send(JSON.stringify(message))
+            for (const message of messages) ws.send(messageJson(message), TEXT)
             return true
           }))
         )
