@@ -15,7 +15,7 @@ import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import { freePort, root, spawnServer } from "../test/support/process.ts"
+import { freePort, type NodeProcess, root, spawnServer } from "../test/support/process.ts"
 import { readSseEvents } from "../test/support/push.ts"
 import { makeHttpClient } from "./http-client.ts"
 
@@ -38,18 +38,21 @@ interface Target {
   readonly connect: (user: number, onMessage: (content: string) => void) => Promise<() => void>
   /** Sends `content` from `from` into conversation `conv`, whose members are `members`. */
   readonly send: (from: number, conv: number, members: ReadonlyArray<number>, content: string) => Promise<void>
-  readonly pid: number
+  /** The server processes (several in a multi-node run): CPU and RSS are summed over them. */
+  readonly pids: ReadonlyArray<number>
 }
 
 const percentile = (sorted: Array<number>, p: number) =>
   sorted.length === 0 ? NaN : sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]
 
-const procStat = (pid: number) => {
+const procStat1 = (pid: number) => {
   const status = Fs.readFileSync(`/proc/${pid}/status`, "utf8")
   const rssKb = Number(status.match(/VmRSS:\s+(\d+)/)?.[1] ?? 0)
   const fields = Fs.readFileSync(`/proc/${pid}/stat`, "utf8").split(") ")[1].split(" ")
   return { rssMb: rssKb / 1024, cpuUs: ((Number(fields[11]) + Number(fields[12])) / TICKS) * 1e6 }
 }
+const procStat = (pids: ReadonlyArray<number>) =>
+  pids.map(procStat1).reduce((a, b) => ({ rssMb: a.rssMb + b.rssMb, cpuUs: a.cpuUs + b.cpuUs }))
 
 /** CPU time of every PostgreSQL process on the machine (the server's database work). */
 const postgresCpuUs = () => {
@@ -76,27 +79,38 @@ const sseConnect = async (url: string, onData: (data: string) => void) => {
   return () => controller.abort()
 }
 
-const quickIm = async (protocol: Proto, users: number, conversations: Array<ReadonlyArray<number>>) => {
+/**
+ * quick-im on `nodes` processes sharing one fresh database (multi-node mode when more than one):
+ * user u connects to node u % nodes, and sends go to the nodes in turn, so in pairs most
+ * deliveries cross nodes.
+ */
+const quickIm = async (protocol: Proto, users: number, conversations: Array<ReadonlyArray<number>>, nodes = 1) => {
   const dbName = `quickim_bench_${process.pid}_${Date.now().toString(36)}`
   execFileSync("psql", [ADMIN, "-qAtc", `CREATE DATABASE ${dbName}`])
-  const server = await spawnServer({
-    env: {
-      DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${dbName}`),
-      QUICKIM_JWT_SECRET: "bench-secret-bench-secret",
-      QUICKIM_DB_POOL: "16",
-      // BENCH_SERVER_V8_FLAGS tries V8 settings on the server alone (the driver keeps its own).
-      ...(process.env.BENCH_SERVER_V8_FLAGS ? { DENO_V8_FLAGS: process.env.BENCH_SERVER_V8_FLAGS } : {})
-    },
-    // BENCH_NODE=/path/to/node runs the server under Node instead; BENCH_NODE_FLAGS="--cpu-prof" profiles it.
-    ...(process.env.BENCH_NODE
-      ? {
-        runtime: {
-          node: process.env.BENCH_NODE,
-          flags: (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean)
+  const spawnNode = async () =>
+    spawnServer({
+      env: {
+        ...(nodes > 1 ? { QUICKIM_RUNNER_HOST: "127.0.0.1", QUICKIM_RUNNER_PORT: String(await freePort()) } : {}),
+        DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${dbName}`),
+        QUICKIM_JWT_SECRET: "bench-secret-bench-secret",
+        QUICKIM_DB_POOL: "16",
+        // BENCH_SERVER_V8_FLAGS tries V8 settings on the server alone (the driver keeps its own).
+        ...(process.env.BENCH_SERVER_V8_FLAGS ? { DENO_V8_FLAGS: process.env.BENCH_SERVER_V8_FLAGS } : {})
+      },
+      // BENCH_NODE=/path/to/node runs the server under Node instead; BENCH_NODE_FLAGS="--cpu-prof" profiles it.
+      ...(process.env.BENCH_NODE
+        ? {
+          runtime: {
+            node: process.env.BENCH_NODE,
+            flags: (process.env.BENCH_NODE_FLAGS ?? "").split(" ").filter(Boolean)
+          }
         }
-      }
-      : {})
-  })
+        : {})
+    })
+  const servers: Array<NodeProcess> = []
+  for (let i = 0; i < nodes; i++) servers.push(await spawnNode())
+  const server = servers[0]
+  if (nodes > 1) await new Promise((r) => setTimeout(r, 3000)) // shards assigned to every runner
   const tokens: Array<string> = []
   for (let i = 0; i < users; i += 50) {
     tokens.push(
@@ -108,14 +122,15 @@ const quickIm = async (protocol: Proto, users: number, conversations: Array<Read
     const r = await server.post("/inner/create_conversation", { sessions: members.map((m) => `u${m}`) })
     ids.push(r.body.data.ConversationId)
   }
-  const http = makeHttpClient(server.url)
+  const clients = servers.map((s) => makeHttpClient(s.url))
+  let turn = 0
   const target: Target & { readonly stop: () => Promise<void> } = {
-    name: `quick-im ${protocol}`,
-    pid: server.child.pid!,
+    name: nodes > 1 ? `quick-im ${protocol}, ${nodes} nodes` : `quick-im ${protocol}`,
+    pids: servers.map((s) => s.child.pid!),
     connect: async (user, onMessage) => {
-      const base = `${server.url.replace("http", protocol === "ws" ? "ws" : "http")}/notify?protoc=${protocol}&token=${
-        tokens[user]
-      }`
+      const base = `${
+        servers[user % nodes].url.replace("http", protocol === "ws" ? "ws" : "http")
+      }/notify?protoc=${protocol}&token=${tokens[user]}`
       if (protocol === "ws") {
         const ws = new WebSocket(base)
         ws.onmessage = (e) => onMessage(JSON.parse(String(e.data)).Content)
@@ -146,11 +161,11 @@ const quickIm = async (protocol: Proto, users: number, conversations: Array<Read
       }
     },
     send: async (from, conv, _members, content) => {
-      const r = await http.post("/send_msg", { conversation_id: ids[conv], content }, tokens[from])
+      const r = await clients[turn++ % nodes].post("/send_msg", { conversation_id: ids[conv], content }, tokens[from])
       if (JSON.parse(r.body).code !== 0) throw new Error(`send failed: ${r.status} ${r.body}`)
     },
     stop: async () => {
-      await server.stop()
+      await Promise.all(servers.map((s) => s.stop()))
       execFileSync("psql", [
         ADMIN,
         "-qAtc",
@@ -176,7 +191,7 @@ const ceiling = async () => {
   const http = makeHttpClient(`http://127.0.0.1:${port}`)
   return {
     name: "ceiling ws",
-    pid: child.pid!,
+    pids: [child.pid!],
     connect: async (user: number, onMessage: (content: string) => void) => {
       const ws = new WebSocket(`ws://127.0.0.1:${port}/?id=${user}`)
       ws.onmessage = (e) => onMessage(JSON.parse(String(e.data)).Content)
@@ -257,7 +272,7 @@ const runWorkload = async (
   for (let waited = 0; warmed < warmup * conversations[0].length && waited < 10_000; waited += 50) {
     await new Promise((r) => setTimeout(r, 50))
   }
-  const before = procStat(target.pid)
+  const before = procStat(target.pids)
   const driverBefore = process.cpuUsage()
   const postgresBefore = postgresCpuUs()
   const started = performance.now()
@@ -280,7 +295,7 @@ const runWorkload = async (
     await new Promise((r) => setTimeout(r, 50))
   }
   const seconds = (lastDelivery - started) / 1000
-  const after = procStat(target.pid)
+  const after = procStat(target.pids)
   const driverCpu = process.cpuUsage(driverBefore)
   const busy = (us: number) => (us / 1e6 / seconds).toFixed(2)
   acks.sort((a, b) => a - b)
@@ -332,16 +347,20 @@ const workloads = (process.env.BENCH_WORKLOADS ?? "pairs,group").split(",")
   }
   await c.stop()
 }
+// BENCH_NODES=1,3 runs each workload on one node and on three (multi-node mode, same machine).
+const nodeCounts = (process.env.BENCH_NODES ?? "1").split(",").map(Number)
 for (const protocol of protocols) {
-  if (workloads.includes("pairs")) {
-    const p = await quickIm(protocol, PAIRS * 2, pairs)
-    results.push(await runWorkload("pairs", p, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS, PAIRS_WARMUP))
-    await p.stop()
-  }
-  if (workloads.includes("group")) {
-    const g = await quickIm(protocol, GROUP, group)
-    results.push(await runWorkload("group", g, GROUP, group, GROUP_MESSAGES, 4, GROUP_WARMUP))
-    await g.stop()
+  for (const nodes of nodeCounts) {
+    if (workloads.includes("pairs")) {
+      const p = await quickIm(protocol, PAIRS * 2, pairs, nodes)
+      results.push(await runWorkload("pairs", p, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS, PAIRS_WARMUP))
+      await p.stop()
+    }
+    if (workloads.includes("group")) {
+      const g = await quickIm(protocol, GROUP, group, nodes)
+      results.push(await runWorkload("group", g, GROUP, group, GROUP_MESSAGES, 4, GROUP_WARMUP))
+      await g.stop()
+    }
   }
 }
 
@@ -356,7 +375,7 @@ if (IDLE > 0) {
     )
   }
   await new Promise((r) => setTimeout(r, 3000))
-  idleRss = procStat(p.pid).rssMb
+  idleRss = procStat(p.pids).rssMb
   for (const close of closers) close()
   await p.stop()
 }
@@ -382,7 +401,9 @@ const machine = `${Os.cpus().length} cores, ${Math.round(Os.totalmem() / 2 ** 30
 Fs.appendFileSync(
   Path.join(root, "bench/RESULTS.md"),
   `\n## Push benchmark — ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC\n\n`
-    + `Machine: ${machine}; quick-im on Deno, one node, PostgreSQL 15, every message persisted; driver (Deno) on the same cores. `
+    + `Machine: ${machine}; quick-im on Deno (${
+      nodeCounts.join(" and ")
+    } node(s)), PostgreSQL 15, every message persisted; driver (Deno) on the same cores. `
     + `pairs: ${PAIRS} conversations × 2 members, ${PAIRS_MESSAGES} messages, ${PAIRS_SENDERS} senders (each message is delivered to both members); `
     + `group: ${GROUP} members, ${GROUP_MESSAGES} messages. "× ceiling" is sends/s (pairs) or deliveries/s (group) over the plain ws broadcast's.\n\n`
     + summary

@@ -2,14 +2,16 @@
  * The whole node as one layer: database (migrated), cluster runner, Conversation entities and
  * the HTTP gateway. `main.ts` launches it; tests build it with their own settings.
  */
-import { NodeCrypto, NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, References } from "effect"
-import { ShardingConfig, SingleRunner } from "effect/cluster"
+import { NodeClusterSocket, NodeCrypto, NodeHttpServer } from "@effect/platform-node"
+import { Effect, Layer, Option, References } from "effect"
+import { RunnerAddress, ShardingConfig, SingleRunner } from "effect/cluster"
 import { HttpRouter } from "effect/http"
 import { HttpApiBuilder } from "effect/http-api"
 import { createServer } from "node:http"
 import { Api } from "./api/Api.ts"
-import { AppConfig, type AppSettings } from "./Config.ts"
+import { AppConfig, type AppSettings, isConfigured } from "./Config.ts"
+import { NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
+import { RunnerWatch } from "./cluster/RunnerWatch.ts"
 import { ConversationEntityLive } from "./conversation/ConversationEntity.ts"
 import { Feed } from "./push/Feed.ts"
 import { LocalConnections } from "./push/LocalConnections.ts"
@@ -23,11 +25,43 @@ import { ConversationStore } from "./storage/ConversationStore.ts"
 import { DatabaseLive } from "./storage/Database.ts"
 import { Replay } from "./storage/Replay.ts"
 
-/** Every runner option is explicit, so unprefixed env vars (PORT, HOST, ...) never reach the runner. */
-const ClusterLive = SingleRunner.layer({
-  runnerStorage: "sql",
-  shardingConfig: { ...ShardingConfig.defaults, simulateRemoteSerialization: false }
-}).pipe(Layer.provide(NodeCrypto.layerDigest))
+/**
+ * One node (`QUICKIM_RUNNER_PORT` unset): a SingleRunner. Several: a runner on the cluster's socket
+ * transport at `QUICKIM_RUNNER_HOST:QUICKIM_RUNNER_PORT`, sharing the database's runner and message
+ * storage with the other nodes. Every runner option is explicit, so unprefixed env vars (PORT,
+ * HOST, ...) never reach the runner.
+ */
+const ClusterLive = Layer.unwrap(Effect.gen(function* () {
+  const config = yield* AppConfig
+  const sharding = {
+    ...ShardingConfig.defaults,
+    simulateRemoteSerialization: false,
+    shardsPerGroup: config.shardsPerGroup,
+    shardLockExpiration: config.shardLockExpiration,
+    shardLockRefreshInterval: config.shardLockRefresh,
+    runnerHealthCheckInterval: config.runnerHealthCheck,
+    refreshAssignmentsInterval: "1 second" as const
+  }
+  if (Option.isNone(config.runnerPort)) {
+    return SingleRunner.layer({ runnerStorage: "sql", shardingConfig: sharding })
+  }
+  if (!isConfigured(config.databaseUrl)) {
+    return yield* Effect.fail(
+      new Error("QUICKIM_RUNNER_PORT (multi-node mode) needs DATABASE_URL: a cluster's nodes share one PostgreSQL")
+    )
+  }
+  const port = config.runnerPort.value
+  return NodeClusterSocket.layer({
+    storage: "sql",
+    shardingConfig: {
+      ...sharding,
+      runnerAddress: Option.some(RunnerAddress.make(config.runnerHost, port)),
+      runnerListenAddress: Option.some(
+        RunnerAddress.make(Option.getOrElse(config.runnerListenHost, () => config.runnerHost), port)
+      )
+    }
+  })
+})).pipe(Layer.provide(NodeCrypto.layerDigest))
 
 const CoreLive = Layer.mergeAll(ConversationStore.layer, Replay.layer, Tokens.layer).pipe(
   Layer.provideMerge(DatabaseLive)
@@ -48,9 +82,12 @@ const HttpLive = Layer.unwrap(Effect.gen(function* () {
 
 const PushLive = WebSocketGateway.layer.pipe(Layer.provideMerge(Feed.layer))
 
-export const AppLive = Layer.mergeAll(HttpLive, ConversationEntityLive, MailboxEntityLive).pipe(
+export const AppLive = NodeReporterLive.pipe(
+  Layer.provideMerge(Layer.mergeAll(HttpLive, ConversationEntityLive, MailboxEntityLive)),
+  Layer.provideMerge(NodeStatus.layer),
   Layer.provideMerge(PushLive),
   Layer.provideMerge(LocalConnections.layer),
+  Layer.provideMerge(RunnerWatch.layer),
   Layer.provideMerge(ClusterLive),
   Layer.provideMerge(CoreLive),
   // No span exporter is configured yet: recording spans nobody reads costs CPU on every request.

@@ -26,6 +26,22 @@ export interface AppSettings {
   readonly sseHeartbeat: Duration.Duration
   readonly wsPing: Duration.Duration
   readonly wsMaxBufferedBytes: number
+  /** Multi-node mode when set: this node's runner port, as other nodes reach it. */
+  readonly runnerPort: Option.Option<number>
+  /** This node's runner host, as other nodes reach it. */
+  readonly runnerHost: string
+  /** Where the runner listens (default: `runnerHost`); e.g. 0.0.0.0 behind NAT or in a container. */
+  readonly runnerListenHost: Option.Option<string>
+  /** Shards per entity group: the same on every node of a cluster. */
+  readonly shardsPerGroup: number
+  /** A dead node's shards are taken over after this long without its lock refresh. */
+  readonly shardLockExpiration: Duration.Duration
+  readonly shardLockRefresh: Duration.Duration
+  readonly runnerHealthCheck: Duration.Duration
+  /** This node's HTTP base URL as clients reach it, shown in the cluster view (default from HOST/PORT). */
+  readonly publicUrl: string | undefined
+  /** How long processed cluster messages and replies are kept before the retention job deletes them. */
+  readonly clusterRetention: Duration.Duration
 }
 
 const list = (name: string, fallback: string) =>
@@ -55,7 +71,18 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   pollWait: Config.Duration("QUICKIM_POLL_WAIT").pipe(Config.withDefault(Duration.seconds(30))),
   sseHeartbeat: Config.Duration("QUICKIM_SSE_HEARTBEAT").pipe(Config.withDefault(Duration.seconds(15))),
   wsPing: Config.Duration("QUICKIM_WS_PING").pipe(Config.withDefault(Duration.seconds(20))),
-  wsMaxBufferedBytes: Config.Int("QUICKIM_WS_MAX_BUFFERED_BYTES").pipe(Config.withDefault(4 * 1024 * 1024))
+  wsMaxBufferedBytes: Config.Int("QUICKIM_WS_MAX_BUFFERED_BYTES").pipe(Config.withDefault(4 * 1024 * 1024)),
+  runnerPort: Config.option(Config.Port("QUICKIM_RUNNER_PORT")),
+  runnerHost: Config.String("QUICKIM_RUNNER_HOST").pipe(Config.withDefault("127.0.0.1")),
+  runnerListenHost: Config.option(Config.String("QUICKIM_RUNNER_LISTEN_HOST")),
+  shardsPerGroup: Config.Int("QUICKIM_SHARDS_PER_GROUP").pipe(Config.withDefault(300)),
+  shardLockExpiration: Config.Duration("QUICKIM_SHARD_LOCK_EXPIRATION").pipe(
+    Config.withDefault(Duration.seconds(5))
+  ),
+  shardLockRefresh: Config.Duration("QUICKIM_SHARD_LOCK_REFRESH").pipe(Config.withDefault(Duration.seconds(1))),
+  runnerHealthCheck: Config.Duration("QUICKIM_RUNNER_HEALTH_CHECK").pipe(Config.withDefault(Duration.seconds(2))),
+  publicUrl: Config.String("QUICKIM_PUBLIC_URL").pipe(Config.withDefault(undefined)),
+  clusterRetention: Config.Duration("QUICKIM_CLUSTER_RETENTION").pipe(Config.withDefault(Duration.hours(1)))
 })
 
 export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-im/Config") {

@@ -72,6 +72,27 @@ export class MessageApi extends HttpApiGroup.make("message")
   )
   .middleware(Authorization) {}
 
+const ClusterView = Schema.Struct({
+  Mode: Schema.Literals(["single", "cluster"]),
+  Self: Schema.String,
+  ShardsPerGroup: Schema.Number,
+  Runners: Schema.Array(
+    Schema.Struct({ Address: Schema.String, Healthy: Schema.Boolean, LastHeartbeat: Schema.String })
+  ),
+  Nodes: Schema.Array(Schema.Struct({
+    NodeId: Schema.String,
+    Runner: Schema.NullOr(Schema.String),
+    Url: Schema.String,
+    Alive: Schema.Boolean,
+    Shards: Schema.Number,
+    Conversations: Schema.Number,
+    Mailboxes: Schema.Number,
+    Connections: Schema.Struct({ ws: Schema.Number, sse: Schema.Number, poll: Schema.Number }),
+    StartedAt: Schema.String,
+    UpdatedAt: Schema.String
+  }))
+})
+
 const innerPost = <const Name extends string, P extends Schema.Struct.Fields, S extends Schema.Top>(
   name: Name,
   payload: P,
@@ -92,7 +113,9 @@ export class InnerApi extends HttpApiGroup.make("inner")
       "set_archive_conversations",
       { conversation_ids: Schema.Array(ConversationId).check(Schema.isMaxLength(10_000)), is_archive: Schema.Boolean },
       Schema.Struct({ code: Schema.Literal(0) })
-    )
+    ),
+    // Extension: the cluster as every node reports it (src/cluster/NodeStatus.ts).
+    HttpApiEndpoint.get("cluster", "/inner/cluster", { success: ok(ClusterView), error: ApiErrors })
   )
   .middleware(InnerGuard) {}
 

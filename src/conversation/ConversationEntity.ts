@@ -4,7 +4,7 @@
  * mailbox in batches, so sends that arrive together share one transaction (group commit).
  * A send is answered only after its transaction committed.
  */
-import { Cause, Clock, type Duration, Effect, Layer, Option, Queue } from "effect"
+import { Cause, Clock, Duration, Effect, Layer, Option, Queue, Schedule } from "effect"
 import { Entity, type Envelope } from "effect/cluster"
 import { AppConfig } from "../Config.ts"
 import {
@@ -15,7 +15,8 @@ import {
   type MsgData,
   NotMember
 } from "../domain/Conversation.ts"
-import { MsgIdClock } from "../domain/MsgId.ts"
+import { decode, MsgIdClock } from "../domain/MsgId.ts"
+import { floorOf } from "../storage/Replay.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
 import { type ConversationState, ConversationStore, type MessageRow, toMsgData } from "../storage/ConversationStore.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
@@ -35,6 +36,9 @@ interface Delivery {
   readonly messages: ReadonlyArray<MsgData>
 }
 
+const DELIVER_ATTEMPT = "5 seconds"
+const DELIVER_DEADLINE = "30 seconds"
+
 const dedupeKey = (session: string, clientMsgId: string) => `${session}\u0000${clientMsgId}`
 
 const entityLayer = (maxIdleTime: Duration.Duration) =>
@@ -51,6 +55,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       // to every member's mailbox (fire-and-forget), batch after batch, so each mailbox sees the
       // conversation's messages in commit order. A slow or absent member never delays the sender.
       const deliveries = yield* Queue.unbounded<Delivery>()
+      let undelivered = 0 // batches queued or being handed over
       // A member's mailbox active in this process is called directly; any other gets a cluster
       // message, awaited until handled, so a direct call for a later batch can never overtake it.
       yield* Effect.gen(function* () {
@@ -65,6 +70,12 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
           remote,
           (member) =>
             mailboxes(member).Deliver({ messages }).pipe(
+              // A mailbox whose node died or that is moving answers nobody until it is hosted
+              // again: each attempt is bounded and retried until DELIVER_DEADLINE, so the member
+              // still gets the batch (a repeat is dropped by MsgId) and later batches wait for it.
+              Effect.timeout(DELIVER_ATTEMPT),
+              Effect.retry({ schedule: Schedule.spaced("250 millis") }),
+              Effect.timeout(DELIVER_DEADLINE),
               Effect.catchCause((cause) =>
                 Effect.logWarning("push to mailbox failed; the member resumes by cursor", cause).pipe(
                   Effect.annotateLogs({ conversationId: id, session: member })
@@ -73,7 +84,17 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             ),
           { concurrency: 64, discard: true }
         )
+        undelivered--
       }).pipe(Effect.forever, Effect.forkScoped)
+      // Passivation or a shard moving to another node (join, graceful stop): hand over what is
+      // committed before the fiber stops, so connected members miss nothing (bounded wait).
+      yield* Effect.addFinalizer(() =>
+        Effect.sleep("5 millis").pipe(
+          Effect.repeat({ until: () => undelivered === 0 }),
+          Effect.timeout("3 seconds"),
+          Effect.ignore
+        )
+      )
 
       return (mailbox, replier) => {
         // undefined: not loaded yet (or dropped after a failed write); null: no such conversation.
@@ -86,8 +107,36 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             onNone: () => null,
             onSome: (s) => ({ state: { ...s }, clock: new MsgIdClock(id, s.conversationType, s.lastMsgId) })
           })
+          if (loaded !== null) yield* redeliverRecent(loaded.state)
           return loaded
         })
+
+        /**
+         * The previous host of this conversation may have died between a commit and its hand-over
+         * to the members' mailboxes. So a conversation that had messages within the resume window
+         * hands those over again before anything new, in order; connections drop what they already
+         * have by MsgId (Feed, Mailbox), and nothing new can overtake what was missed.
+         */
+        const redeliverRecent = (state: Loaded["state"]) =>
+          Effect.gen(function* () {
+            if (state.lastMsgId === undefined) return
+            const now = yield* Clock.currentTimeMillis
+            if (decode(state.lastMsgId).millis < now - Duration.toMillis(config.resumeWindow)) return
+            const recent = yield* store.range(id, floorOf(state.lastMsgId, config.resumeWindow), state.lastMsgId, false)
+            if (recent.length === 0) return
+            // Seqs are gapless in MsgId order: recent[i] has seq firstSeq + i. A member gets only
+            // what was sent after it joined.
+            const firstSeq = state.lastSeq - recent.length + 1
+            const bySlice = new Map<number, Array<string>>()
+            for (const [member, joinedSeq] of state.members) {
+              const from = Math.max(0, joinedSeq - firstSeq + 1)
+              if (from < recent.length) bySlice.set(from, [...(bySlice.get(from) ?? []), member])
+            }
+            for (const [from, members] of bySlice) {
+              undelivered++
+              Queue.offerUnsafe(deliveries, { members, messages: recent.slice(from) })
+            }
+          })
 
         const reply = (request: Request, value: unknown) => replier.succeed(request as any, value as any)
         const fail = (request: Request, error: unknown) => replier.fail(request as any, error as any)
@@ -167,6 +216,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               const last = rows[rows.length - 1]
               state.lastSeq = last.seq
               state.lastMsgId = last.msg_id
+              undelivered++
               Queue.offerUnsafe(deliveries, { members: [...state.members.keys()], messages: rows.map(toMsgData) })
             }
             for (const [r, answer] of answers) {

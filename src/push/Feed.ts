@@ -1,15 +1,24 @@
 /**
  * One push connection's messages, the same for every transport: attach to the session's mailbox
- * first, then (with a cursor) replay what the client may have missed, then live messages,
- * dropping live ones the replay already gave. Per-conversation order holds throughout.
+ * first, then (with a cursor) replay what the client may have missed, then live messages.
+ * Per-conversation order holds throughout, and no message is written twice: within a
+ * conversation messages arrive in MsgId order, so the newest MsgId written per conversation
+ * filters out anything a replay or a late live delivery repeats.
+ *
+ * The connection outlives cluster changes: when its Mailbox's subscription ends (the mailbox moved
+ * to another node, or its node died) it subscribes again wherever the mailbox now lives, and when
+ * any runner leaves (RunnerWatch) it replays from its last MsgId, which covers messages a dead
+ * node committed but never handed over. Clients see neither.
  *
  * `attach` hands messages to a plain function (the WebSocket gateway writes frames from it, with
  * no queue or fiber between the Conversation entity's commit and the socket); `open` offers them
  * as a Stream over a bounded queue (SSE).
  */
-import { Cause, Context, Deferred, Effect, Exit, Layer, Queue, type Scope, Stream } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Layer, Queue, Schedule, type Scope, Stream } from "effect"
 import { randomUUID } from "node:crypto"
+import { RunnerWatch } from "../cluster/RunnerWatch.ts"
 import type { MsgData } from "../domain/Conversation.ts"
+import { encode } from "../domain/MsgId.ts"
 import { Replay } from "../storage/Replay.ts"
 import { AppConfig } from "../Config.ts"
 import { type ConnectionSink, LocalConnections } from "./LocalConnections.ts"
@@ -18,8 +27,13 @@ import { Mailbox, SlowConsumer } from "./Protocol.ts"
 /** Writes messages to a transport; false when its buffer is full (the connection is then cut as a slow consumer). */
 export type Write = (messages: ReadonlyArray<MsgData>) => boolean
 
+/** How long a connection keeps trying to reach its mailbox while the cluster re-hosts it. */
+const RESUBSCRIBE_FOR = Duration.seconds(30)
+
+type Outcome = "lost" | "resync"
+
 export class Feed extends Context.Service<Feed, {
-  /** Feeds `write` until the scope closes; fails with SlowConsumer, or ends when the mailbox's subscription does. */
+  /** Feeds `write` until the scope closes; fails with SlowConsumer, or when the mailbox stays unreachable. */
   readonly attach: (
     session: string,
     platform: number,
@@ -34,7 +48,11 @@ export class Feed extends Context.Service<Feed, {
       const mailboxes = yield* Mailbox.client
       const replay = yield* Replay
       const here = yield* LocalConnections
+      const watch = yield* RunnerWatch
       const buffer = (yield* AppConfig).connectionBuffer
+      // This node is stopping: a subscription that ends is not renewed (clients reconnect elsewhere).
+      let stopping = false
+      yield* Effect.addFinalizer(() => Effect.sync(() => (stopping = true)))
 
       const attach = Effect.fnUntraced(function* (
         session: string,
@@ -43,61 +61,103 @@ export class Feed extends Context.Service<Feed, {
         write: Write
       ) {
         const connectionId = randomUUID()
-        const ended = yield* Deferred.make<void, unknown>()
+        const ended = yield* Deferred.make<never, unknown>()
         const slow = () => Deferred.doneUnsafe(ended, Exit.fail(new SlowConsumer({ buffered: buffer })))
-        // While a replay runs, live messages wait here (bounded); afterwards those the replay gave are dropped.
-        let held: Array<MsgData> | undefined = cursor === undefined ? undefined : []
-        let replayed: Set<string> | undefined = undefined
+        // Newest MsgId written per conversation, and the last one written at all (the resync cursor).
+        const marks = new Map<string, string>()
+        let last = cursor ?? encode({ millis: Date.now(), seq: 0, conversationType: 0, hash: 0 })
+        const emit = (messages: ReadonlyArray<MsgData>) => {
+          const fresh = messages.filter((m) => {
+            const mark = marks.get(m.ConversationID)
+            if (mark !== undefined && m.MsgId <= mark) return false
+            marks.set(m.ConversationID, m.MsgId)
+            return true
+          })
+          if (fresh.length === 0) return true
+          last = fresh[fresh.length - 1].MsgId
+          return write(fresh)
+        }
+        // While a replay runs, live messages wait here (bounded), then go out after it.
+        let held: Array<MsgData> | undefined = undefined
         const sink: ConnectionSink = {
           push: (messages) => {
-            if (held !== undefined) {
-              if (held.length + messages.length > buffer) return false
-              for (const m of messages) held.push(m)
-              return true
-            }
-            if (replayed === undefined) return write(messages)
-            const seen = replayed
-            const fresh = messages.filter((m) => !seen.has(m.MsgId))
-            return fresh.length === 0 || write(fresh)
+            if (held === undefined) return emit(messages)
+            if (held.length + messages.length > buffer) return false
+            for (const m of messages) held.push(m)
+            return true
           },
           fail: (error) => Deferred.doneUnsafe(ended, Exit.fail(error))
         }
         here.sinks.set(connectionId, sink)
         yield* Effect.addFinalizer(() => Effect.sync(() => here.sinks.delete(connectionId)))
-        const remote = yield* mailboxes(session).Subscribe({ connectionId, platform, nodeId: here.nodeId }, {
-          asQueue: true
-        })
-        // The first event says the connection is registered: from here on nothing committed is missed.
-        yield* Queue.take(remote)
-        // A mailbox on another node streams its messages; one on this node calls `sink` directly and
-        // its stream only ends with the subscription.
-        yield* Stream.fromQueue(remote).pipe(
-          Stream.runForEachArray((events) =>
-            Effect.sync(() => {
-              const messages = events.flatMap((e) => e._tag === "Pushed" ? [e.message] : [])
-              if (messages.length > 0 && !sink.push(messages)) slow()
-            })
-          ),
-          Effect.exit,
-          Effect.flatMap((exit) => Deferred.done(ended, exit)),
-          Effect.forkScoped
-        )
-        if (cursor !== undefined) {
-          const seen = new Set<string>()
-          yield* replay.after(session, cursor).pipe(
-            Stream.runForEachArray((messages) =>
-              Effect.suspend(() => {
-                for (const m of messages) seen.add(m.MsgId)
-                return write(messages) ? Effect.void : Effect.fail(new SlowConsumer({ buffered: buffer }))
+
+        const catchUp = (from: string) =>
+          Effect.gen(function* () {
+            held = []
+            yield* replay.after(session, from).pipe(
+              Stream.runForEachArray((messages) =>
+                emit(messages) ? Effect.void : Effect.fail(new SlowConsumer({ buffered: buffer }))
+              ),
+              Effect.onExit(() =>
+                Effect.sync(() => {
+                  const rest = held ?? []
+                  held = undefined
+                  if (rest.length > 0 && !emit(rest)) slow()
+                })
+              )
+            )
+          })
+
+        /** One subscription: until it is lost, a runner leaves, or the connection ends. */
+        const round = (from: string | undefined) =>
+          Effect.scoped(Effect.gen(function* () {
+            const outcome = yield* Deferred.make<Outcome>()
+            // The first event says the connection is registered: from here on nothing committed is missed.
+            // The mailbox may be between nodes (its node died or is handing over): keep trying a while.
+            const remote = yield* Effect.gen(function* () {
+              const events = yield* mailboxes(session).Subscribe({ connectionId, platform, nodeId: here.nodeId }, {
+                asQueue: true
+              })
+              yield* Queue.take(events)
+              return events
+            }).pipe(
+              Effect.retry({ schedule: Schedule.spaced("250 millis") }),
+              Effect.timeoutOrElse({
+                duration: RESUBSCRIBE_FOR,
+                orElse: () => Effect.fail(new Error("mailbox unreachable"))
               })
             )
-          )
-          const rest = held!.filter((m) => !seen.has(m.MsgId))
-          held = undefined
-          replayed = seen
-          if (rest.length > 0 && !write(rest)) slow()
+            const unwatch = watch.onRunnerLeft(() => Deferred.doneUnsafe(outcome, Exit.succeed("resync")))
+            yield* Effect.addFinalizer(() => Effect.sync(unwatch))
+            // A mailbox on another node streams its messages; one on this node calls `sink` directly and
+            // its stream only ends with the subscription.
+            yield* Stream.fromQueue(remote).pipe(
+              Stream.runForEachArray((events) =>
+                Effect.sync(() => {
+                  const messages = events.flatMap((e) => e._tag === "Pushed" ? [e.message] : [])
+                  if (messages.length > 0 && !sink.push(messages)) slow()
+                })
+              ),
+              Effect.exit,
+              Effect.flatMap((exit) => {
+                const slowConsumer = Exit.isFailure(exit) && exit.cause.reasons.some((r) =>
+                  r._tag === "Fail" && (r.error as { _tag?: string })?._tag === "SlowConsumer"
+                )
+                return slowConsumer ? Effect.sync(slow) : Deferred.succeed(outcome, "lost")
+              }),
+              Effect.forkScoped
+            )
+            if (from !== undefined) yield* catchUp(from)
+            return yield* Effect.raceFirst(Deferred.await(ended), Deferred.await(outcome))
+          }))
+
+        let from: string | undefined = cursor
+        for (;;) {
+          const outcome = yield* round(from)
+          if (outcome === "lost" && stopping) return
+          if (outcome === "lost") yield* Effect.logDebug("push subscription lost; subscribing again")
+          from = last
         }
-        return yield* Deferred.await(ended)
       })
 
       return Feed.of({

@@ -28,9 +28,18 @@ export class LocalConnections extends Context.Service<LocalConnections, {
    * delivers to them with a direct call instead of a cluster message (see ConversationEntity).
    */
   readonly mailboxes: Map<string, (messages: ReadonlyArray<MsgData>) => void>
+  /** Open push connections by protocol (poll: requests waiting), for the cluster view. */
+  readonly open: { ws: number; sse: number; poll: number }
 }>()("quick-im/push/LocalConnections") {
   static readonly layer = Layer.effect(
     LocalConnections,
-    Effect.sync(() => LocalConnections.of({ nodeId: randomUUID(), sinks: new Map(), mailboxes: new Map() }))
+    Effect.sync(() =>
+      LocalConnections.of({
+        nodeId: randomUUID(),
+        sinks: new Map(),
+        mailboxes: new Map(),
+        open: { ws: 0, sse: 0, poll: 0 }
+      })
+    )
   )
 }

@@ -34,6 +34,40 @@ interface PollState {
   readonly waiters: Array<Deferred.Deferred<MsgData>>
   last: string | undefined
   dirty: boolean
+  /** Newest MsgId handed out per conversation: anything at or below it is a repeat and is skipped. */
+  readonly marks: Map<string, string>
+  /** A replay is being merged: nothing is handed out until it is, so nothing newer overtakes it. */
+  opening: boolean
+}
+
+const isRepeat = (state: PollState, message: MsgData) => {
+  const mark = state.marks.get(message.ConversationID)
+  return mark !== undefined && message.MsgId <= mark
+}
+
+/** Records `message` as answered to the client. */
+const handOut = (state: PollState, message: MsgData) => {
+  state.marks.set(message.ConversationID, message.MsgId)
+  state.last = message.MsgId
+  state.dirty = true
+  return message
+}
+
+/** The next message not yet handed out, repeats skipped (not yet recorded: see handOut). */
+const takeNext = (state: PollState): MsgData | undefined => {
+  for (;;) {
+    const next = state.pending.shift()
+    if (next === undefined || !isRepeat(state, next)) return next
+  }
+}
+
+/** Gives waiting pollers what is pending (each records it when it answers). */
+const serveWaiters = (state: PollState) => {
+  while (state.waiters.length > 0 && state.pending.length > 0) {
+    const next = takeNext(state)
+    if (next === undefined) return
+    Deferred.doneUnsafe(state.waiters.shift()!, Effect.succeed(next))
+  }
 }
 
 /** The most messages a poll platform keeps between polls; beyond that the oldest go and a resume refills. */
@@ -61,20 +95,21 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
       yield* savePositions.pipe(Effect.repeat(Schedule.spaced("5 seconds")), Effect.forkScoped)
 
       const pushPoll = (state: PollState, message: MsgData) => {
-        const waiter = state.waiters.shift()
-        if (waiter !== undefined) {
-          state.last = message.MsgId
-          state.dirty = true
-          Deferred.doneUnsafe(waiter, Effect.succeed(message))
-          return
-        }
         if (state.pending.length >= POLL_PENDING_MAX) state.pending.shift()
         state.pending.push(message)
+        if (!state.opening) serveWaiters(state)
       }
 
       const openPoll = Effect.fnUntraced(function* (platform: number, cursor: string | undefined) {
         const previous = polls.get(platform)
-        const state: PollState = { pending: [], waiters: previous?.waiters ?? [], last: undefined, dirty: false }
+        const state: PollState = {
+          pending: [],
+          waiters: previous?.waiters ?? [],
+          last: undefined,
+          dirty: false,
+          marks: new Map(),
+          opening: true
+        }
         // Registered before reading SQL: whatever commits from now on reaches `pending`.
         polls.set(platform, state)
         let from = cursor ?? previous?.last
@@ -84,10 +119,15 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
           from = row?.last_msg_id
         }
         state.last = from
-        if (from === undefined) return state
-        const backlog = yield* Stream.runCollect(replay.after(session, from))
-        const live = new Set(state.pending.map((m) => m.MsgId))
-        state.pending = [...backlog.filter((m) => !live.has(m.MsgId)), ...state.pending]
+        if (from !== undefined) {
+          const backlog = yield* Stream.runCollect(replay.after(session, from)).pipe(
+            Effect.onError(() => Effect.sync(() => (state.opening = false)))
+          )
+          const live = new Set(state.pending.map((m) => m.MsgId))
+          state.pending = [...backlog.filter((m) => !live.has(m.MsgId)), ...state.pending]
+        }
+        state.opening = false
+        serveWaiters(state)
         return state
       })
 
@@ -149,12 +189,8 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
               const state = existing === undefined || payload.cursor !== undefined
                 ? yield* openPoll(payload.platform, payload.cursor)
                 : existing
-              const next = state.pending.shift()
-              if (next !== undefined) {
-                state.last = next.MsgId
-                state.dirty = true
-                return next
-              }
+              const next = state.opening ? undefined : takeNext(state)
+              if (next !== undefined) return handOut(state, next)
               const waiter = yield* Deferred.make<MsgData>()
               state.waiters.push(waiter)
               const got = yield* Deferred.await(waiter).pipe(
@@ -175,9 +211,9 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
                 if (i >= 0) state.waiters.splice(i, 1)
                 // Raced with a delivery that completed the waiter just now: hand it over all the same.
                 const late = yield* Deferred.poll(waiter)
-                return Option.isNone(late) ? null : yield* late.value
+                return Option.isNone(late) ? null : handOut(state, yield* late.value)
               }
-              return got.value
+              return handOut(state, got.value)
             }).pipe(Effect.orDie)
           )
       })

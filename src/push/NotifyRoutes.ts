@@ -9,6 +9,7 @@ import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { Feed } from "./Feed.ts"
+import { LocalConnections } from "./LocalConnections.ts"
 import { messageJson } from "./Frames.ts"
 import { parseNotify } from "./Notify.ts"
 import { Mailbox } from "./Protocol.ts"
@@ -40,6 +41,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const feed = yield* Feed
   const mailboxes = yield* Mailbox.client
+  const here = yield* LocalConnections
   const heartbeat = Duration.toMillis(config.sseHeartbeat)
   const waitMs = Duration.toMillis(config.pollWait)
 
@@ -53,17 +55,27 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
             error: "protoc=ws needs a WebSocket upgrade request"
           }, { status: 426, headers: { upgrade: "websocket" } })
         case "poll": {
+          here.open.poll++
           const message = yield* mailboxes(notify.session).Poll({
             platform: notify.platform,
             waitMs,
             ...(notify.cursor === undefined ? {} : { cursor: notify.cursor })
-          })
+          }).pipe(
+            // The session's mailbox may be between nodes; past the wait plus a margin, ask for a retry.
+            Effect.timeoutOrElse({
+              duration: Duration.millis(waitMs + 10_000),
+              orElse: () => Effect.fail({ status: 503, code: ErrorCode.Unavailable, error: "push unavailable, retry" })
+            }),
+            Effect.ensuring(Effect.sync(() => here.open.poll--))
+          )
           return message === null
             ? HttpServerResponse.empty({ status: 204 })
             : HttpServerResponse.jsonUnsafe(message, { headers: { "cache-control": "no-store" } })
         }
         case "sse": {
           const events = feed.open(notify.session, notify.platform, notify.cursor).pipe(
+            Stream.onStart(Effect.sync(() => here.open.sse++)),
+            Stream.ensuring(Effect.sync(() => here.open.sse--)),
             Stream.chunks,
             Stream.map(sseEvents),
             // A slow reader or a failure ends the stream with a reason; EventSource reconnects with Last-Event-ID.

@@ -13,6 +13,7 @@ import type { Duplex } from "node:stream"
 import { WebSocket, WebSocketServer } from "ws"
 import { AppConfig } from "../Config.ts"
 import { Feed } from "./Feed.ts"
+import { LocalConnections } from "./LocalConnections.ts"
 import { messageJson } from "./Frames.ts"
 import { isNotifyPath, type NotifyRefusal, parseNotify } from "./Notify.ts"
 
@@ -48,6 +49,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
     Effect.gen(function* () {
       const context = yield* Effect.context<Feed | AppConfig | import("../server/Tokens.ts").Tokens>()
       const feed = yield* Feed
+      const here = yield* LocalConnections
       const config = yield* AppConfig
       const pingEvery = Duration.toMillis(config.wsPing)
       // Bytes queued in a socket's send buffer before the connection is cut as a slow consumer.
@@ -65,6 +67,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
 
       const serve = (ws: WebSocket, session: string, platform: number, cursor: string | undefined) => {
         open.add(ws)
+        here.open.ws++
         let alive = true
         const ping = setInterval(() => {
           if (!alive) return ws.terminate()
@@ -98,6 +101,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
         ws.on("message", () => close(CloseCode.PolicyViolation, "/notify is one-way: clients send no data frames"))
         ws.on("close", () => {
           open.delete(ws)
+          here.open.ws--
           clearInterval(ping)
           run(Fiber.interrupt(fiber))
         })

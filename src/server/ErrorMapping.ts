@@ -37,6 +37,21 @@ export const toApiError = (e: unknown): Effect.Effect<never, ApiError> => {
   }
 }
 
-/** Runs a handler effect with its failures mapped to wire errors. */
+/**
+ * How long a request may wait on the cluster. A call to an entity whose node died is answered by
+ * nobody until the shard is re-hosted elsewhere (about 5 s); past this bound the client gets 10006
+ * and retries (a send with the same client_msg_id cannot duplicate).
+ */
+export const REQUEST_TIMEOUT = "15 seconds"
+
+/** Runs a handler effect with its failures mapped to wire errors, within REQUEST_TIMEOUT. */
 export const mapped = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, ApiError, R> =>
-  Effect.catch(effect, toApiError)
+  Effect.catch(effect, toApiError).pipe(
+    Effect.timeoutOrElse({
+      duration: REQUEST_TIMEOUT,
+      orElse: () =>
+        Effect.fail(
+          new Unavailable({ code: ErrorCode.Unavailable, error: "the cluster did not answer in time, retry" })
+        )
+    })
+  )

@@ -8,6 +8,7 @@ import { randomUUID } from "node:crypto"
 import { Api } from "../api/Api.ts"
 import { ErrorCode, Unavailable } from "../api/Errors.ts"
 import { CurrentSession } from "../api/Security.ts"
+import { NodeStatus } from "../cluster/NodeStatus.ts"
 import { Conversation } from "../conversation/Protocol.ts"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import { ConversationStore, PAGE } from "../storage/ConversationStore.ts"
@@ -125,6 +126,7 @@ const InnerHandlers = HttpApiBuilder.group(
     const store = yield* ConversationStore
     const tokens = yield* Tokens
     const conversations = yield* Conversation.client
+    const status = yield* NodeStatus
     return handlers.handleAll({
       get_token: ({ payload }) =>
         tokens.issue(payload.session, payload.platform).pipe(
@@ -158,7 +160,18 @@ const InnerHandlers = HttpApiBuilder.group(
             discard: true
           })
           return { code: 0 as const }
-        }).pipe(mapped)
+        }).pipe(mapped),
+      cluster: () =>
+        status.view.pipe(
+          Effect.map((view) => ({ code: 0 as const, data: view })),
+          Effect.catchCause((cause) =>
+            Effect.logWarning("cluster view failed", cause).pipe(
+              Effect.andThen(
+                Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "database unavailable" }))
+              )
+            )
+          )
+        )
     })
   })
 )

@@ -42,6 +42,15 @@ export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): A
   sseHeartbeat: Duration.seconds(15),
   wsPing: Duration.seconds(20),
   wsMaxBufferedBytes: 4 * 1024 * 1024,
+  runnerPort: Option.none(),
+  runnerHost: "127.0.0.1",
+  runnerListenHost: Option.none(),
+  shardsPerGroup: 300,
+  shardLockExpiration: Duration.seconds(5),
+  shardLockRefresh: Duration.seconds(1),
+  runnerHealthCheck: Duration.seconds(2),
+  clusterRetention: Duration.hours(1),
+  publicUrl: undefined,
   ...overrides
 })
 

@@ -1,0 +1,170 @@
+/**
+ * What each node reports about itself, and the cluster view built from those reports.
+ *
+ * Every node writes one row of `quickim_nodes` every 2 s (shards held, active entities, open push
+ * connections) and deletes it when it stops; runners and their health come from Effect cluster's
+ * own `cluster_runners` table. So any node answers `GET /inner/cluster` for all of them with one
+ * query each, and no node has to call another.
+ *
+ * The retention job (a cluster singleton: one node runs it) deletes processed cluster messages and
+ * their replies older than `QUICKIM_CLUSTER_RETENTION`, and reports of nodes gone that long.
+ */
+import { Context, Duration, Effect, Layer, Option, Schedule } from "effect"
+import { MachineId, ShardId, Sharding, Snowflake } from "effect/cluster"
+import { SqlClient } from "effect/sql"
+import { HttpServer } from "effect/http"
+import { AppConfig, type AppSettings } from "../Config.ts"
+import { LocalConnections } from "../push/LocalConnections.ts"
+
+export interface RunnerView {
+  readonly Address: string
+  readonly Healthy: boolean
+  readonly LastHeartbeat: string
+}
+
+export interface NodeView {
+  readonly NodeId: string
+  readonly Runner: string | null
+  readonly Url: string
+  readonly Alive: boolean
+  readonly Shards: number
+  readonly Conversations: number
+  readonly Mailboxes: number
+  readonly Connections: { readonly ws: number; readonly sse: number; readonly poll: number }
+  readonly StartedAt: string
+  readonly UpdatedAt: string
+}
+
+export interface ClusterView {
+  readonly Mode: "single" | "cluster"
+  readonly Self: string
+  readonly ShardsPerGroup: number
+  readonly Runners: ReadonlyArray<RunnerView>
+  readonly Nodes: ReadonlyArray<NodeView>
+}
+
+/** A report older than this marks its node as not alive. */
+const STALE_AFTER_SECONDS = 10
+const REPORT_EVERY = Duration.seconds(2)
+
+const iso = (value: unknown) => value instanceof Date ? value.toISOString() : String(value)
+
+const runnerOf = (config: AppSettings) =>
+  Option.match(config.runnerPort, { onNone: () => null, onSome: (port) => `${config.runnerHost}:${port}` })
+
+export class NodeStatus extends Context.Service<NodeStatus, {
+  /** The cluster as the nodes' reports and Effect cluster's runner table show it. */
+  readonly view: Effect.Effect<ClusterView, unknown>
+}>()("quick-im/cluster/NodeStatus") {
+  static readonly layer = Layer.effect(
+    NodeStatus,
+    Effect.gen(function* () {
+      const config = yield* AppConfig
+      const here = yield* LocalConnections
+      const sql = yield* SqlClient.SqlClient
+      const runner = runnerOf(config)
+
+      const view = Effect.gen(function* () {
+        const runners = yield* sql<{ address: string; healthy: boolean; last_heartbeat: unknown }>`
+          SELECT address, healthy, last_heartbeat FROM cluster_runners ORDER BY address`.pipe(
+          // A node that never ran a multi-node runner has no such table yet.
+          Effect.orElseSucceed(() => [])
+        )
+        const nodes = yield* sql<{
+          node_id: string
+          runner_address: string | null
+          http_url: string
+          shards: number
+          conversations: number
+          mailboxes: number
+          ws: number
+          sse: number
+          poll: number
+          started_at: unknown
+          updated_at: unknown
+          alive: boolean
+        }>`SELECT *, updated_at > now() - make_interval(secs => ${STALE_AFTER_SECONDS}) AS alive
+          FROM quickim_nodes ORDER BY runner_address NULLS FIRST, http_url`
+        return {
+          Mode: runner === null ? "single" as const : "cluster" as const,
+          Self: here.nodeId,
+          ShardsPerGroup: config.shardsPerGroup,
+          Runners: runners.map((r) => ({
+            Address: r.address,
+            Healthy: r.healthy,
+            LastHeartbeat: iso(r.last_heartbeat)
+          })),
+          Nodes: nodes.map((n) => ({
+            NodeId: n.node_id,
+            Runner: n.runner_address,
+            Url: n.http_url,
+            Alive: n.alive,
+            Shards: n.shards,
+            Conversations: n.conversations,
+            Mailboxes: n.mailboxes,
+            Connections: { ws: n.ws, sse: n.sse, poll: n.poll },
+            StartedAt: iso(n.started_at),
+            UpdatedAt: iso(n.updated_at)
+          }))
+        }
+      })
+
+      return NodeStatus.of({ view })
+    })
+  )
+}
+
+/**
+ * This node's report every 2 s, and the retention singleton. It needs the HTTP server (the URL
+ * it really serves on), so App.ts puts it above the gateway.
+ */
+export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
+  const config = yield* AppConfig
+  const sharding = yield* Sharding.Sharding
+  const here = yield* LocalConnections
+  const sql = yield* SqlClient.SqlClient
+  const bound = (yield* HttpServer.HttpServer).address
+  const runner = runnerOf(config)
+  const host = config.host === "0.0.0.0" || config.host === "::" ? config.runnerHost : config.host
+  const url = config.publicUrl ?? `http://${host}:${"port" in bound ? bound.port : config.port}`
+
+  const report = Effect.gen(function* () {
+    let shards = 0
+    for (let i = 1; i <= config.shardsPerGroup; i++) {
+      if (sharding.hasShardId(ShardId.make("default", i))) shards++
+    }
+    const entities = yield* sharding.activeEntityCount
+    const mailboxes = here.mailboxes.size
+    yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, shards, conversations, mailboxes, ws, sse, poll)
+          VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${Math.max(0, entities - mailboxes)}, ${mailboxes},
+            ${here.open.ws}, ${here.open.sse}, ${here.open.poll})
+          ON CONFLICT (node_id) DO UPDATE SET shards = EXCLUDED.shards, conversations = EXCLUDED.conversations,
+            mailboxes = EXCLUDED.mailboxes, ws = EXCLUDED.ws, sse = EXCLUDED.sse, poll = EXCLUDED.poll, updated_at = now()`
+  }).pipe(Effect.catchCause((cause) => Effect.logWarning("could not report node status", cause)))
+
+  yield* report.pipe(Effect.repeat(Schedule.spaced(REPORT_EVERY)), Effect.forkScoped)
+  yield* Effect.addFinalizer(() => sql`DELETE FROM quickim_nodes WHERE node_id = ${here.nodeId}`.pipe(Effect.ignore))
+
+  const retain = Effect.gen(function* () {
+    const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
+    const cutoff = Snowflake.make({
+      timestamp: Math.max(Snowflake.constEpochMillis, now - Duration.toMillis(config.clusterRetention)),
+      machineId: MachineId.make(0),
+      sequence: 0
+    }).toString()
+    const seconds = Math.ceil(Duration.toSeconds(config.clusterRetention))
+    yield* sql`DELETE FROM cluster_replies WHERE request_id IN
+          (SELECT id FROM cluster_messages WHERE processed AND id < ${cutoff}::bigint)`
+    yield* sql`DELETE FROM cluster_messages WHERE processed AND id < ${cutoff}::bigint`
+    yield* sql`DELETE FROM quickim_nodes WHERE updated_at < now() - make_interval(secs => ${seconds})`
+  })
+
+  yield* sharding.registerSingleton(
+    "quick-im/retention",
+    retain.pipe(
+      Effect.catchCause((cause) => Effect.logWarning("cluster retention failed", cause)),
+      Effect.repeat(Schedule.spaced(Duration.min(Duration.minutes(1), config.clusterRetention))),
+      Effect.asVoid
+    )
+  )
+}))

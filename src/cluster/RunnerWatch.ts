@@ -1,0 +1,53 @@
+/**
+ * Tells this node's push connections when a runner leaves the cluster (killed, or stopped).
+ *
+ * A Conversation entity hands committed messages to Mailboxes after the commit; if its node dies
+ * in between, those messages are in history but were never pushed. Every connection on the
+ * surviving nodes therefore replays from its last MsgId when a runner leaves (see Feed), which
+ * covers them with the same argument as a client's resume. In single-node mode nothing leaves.
+ */
+import { Context, Effect, Layer, Option, Schedule } from "effect"
+import { SqlClient } from "effect/sql"
+import { AppConfig } from "../Config.ts"
+
+/** A runner whose heartbeat is older than this has left (runners beat about once a second). */
+const HEARTBEAT_STALE_SECONDS = 5
+
+export class RunnerWatch extends Context.Service<RunnerWatch, {
+  /** Calls `listener` whenever a runner that was healthy is no longer; returns the unsubscribe. */
+  readonly onRunnerLeft: (listener: () => void) => () => void
+}>()("quick-im/cluster/RunnerWatch") {
+  static readonly layer = Layer.effect(
+    RunnerWatch,
+    Effect.gen(function* () {
+      const config = yield* AppConfig
+      const sql = yield* SqlClient.SqlClient
+      const listeners = new Set<() => void>()
+      if (Option.isSome(config.runnerPort)) {
+        let known: ReadonlySet<string> | undefined = undefined
+        // A killed runner is not always marked unhealthy soon (measured: still "healthy" 25 s after a
+        // SIGKILL when the runner doing health checks was the one killed), but it stops beating.
+        yield* sql<{ address: string }>`SELECT address FROM cluster_runners
+          WHERE healthy AND last_heartbeat > now() - make_interval(secs => ${HEARTBEAT_STALE_SECONDS})`.pipe(
+          Effect.map((rows) => {
+            const healthy = new Set(rows.map((r) => r.address))
+            const left = known !== undefined && [...known].some((a) => !healthy.has(a))
+            known = healthy
+            if (left) {
+              for (const listener of [...listeners]) listener()
+            }
+          }),
+          Effect.catchCause((cause) => Effect.logDebug("could not read the cluster runners", cause)),
+          Effect.repeat(Schedule.spaced("1 second")),
+          Effect.forkScoped
+        )
+      }
+      return RunnerWatch.of({
+        onRunnerLeft: (listener) => {
+          listeners.add(listener)
+          return () => listeners.delete(listener)
+        }
+      })
+    })
+  )
+}

@@ -1,0 +1,227 @@
+/**
+ * Scale-out with real processes on loopback: nodes sharing one PostgreSQL database through Effect
+ * cluster's runner transport. Clients on different nodes converse over all three protocols; a node
+ * killed with SIGKILL during a send burst loses no acknowledged message; a node joins under load;
+ * a node stopped with SIGTERM tells its clients to reconnect and hands its shards over.
+ */
+import { afterAll, assert, describe, it } from "@effect/vitest"
+import type { MsgData } from "../src/domain/Conversation.ts"
+import { follow, settled, startCluster, type TestCluster } from "./support/cluster.ts"
+import { connectWs, dedupe, type Protocol, sleep } from "./support/push.ts"
+
+const clusters: Array<TestCluster> = []
+afterAll(async () => {
+  await Promise.all(clusters.map((c) => c.stop()))
+})
+
+const start = async (count: number) => {
+  const cluster = await startCluster(count)
+  clusters.push(cluster)
+  await settled(cluster, count)
+  return cluster
+}
+
+interface World {
+  readonly sessions: Array<string>
+  readonly tokens: Array<string>
+  readonly conversations: Array<{ readonly id: string; readonly members: ReadonlyArray<number> }>
+}
+
+/** Sessions and conversations of three members each, created through every node in turn. */
+const world = async (cluster: TestCluster, sessions: number, conversations: number): Promise<World> => {
+  const tag = crypto.randomUUID().slice(0, 6)
+  const names = Array.from({ length: sessions }, (_, i) => `c-${tag}-${i}`)
+  const nodes = cluster.live()
+  const tokens = await Promise.all(names.map((s, i) => nodes[i % nodes.length].token(s, 1)))
+  const convs = []
+  for (let c = 0; c < conversations; c++) {
+    const members = [c % sessions, (c + 1) % sessions, (c + 2) % sessions]
+    const r = await nodes[c % nodes.length].post("/inner/create_conversation", {
+      sessions: members.map((m) => names[m])
+    })
+    assert.strictEqual(r.body.code, 0)
+    convs.push({ id: r.body.data.ConversationId as string, members })
+  }
+  return { sessions: names, tokens, conversations: convs }
+}
+
+/**
+ * Sends `content` into a conversation through a live node, retrying on other nodes with the same
+ * client_msg_id until it is acknowledged (a node may die mid-request). Returns the MsgId.
+ */
+const sendSurely = async (
+  cluster: TestCluster,
+  turn: number,
+  token: string,
+  conversationId: string,
+  content: string
+) => {
+  const deadline = Date.now() + 60_000
+  for (let attempt = 0;; attempt++) {
+    const live = cluster.live()
+    const node = live[(turn + attempt) % live.length]
+    try {
+      const r = await node.raw("/send_msg", {
+        method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: JSON.stringify({ conversation_id: conversationId, content, client_msg_id: content }),
+        signal: AbortSignal.timeout(20_000)
+      })
+      if (r.body?.code === 0) return r.body.data.MsgID as string
+    } catch {
+      // the node went away mid-request: the same client_msg_id on another node cannot duplicate it
+    }
+    if (Date.now() > deadline) throw new Error(`send of ${content} not acknowledged within 60 s`)
+    await sleep(100)
+  }
+}
+
+/** Every client holds every acknowledged message of its conversations once (after dedupe), in order. */
+const expectDelivered = async (
+  w: World,
+  acked: Map<string, Array<string>>,
+  clients: Array<{ readonly session: number; readonly messages: Array<MsgData> }>
+) => {
+  const deadline = Date.now() + 40_000
+  for (const client of clients) {
+    const mine = w.conversations.filter((c) => c.members.includes(client.session))
+    const wanted = mine.reduce((n, c) => n + (acked.get(c.id)?.length ?? 0), 0)
+    while (dedupe(client.messages).filter((m) => acked.get(m.ConversationID)?.includes(m.MsgId)).length < wanted) {
+      if (Date.now() > deadline) break
+      await sleep(100)
+    }
+    const got = dedupe(client.messages)
+    for (const c of mine) {
+      const ids = got.filter((m) => m.ConversationID === c.id).map((m) => m.MsgId)
+      assert.deepStrictEqual(ids, acked.get(c.id) ?? [], `session ${client.session}, conversation ${c.id}`)
+    }
+  }
+}
+
+describe("cluster", () => {
+  it("clients on different nodes exchange messages over ws, sse and poll", { timeout: 120_000 }, async () => {
+    const cluster = await start(3)
+    const w = await world(cluster, 3, 9)
+    const protocols: Array<Protocol> = ["ws", "sse", "poll"]
+    // Session i listens on node i over protocols[i], so every delivery crosses nodes somewhere.
+    const clients = protocols.map((p, i) => ({ session: i, ...follow(p, cluster, w.tokens[i], i) }))
+    await sleep(1000)
+    const acked = new Map<string, Array<string>>()
+    for (let n = 0; n < 45; n++) {
+      const c = w.conversations[n % w.conversations.length]
+      const from = c.members[n % 3]
+      const id = await sendSurely(cluster, n, w.tokens[from], c.id, `x-${n}`)
+      acked.set(c.id, [...(acked.get(c.id) ?? []), id])
+    }
+    await expectDelivered(w, acked, clients)
+    const view = (await cluster.nodes[0].raw("/inner/cluster", { method: "GET" })).body.data
+    assert.strictEqual(view.Mode, "cluster")
+    assert.strictEqual(view.Nodes.length, 3)
+    assert.strictEqual(view.Nodes.reduce((n: number, x: any) => n + x.Shards, 0), view.ShardsPerGroup)
+    for (const client of clients) {
+      assert.strictEqual(client.reconnects(), 0)
+      await client.stop()
+    }
+  })
+
+  it("SIGKILL of a node during a send burst loses no acknowledged message", { timeout: 180_000 }, async () => {
+    const cluster = await start(3)
+    const w = await world(cluster, 6, 12)
+    const protocols: Array<Protocol> = ["ws", "sse", "poll", "ws", "sse", "poll"]
+    const clients = protocols.map((p, i) => ({ session: i, ...follow(p, cluster, w.tokens[i], i) }))
+    await sleep(1000)
+    const acked = new Map<string, Array<string>>()
+    let n = 0
+    let killed = false
+    const burstEnds = Date.now() + 8_000
+    // One sender per conversation, each send acknowledged before its conversation's next one, so
+    // acknowledgement order is each conversation's order.
+    await Promise.all(w.conversations.map(async (c, k) => {
+      const ids: Array<string> = []
+      acked.set(c.id, ids)
+      while (Date.now() < burstEnds) {
+        const turn = n++
+        if (!killed && turn >= 60) {
+          killed = true
+          void cluster.kill(cluster.nodes[2])
+        }
+        ids.push(await sendSurely(cluster, turn, w.tokens[c.members[turn % 3]], c.id, `k-${k}-${turn}`))
+        await sleep(20)
+      }
+    }))
+    assert.isTrue(killed)
+    // Everything acknowledged is in history, in acknowledgement order.
+    for (const c of w.conversations) {
+      const ids = acked.get(c.id)!
+      const r = await cluster.live()[0].post("/get_conversation_msg_by_range", {
+        conversation_id: c.id,
+        start_msg_id: ids[0],
+        end_msg_id: ids[ids.length - 1]
+      }, w.tokens[c.members[0]])
+      assert.deepStrictEqual(r.body.data.Msg.map((m: MsgData) => m.MsgId), ids)
+    }
+    await expectDelivered(w, acked, clients)
+    // Clients of the killed node moved and resumed.
+    assert.isTrue(clients.some((c) => c.reconnects() > 0))
+    for (const client of clients) await client.stop()
+  })
+
+  it("a node joins under load and takes its share of shards", { timeout: 120_000 }, async () => {
+    const cluster = await start(2)
+    const w = await world(cluster, 4, 8)
+    const protocols: Array<Protocol> = ["ws", "sse", "poll", "ws"]
+    const clients = protocols.map((p, i) => ({ session: i, ...follow(p, cluster, w.tokens[i], i) }))
+    await sleep(1000)
+    const acked = new Map<string, Array<string>>()
+    let n = 0
+    let joined: Promise<unknown> | undefined
+    const burstEnds = Date.now() + 8_000
+    await Promise.all(w.conversations.map(async (c, k) => {
+      const ids: Array<string> = []
+      acked.set(c.id, ids)
+      while (Date.now() < burstEnds) {
+        const turn = n++
+        if (joined === undefined && turn >= 40) joined = cluster.addNode()
+        ids.push(await sendSurely(cluster, turn, w.tokens[c.members[turn % 3]], c.id, `j-${k}-${turn}`))
+        await sleep(20)
+      }
+    }))
+    await joined
+    await settled(cluster, 3)
+    await expectDelivered(w, acked, clients)
+    const view = (await cluster.nodes[2].raw("/inner/cluster", { method: "GET" })).body.data
+    const newcomer = view.Nodes.find((x: any) => x.Url === cluster.nodes[2].url)
+    assert.isTrue(newcomer.Shards > 0)
+    for (const client of clients) await client.stop()
+  })
+
+  it("SIGTERM: clients are told to reconnect and the shards move to the others", { timeout: 120_000 }, async () => {
+    const cluster = await start(3)
+    const w = await world(cluster, 3, 6)
+    const leaving = cluster.nodes[1]
+    const direct = await connectWs(leaving.url, w.tokens[0])
+    const clients = (["ws", "sse", "poll"] as Array<Protocol>).map((p, i) => ({
+      session: i,
+      ...follow(p, cluster, w.tokens[i], i)
+    }))
+    await sleep(1000)
+    // Each client first holds a message (as an app does after loading history), so it has a cursor.
+    const acked = new Map<string, Array<string>>()
+    const send = async (n: number) => {
+      const c = w.conversations[n % w.conversations.length]
+      const id = await sendSurely(cluster, n, w.tokens[c.members[n % 3]], c.id, `t-${n}`)
+      acked.set(c.id, [...(acked.get(c.id) ?? []), id])
+    }
+    for (let n = 0; n < 6; n++) await send(n)
+    await expectDelivered(w, acked, clients)
+    const exit = await cluster.kill(leaving, "SIGTERM")
+    assert.strictEqual(exit, "SIGTERM")
+    const closed = await direct.closed
+    assert.strictEqual(closed.code, 1012)
+    await settled(cluster, 2)
+    // After the hand-over every conversation still takes messages, and everyone gets them.
+    for (let n = 6; n < 30; n++) await send(n)
+    await expectDelivered(w, acked, clients)
+    for (const client of clients) await client.stop()
+  })
+})

@@ -1,0 +1,158 @@
+/**
+ * Several quick-im nodes as real processes on loopback, sharing one PostgreSQL database of their
+ * own (a cluster must not see the runners of other tests), and push clients that move to another
+ * node when theirs goes away, resuming by their last MsgId.
+ */
+import { execFileSync } from "node:child_process"
+import type { MsgData } from "../../src/domain/Conversation.ts"
+import { freePort, type NodeProcess, spawnServer } from "./process.ts"
+import { connectSse, connectWs, type Protocol, sleep } from "./push.ts"
+import { testDatabaseUrl } from "./server.ts"
+
+const admin = process.env.QUICKIM_TEST_PG_ADMIN ?? "postgresql://postgres@127.0.0.1:5432/postgres"
+const psql = (sql: string) => execFileSync("psql", [admin, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { stdio: "pipe" })
+
+export interface ClusterNode extends NodeProcess {
+  readonly runnerPort: number
+  alive: boolean
+}
+
+export interface TestCluster {
+  readonly nodes: Array<ClusterNode>
+  readonly databaseUrl: string
+  readonly live: () => Array<ClusterNode>
+  readonly addNode: () => Promise<ClusterNode>
+  readonly kill: (node: ClusterNode, signal?: NodeJS.Signals) => Promise<number | string | null>
+  readonly stop: () => Promise<void>
+}
+
+let clusters = 0
+
+export const startCluster = async (count: number, env: Record<string, string> = {}): Promise<TestCluster> => {
+  const name = `${testDatabaseUrl().replace(/.*\//, "")}_c${++clusters}`
+  psql(`CREATE DATABASE ${name}`)
+  const databaseUrl = admin.replace(/\/[^/]*$/, `/${name}`)
+  const nodes: Array<ClusterNode> = []
+  const addNode = async () => {
+    const runnerPort = await freePort()
+    const server = await spawnServer({
+      env: {
+        DATABASE_URL: databaseUrl,
+        QUICKIM_JWT_SECRET: "cluster-test-secret-cluster-test-secret",
+        QUICKIM_RUNNER_HOST: "127.0.0.1",
+        QUICKIM_RUNNER_PORT: String(runnerPort),
+        QUICKIM_DB_POOL: "6",
+        ...env
+      }
+    })
+    const node: ClusterNode = Object.assign(server, { runnerPort, alive: true })
+    nodes.push(node)
+    return node
+  }
+  for (let i = 0; i < count; i++) await addNode()
+  const kill = async (node: ClusterNode, signal: NodeJS.Signals = "SIGKILL") => {
+    node.alive = false
+    return node.stop(signal)
+  }
+  return {
+    nodes,
+    databaseUrl,
+    live: () => nodes.filter((n) => n.alive),
+    addNode,
+    kill,
+    stop: async () => {
+      await Promise.all(nodes.filter((n) => n.alive).map((n) => kill(n, "SIGKILL")))
+      psql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${name}'`)
+      psql(`DROP DATABASE IF EXISTS ${name}`)
+    }
+  }
+}
+
+/** Waits until every live node's cluster view shows `runners` healthy runners holding all shards. */
+export const settled = async (cluster: TestCluster, runners: number, timeoutMs = 30_000) => {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    const views = await Promise.all(cluster.live().map((n) => n.raw("/inner/cluster", { method: "GET" })))
+    const ok = views.every((v) => {
+      const data = v.body?.data
+      if (data === undefined) return false
+      const alive = data.Nodes.filter((n: any) => n.Alive && n.Runner !== null)
+      const shards = alive.reduce((sum: number, n: any) => sum + n.Shards, 0)
+      return data.Runners.filter((r: any) => r.Healthy).length === runners && alive.length === runners
+        && shards === data.ShardsPerGroup
+    })
+    if (ok) return
+    if (Date.now() > deadline) throw new Error(`cluster did not settle on ${runners} runners`)
+    await sleep(250)
+  }
+}
+
+/**
+ * A push client that, when its connection ends, reconnects to the next live node with the last
+ * MsgId it received. `messages` holds everything received, across connections.
+ */
+export const follow = (protocol: Protocol, cluster: TestCluster, token: string, start = 0) => {
+  const messages: Array<MsgData> = []
+  let stopped = false
+  let closeCurrent: () => void = () => {}
+  let reconnects = 0
+  let turn = start
+  const next = () => {
+    const live = cluster.live()
+    return live.length === 0 ? undefined : live[turn++ % live.length].url
+  }
+  const done = (async () => {
+    while (!stopped) {
+      const url = next()
+      if (url === undefined) break
+      const cursor = messages.at(-1)?.MsgId
+      try {
+        if (protocol === "poll") {
+          // One request at a time, with the cursor after anything that failed (an answer may have
+          // been lost on the way); a request that cannot reach the node means it is gone: move on.
+          let first = true
+          const controller = new AbortController()
+          closeCurrent = () => controller.abort()
+          for (;;) {
+            if (stopped) break
+            const last = messages.at(-1)?.MsgId
+            const c = first && last ? `&last_msg_id=${last}` : ""
+            first = false
+            const res = await fetch(`${url}/notify?protoc=poll&token=${token}${c}`, { signal: controller.signal })
+            if (res.status === 200) messages.push(await res.json())
+            else {
+              await res.body?.cancel()
+              if (res.status !== 204) first = true
+            }
+          }
+        } else {
+          const client = protocol === "ws" ? await connectWs(url, token, cursor) : await connectSse(url, token, cursor)
+          closeCurrent = client.close
+          let seen = 0
+          const pump = setInterval(() => {
+            while (seen < client.messages.length) messages.push(client.messages[seen++])
+          }, 5)
+          await client.closed
+          clearInterval(pump)
+          while (seen < client.messages.length) messages.push(client.messages[seen++])
+        }
+      } catch {
+        // the node went away or refused: try the next one
+      }
+      if (!stopped) {
+        reconnects++
+        await sleep(200)
+      }
+    }
+  })()
+  return {
+    messages,
+    reconnects: () => reconnects,
+    stop: async () => {
+      stopped = true
+      closeCurrent()
+      // A close handshake with a node under test can take long; the loop ends on its own.
+      await Promise.race([done, sleep(2000)])
+    }
+  }
+}
