@@ -23,7 +23,8 @@ const STOPS = Number(process.env.BENCH_FAILOVER_STOPS ?? 3)
 
 const dbName = `quickim_failover_${process.pid}_${Date.now().toString(36)}`
 const databaseUrl = ADMIN.replace(/\/[^/]*$/, `/${dbName}`)
-const psql = (sql: string) => execFileSync("psql", [ADMIN.replace(/\/[^/]*$/, `/${dbName}`), "-qAtc", sql]).toString()
+const psql = (sql: string) =>
+  execFileSync("psql", [ADMIN.replace(/\/[^/]*$/, `/${dbName}`), "-qAtc", sql], { maxBuffer: 1 << 28 }).toString()
 execFileSync("psql", [ADMIN, "-qAtc", `CREATE DATABASE ${dbName}`])
 
 interface Node {
@@ -121,7 +122,8 @@ for (let k = 0; k < KILLS + STOPS; k++) {
   console.log(`${signal}: conversations unavailable for ${seconds.toFixed(2)} s at most`)
   await addNode()
   await settled()
-  await sleep(1500)
+  // Reports are 2 s apart: give the newcomer's shards time to finish moving before the next event.
+  await sleep(5000)
 }
 running = false
 await Promise.all(senders)
