@@ -4,7 +4,7 @@
  * mailbox in batches, so sends that arrive together share one transaction (group commit).
  * A send is answered only after its transaction committed.
  */
-import { Cause, Clock, Deferred, Duration, Effect, Layer, Option, Queue, Schedule } from "effect"
+import { Cause, Clock, Duration, Effect, Layer, Option, Queue, Schedule } from "effect"
 import { Entity, type Envelope } from "effect/cluster"
 import { AppConfig } from "../Config.ts"
 import {
@@ -38,7 +38,6 @@ interface Delivery {
 
 const DELIVER_ATTEMPT = "5 seconds"
 const DELIVER_DEADLINE = "30 seconds"
-const STOPPING_PATIENCE = "500 millis"
 
 const dedupeKey = (session: string, clientMsgId: string) => `${session}\u0000${clientMsgId}`
 
@@ -57,8 +56,6 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       // conversation's messages in commit order. A slow or absent member never delays the sender.
       const deliveries = yield* Queue.unbounded<Delivery>()
       let undelivered = 0 // batches queued or being handed over
-      // Set when this entity stops (its shard moves away or the node stops).
-      const stopping = yield* Deferred.make<void>()
       // A member's mailbox active in this process is called directly; any other gets a cluster
       // message, awaited until handled, so a direct call for a later batch can never overtake it.
       yield* Effect.gen(function* () {
@@ -79,14 +76,6 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               Effect.timeout(DELIVER_ATTEMPT),
               Effect.retry({ schedule: Schedule.spaced("250 millis") }),
               Effect.timeout(DELIVER_DEADLINE),
-              // While stopping, a mailbox that does not answer soon (it is likely stopping too) is
-              // not waited for: its connections subscribe again and replay from their cursor (Feed).
-              Effect.raceFirst(
-                Deferred.await(stopping).pipe(
-                  Effect.andThen(Effect.sleep(STOPPING_PATIENCE)),
-                  Effect.andThen(Effect.fail("mailbox did not answer while this conversation was stopping"))
-                )
-              ),
               Effect.catchCause((cause) =>
                 Effect.logWarning("push to mailbox failed; the member resumes by cursor", cause).pipe(
                   Effect.annotateLogs({ conversationId: id, session: member })
@@ -100,8 +89,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       // Passivation or a shard moving to another node (join, graceful stop): hand over what is
       // committed before the fiber stops, so connected members miss nothing (bounded wait).
       yield* Effect.addFinalizer(() =>
-        Deferred.succeed(stopping, undefined).pipe(
-          Effect.andThen(Effect.sleep("5 millis")),
+        Effect.sleep("5 millis").pipe(
           Effect.repeat({ until: () => undelivered === 0 }),
           Effect.timeout("3 seconds"),
           Effect.ignore

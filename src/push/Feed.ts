@@ -67,15 +67,22 @@ export class Feed extends Context.Service<Feed, {
         const marks = new Map<string, string>()
         let last = cursor ?? encode({ millis: Date.now(), seq: 0, conversationType: 0, hash: 0 })
         const emit = (messages: ReadonlyArray<MsgData>) => {
-          const fresh = messages.filter((m) => {
+          // The common case, nothing repeated, passes the batch on as it is.
+          let fresh: Array<MsgData> | undefined = undefined
+          for (let i = 0; i < messages.length; i++) {
+            const m = messages[i]
             const mark = marks.get(m.ConversationID)
-            if (mark !== undefined && m.MsgId <= mark) return false
+            if (mark !== undefined && m.MsgId <= mark) {
+              fresh ??= messages.slice(0, i)
+              continue
+            }
             marks.set(m.ConversationID, m.MsgId)
-            return true
-          })
-          if (fresh.length === 0) return true
-          last = fresh[fresh.length - 1].MsgId
-          return write(fresh)
+            fresh?.push(m)
+          }
+          const out = fresh ?? messages
+          if (out.length === 0) return true
+          last = out[out.length - 1].MsgId
+          return write(out)
         }
         // While a replay runs, live messages wait here (bounded), then go out after it.
         let held: Array<MsgData> | undefined = undefined

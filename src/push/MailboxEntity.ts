@@ -32,7 +32,14 @@ const queueSink = (queue: Queue.Queue<PushEvent, SlowConsumer | Cause.Done>): Co
 interface PollState {
   pending: Array<MsgData>
   readonly waiters: Array<Deferred.Deferred<MsgData>>
+  /** The last message answered. */
   last: string | undefined
+  /**
+   * The last message the poller surely has: a poll acknowledges the answer before it (one poller
+   * per platform). This, not `last`, is what is kept in SQL, so an answer lost on the way (the
+   * request cut off, or the mailbox moving to another node mid-answer) is replayed, not skipped.
+   */
+  acked: string | undefined
   dirty: boolean
   /** Newest MsgId handed out per conversation: anything at or below it is a repeat and is skipped. */
   readonly marks: Map<string, string>
@@ -49,7 +56,6 @@ const isRepeat = (state: PollState, message: MsgData) => {
 const handOut = (state: PollState, message: MsgData) => {
   state.marks.set(message.ConversationID, message.MsgId)
   state.last = message.MsgId
-  state.dirty = true
   return message
 }
 
@@ -85,9 +91,9 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
 
       const savePositions = Effect.gen(function* () {
         for (const [platform, state] of polls) {
-          if (!state.dirty || state.last === undefined) continue
+          if (!state.dirty || state.acked === undefined) continue
           state.dirty = false
-          yield* sql`INSERT INTO poll_positions (session_id, platform, last_msg_id) VALUES (${session}, ${platform}, ${state.last})
+          yield* sql`INSERT INTO poll_positions (session_id, platform, last_msg_id) VALUES (${session}, ${platform}, ${state.acked})
             ON CONFLICT (session_id, platform) DO UPDATE SET last_msg_id = EXCLUDED.last_msg_id, updated_at = now()`
         }
       }).pipe(Effect.catchCause((cause) => Effect.logWarning("could not save poll positions", cause)))
@@ -106,6 +112,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
           pending: [],
           waiters: previous?.waiters ?? [],
           last: undefined,
+          acked: undefined,
           dirty: false,
           marks: new Map(),
           opening: true
@@ -119,6 +126,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
           from = row?.last_msg_id
         }
         state.last = from
+        state.acked = from
         if (from !== undefined) {
           const backlog = yield* Stream.runCollect(replay.after(session, from)).pipe(
             Effect.onError(() => Effect.sync(() => (state.opening = false)))
@@ -189,6 +197,11 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
               const state = existing === undefined || payload.cursor !== undefined
                 ? yield* openPoll(payload.platform, payload.cursor)
                 : existing
+              // Polling again: the previous answer arrived.
+              if (state.acked !== state.last) {
+                state.acked = state.last
+                state.dirty = true
+              }
               const next = state.opening ? undefined : takeNext(state)
               if (next !== undefined) return handOut(state, next)
               const waiter = yield* Deferred.make<MsgData>()

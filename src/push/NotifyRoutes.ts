@@ -3,11 +3,12 @@
  * per request, waiting up to QUICKIM_POLL_WAIT, 204 when none came). `protoc=ws` arrives as an
  * upgrade and is served by WebSocketGateway; without the upgrade headers it is refused here.
  */
-import { Duration, Effect, Layer, Stream } from "effect"
+import { Deferred, Duration, Effect, Exit, Layer, Stream } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
+import { RunnerWatch } from "../cluster/RunnerWatch.ts"
 import { Feed } from "./Feed.ts"
 import { LocalConnections } from "./LocalConnections.ts"
 import { messageJson } from "./Frames.ts"
@@ -42,6 +43,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
   const feed = yield* Feed
   const mailboxes = yield* Mailbox.client
   const here = yield* LocalConnections
+  const watch = yield* RunnerWatch
   const heartbeat = Duration.toMillis(config.sseHeartbeat)
   const waitMs = Duration.toMillis(config.pollWait)
 
@@ -56,6 +58,11 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
           }, { status: 426, headers: { upgrade: "websocket" } })
         case "poll": {
           here.open.poll++
+          // A runner leaving may have taken the session's mailbox with it, and a call to it is
+          // answered by nobody: answer 503 then, and the client polls again with its cursor.
+          const runnerLeft = yield* Deferred.make<void>()
+          const unwatch = watch.onRunnerLeft(() => Deferred.doneUnsafe(runnerLeft, Exit.void))
+          const unavailable = { status: 503, code: ErrorCode.Unavailable, error: "push unavailable, retry" }
           const message = yield* mailboxes(notify.session).Poll({
             platform: notify.platform,
             waitMs,
@@ -64,9 +71,13 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
             // The session's mailbox may be between nodes; past the wait plus a margin, ask for a retry.
             Effect.timeoutOrElse({
               duration: Duration.millis(waitMs + 10_000),
-              orElse: () => Effect.fail({ status: 503, code: ErrorCode.Unavailable, error: "push unavailable, retry" })
+              orElse: () => Effect.fail(unavailable)
             }),
-            Effect.ensuring(Effect.sync(() => here.open.poll--))
+            Effect.raceFirst(Deferred.await(runnerLeft).pipe(Effect.andThen(Effect.fail(unavailable)))),
+            Effect.ensuring(Effect.sync(() => {
+              here.open.poll--
+              unwatch()
+            }))
           )
           return message === null
             ? HttpServerResponse.empty({ status: 204 })
