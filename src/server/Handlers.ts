@@ -2,7 +2,7 @@
  * HTTP handlers: translate requests into Conversation entity messages (writes) and SQL reads.
  * Business rules live in the entity; here only the caller's identity and membership for reads.
  */
-import { Effect, Layer } from "effect"
+import { Effect, Layer, Option } from "effect"
 import { HttpApiBuilder } from "effect/http-api"
 import { randomUUID } from "node:crypto"
 import { Api } from "../api/Api.ts"
@@ -13,7 +13,8 @@ import { Conversation } from "../conversation/Protocol.ts"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import { ConversationStore, PAGE } from "../storage/ConversationStore.ts"
 import { AuthorizationLive, InnerGuardLive } from "./Access.ts"
-import { mapped } from "./ErrorMapping.ts"
+import { mappedFor } from "./ErrorMapping.ts"
+import { AppConfig } from "../Config.ts"
 import { Tokens } from "./Tokens.ts"
 
 /** Reads are for current members only; a non-member learns whether the conversation exists. */
@@ -31,6 +32,7 @@ const ConversationHandlers = HttpApiBuilder.group(
   Api,
   "conversation",
   Effect.fn(function* (handlers) {
+    const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
     const store = yield* ConversationStore
     const conversations = yield* Conversation.client
     return handlers.handleAll({
@@ -85,6 +87,7 @@ const MessageHandlers = HttpApiBuilder.group(
   Api,
   "message",
   Effect.fn(function* (handlers) {
+    const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
     const store = yield* ConversationStore
     const conversations = yield* Conversation.client
     const history = <A>(conversationId: string, read: Effect.Effect<A, any>) =>
@@ -123,6 +126,7 @@ const InnerHandlers = HttpApiBuilder.group(
   Api,
   "inner",
   Effect.fn(function* (handlers) {
+    const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
     const store = yield* ConversationStore
     const tokens = yield* Tokens
     const conversations = yield* Conversation.client
