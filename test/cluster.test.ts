@@ -76,6 +76,28 @@ const sendSurely = async (
   }
 }
 
+/**
+ * 8 s of sends, one sender per conversation, each send acknowledged before its conversation's
+ * next one, so acknowledgement order is each conversation's order. `onTurn` runs before each send
+ * (to kill or add a node mid-burst). Returns the acknowledged MsgIds per conversation.
+ */
+const burst = async (cluster: TestCluster, w: World, tag: string, onTurn: (turn: number) => void) => {
+  const acked = new Map<string, Array<string>>()
+  let n = 0
+  const ends = Date.now() + 8_000
+  await Promise.all(w.conversations.map(async (c, k) => {
+    const ids: Array<string> = []
+    acked.set(c.id, ids)
+    while (Date.now() < ends) {
+      const turn = n++
+      onTurn(turn)
+      ids.push(await sendSurely(cluster, turn, w.tokens[c.members[turn % 3]], c.id, `${tag}-${k}-${turn}`))
+      await sleep(20)
+    }
+  }))
+  return acked
+}
+
 /** Every client holds every acknowledged message of its conversations once (after dedupe), in order. */
 const expectDelivered = async (
   w: World,
@@ -135,25 +157,13 @@ describe("cluster", () => {
       const protocols: Array<Protocol> = ["ws", "sse", "ws", "sse", "ws", "sse"]
       const clients = protocols.map((p, i) => ({ session: i, ...follow(p, cluster, w.tokens[i], i) }))
       await sleep(1000)
-      const acked = new Map<string, Array<string>>()
-      let n = 0
       let killed = false
-      const burstEnds = Date.now() + 8_000
-      // One sender per conversation, each send acknowledged before its conversation's next one, so
-      // acknowledgement order is each conversation's order.
-      await Promise.all(w.conversations.map(async (c, k) => {
-        const ids: Array<string> = []
-        acked.set(c.id, ids)
-        while (Date.now() < burstEnds) {
-          const turn = n++
-          if (!killed && turn >= 60) {
-            killed = true
-            void cluster.kill(cluster.nodes[2])
-          }
-          ids.push(await sendSurely(cluster, turn, w.tokens[c.members[turn % 3]], c.id, `k-${k}-${turn}`))
-          await sleep(20)
+      const acked = await burst(cluster, w, "k", (turn) => {
+        if (!killed && turn >= 60) {
+          killed = true
+          void cluster.kill(cluster.nodes[2])
         }
-      }))
+      })
       assert.isTrue(killed)
       // Everything acknowledged is in history, in acknowledgement order.
       for (const c of w.conversations) {
@@ -178,20 +188,10 @@ describe("cluster", () => {
     const protocols: Array<Protocol> = ["ws", "sse", "ws", "sse"] // no poll: see the SIGKILL test
     const clients = protocols.map((p, i) => ({ session: i, ...follow(p, cluster, w.tokens[i], i) }))
     await sleep(1000)
-    const acked = new Map<string, Array<string>>()
-    let n = 0
     let joined: Promise<unknown> | undefined
-    const burstEnds = Date.now() + 8_000
-    await Promise.all(w.conversations.map(async (c, k) => {
-      const ids: Array<string> = []
-      acked.set(c.id, ids)
-      while (Date.now() < burstEnds) {
-        const turn = n++
-        if (joined === undefined && turn >= 40) joined = cluster.addNode()
-        ids.push(await sendSurely(cluster, turn, w.tokens[c.members[turn % 3]], c.id, `j-${k}-${turn}`))
-        await sleep(20)
-      }
-    }))
+    const acked = await burst(cluster, w, "j", (turn) => {
+      if (joined === undefined && turn >= 40) joined = cluster.addNode()
+    })
     await joined
     await settled(cluster, 3)
     await expectDelivered(w, acked, clients)
