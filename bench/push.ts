@@ -161,11 +161,29 @@ const quickIm = async (protocol: Proto, users: number, conversations: Array<Read
       }
     },
     send: async (from, conv, _members, content) => {
-      const r = await clients[turn++ % nodes].post("/send_msg", { conversation_id: ids[conv], content }, tokens[from])
-      if (JSON.parse(r.body).code !== 0) throw new Error(`send failed: ${r.status} ${r.body}`)
+      const node = turn++ % nodes
+      const tails = () => servers.map((s, i) => `--- node ${i} (${s.url}) ---\n${s.output().slice(-3000)}`).join("\n")
+      const r = await clients[node].post("/send_msg", { conversation_id: ids[conv], content }, tokens[from]).catch(
+        (error) => {
+          throw new Error(`send to node ${node} failed: ${error}\n${tails()}`)
+        }
+      )
+      let code: unknown = undefined
+      try {
+        code = JSON.parse(r.body).code
+      } catch {
+        // not JSON: reported below with the servers' output
+      }
+      if (code !== 0) {
+        throw new Error(`send to node ${node} failed: ${r.status} ${r.body}\n${tails()}`)
+      }
     },
     stop: async () => {
       await Promise.all(servers.map((s) => s.stop()))
+      // BENCH_LOG_DIR=/tmp/x keeps each server's output for a look afterwards.
+      if (process.env.BENCH_LOG_DIR) {
+        servers.forEach((s, i) => Fs.writeFileSync(Path.join(process.env.BENCH_LOG_DIR!, `node-${i}.log`), s.output()))
+      }
       execFileSync("psql", [
         ADMIN,
         "-qAtc",

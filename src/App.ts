@@ -16,6 +16,7 @@ import { ConversationEntityLive } from "./conversation/ConversationEntity.ts"
 import { Feed } from "./push/Feed.ts"
 import { LocalConnections } from "./push/LocalConnections.ts"
 import { MailboxEntityLive } from "./push/MailboxEntity.ts"
+import { inboxGroup, NodeInboxLive, NodeOutbox } from "./push/NodeInbox.ts"
 import { NotifyRoutes } from "./push/NotifyRoutes.ts"
 import { WebSocketGateway } from "./push/WebSocketGateway.ts"
 import { CorsLive, EdgeLive } from "./server/Edge.ts"
@@ -51,10 +52,18 @@ const ClusterLive = Layer.unwrap(Effect.gen(function* () {
     )
   }
   const port = config.runnerPort.value
+  // The default group holds conversations and mailboxes; the node's own group holds only its
+  // NodeInbox. PostgreSQL advisory lock numbers are derived from a group's position in each runner's
+  // own group list, so per-node groups would collide there: shard locks live in the cluster_locks
+  // table instead, keyed by shard id (expiring after QUICKIM_SHARD_LOCK_EXPIRATION).
+  const groups = ["default", inboxGroup(`${config.runnerHost}:${port}`)]
   return NodeClusterSocket.layer({
     storage: "sql",
     shardingConfig: {
       ...sharding,
+      availableShardGroups: groups,
+      assignedShardGroups: groups,
+      shardLockDisableAdvisory: true,
       runnerAddress: Option.some(RunnerAddress.make(config.runnerHost, port)),
       runnerListenAddress: Option.some(
         RunnerAddress.make(Option.getOrElse(config.runnerListenHost, () => config.runnerHost), port)
@@ -82,10 +91,16 @@ const HttpLive = Layer.unwrap(Effect.gen(function* () {
 
 const PushLive = WebSocketGateway.layer.pipe(Layer.provideMerge(Feed.layer))
 
+/** Multi-node mode: this node's NodeInbox, through which other nodes' mailboxes reach its connections. */
+const InboxLive = Layer.unwrap(
+  Effect.map(AppConfig, (config) => Option.isSome(config.runnerPort) ? NodeInboxLive : Layer.empty)
+)
+
 export const AppLive = NodeReporterLive.pipe(
-  Layer.provideMerge(Layer.mergeAll(HttpLive, ConversationEntityLive, MailboxEntityLive)),
+  Layer.provideMerge(Layer.mergeAll(HttpLive, ConversationEntityLive, MailboxEntityLive, InboxLive)),
   Layer.provideMerge(NodeStatus.layer),
   Layer.provideMerge(PushLive),
+  Layer.provideMerge(NodeOutbox.layer),
   Layer.provideMerge(LocalConnections.layer),
   Layer.provideMerge(RunnerWatch.layer),
   Layer.provideMerge(ClusterLive),

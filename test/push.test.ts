@@ -147,6 +147,38 @@ describe("push", () => {
     assert.strictEqual(empty.status, 204)
   })
 
+  it("poll: a cursor equal to the last answer repeats nothing; an older one brings back what followed it", async () => {
+    const a = await session()
+    const b = await session(5)
+    const one = await conversationOf(a.sid, b.sid)
+    const two = await conversationOf(a.sid, b.sid)
+    const poll = async (cursor?: string) => {
+      const res = await fetch(
+        `${server.url}/notify?protoc=poll&token=${b.token}${cursor ? `&last_msg_id=${cursor}` : ""}`
+      )
+      if (res.status === 204) return undefined
+      assert.strictEqual(res.status, 200)
+      return ((await res.json()) as MsgData).MsgId
+    }
+    assert.strictEqual(await poll(), undefined)
+    const sent = [await send(a.token, one, "x"), await send(a.token, two, "p"), await send(a.token, one, "y")]
+    // A client that sends its cursor with every poll gets each message once: a cursor that
+    // re-opened the position every time would repeat the other conversation's recent messages.
+    const got: Array<string> = []
+    let cursor: string | undefined = undefined
+    for (;;) {
+      const next = await poll(cursor)
+      if (next === undefined) break
+      got.push(next)
+      cursor = next
+    }
+    assert.deepStrictEqual(got, sent)
+    // The answer with `y` was "lost": polling with the cursor before it brings `y` again.
+    const again: Array<string> = []
+    for (let next = await poll(sent[1]); next !== undefined; next = await poll(next)) again.push(next)
+    assert.include(again, sent[2])
+  })
+
   it("refuses unknown protocols (90013) and bad tokens (10101) with the envelope", async () => {
     const { token } = await session()
     const bad = await fetch(`${server.url}/notify?protoc=mqtt&token=${token}`)

@@ -136,7 +136,9 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
     const entities = yield* sharding.activeEntityCount
     const mailboxes = here.mailboxes.size
     yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, shards, conversations, mailboxes, ws, sse, poll)
-          VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${Math.max(0, entities - mailboxes)}, ${mailboxes},
+          VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${
+      Math.max(0, entities - mailboxes - here.inboxes.active)
+    }, ${mailboxes},
             ${here.open.ws}, ${here.open.sse}, ${here.open.poll})
           ON CONFLICT (node_id) DO UPDATE SET shards = EXCLUDED.shards, conversations = EXCLUDED.conversations,
             mailboxes = EXCLUDED.mailboxes, ws = EXCLUDED.ws, sse = EXCLUDED.sse, poll = EXCLUDED.poll, updated_at = now()`

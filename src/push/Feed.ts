@@ -95,6 +95,9 @@ export class Feed extends Context.Service<Feed, {
           },
           fail: (error) => Deferred.doneUnsafe(ended, Exit.fail(error))
         }
+        const subscription = here.inbox === undefined
+          ? { connectionId, platform, nodeId: here.nodeId }
+          : { connectionId, platform, nodeId: here.nodeId, inbox: here.inbox }
         here.sinks.set(connectionId, sink)
         yield* Effect.addFinalizer(() => Effect.sync(() => here.sinks.delete(connectionId)))
 
@@ -122,7 +125,7 @@ export class Feed extends Context.Service<Feed, {
             // The first event says the connection is registered: from here on nothing committed is missed.
             // The mailbox may be between nodes (its node died or is handing over): keep trying a while.
             const remote = yield* Effect.gen(function* () {
-              const events = yield* mailboxes(session).Subscribe({ connectionId, platform, nodeId: here.nodeId }, {
+              const events = yield* mailboxes(session).Subscribe(subscription, {
                 asQueue: true
               })
               yield* Queue.take(events)

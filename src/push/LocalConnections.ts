@@ -6,7 +6,8 @@
  * largest share of the group benchmark's CPU, and a queue plus stream stages per connection the
  * largest share of the pairs benchmark's delivery cost; the direct path is a few function calls.
  */
-import { Context, Effect, Layer } from "effect"
+import { Context, Effect, Layer, Option } from "effect"
+import { AppConfig } from "../Config.ts"
 import { randomUUID } from "node:crypto"
 import type { MsgData } from "../domain/Conversation.ts"
 import type { SlowConsumer } from "./Protocol.ts"
@@ -22,6 +23,10 @@ export interface ConnectionSink {
 export class LocalConnections extends Context.Service<LocalConnections, {
   /** Identifies this process among the cluster's nodes. */
   readonly nodeId: string
+  /** Multi-node mode: this node's runner address, the id of its NodeInbox entity. */
+  readonly inbox: string | undefined
+  /** Messages a connection may have waiting before it is cut off as a slow consumer. */
+  readonly buffer: number
   readonly sinks: Map<string, ConnectionSink>
   /**
    * Mailbox entities active in this process, by session. A Conversation entity on this node
@@ -30,16 +35,20 @@ export class LocalConnections extends Context.Service<LocalConnections, {
   readonly mailboxes: Map<string, (messages: ReadonlyArray<MsgData>) => void>
   /** Open push connections by protocol (poll: requests waiting), for the cluster view. */
   readonly open: { ws: number; sse: number; poll: number }
+  /** Active NodeInbox entities in this process (0 or 1), left out of the cluster view's conversation count. */
+  readonly inboxes: { active: number }
 }>()("quick-im/push/LocalConnections") {
   static readonly layer = Layer.effect(
     LocalConnections,
-    Effect.sync(() =>
+    Effect.map(AppConfig, (config) =>
       LocalConnections.of({
         nodeId: randomUUID(),
+        inbox: Option.getOrUndefined(Option.map(config.runnerPort, (port) => `${config.runnerHost}:${port}`)),
+        buffer: config.connectionBuffer,
         sinks: new Map(),
         mailboxes: new Map(),
-        open: { ws: 0, sse: 0, poll: 0 }
-      })
-    )
+        open: { ws: 0, sse: 0, poll: 0 },
+        inboxes: { active: 0 }
+      }))
   )
 }

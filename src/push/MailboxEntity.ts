@@ -13,11 +13,17 @@ import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { Replay } from "../storage/Replay.ts"
 import { type ConnectionSink, LocalConnections } from "./LocalConnections.ts"
+import { NodeOutbox } from "./NodeInbox.ts"
 import { Mailbox, type PushEvent, SlowConsumer } from "./Protocol.ts"
 
 interface Connection {
   readonly platform: number
-  readonly sink: ConnectionSink
+  /** Takes messages directly (this node) or into the Subscribe stream (another node, no inbox). */
+  readonly sink: ConnectionSink | undefined
+  /** Another node's NodeInbox: messages go through NodeOutbox. */
+  readonly inbox: string | undefined
+  /** Ends the subscription: the connection subscribes again and replays. */
+  readonly end: () => void
 }
 
 /** A connection on another node: its messages go into the Subscribe stream's bounded queue. */
@@ -85,6 +91,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
       const session = (yield* Entity.CurrentAddress).entityId
       const replay = yield* Replay
       const here = yield* LocalConnections
+      const outbox = yield* NodeOutbox
       const sql = yield* SqlClient.SqlClient
       const connections = new Map<string, Connection>()
       const polls = new Map<number, PollState>()
@@ -131,26 +138,52 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
           const backlog = yield* Stream.runCollect(replay.after(session, from)).pipe(
             Effect.onError(() => Effect.sync(() => (state.opening = false)))
           )
-          const live = new Set(state.pending.map((m) => m.MsgId))
-          state.pending = [...backlog.filter((m) => !live.has(m.MsgId)), ...state.pending]
+          // The backlog comes first, whole: it is a snapshot in MsgId order, so it holds every message
+          // of a conversation up to its newest one there. Live messages it also holds are dropped from
+          // the live part, not from the backlog: moving one behind a newer message of its
+          // conversation would make it look like a repeat, and it would never be handed out.
+          const inBacklog = new Set(backlog.map((m) => m.MsgId))
+          state.pending = [...backlog, ...state.pending.filter((m) => !inBacklog.has(m.MsgId))]
         }
         state.opening = false
         serveWaiters(state)
         return state
       })
 
+      /** The push to `inbox` failed: its connections subscribe again and replay what they missed. */
+      const cutOff = (inbox: string, ids: ReadonlyArray<string>) => () => {
+        for (const id of ids) {
+          const connection = connections.get(id)
+          if (connection?.inbox !== inbox) continue
+          connections.delete(id)
+          connection.end()
+        }
+      }
+
       const deliver = (messages: ReadonlyArray<MsgData>) => {
+        let remote: Map<string, Array<string>> | undefined = undefined
         for (const [id, connection] of connections) {
+          if (connection.inbox !== undefined) {
+            remote ??= new Map()
+            const ids = remote.get(connection.inbox)
+            if (ids === undefined) remote.set(connection.inbox, [id])
+            else ids.push(id)
+            continue
+          }
+          const sink = connection.sink!
           let taken = false
           try {
-            taken = connection.sink.push(messages)
+            taken = sink.push(messages)
           } catch {
             // A transport that throws is treated like a full one: cut off, and the client resumes.
           }
           if (!taken) {
             connections.delete(id)
-            connection.sink.fail(new SlowConsumer({ buffered: options.buffer }))
+            sink.fail(new SlowConsumer({ buffered: options.buffer }))
           }
+        }
+        if (remote !== undefined) {
+          for (const [inbox, ids] of remote) outbox.send(inbox, ids, messages, cutOff(inbox, ids))
         }
         for (const state of polls.values()) {
           for (const message of messages) pushPoll(state, message)
@@ -172,8 +205,15 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
             const queue = yield* Queue.bounded<PushEvent, SlowConsumer | Cause.Done>(options.buffer + 1)
             Queue.offerUnsafe(queue, { _tag: "Ready" })
             const local = payload.nodeId === here.nodeId ? here.sinks.get(payload.connectionId) : undefined
-            const sink = local ?? queueSink(queue)
-            connections.set(payload.connectionId, { platform: payload.platform, sink })
+            const inbox = local === undefined ? payload.inbox : undefined
+            const sink = local ?? (inbox === undefined ? queueSink(queue) : undefined)
+            const connection: Connection = {
+              platform: payload.platform,
+              sink,
+              inbox,
+              end: () => Queue.endUnsafe(queue)
+            }
+            connections.set(payload.connectionId, connection)
             if (local !== undefined) {
               // Same process: messages go straight to the connection's queue; this stream only
               // says `Ready` and lives as long as the connection (its end unregisters it).
@@ -185,7 +225,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
             }
             return Stream.fromQueue(queue).pipe(
               Stream.ensuring(Effect.sync(() => {
-                if (connections.get(payload.connectionId)?.sink === sink) connections.delete(payload.connectionId)
+                if (connections.get(payload.connectionId) === connection) connections.delete(payload.connectionId)
               }))
             )
           }))),
@@ -194,7 +234,10 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
           Rpc.fork(
             Effect.gen(function* () {
               const existing = polls.get(payload.platform)
-              const state = existing === undefined || payload.cursor !== undefined
+              // A cursor other than the last answer: that answer was lost on the way, or this mailbox
+              // is new here (its node died) and knows nothing of the client: replay from the cursor.
+              // The cursor of a client that got the last answer changes nothing.
+              const state = existing === undefined || (payload.cursor !== undefined && payload.cursor !== existing.last)
                 ? yield* openPoll(payload.platform, payload.cursor)
                 : existing
               // Polling again: the previous answer arrived.

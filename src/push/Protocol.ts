@@ -26,8 +26,17 @@ export class SlowConsumer extends Schema.TaggedError<SlowConsumer>()("SlowConsum
 }) {}
 
 export const Subscribe = Rpc.make("Subscribe", {
-  /** `nodeId`: where the connection lives; on the mailbox's own node messages bypass the stream. */
-  payload: { connectionId: Schema.String, platform: Schema.Number, nodeId: Schema.String },
+  /**
+   * `nodeId`: where the connection lives; on the mailbox's own node messages bypass the stream.
+   * `inbox`: that node's NodeInbox (multi-node mode); messages go there and the stream only says
+   * `Ready` and, by ending, that the connection must subscribe again.
+   */
+  payload: {
+    connectionId: Schema.String,
+    platform: Schema.Number,
+    nodeId: Schema.String,
+    inbox: Schema.optionalKey(Schema.String)
+  },
   success: PushEvent,
   error: SlowConsumer,
   stream: true

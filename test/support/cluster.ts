@@ -108,22 +108,17 @@ export const follow = (protocol: Protocol, cluster: TestCluster, token: string, 
       const cursor = messages.at(-1)?.MsgId
       try {
         if (protocol === "poll") {
-          // One request at a time, with the cursor after anything that failed (an answer may have
-          // been lost on the way); a request that cannot reach the node means it is gone: move on.
-          let first = true
+          // One request at a time, each with the last MsgId received (as README asks of poll
+          // clients); a request that cannot reach the node means it is gone: move on.
           const controller = new AbortController()
           closeCurrent = () => controller.abort()
           for (;;) {
             if (stopped) break
             const last = messages.at(-1)?.MsgId
-            const c = first && last ? `&last_msg_id=${last}` : ""
-            first = false
+            const c = last ? `&last_msg_id=${last}` : ""
             const res = await fetch(`${url}/notify?protoc=poll&token=${token}${c}`, { signal: controller.signal })
             if (res.status === 200) messages.push(await res.json())
-            else {
-              await res.body?.cancel()
-              if (res.status !== 204) first = true
-            }
+            else await res.body?.cancel()
           }
         } else {
           const client = protocol === "ws" ? await connectWs(url, token, cursor) : await connectSse(url, token, cursor)
