@@ -12,7 +12,9 @@ export interface Answer {
 }
 
 class Connection {
-  private readonly socket: Net.Socket
+  readonly socket: Net.Socket
+  /** When the last answer arrived: servers close keep-alive connections idle for about 5 s. */
+  idleSince = Date.now()
   private buffer: Buffer = Buffer.alloc(0)
   private waiting: { resolve: (a: Answer) => void; reject: (e: unknown) => void } | undefined
 
@@ -66,11 +68,14 @@ class Connection {
       body = ""
     }
     this.buffer = this.buffer.subarray(rest)
+    this.idleSince = Date.now()
     const waiting = this.waiting!
     this.waiting = undefined
     waiting.resolve({ status: Number(head.slice(9, 12)), body })
   }
 }
+
+const IDLE_REUSE_MS = 2_000
 
 export const makeHttpClient = (baseUrl: string) => {
   const url = new URL(baseUrl)
@@ -86,7 +91,14 @@ export const makeHttpClient = (baseUrl: string) => {
         `POST ${path} HTTP/1.1\r\nhost: ${url.host}\r\ncontent-type: application/json\r\ncontent-length: ${body.length}\r\n${
           token === undefined ? "" : `authorization: Bearer ${token}\r\n`
         }\r\n`
-      const connection = free.pop() ?? new Connection(url.hostname, Number(url.port), forget)
+      // A connection idle long enough for the server to be closing it is not reused (the request
+      // would race the server's FIN and end in ECONNRESET).
+      let connection = free.pop()
+      while (connection !== undefined && Date.now() - connection.idleSince > IDLE_REUSE_MS) {
+        connection.socket.destroy()
+        connection = free.pop()
+      }
+      connection ??= new Connection(url.hostname, Number(url.port), forget)
       const answer = await connection.request(head, body)
       free.push(connection)
       return answer

@@ -41,7 +41,7 @@ const ClusterLive = Layer.unwrap(Effect.gen(function* () {
     shardLockExpiration: config.shardLockExpiration,
     shardLockRefreshInterval: config.shardLockRefresh,
     runnerHealthCheckInterval: config.runnerHealthCheck,
-    refreshAssignmentsInterval: "1 second" as const
+    refreshAssignmentsInterval: config.shardLockRefresh
   }
   if (Option.isNone(config.runnerPort)) {
     return SingleRunner.layer({ runnerStorage: "sql", shardingConfig: sharding })

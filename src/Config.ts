@@ -79,7 +79,7 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   shardLockExpiration: Config.Duration("QUICKIM_SHARD_LOCK_EXPIRATION").pipe(
     Config.withDefault(Duration.seconds(5))
   ),
-  shardLockRefresh: Config.Duration("QUICKIM_SHARD_LOCK_REFRESH").pipe(Config.withDefault(Duration.seconds(1))),
+  shardLockRefresh: Config.Duration("QUICKIM_SHARD_LOCK_REFRESH").pipe(Config.withDefault(Duration.millis(500))),
   runnerHealthCheck: Config.Duration("QUICKIM_RUNNER_HEALTH_CHECK").pipe(Config.withDefault(Duration.seconds(2))),
   publicUrl: Config.String("QUICKIM_PUBLIC_URL").pipe(Config.withDefault(undefined)),
   clusterRetention: Config.Duration("QUICKIM_CLUSTER_RETENTION").pipe(Config.withDefault(Duration.hours(1)))

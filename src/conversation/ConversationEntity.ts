@@ -36,6 +36,8 @@ interface Delivery {
   readonly messages: ReadonlyArray<MsgData>
 }
 
+/** How long a stopping conversation waits for its hand-overs before leaving them to its next host. */
+const HANDOVER_WAIT = "1 second"
 const DELIVER_ATTEMPT = "5 seconds"
 const DELIVER_DEADLINE = "30 seconds"
 
@@ -87,13 +89,29 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         undelivered--
       }).pipe(Effect.forever, Effect.forkScoped)
       // Passivation or a shard moving to another node (join, graceful stop): hand over what is
-      // committed before the fiber stops, so connected members miss nothing (bounded wait).
+      // committed before the fiber stops, so connected members miss nothing. The wait is short:
+      // a Mailbox on this node's shards moves with it and cannot take anything until this node has
+      // stopped. What is still pending then goes to the next host as a persisted `Redeliver`,
+      // which starts the conversation there, and it hands the resume window over again.
+      const self = (yield* Conversation.client)(id)
+      const multiNode = Option.isSome(config.runnerPort)
       yield* Effect.addFinalizer(() =>
-        Effect.sleep("5 millis").pipe(
-          Effect.repeat({ until: () => undelivered === 0 }),
-          Effect.timeout("3 seconds"),
-          Effect.ignore
-        )
+        Effect.gen(function* () {
+          yield* Effect.sleep("5 millis").pipe(
+            Effect.repeat({ until: () => undelivered === 0 }),
+            Effect.timeout(multiNode ? HANDOVER_WAIT : "3 seconds"),
+            Effect.ignore
+          )
+          if (undelivered === 0 || !multiNode) return
+          yield* self.Redeliver(undefined, { discard: true }).pipe(
+            Effect.timeout("2 seconds"),
+            Effect.catchCause((cause) =>
+              Effect.logWarning("could not leave a redelivery for the next host", cause).pipe(
+                Effect.annotateLogs({ conversationId: id })
+              )
+            )
+          )
+        })
       )
 
       return (mailbox, replier) => {
@@ -273,6 +291,11 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                     for (const s of removed) members.delete(s)
                   }
                 }
+                return yield* reply(request, undefined)
+              }
+              case "Redeliver": {
+                // Starting is the point: `load` hands the resume window over again.
+                yield* load
                 return yield* reply(request, undefined)
               }
               case "Archive": {

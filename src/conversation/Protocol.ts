@@ -3,7 +3,7 @@
  * entity that owns it (keyed by conversation id), which makes it the single writer.
  */
 import { Schema } from "effect"
-import { Entity } from "effect/cluster"
+import { ClusterSchema, Entity } from "effect/cluster"
 import { Rpc } from "effect/rpc"
 import { ConversationNotFound, ConversationTypeOutOfRange, EmptyMembers, NotMember } from "../domain/Conversation.ts"
 
@@ -48,4 +48,12 @@ export const Send = Rpc.make("Send", {
   error: Schema.Union([ConversationNotFound, NotMember])
 })
 
-export const Conversation = Entity.make("Conversation", [Create, Join, Remove, Archive, Send])
+/**
+ * Sent by a conversation to itself when it stops (a node stopping or handing its shards over)
+ * with hand-overs still pending: persisted, so the conversation's next host receives it, starts
+ * the conversation at once and hands the messages of the resume window over again (repeats are
+ * dropped by MsgId). The stopping node therefore never waits for a Mailbox that moves with it.
+ */
+export const Redeliver = Rpc.make("Redeliver").annotate(ClusterSchema.Persisted, true)
+
+export const Conversation = Entity.make("Conversation", [Create, Join, Remove, Archive, Send, Redeliver])
