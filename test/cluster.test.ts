@@ -4,14 +4,16 @@
  * killed with SIGKILL during a send burst loses no acknowledged message; a node joins under load;
  * a node stopped with SIGTERM tells its clients to reconnect and hands its shards over.
  */
-import { afterAll, assert, describe, it } from "@effect/vitest"
+import { afterEach, assert, describe, it } from "@effect/vitest"
 import type { MsgData } from "../src/domain/Conversation.ts"
 import { follow, settled, startCluster, type TestCluster } from "./support/cluster.ts"
 import { connectWs, dedupe, type Protocol, sleep } from "./support/push.ts"
 
+// Each test's nodes stop when it ends: idle nodes still refresh their shard locks and report,
+// and a dozen of them left running would load the two cores the next test measures on.
 const clusters: Array<TestCluster> = []
-afterAll(async () => {
-  await Promise.all(clusters.map((c) => c.stop()))
+afterEach(async () => {
+  await Promise.all(clusters.splice(0).map((c) => c.stop()))
 })
 
 const start = async (count: number) => {
