@@ -40,6 +40,8 @@ interface Delivery {
 const HANDOVER_WAIT = "1 second"
 const DELIVER_ATTEMPT = "5 seconds"
 const DELIVER_DEADLINE = "30 seconds"
+/** The most messages a re-hosted conversation hands over again. */
+const REDELIVER_MAX = 1000
 
 const dedupeKey = (session: string, clientMsgId: string) => `${session}\u0000${clientMsgId}`
 
@@ -140,7 +142,9 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             if (state.lastMsgId === undefined) return
             const now = yield* Clock.currentTimeMillis
             if (decode(state.lastMsgId).millis < now - Duration.toMillis(config.resumeWindow)) return
-            const recent = yield* store.range(id, floorOf(state.lastMsgId, config.resumeWindow), state.lastMsgId, false)
+            // The newest of the window: what a dead host may not have handed over is its newest
+            // messages (a busy conversation may have more in the window than a hand-over should carry).
+            const recent = yield* store.newestAfter(id, floorOf(state.lastMsgId, config.resumeWindow), REDELIVER_MAX)
             if (recent.length === 0) return
             // Seqs are gapless in MsgId order: recent[i] has seq firstSeq + i. A member gets only
             // what was sent after it joined.

@@ -84,16 +84,51 @@ export class Feed extends Context.Service<Feed, {
           last = out[out.length - 1].MsgId
           return write(out)
         }
-        // While a replay runs, live messages wait here (bounded), then go out after it.
-        let held: Array<MsgData> | undefined = undefined
+        /**
+         * Each Mailbox activation has its own incarnation, carried by its `Ready` and by every batch
+         * it pushes. When a mailbox's node dies, Effect cluster sends the open Subscribe again to the
+         * mailbox's next host, under the same call: the stream goes on with a new `Ready`, and the new
+         * mailbox knows nothing of what the dead one took and never pushed. So only the incarnation
+         * this round subscribed to is written; anything else (a new host, or a late push of an old
+         * one) ends the round, and the next one replays from the last message written. Until a round
+         * knows its incarnation and has replayed, live batches wait in `held` (bounded): written at
+         * once, a live message could overtake an older one of its conversation that only the replay
+         * brings, and the older one would then be dropped as a repeat.
+         */
+        let current: string | undefined = undefined
+        let held: Array<{ readonly incarnation: string; readonly messages: ReadonlyArray<MsgData> }> | undefined = []
+        let heldCount = 0
+        let resync: () => void = () => {}
         const sink: ConnectionSink = {
-          push: (messages) => {
-            if (held === undefined) return emit(messages)
-            if (held.length + messages.length > buffer) return false
-            for (const m of messages) held.push(m)
+          push: (messages, incarnation) => {
+            if (held === undefined) {
+              if (incarnation === current) return emit(messages)
+              held = []
+              heldCount = 0
+              resync()
+              return true
+            }
+            if (heldCount + messages.length > buffer) return false
+            held.push({ incarnation, messages })
+            heldCount += messages.length
             return true
           },
           fail: (error) => Deferred.doneUnsafe(ended, Exit.fail(error))
+        }
+        /** Writes what was held for the current incarnation; another's means the mailbox moved again. */
+        const release = () => {
+          const rest = held ?? []
+          held = undefined
+          heldCount = 0
+          let foreign = false
+          for (const entry of rest) {
+            if (entry.incarnation !== current) foreign = true
+            else if (!emit(entry.messages)) return slow()
+          }
+          if (foreign) {
+            held = []
+            resync()
+          }
         }
         const subscription = here.inbox === undefined
           ? { connectionId, platform, nodeId: here.nodeId }
@@ -101,34 +136,29 @@ export class Feed extends Context.Service<Feed, {
         here.sinks.set(connectionId, sink)
         yield* Effect.addFinalizer(() => Effect.sync(() => here.sinks.delete(connectionId)))
 
-        const catchUp = (from: string) =>
-          Effect.gen(function* () {
-            held = []
-            yield* replay.after(session, from).pipe(
-              Stream.runForEachArray((messages) =>
-                emit(messages) ? Effect.void : Effect.fail(new SlowConsumer({ buffered: buffer }))
-              ),
-              Effect.onExit(() =>
-                Effect.sync(() => {
-                  const rest = held ?? []
-                  held = undefined
-                  if (rest.length > 0 && !emit(rest)) slow()
-                })
-              )
+        const catchUp = (from: string) => {
+          return replay.after(session, from).pipe(
+            Stream.runForEachArray((messages) =>
+              emit(messages) ? Effect.void : Effect.fail(new SlowConsumer({ buffered: buffer }))
             )
-          })
+          )
+        }
 
-        /** One subscription: until it is lost, a runner leaves, or the connection ends. */
+        /** One subscription: until it is lost, the mailbox moves, a runner leaves, or the connection ends. */
         const round = (from: string | undefined) =>
           Effect.scoped(Effect.gen(function* () {
             const outcome = yield* Deferred.make<Outcome>()
+            current = undefined
+            held ??= []
+            resync = () => Deferred.doneUnsafe(outcome, Exit.succeed("resync"))
             // The first event says the connection is registered: from here on nothing committed is missed.
             // The mailbox may be between nodes (its node died or is handing over): keep trying a while.
             const remote = yield* Effect.gen(function* () {
               const events = yield* mailboxes(session).Subscribe(subscription, {
                 asQueue: true
               })
-              yield* Queue.take(events)
+              const ready = yield* Queue.take(events)
+              if (ready._tag === "Ready") current = ready.incarnation
               return events
             }).pipe(
               Effect.retry({ schedule: Schedule.spaced("250 millis") }),
@@ -139,13 +169,21 @@ export class Feed extends Context.Service<Feed, {
             )
             const unwatch = watch.onRunnerLeft(() => Deferred.doneUnsafe(outcome, Exit.succeed("resync")))
             yield* Effect.addFinalizer(() => Effect.sync(unwatch))
-            // A mailbox on another node streams its messages; one on this node calls `sink` directly and
-            // its stream only ends with the subscription.
+            // A mailbox on another node without an inbox streams its messages; otherwise the stream
+            // only says `Ready` (again, if the call moved to a new host) and ends with the subscription.
+            let streamed = current!
             yield* Stream.fromQueue(remote).pipe(
               Stream.runForEachArray((events) =>
                 Effect.sync(() => {
-                  const messages = events.flatMap((e) => e._tag === "Pushed" ? [e.message] : [])
-                  if (messages.length > 0 && !sink.push(messages)) slow()
+                  for (const event of events) {
+                    if (event._tag === "Ready") {
+                      streamed = event.incarnation
+                      if (streamed !== current) {
+                        held ??= []
+                        resync()
+                      }
+                    } else if (!sink.push([event.message], streamed)) return slow()
+                  }
                 })
               ),
               Effect.exit,
@@ -158,7 +196,11 @@ export class Feed extends Context.Service<Feed, {
               Effect.forkScoped
             )
             if (from !== undefined) yield* catchUp(from)
-            return yield* Effect.raceFirst(Deferred.await(ended), Deferred.await(outcome))
+            release()
+            const result = yield* Effect.raceFirst(Deferred.await(ended), Deferred.await(outcome))
+            // The next round replays from `last`: hold what still arrives on this subscription until then.
+            held ??= []
+            return result
           }))
 
         let from: string | undefined = cursor

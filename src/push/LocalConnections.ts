@@ -14,8 +14,11 @@ import type { SlowConsumer } from "./Protocol.ts"
 
 /** Where a connection takes its messages. */
 export interface ConnectionSink {
-  /** Hands over messages in order; false when the connection's buffer is full (it is then failed). */
-  readonly push: (messages: ReadonlyArray<MsgData>) => boolean
+  /**
+   * Hands over messages in order, from the mailbox activation `incarnation`; false when the
+   * connection's buffer is full (it is then failed).
+   */
+  readonly push: (messages: ReadonlyArray<MsgData>, incarnation: string) => boolean
   /** Ends the connection with a reason the client acts on (it resumes by cursor). */
   readonly fail: (error: SlowConsumer) => void
 }

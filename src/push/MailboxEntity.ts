@@ -7,6 +7,7 @@
  */
 import { Cause, Deferred, Effect, Layer, Option, Queue, Schedule, Stream } from "effect"
 import { Entity } from "effect/cluster"
+import { randomUUID } from "node:crypto"
 import { Rpc } from "effect/rpc"
 import { SqlClient } from "effect/sql"
 import { AppConfig } from "../Config.ts"
@@ -89,6 +90,8 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
   Mailbox.toLayer(
     Effect.gen(function* () {
       const session = (yield* Entity.CurrentAddress).entityId
+      // This activation: connections write only what the mailbox they subscribed to pushes (Feed).
+      const incarnation = randomUUID()
       const replay = yield* Replay
       const here = yield* LocalConnections
       const outbox = yield* NodeOutbox
@@ -173,7 +176,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
           const sink = connection.sink!
           let taken = false
           try {
-            taken = sink.push(messages)
+            taken = sink.push(messages, incarnation)
           } catch {
             // A transport that throws is treated like a full one: cut off, and the client resumes.
           }
@@ -183,7 +186,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
           }
         }
         if (remote !== undefined) {
-          for (const [inbox, ids] of remote) outbox.send(inbox, ids, messages, cutOff(inbox, ids))
+          for (const [inbox, ids] of remote) outbox.send(inbox, ids, incarnation, messages, cutOff(inbox, ids))
         }
         for (const state of polls.values()) {
           for (const message of messages) pushPoll(state, message)
@@ -203,7 +206,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
           Rpc.fork(Stream.unwrap(Effect.gen(function* () {
             // One slot more than the buffer for the leading `Ready`.
             const queue = yield* Queue.bounded<PushEvent, SlowConsumer | Cause.Done>(options.buffer + 1)
-            Queue.offerUnsafe(queue, { _tag: "Ready" })
+            Queue.offerUnsafe(queue, { _tag: "Ready", incarnation })
             const local = payload.nodeId === here.nodeId ? here.sinks.get(payload.connectionId) : undefined
             const inbox = local === undefined ? payload.inbox : undefined
             const sink = local ?? (inbox === undefined ? queueSink(queue) : undefined)
@@ -217,9 +220,10 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
             if (local !== undefined) {
               // Same process: messages go straight to the connection's queue; this stream only
               // says `Ready` and lives as long as the connection (its end unregisters it).
-              return Stream.concat(Stream.succeed({ _tag: "Ready" } as const), Stream.never).pipe(
+              return Stream.concat(Stream.succeed({ _tag: "Ready", incarnation } as const), Stream.never).pipe(
                 Stream.ensuring(Effect.sync(() => {
-                  if (connections.get(payload.connectionId)?.sink === local) connections.delete(payload.connectionId)
+                  // Only this subscription's registration: the connection may have subscribed again meanwhile.
+                  if (connections.get(payload.connectionId) === connection) connections.delete(payload.connectionId)
                 }))
               )
             }

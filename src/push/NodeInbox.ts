@@ -26,7 +26,11 @@ export const inboxGroup = (address: string) => `node:${address}`
 
 export const Push = Rpc.make("Push", {
   payload: {
-    items: Schema.Array(Schema.Struct({ connections: Schema.Array(Schema.String), messages: Schema.Array(MsgData) }))
+    items: Schema.Array(Schema.Struct({
+      connections: Schema.Array(Schema.String),
+      incarnation: Schema.String,
+      messages: Schema.Array(MsgData)
+    }))
   }
 })
 
@@ -50,7 +54,7 @@ export const NodeInboxLive = NodeInbox.toLayer(Effect.gen(function* () {
             if (sink === undefined) continue // closed meanwhile: its mailbox forgets it when its stream ends
             let taken = false
             try {
-              taken = sink.push(item.messages)
+              taken = sink.push(item.messages, item.incarnation)
             } catch {
               // a transport that throws is treated like a full one
             }
@@ -63,6 +67,8 @@ export const NodeInboxLive = NodeInbox.toLayer(Effect.gen(function* () {
 
 interface Item {
   readonly connections: ReadonlyArray<string>
+  /** The sending mailbox's activation. */
+  readonly incarnation: string
   readonly messages: ReadonlyArray<MsgData>
   /** The push failed: the connections resubscribe and replay. */
   readonly failed: () => void
@@ -73,6 +79,7 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
   readonly send: (
     inbox: string,
     connections: ReadonlyArray<string>,
+    incarnation: string,
     messages: ReadonlyArray<MsgData>,
     failed: () => void
   ) => void
@@ -97,7 +104,13 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
             }
             const batch = target.pending
             target.pending = []
-            yield* client.Push({ items: batch.map((i) => ({ connections: i.connections, messages: i.messages })) })
+            yield* client.Push({
+              items: batch.map((i) => ({
+                connections: i.connections,
+                incarnation: i.incarnation,
+                messages: i.messages
+              }))
+            })
               .pipe(
                 Effect.timeout(PUSH_TIMEOUT),
                 Effect.catchCause((cause) =>
@@ -123,13 +136,13 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
         })
 
       return NodeOutbox.of({
-        send: (inbox, connections, messages, failed) => {
+        send: (inbox, connections, incarnation, messages, failed) => {
           let target = targets.get(inbox)
           if (target === undefined) {
             target = { pending: [], draining: false }
             targets.set(inbox, target)
           }
-          target.pending.push({ connections, messages, failed })
+          target.pending.push({ connections, incarnation, messages, failed })
           if (target.draining) return
           target.draining = true
           const fiber = runFork(drain(inbox, target))

@@ -14,7 +14,8 @@ export const Deliver = Rpc.make("Deliver", {
   payload: { messages: Schema.Array(MsgData) }
 })
 
-export const Ready = Schema.TaggedStruct("Ready", {})
+/** `incarnation` names this activation of the mailbox; every batch it pushes carries it too (see Feed). */
+export const Ready = Schema.TaggedStruct("Ready", { incarnation: Schema.String })
 export const Pushed = Schema.TaggedStruct("Pushed", { message: MsgData })
 /** A subscription first yields `Ready` (the connection is registered: nothing delivered from now on is missed), then messages. */
 export const PushEvent = Schema.Union([Ready, Pushed])

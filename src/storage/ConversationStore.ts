@@ -76,6 +76,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
   readonly before: (id: string, anchor: string, desc: boolean) => Sql<ReadonlyArray<MsgData>>
   readonly after: (id: string, anchor: string, desc: boolean) => Sql<ReadonlyArray<MsgData>>
   readonly last: (id: string, count: number, desc: boolean) => Sql<ReadonlyArray<MsgData>>
+  /** The newest `count` messages after `floor`, oldest first (a re-hosted conversation's hand-over). */
+  readonly newestAfter: (id: string, floor: string, count: number) => Sql<ReadonlyArray<MsgData>>
   readonly ping: Sql<void>
 }>()("quick-im/ConversationStore") {
   static readonly layer = Layer.effect(
@@ -202,6 +204,11 @@ export class ConversationStore extends Context.Service<ConversationStore, {
           sql<StoredMessage>`SELECT ${columns} FROM messages WHERE conversation_id = ${id}
             ORDER BY msg_id DESC LIMIT ${count}`.pipe(
             Effect.map((rows) => ordered(rows, true, desc))
+          ),
+        newestAfter: (id, floor, count) =>
+          sql<StoredMessage>`SELECT ${columns} FROM messages WHERE conversation_id = ${id}
+            AND msg_id > ${floor} ORDER BY msg_id DESC LIMIT ${count}`.pipe(
+            Effect.map((rows) => ordered(rows, true, false))
           ),
         ping: sql`SELECT 1`.pipe(Effect.asVoid)
       })
