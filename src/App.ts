@@ -11,12 +11,15 @@ import { createServer } from "node:http"
 import { Api } from "./api/Api.ts"
 import { AppConfig, type AppSettings, isConfigured } from "./Config.ts"
 import { NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
+import { inboxGroup, NodeInboxLive } from "./cluster/NodeInbox.ts"
+import { NodeOutbox } from "./cluster/NodeOutbox.ts"
 import { RunnerWatch } from "./cluster/RunnerWatch.ts"
+import { ShardRoutes } from "./cluster/ShardRoutes.ts"
 import { ConversationEntityLive } from "./conversation/ConversationEntity.ts"
+import { ConversationSender } from "./conversation/Sender.ts"
 import { Feed } from "./push/Feed.ts"
 import { LocalConnections } from "./push/LocalConnections.ts"
 import { MailboxEntityLive } from "./push/MailboxEntity.ts"
-import { inboxGroup, NodeInboxLive, NodeOutbox } from "./push/NodeInbox.ts"
 import { NotifyRoutes } from "./push/NotifyRoutes.ts"
 import { WebSocketGateway } from "./push/WebSocketGateway.ts"
 import { CorsLive, EdgeLive } from "./server/Edge.ts"
@@ -100,7 +103,9 @@ export const AppLive = NodeReporterLive.pipe(
   Layer.provideMerge(Layer.mergeAll(HttpLive, ConversationEntityLive, MailboxEntityLive, InboxLive)),
   Layer.provideMerge(NodeStatus.layer),
   Layer.provideMerge(PushLive),
+  Layer.provideMerge(ConversationSender.layer),
   Layer.provideMerge(NodeOutbox.layer),
+  Layer.provideMerge(ShardRoutes.layer),
   Layer.provideMerge(LocalConnections.layer),
   Layer.provideMerge(RunnerWatch.layer),
   Layer.provideMerge(ClusterLive),

@@ -7,6 +7,8 @@ import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
 import { TestRunner } from "effect/cluster"
 import { SqlClient } from "effect/sql"
+import { NodeOutbox } from "../src/cluster/NodeOutbox.ts"
+import { ShardRoutes } from "../src/cluster/ShardRoutes.ts"
 import { AppConfig } from "../src/Config.ts"
 import { ConversationEntityLive } from "../src/conversation/ConversationEntity.ts"
 import { Conversation } from "../src/conversation/Protocol.ts"
@@ -16,6 +18,8 @@ import { DatabaseLive } from "../src/storage/Database.ts"
 import { settingsFor } from "./support/server.ts"
 
 const TestLayer = ConversationEntityLive.pipe(
+  Layer.provideMerge(NodeOutbox.layer),
+  Layer.provideMerge(ShardRoutes.layer),
   Layer.provideMerge(TestRunner.layer),
   Layer.provideMerge(LocalConnections.layer),
   Layer.provideMerge(ConversationStore.layer),

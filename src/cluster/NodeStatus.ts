@@ -2,8 +2,8 @@
  * What each node reports about itself, and the cluster view built from those reports.
  *
  * Every node writes one row of `quickim_nodes` every 2 s (shards held, active entities, open push
- * connections) and deletes it when it stops; runners and their health come from Effect cluster's
- * own `cluster_runners` table. So any node answers `GET /inner/cluster` for all of them with one
+ * connections; the list of shards also routes batched relays, see ShardRoutes) and deletes it when
+ * it stops; runners and their health come from Effect cluster's own `cluster_runners` table. So any node answers `GET /inner/cluster` for all of them with one
  * query each, and no node has to call another.
  *
  * The retention job (a cluster singleton: one node runs it) deletes processed cluster messages and
@@ -129,18 +129,20 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
   const url = config.publicUrl ?? `http://${host}:${"port" in bound ? bound.port : config.port}`
 
   const report = Effect.gen(function* () {
-    let shards = 0
+    const held: Array<number> = []
     for (let i = 1; i <= config.shardsPerGroup; i++) {
-      if (sharding.hasShardId(ShardId.make("default", i))) shards++
+      if (sharding.hasShardId(ShardId.make("default", i))) held.push(i)
     }
+    const shards = held.length
+    const shardIds = held.join(",")
     const entities = yield* sharding.activeEntityCount
     const mailboxes = here.mailboxes.size
-    yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, shards, conversations, mailboxes, ws, sse, poll)
-          VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${
+    yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, shards, shard_ids, conversations, mailboxes, ws, sse, poll)
+          VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${shardIds}, ${
       Math.max(0, entities - mailboxes - here.inboxes.active)
     }, ${mailboxes},
             ${here.open.ws}, ${here.open.sse}, ${here.open.poll})
-          ON CONFLICT (node_id) DO UPDATE SET shards = EXCLUDED.shards, conversations = EXCLUDED.conversations,
+          ON CONFLICT (node_id) DO UPDATE SET shards = EXCLUDED.shards, shard_ids = EXCLUDED.shard_ids, conversations = EXCLUDED.conversations,
             mailboxes = EXCLUDED.mailboxes, ws = EXCLUDED.ws, sse = EXCLUDED.sse, poll = EXCLUDED.poll, updated_at = now()`
   }).pipe(Effect.catchCause((cause) => Effect.logWarning("could not report node status", cause)))
 

@@ -19,6 +19,8 @@ import { decode, MsgIdClock } from "../domain/MsgId.ts"
 import { floorOf } from "../storage/Replay.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
 import { type ConversationState, ConversationStore, type MessageRow, toMsgData } from "../storage/ConversationStore.ts"
+import { NodeOutbox } from "../cluster/NodeOutbox.ts"
+import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
 import { Mailbox } from "../push/Protocol.ts"
 import { Conversation, type Send, type SentMessage } from "./Protocol.ts"
@@ -54,40 +56,64 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const config = yield* AppConfig
       const mailboxes = yield* Mailbox.client
       const here = yield* LocalConnections
+      const routes = yield* ShardRoutes
+      const outbox = yield* NodeOutbox
 
       // Push after commit, off the send path: one fiber per conversation hands each committed batch
       // to every member's mailbox (fire-and-forget), batch after batch, so each mailbox sees the
       // conversation's messages in commit order. A slow or absent member never delays the sender.
       const deliveries = yield* Queue.unbounded<Delivery>()
       let undelivered = 0 // batches queued or being handed over
-      // A member's mailbox active in this process is called directly; any other gets a cluster
-      // message, awaited until handled, so a direct call for a later batch can never overtake it.
+      // A member's mailbox active in this process is called directly; mailboxes on another node
+      // take the batch in that node's relay (NodeOutbox: one cluster message for many conversations),
+      // and any the relay did not serve, or whose node is unknown, an entity message. Each is awaited
+      // until handled, so nothing for a later batch can overtake it.
+      const deliverOne = (messages: ReadonlyArray<MsgData>) => (member: string) =>
+        mailboxes(member).Deliver({ messages }).pipe(
+          // A mailbox whose node died or that is moving answers nobody until it is hosted
+          // again: each attempt is bounded and retried until DELIVER_DEADLINE, so the member
+          // still gets the batch (a repeat is dropped by MsgId) and later batches wait for it.
+          Effect.timeout(DELIVER_ATTEMPT),
+          Effect.retry({ schedule: Schedule.spaced("250 millis") }),
+          Effect.timeout(DELIVER_DEADLINE),
+          Effect.catchCause((cause) =>
+            Effect.logWarning("push to mailbox failed; the member resumes by cursor", cause).pipe(
+              Effect.annotateLogs({ conversationId: id, session: member })
+            )
+          )
+        )
       yield* Effect.gen(function* () {
         const { members, messages } = yield* Queue.take(deliveries)
-        const remote: Array<string> = []
+        const entityMessage: Array<string> = []
+        let byNode: Map<string, Array<string>> | undefined = undefined
         for (const member of members) {
           const direct = here.mailboxes.get(member)
-          if (direct !== undefined) direct(messages)
-          else remote.push(member)
+          if (direct !== undefined) {
+            direct(messages)
+            continue
+          }
+          const node = routes.nodeOf(member)
+          if (node === undefined) {
+            entityMessage.push(member)
+            continue
+          }
+          byNode ??= new Map()
+          const group = byNode.get(node)
+          if (group === undefined) byNode.set(node, [member])
+          else group.push(member)
         }
-        yield* Effect.forEach(
-          remote,
-          (member) =>
-            mailboxes(member).Deliver({ messages }).pipe(
-              // A mailbox whose node died or that is moving answers nobody until it is hosted
-              // again: each attempt is bounded and retried until DELIVER_DEADLINE, so the member
-              // still gets the batch (a repeat is dropped by MsgId) and later batches wait for it.
-              Effect.timeout(DELIVER_ATTEMPT),
-              Effect.retry({ schedule: Schedule.spaced("250 millis") }),
-              Effect.timeout(DELIVER_DEADLINE),
-              Effect.catchCause((cause) =>
-                Effect.logWarning("push to mailbox failed; the member resumes by cursor", cause).pipe(
-                  Effect.annotateLogs({ conversationId: id, session: member })
-                )
-              )
-            ),
-          { concurrency: 64, discard: true }
-        )
+        const one = deliverOne(messages)
+        const relayed = byNode === undefined
+          ? []
+          : [...byNode].map(([node, sessions]) =>
+            outbox.deliver(node, sessions, messages).pipe(
+              Effect.flatMap((missing) => Effect.forEach(missing, one, { concurrency: 64, discard: true }))
+            )
+          )
+        yield* Effect.all([...relayed, Effect.forEach(entityMessage, one, { concurrency: 64, discard: true })], {
+          concurrency: "unbounded",
+          discard: true
+        })
         undelivered--
       }).pipe(Effect.forever, Effect.forkScoped)
       // Passivation or a shard moving to another node (join, graceful stop): hand over what is

@@ -14,7 +14,7 @@ import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { Replay } from "../storage/Replay.ts"
 import { type ConnectionSink, LocalConnections } from "./LocalConnections.ts"
-import { NodeOutbox } from "./NodeInbox.ts"
+import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import { Mailbox, type PushEvent, SlowConsumer } from "./Protocol.ts"
 
 interface Connection {
@@ -186,7 +186,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
           }
         }
         if (remote !== undefined) {
-          for (const [inbox, ids] of remote) outbox.send(inbox, ids, incarnation, messages, cutOff(inbox, ids))
+          for (const [inbox, ids] of remote) outbox.push(inbox, ids, incarnation, messages, cutOff(inbox, ids))
         }
         for (const state of polls.values()) {
           for (const message of messages) pushPoll(state, message)

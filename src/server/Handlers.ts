@@ -10,6 +10,7 @@ import { ErrorCode, Unavailable } from "../api/Errors.ts"
 import { CurrentSession } from "../api/Security.ts"
 import { NodeStatus } from "../cluster/NodeStatus.ts"
 import { Conversation } from "../conversation/Protocol.ts"
+import { ConversationSender } from "../conversation/Sender.ts"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import { ConversationStore, PAGE } from "../storage/ConversationStore.ts"
 import { AuthorizationLive, InnerGuardLive } from "./Access.ts"
@@ -89,7 +90,7 @@ const MessageHandlers = HttpApiBuilder.group(
   Effect.fn(function* (handlers) {
     const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
     const store = yield* ConversationStore
-    const conversations = yield* Conversation.client
+    const sender = yield* ConversationSender
     const history = <A>(conversationId: string, read: Effect.Effect<A, any>) =>
       Effect.gen(function* () {
         yield* requireMember(conversationId)
@@ -99,7 +100,8 @@ const MessageHandlers = HttpApiBuilder.group(
       send_msg: ({ payload }) =>
         Effect.gen(function* () {
           const { sid } = yield* CurrentSession
-          const sent = yield* conversations(payload.conversation_id).Send({
+          const sent = yield* sender.send({
+            conversationId: payload.conversation_id,
             session: sid,
             status: payload.status,
             type: payload.type,

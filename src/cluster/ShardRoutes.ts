@@ -1,0 +1,93 @@
+/**
+ * Which node holds an entity's shard, as the nodes' own reports say: a hint for batching, never
+ * the authority. Nodes send many conversations' sends and many mailboxes' deliveries to one node
+ * in one cluster message (NodeOutbox); the receiving node serves only what its shards really hold
+ * (`Sharding.hasShardId`, the same check Effect cluster makes for an incoming request) and hands
+ * back the rest, which then takes the ordinary entity message. A stale or missing route therefore
+ * costs a second hop, never a wrong delivery.
+ *
+ * Each node writes the default-group shards it holds into its `quickim_nodes` report (every 2 s,
+ * NodeStatus); every node reads the reports of nodes whose runner beats, once a second.
+ */
+import { Context, Effect, Layer, Option, Schedule } from "effect"
+import { Sharding } from "effect/cluster"
+import { SqlClient } from "effect/sql"
+import { AppConfig } from "../Config.ts"
+import { LocalConnections } from "../push/LocalConnections.ts"
+
+/** A runner whose heartbeat is older than this is not routed to (runners beat about once a second). */
+const HEARTBEAT_FRESH_SECONDS = 4
+/** A report older than this is not routed by (nodes report every 2 s). */
+const REPORT_FRESH_SECONDS = 5
+/** After a relay to a node failed, it is not routed to for this long: entity messages find the shard's new home. */
+const AVOID_MILLIS = 10_000
+
+export class ShardRoutes extends Context.Service<ShardRoutes, {
+  /**
+   * The NodeInbox (runner address) of the other node that holds `entityId`'s shard, by the last
+   * reports; undefined when it is this node, or unknown.
+   */
+  readonly nodeOf: (entityId: string) => string | undefined
+  /** A relay to `inbox` failed: route nothing there until its reports say it is back. */
+  readonly avoid: (inbox: string) => void
+  /** Whether this node holds `entityId`'s shard now (what Effect cluster checks for an incoming request). */
+  readonly holds: (entityId: string) => boolean
+}>()("quick-im/cluster/ShardRoutes") {
+  static readonly layer = Layer.effect(
+    ShardRoutes,
+    Effect.gen(function* () {
+      const config = yield* AppConfig
+      const sharding = yield* Sharding.Sharding
+      const here = yield* LocalConnections
+      const sql = yield* SqlClient.SqlClient
+      const holds = (entityId: string) => sharding.hasShardId(sharding.getShardId(entityId as any, "default"))
+      if (Option.isNone(config.runnerPort)) {
+        return ShardRoutes.of({ nodeOf: () => undefined, avoid: () => {}, holds })
+      }
+      let routes = new Map<number, string>()
+      const avoided = new Map<string, number>()
+
+      yield* Effect.gen(function* () {
+        const rows = yield* sql<{ runner_address: string; shard_ids: string }>`
+          SELECT n.runner_address, n.shard_ids FROM quickim_nodes n
+            JOIN cluster_runners r ON r.address = n.runner_address
+          WHERE r.healthy AND r.last_heartbeat > now() - make_interval(secs => ${HEARTBEAT_FRESH_SECONDS})
+            AND n.updated_at > now() - make_interval(secs => ${REPORT_FRESH_SECONDS})
+          ORDER BY n.updated_at`
+        const now = Date.now()
+        const next = new Map<number, string>()
+        // Newest report last: while a shard moves, the node that took it most recently wins.
+        for (const row of rows) {
+          if (row.runner_address === here.inbox) continue
+          const until = avoided.get(row.runner_address)
+          if (until !== undefined) {
+            if (until > now) continue
+            avoided.delete(row.runner_address)
+          }
+          for (const id of row.shard_ids.split(",")) if (id !== "") next.set(Number(id), row.runner_address)
+        }
+        routes = next
+      }).pipe(
+        // Before the first runner registered, cluster_runners may not exist yet.
+        Effect.catchCause((cause) => Effect.logDebug("could not read shard routes", cause)),
+        Effect.repeat(Schedule.spaced("1 second")),
+        Effect.forkScoped
+      )
+
+      return ShardRoutes.of({
+        nodeOf: (entityId) => {
+          const shard = sharding.getShardId(entityId as any, "default")
+          if (sharding.hasShardId(shard)) return undefined
+          return routes.get(shard.id)
+        },
+        avoid: (inbox) => {
+          avoided.set(inbox, Date.now() + AVOID_MILLIS)
+          const next = new Map<number, string>()
+          for (const [shard, node] of routes) if (node !== inbox) next.set(shard, node)
+          routes = next
+        },
+        holds
+      })
+    })
+  )
+}
