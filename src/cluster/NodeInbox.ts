@@ -17,8 +17,8 @@
 import { Cause, Effect, Option, Schema } from "effect"
 import { ClusterSchema, Entity } from "effect/cluster"
 import { Rpc } from "effect/rpc"
-import { Conversation, SentMessage } from "../conversation/Protocol.ts"
-import { ConversationNotFound, MsgData, NotMember } from "../domain/Conversation.ts"
+import { Conversation, type SentMessage } from "../conversation/Protocol.ts"
+import { ConversationNotFound, type MsgData, NotMember } from "../domain/Conversation.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
 import { SlowConsumer } from "../push/Protocol.ts"
 import { ShardRoutes } from "./ShardRoutes.ts"
@@ -26,48 +26,69 @@ import { ShardRoutes } from "./ShardRoutes.ts"
 /** The shard group only the node at runner `address` serves. */
 export const inboxGroup = (address: string) => `node:${address}`
 
-export const PushItem = Schema.Struct({
-  connections: Schema.Array(Schema.String),
-  /** The sending mailbox's activation (see Feed). */
-  incarnation: Schema.String,
-  messages: Schema.Array(MsgData)
-})
+/** Messages for connections on the receiving node, from one mailbox activation (see Feed). */
+export interface PushItem {
+  readonly connections: ReadonlyArray<string>
+  readonly incarnation: string
+  readonly messages: ReadonlyArray<MsgData>
+}
 
-export const DeliverItem = Schema.Struct({
-  sessions: Schema.Array(Schema.String),
-  messages: Schema.Array(MsgData)
-})
+/** Messages of one conversation for the mailboxes of `sessions`, in commit order. */
+export interface DeliverItem {
+  readonly sessions: ReadonlyArray<string>
+  readonly messages: ReadonlyArray<MsgData>
+}
 
-export const Relay = Rpc.make("Relay", {
-  payload: { pushes: Schema.Array(PushItem), delivers: Schema.Array(DeliverItem) },
-  /** Per deliver item, the sessions whose mailbox is not active here: they take the entity message. */
-  success: Schema.Array(Schema.Array(Schema.String))
-})
+export interface SendItem {
+  readonly conversationId: string
+  readonly session: string
+  readonly status: number
+  readonly type: number
+  readonly content: string
+  readonly clientMsgId?: string
+}
 
-export const SendItem = Schema.Struct({
-  conversationId: Schema.String,
-  session: Schema.String,
-  status: Schema.Number,
-  type: Schema.Number,
-  content: Schema.String,
-  clientMsgId: Schema.optionalKey(Schema.String)
-})
-export type SendItem = typeof SendItem.Type
-
-export const SendOutcome = Schema.Union([
-  Schema.TaggedStruct("Sent", SentMessage.fields),
-  Schema.TaggedStruct("Refused", { error: Schema.Union([ConversationNotFound, NotMember]) }),
+export type SendOutcome =
+  | ({ readonly _tag: "Sent" } & SentMessage)
+  | { readonly _tag: "Refused"; readonly error: ConversationNotFound | NotMember }
   /** This node does not hold the conversation's shard (any more): the sender uses the entity message. */
-  Schema.TaggedStruct("NotHere", {}),
+  | { readonly _tag: "NotHere" }
   /** The conversation failed the write (a defect there); the sender answers with a defect too. */
-  Schema.TaggedStruct("Failed", { message: Schema.String })
-])
-export type SendOutcome = typeof SendOutcome.Type
+  | { readonly _tag: "Failed"; readonly message: string }
+
+/**
+ * The bodies are JSON text, written and read with the runtime's own JSON: both ends are this code,
+ * and a schema-driven codec over every message of a batch cost more CPU than the rest of the relay
+ * (measured: Schema and binary codec work was the largest share of a relayed delivery).
+ */
+export const Relay = Rpc.make("Relay", {
+  /** `{ pushes: PushItem[], delivers: DeliverItem[] }` */
+  payload: { body: Schema.String },
+  /** Per deliver item, the sessions whose mailbox is not active here (they take the entity message): `string[][]`. */
+  success: Schema.String
+})
 
 export const SendMany = Rpc.make("SendMany", {
-  payload: { items: Schema.Array(SendItem) },
-  success: Schema.Array(SendOutcome)
+  /** `SendItem[]` */
+  payload: { body: Schema.String },
+  /** `SendOutcome[]`, a refusal's error as its encoded fields. */
+  success: Schema.String
 })
+
+export const encodeOutcomes = (outcomes: ReadonlyArray<SendOutcome>) =>
+  JSON.stringify(outcomes.map((o) => o._tag === "Refused" ? { _tag: "Refused", error: { ...o.error } } : o))
+
+export const decodeOutcomes = (body: string): Array<SendOutcome> =>
+  (JSON.parse(body) as Array<any>).map((o) => {
+    if (o._tag !== "Refused") return o
+    const e = o.error
+    return {
+      _tag: "Refused",
+      error: e._tag === "NotMember"
+        ? new NotMember({ conversationId: e.conversationId, session: e.session })
+        : new ConversationNotFound({ conversationId: e.conversationId })
+    }
+  })
 
 export const NodeInbox = Entity.make("NodeInbox", [Relay, SendMany]).annotate(ClusterSchema.ShardGroup, inboxGroup)
 
@@ -88,7 +109,11 @@ export const NodeInboxLive = NodeInbox.toLayer(
     return NodeInbox.of({
       Relay: ({ payload }) =>
         Effect.sync(() => {
-          for (const item of payload.pushes) {
+          const { pushes, delivers } = JSON.parse(payload.body) as {
+            pushes: ReadonlyArray<PushItem>
+            delivers: ReadonlyArray<DeliverItem>
+          }
+          for (const item of pushes) {
             for (const id of item.connections) {
               const sink = here.sinks.get(id)
               if (sink === undefined) continue // closed meanwhile: its mailbox forgets it when its stream ends
@@ -101,7 +126,7 @@ export const NodeInboxLive = NodeInbox.toLayer(
               if (!taken) sink.fail(new SlowConsumer({ buffered: buffer }))
             }
           }
-          return payload.delivers.map((item) => {
+          return JSON.stringify(delivers.map((item) => {
             const missing: Array<string> = []
             for (const session of item.sessions) {
               // A mailbox active here on a shard this node holds takes the messages by a direct call,
@@ -112,11 +137,11 @@ export const NodeInboxLive = NodeInbox.toLayer(
               else direct(item.messages)
             }
             return missing
-          })
+          }))
         }),
       SendMany: ({ payload }) =>
         Effect.forEach(
-          payload.items,
+          JSON.parse(payload.body) as ReadonlyArray<SendItem>,
           ({ conversationId, ...send }) =>
             routes.holds(conversationId)
               ? conversations(conversationId).Send(send).pipe(
@@ -132,7 +157,7 @@ export const NodeInboxLive = NodeInbox.toLayer(
               )
               : Effect.succeed(notHere),
           { concurrency: "unbounded" }
-        )
+        ).pipe(Effect.map(encodeOutcomes))
     })
   }),
   { concurrency: "unbounded" }

@@ -12,7 +12,7 @@
  */
 import { Context, Effect, Fiber, Layer } from "effect"
 import type { MsgData } from "../domain/Conversation.ts"
-import { NodeInbox, type SendItem, type SendOutcome } from "./NodeInbox.ts"
+import { decodeOutcomes, NodeInbox, type SendItem, type SendOutcome } from "./NodeInbox.ts"
 import { ShardRoutes } from "./ShardRoutes.ts"
 
 /** How long one relay may take before its contents take the slow, sure way. */
@@ -80,6 +80,9 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
         const byTarget = new Map<string, Lane<I>>()
         const drain = (inbox: string, lane: Lane<I>) =>
           Effect.gen(function* () {
+            // Whatever else this turn of the event loop queues (a commit wakes many conversations
+            // at once) goes in the same cluster message.
+            yield* Effect.yieldNow
             while (lane.pending.length > 0) {
               const batch = lane.pending
               lane.pending = []
@@ -105,14 +108,16 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
       const relay = lanes<PushEntry | DeliverEntry>((inbox, batch, lane) => {
         const pushes = batch.filter((e): e is PushEntry => e._tag === "push")
         const delivers = batch.filter((e): e is DeliverEntry => e._tag === "deliver")
-        return inboxes(inbox).Relay({
+        const body = JSON.stringify({
           pushes: pushes.map((p) => ({ connections: p.connections, incarnation: p.incarnation, messages: p.messages })),
           delivers: delivers.map((d) => ({ sessions: d.sessions, messages: d.messages }))
-        }).pipe(
+        })
+        return inboxes(inbox).Relay({ body }).pipe(
           Effect.timeout(RELAY_TIMEOUT),
           Effect.matchCauseEffect({
-            onSuccess: (missing) =>
+            onSuccess: (reply) =>
               Effect.sync(() => {
+                const missing = JSON.parse(reply) as Array<ReadonlyArray<string>>
                 delivers.forEach((d, i) => d.done(missing[i] ?? d.sessions))
               }),
             onFailure: (cause) =>
@@ -139,10 +144,14 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
       })
 
       const sends = lanes<SendEntry>((inbox, batch) =>
-        inboxes(inbox).SendMany({ items: batch.map((e) => e.item) }).pipe(
+        inboxes(inbox).SendMany({ body: JSON.stringify(batch.map((e) => e.item)) }).pipe(
           Effect.timeout(RELAY_TIMEOUT),
           Effect.matchCauseEffect({
-            onSuccess: (outcomes) => Effect.sync(() => batch.forEach((e, i) => e.done(outcomes[i]))),
+            onSuccess: (reply) =>
+              Effect.sync(() => {
+                const outcomes = decodeOutcomes(reply)
+                batch.forEach((e, i) => e.done(outcomes[i]))
+              }),
             onFailure: (cause) =>
               Effect.sync(() => {
                 routes.avoid(inbox)
