@@ -2,12 +2,11 @@
  * The node-to-node link. Every node in multi-node mode hosts one `NodeInbox` entity, keyed by its
  * runner address and placed in a shard group only that node serves, so a message to
  * `NodeInbox(address)` always lands on that node: an addressable node built from Effect cluster's
- * own routing, not a side channel. Other nodes batch into it (NodeOutbox) what would otherwise be
- * one cluster message per entity message:
- *
- * - `Relay`: pushes for this node's connections (from mailboxes elsewhere), and committed messages
- *   for mailboxes whose shards this node holds (from conversations elsewhere);
- * - `SendMany`: sends for conversations whose shards this node holds (from gateways elsewhere).
+ * own routing, not a side channel. Other nodes batch into one `Relay` (NodeOutbox) what would
+ * otherwise be one cluster message per entity message: pushes for this node's connections (from
+ * mailboxes elsewhere), committed messages for mailboxes whose shards this node holds (from
+ * conversations elsewhere), and sends for conversations whose shards it holds (from gateways
+ * elsewhere).
  *
  * Measured: a cluster message costs the same CPU whether it carries one delivery or fifty, so under
  * load one message per node pair and round trip replaces one per entity message. Routing is by
@@ -56,30 +55,34 @@ export type SendOutcome =
   /** The conversation failed the write (a defect there); the sender answers with a defect too. */
   | { readonly _tag: "Failed"; readonly message: string }
 
+/** What one relay carries from one node to another: everything queued for it since the last one. */
+export interface RelayBody {
+  readonly pushes: ReadonlyArray<PushItem>
+  readonly delivers: ReadonlyArray<DeliverItem>
+  readonly sends: ReadonlyArray<SendItem>
+}
+
 /**
  * The bodies are JSON text, written and read with the runtime's own JSON: both ends are this code,
  * and a schema-driven codec over every message of a batch cost more CPU than the rest of the relay
  * (measured: Schema and binary codec work was the largest share of a relayed delivery).
  */
 export const Relay = Rpc.make("Relay", {
-  /** `{ pushes: PushItem[], delivers: DeliverItem[] }` */
+  /** A `RelayBody`. */
   payload: { body: Schema.String },
-  /** Per deliver item, the sessions whose mailbox is not active here (they take the entity message): `string[][]`. */
+  /**
+   * `{ missing: string[][], outcomes: SendOutcome[] }`: per deliver item the sessions whose mailbox
+   * is not active here (they take the entity message), per send its outcome (a refusal's error as
+   * its encoded fields).
+   */
   success: Schema.String
 })
 
-export const SendMany = Rpc.make("SendMany", {
-  /** `SendItem[]` */
-  payload: { body: Schema.String },
-  /** `SendOutcome[]`, a refusal's error as its encoded fields. */
-  success: Schema.String
-})
+const encodeOutcomes = (outcomes: ReadonlyArray<SendOutcome>) =>
+  outcomes.map((o) => o._tag === "Refused" ? { _tag: "Refused", error: { ...o.error } } : o)
 
-export const encodeOutcomes = (outcomes: ReadonlyArray<SendOutcome>) =>
-  JSON.stringify(outcomes.map((o) => o._tag === "Refused" ? { _tag: "Refused", error: { ...o.error } } : o))
-
-export const decodeOutcomes = (body: string): Array<SendOutcome> =>
-  (JSON.parse(body) as Array<any>).map((o) => {
+export const decodeOutcomes = (encoded: ReadonlyArray<any>): Array<SendOutcome> =>
+  encoded.map((o) => {
     if (o._tag !== "Refused") return o
     const e = o.error
     return {
@@ -90,13 +93,14 @@ export const decodeOutcomes = (body: string): Array<SendOutcome> =>
     }
   })
 
-export const NodeInbox = Entity.make("NodeInbox", [Relay, SendMany]).annotate(ClusterSchema.ShardGroup, inboxGroup)
+export const NodeInbox = Entity.make("NodeInbox", [Relay]).annotate(ClusterSchema.ShardGroup, inboxGroup)
 
 const notHere: SendOutcome = { _tag: "NotHere" }
 
 /**
- * Serves what other nodes relay. `Relay` is synchronous, so each sender's relays (one in flight at
- * a time) are handled in order; `SendMany` waits for commits, and runs beside them.
+ * Serves what other nodes relay. Pushes and deliveries are handed over at once, in order (each
+ * sender has one relay in flight at a time); the answer waits for the sends' commits, and relays
+ * from several nodes are served side by side.
  */
 export const NodeInboxLive = NodeInbox.toLayer(
   Effect.gen(function* () {
@@ -104,15 +108,26 @@ export const NodeInboxLive = NodeInbox.toLayer(
     const routes = yield* ShardRoutes
     const conversations = yield* Conversation.client
     const buffer = here.buffer
+    const send = ({ conversationId, ...payload }: SendItem): Effect.Effect<SendOutcome> =>
+      routes.holds(conversationId)
+        ? conversations(conversationId).Send(payload).pipe(
+          Effect.matchCause({
+            onSuccess: (sent): SendOutcome => ({ _tag: "Sent", ...sent }),
+            onFailure: (cause): SendOutcome => {
+              const error = Option.getOrUndefined(Cause.findErrorOption(cause))
+              return error instanceof ConversationNotFound || error instanceof NotMember
+                ? { _tag: "Refused", error }
+                : { _tag: "Failed", message: String(Cause.squash(cause)) }
+            }
+          })
+        )
+        : Effect.succeed(notHere)
     here.inboxes.active++
     yield* Effect.addFinalizer(() => Effect.sync(() => here.inboxes.active--))
     return NodeInbox.of({
       Relay: ({ payload }) =>
-        Effect.sync(() => {
-          const { pushes, delivers } = JSON.parse(payload.body) as {
-            pushes: ReadonlyArray<PushItem>
-            delivers: ReadonlyArray<DeliverItem>
-          }
+        Effect.suspend(() => {
+          const { pushes, delivers, sends } = JSON.parse(payload.body) as RelayBody
           for (const item of pushes) {
             for (const id of item.connections) {
               const sink = here.sinks.get(id)
@@ -126,7 +141,7 @@ export const NodeInboxLive = NodeInbox.toLayer(
               if (!taken) sink.fail(new SlowConsumer({ buffered: buffer }))
             }
           }
-          return JSON.stringify(delivers.map((item) => {
+          const missing = delivers.map((item) => {
             const missing: Array<string> = []
             for (const session of item.sessions) {
               // A mailbox active here on a shard this node holds takes the messages by a direct call,
@@ -137,27 +152,12 @@ export const NodeInboxLive = NodeInbox.toLayer(
               else direct(item.messages)
             }
             return missing
-          }))
-        }),
-      SendMany: ({ payload }) =>
-        Effect.forEach(
-          JSON.parse(payload.body) as ReadonlyArray<SendItem>,
-          ({ conversationId, ...send }) =>
-            routes.holds(conversationId)
-              ? conversations(conversationId).Send(send).pipe(
-                Effect.matchCause({
-                  onSuccess: (sent): SendOutcome => ({ _tag: "Sent", ...sent }),
-                  onFailure: (cause): SendOutcome => {
-                    const error = Option.getOrUndefined(Cause.findErrorOption(cause))
-                    return error instanceof ConversationNotFound || error instanceof NotMember
-                      ? { _tag: "Refused", error }
-                      : { _tag: "Failed", message: String(Cause.squash(cause)) }
-                  }
-                })
-              )
-              : Effect.succeed(notHere),
-          { concurrency: "unbounded" }
-        ).pipe(Effect.map(encodeOutcomes))
+          })
+          if (sends.length === 0) return Effect.succeed(JSON.stringify({ missing, outcomes: [] }))
+          return Effect.forEach(sends, send, { concurrency: "unbounded" }).pipe(
+            Effect.map((outcomes) => JSON.stringify({ missing, outcomes: encodeOutcomes(outcomes) }))
+          )
+        })
     })
   }),
   { concurrency: "unbounded" }
