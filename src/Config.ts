@@ -18,6 +18,8 @@ export interface AppSettings {
   readonly dbPoolSize: number
   readonly entityIdle: Duration.Duration
   readonly groupCommitMax: number
+  /** Group commits a node has in flight at once; what queues meanwhile joins the next one. */
+  readonly commitsInFlight: number
   readonly accessLog: boolean
   readonly resumeWindow: Duration.Duration
   readonly connectionBuffer: number
@@ -64,6 +66,7 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   dbPoolSize: Config.Int("QUICKIM_DB_POOL").pipe(Config.withDefault(10)),
   entityIdle: Config.Duration("QUICKIM_ENTITY_IDLE").pipe(Config.withDefault(Duration.minutes(5))),
   groupCommitMax: Config.Int("QUICKIM_GROUP_COMMIT_MAX").pipe(Config.withDefault(256)),
+  commitsInFlight: Config.Int("QUICKIM_COMMITS_IN_FLIGHT").pipe(Config.withDefault(1)),
   accessLog: Config.Boolean("QUICKIM_ACCESS_LOG").pipe(Config.withDefault(false)),
   resumeWindow: Config.Duration("QUICKIM_RESUME_WINDOW").pipe(Config.withDefault(Duration.seconds(15))),
   connectionBuffer: Config.Int("QUICKIM_CONNECTION_BUFFER").pipe(Config.withDefault(1000)),

@@ -14,10 +14,13 @@ interface Pending {
   readonly done: Deferred.Deferred<void, SqlError.SqlError>
 }
 
-/** Commits in flight at once; further batches wait and are merged. */
-const MAX_IN_FLIGHT = 4
-
-export const makeCommitBatcher = (sql: SqlClient.SqlClient) => {
+/**
+ * `inFlightMax`: commits in flight at once; further batches wait and are merged. One is the default:
+ * measured on PostgreSQL (pairs push benchmark), 1 against 4 in flight gave 3,904 → 4,055 sends/s on
+ * one node and 1,963 → 2,392 on three (fewer, larger commits: PostgreSQL's CPU per send fell by
+ * about a third), with lower latency too, since a commit's round trip is short next to the queue.
+ */
+export const makeCommitBatcher = (sql: SqlClient.SqlClient, inFlightMax: number) => {
   let queue: Array<Pending> = []
   let inFlight = 0
 
@@ -54,7 +57,7 @@ export const makeCommitBatcher = (sql: SqlClient.SqlClient) => {
       queue.push({ rows, done })
       // Whoever finds a free slot commits everything queued, then keeps going while work remains.
       yield* Effect.uninterruptible(Effect.gen(function* () {
-        while (queue.length > 0 && inFlight < MAX_IN_FLIGHT) {
+        while (queue.length > 0 && inFlight < inFlightMax) {
           const batch = queue
           queue = []
           inFlight++

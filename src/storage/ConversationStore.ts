@@ -5,6 +5,7 @@
 import { Context, Effect, Layer, Option } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import type { ConversationDetail, MsgData } from "../domain/Conversation.ts"
+import { AppConfig } from "../Config.ts"
 import { makeCommitBatcher } from "./CommitBatcher.ts"
 
 export interface ConversationState {
@@ -84,7 +85,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
     ConversationStore,
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
-      const batcher = makeCommitBatcher(sql)
+      const batcher = makeCommitBatcher(sql, (yield* AppConfig).commitsInFlight)
       const columns = sql`msg_id, conversation_id, from_session, send_time, status, type, content`
       const ordered = (rows: ReadonlyArray<StoredMessage>, rowsAreDesc: boolean, desc: boolean) => {
         const out = rows.map(toMsgData)

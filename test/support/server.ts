@@ -34,6 +34,7 @@ export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): A
   dbPoolSize: 8,
   entityIdle: Duration.minutes(5),
   groupCommitMax: 256,
+  commitsInFlight: 1,
   accessLog: false,
   resumeWindow: Duration.seconds(15),
   connectionBuffer: 1000,
