@@ -78,6 +78,13 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
       const running = new Set<Fiber.Fiber<void>>()
       yield* Effect.addFinalizer(() => Fiber.interruptAll(running))
 
+      /** Fails once the node at `inbox` has left the cluster (checked every 250 ms). */
+      const gone = (inbox: string) =>
+        Effect.sleep("250 millis").pipe(
+          Effect.repeat({ until: () => routes.gone(inbox) }),
+          Effect.andThen(Effect.fail(new Error(`node ${inbox} left the cluster`)))
+        )
+
       /** Per target node, at most one relay in flight, carrying everything queued meanwhile. */
       const lanes = new Map<string, Lane>()
 
@@ -96,6 +103,9 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
           sends: sends.map((s) => s.item)
         })
         return inboxes(inbox).Relay({ body }).pipe(
+          // A node that died or stopped is noticed by its runner's heartbeat (ShardRoutes) well before
+          // the timeout; either way the relay's contents take the sure way.
+          Effect.raceFirst(gone(inbox)),
           Effect.timeout(RELAY_TIMEOUT),
           Effect.matchCauseEffect({
             onSuccess: (reply) =>
@@ -108,17 +118,17 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
             onFailure: (cause) =>
               Effect.sync(() => {
                 routes.avoid(inbox)
-                // Nothing queued after the failed relay may reach these connections before they
-                // resubscribe, or a later message would land ahead of the missing ones.
-                const cut = new Set(pushes.flatMap((p) => p.connections))
-                lane.pending = lane.pending.flatMap((e): Array<Entry> => {
-                  if (e._tag !== "push") return [e]
-                  const rest = e.connections.filter((c) => !cut.has(c))
-                  return rest.length === 0 ? [] : [{ ...e, connections: rest }]
-                })
-                for (const p of pushes) p.failed()
-                for (const d of delivers) d.done(d.sessions)
-                for (const s of sends) s.done(undefined)
+                // Everything for that node goes the sure way, what was queued behind the failed relay
+                // too: a second relay to a dead node would only wait as long again. Pushes end
+                // their connections' subscriptions (they resubscribe and replay), so nothing later
+                // can land ahead of what was lost.
+                const rest = lane.pending
+                lane.pending = []
+                for (const e of [...batch, ...rest]) {
+                  if (e._tag === "push") e.failed()
+                  else if (e._tag === "deliver") e.done(e.sessions)
+                  else e.done(undefined)
+                }
               }).pipe(
                 Effect.andThen(
                   Effect.logWarning(

@@ -30,6 +30,8 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
   readonly nodeOf: (entityId: string) => string | undefined
   /** A relay to `inbox` failed: route nothing there until its reports say it is back. */
   readonly avoid: (inbox: string) => void
+  /** The node at `inbox` was seen in the cluster and has left it (its runner stopped beating or was removed). */
+  readonly gone: (inbox: string) => boolean
   /** Whether this node holds `entityId`'s shard now (what Effect cluster checks for an incoming request). */
   readonly holds: (entityId: string) => boolean
 }>()("quick-im/cluster/ShardRoutes") {
@@ -42,12 +44,19 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
       const sql = yield* SqlClient.SqlClient
       const holds = (entityId: string) => sharding.hasShardId(sharding.getShardId(entityId as any, "default"))
       if (Option.isNone(config.runnerPort)) {
-        return ShardRoutes.of({ nodeOf: () => undefined, avoid: () => {}, holds })
+        return ShardRoutes.of({ nodeOf: () => undefined, avoid: () => {}, gone: () => false, holds })
       }
       let routes = new Map<number, string>()
       const avoided = new Map<string, number>()
+      let live = new Set<string>()
+      const seen = new Set<string>()
 
       yield* Effect.gen(function* () {
+        const runners = yield* sql<{ address: string }>`
+          SELECT address FROM cluster_runners
+          WHERE healthy AND last_heartbeat > now() - make_interval(secs => ${HEARTBEAT_FRESH_SECONDS})`
+        live = new Set(runners.map((r) => r.address))
+        for (const address of live) seen.add(address)
         const rows = yield* sql<{ runner_address: string; shard_ids: string }>`
           SELECT n.runner_address, n.shard_ids FROM quickim_nodes n
             JOIN cluster_runners r ON r.address = n.runner_address
@@ -86,6 +95,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
           for (const [shard, node] of routes) if (node !== inbox) next.set(shard, node)
           routes = next
         },
+        gone: (inbox) => seen.has(inbox) && !live.has(inbox),
         holds
       })
     })
