@@ -77,12 +77,13 @@ describe("cluster operations", () => {
         Conversations: 3,
         Mailboxes: 4,
         Connections: { ws: 5, sse: 6, poll: 7 },
+        Relays: { Sent: 8, Carried: 90, HandedBack: 1 },
         UpdatedAt: "2026-11-26T00:00:00.000Z"
       }]
     })
     assert.include(text, "mode: cluster, 300 shards per group")
     assert.match(text, /10\.0\.0\.11:34431\s+no\s+2026/)
-    assert.match(text, /http:\/\/10\.0\.0\.11:8080\s+10\.0\.0\.11:34431\s+no\s+0\s+3\s+4\s+5\s+6\s+7/)
+    assert.match(text, /http:\/\/10\.0\.0\.11:8080\s+10\.0\.0\.11:34431\s+no\s+0\s+3\s+4\s+5\s+6\s+7\s+8\/90\/1/)
   })
 
   it("the retention job deletes processed cluster messages and their replies once old enough", async () => {

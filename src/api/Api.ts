@@ -88,6 +88,8 @@ const ClusterView = Schema.Struct({
     Conversations: Schema.Number,
     Mailboxes: Schema.Number,
     Connections: Schema.Struct({ ws: Schema.Number, sse: Schema.Number, poll: Schema.Number }),
+    /** Batched relays to other nodes since start: sent, entity messages carried, handed back to go as entity messages. */
+    Relays: Schema.Struct({ Sent: Schema.Number, Carried: Schema.Number, HandedBack: Schema.Number }),
     StartedAt: Schema.String,
     UpdatedAt: Schema.String
   }))

@@ -1,6 +1,7 @@
 /**
  * `quick-im cluster status [--url URL]`: prints the cluster as `GET /inner/cluster` of one node
- * reports it (runners and their health, shards, live entities and push connections per node).
+ * reports it (runners and their health, shards, live entities, push connections and relays per
+ * node: RELAYS is sent/carried/handed back, see NodeOutbox).
  * The node must accept this machine's address for inner endpoints; QUICKIM_ADMIN_KEY is sent
  * when set.
  */
@@ -18,6 +19,7 @@ interface View {
     Conversations: number
     Mailboxes: number
     Connections: { ws: number; sse: number; poll: number }
+    Relays?: { Sent: number; Carried: number; HandedBack: number }
     UpdatedAt: string
   }>
 }
@@ -33,7 +35,7 @@ export const formatClusterView = (view: View) => {
     ...view.Runners.map((r) => [r.Address, r.Healthy ? "yes" : "no", r.LastHeartbeat])
   ])
   const nodes = table([
-    ["NODE", "RUNNER", "ALIVE", "SHARDS", "CONVERSATIONS", "MAILBOXES", "WS", "SSE", "POLL", "REPORTED"],
+    ["NODE", "RUNNER", "ALIVE", "SHARDS", "CONVERSATIONS", "MAILBOXES", "WS", "SSE", "POLL", "RELAYS", "REPORTED"],
     ...view.Nodes.map((n) => [
       n.Url,
       n.Runner ?? "-",
@@ -44,6 +46,7 @@ export const formatClusterView = (view: View) => {
       String(n.Connections.ws),
       String(n.Connections.sse),
       String(n.Connections.poll),
+      n.Relays === undefined ? "-" : `${n.Relays.Sent}/${n.Relays.Carried}/${n.Relays.HandedBack}`,
       n.UpdatedAt
     ])
   ])

@@ -68,6 +68,8 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
   ) => Effect.Effect<ReadonlyArray<string>>
   /** A send for a conversation on the node `inbox`; undefined: send the entity message instead. */
   readonly send: (inbox: string, item: SendItem) => Effect.Effect<SendOutcome | undefined>
+  /** Since start: relays sent, entity messages they carried, and those handed back to go as entity messages. */
+  readonly stats: { readonly relays: number; readonly relayed: number; readonly handedBack: number }
 }>()("quick-im/cluster/NodeOutbox") {
   static readonly layer = Layer.effect(
     NodeOutbox,
@@ -87,6 +89,7 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
 
       /** Per target node, at most one relay in flight, carrying everything queued meanwhile. */
       const lanes = new Map<string, Lane>()
+      const stats = { relays: 0, relayed: 0, handedBack: 0 }
 
       const flush = (inbox: string, batch: Array<Entry>, lane: Lane) => {
         const pushes: Array<PushEntry> = []
@@ -97,6 +100,8 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
           else if (e._tag === "deliver") delivers.push(e)
           else sends.push(e)
         }
+        stats.relays++
+        stats.relayed += batch.length
         const body = JSON.stringify({
           pushes: pushes.map((p) => ({ connections: p.connections, incarnation: p.incarnation, messages: p.messages })),
           delivers: delivers.map((d) => ({ sessions: d.sessions, messages: d.messages })),
@@ -111,9 +116,16 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
             onSuccess: (reply) =>
               Effect.sync(() => {
                 const answer = JSON.parse(reply) as { missing: Array<ReadonlyArray<string>>; outcomes: Array<unknown> }
-                delivers.forEach((d, i) => d.done(answer.missing[i] ?? d.sessions))
+                delivers.forEach((d, i) => {
+                  const missing = answer.missing[i] ?? d.sessions
+                  stats.handedBack += missing.length
+                  d.done(missing)
+                })
                 const outcomes = decodeOutcomes(answer.outcomes)
-                sends.forEach((s, i) => s.done(outcomes[i]))
+                sends.forEach((s, i) => {
+                  if (outcomes[i] === undefined || outcomes[i]._tag === "NotHere") stats.handedBack++
+                  s.done(outcomes[i])
+                })
               }),
             onFailure: (cause) =>
               Effect.sync(() => {
@@ -124,6 +136,7 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
                 // can land ahead of what was lost.
                 const rest = lane.pending
                 lane.pending = []
+                stats.handedBack += batch.length + rest.length
                 for (const e of [...batch, ...rest]) {
                   if (e._tag === "push") e.failed()
                   else if (e._tag === "deliver") e.done(e.sessions)
@@ -169,6 +182,7 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
       }
 
       return NodeOutbox.of({
+        stats,
         push: (inbox, connections, incarnation, messages, failed) =>
           enqueue(inbox, { _tag: "push", connections, incarnation, messages, failed }),
         deliver: (inbox, sessions, messages) =>

@@ -15,6 +15,7 @@ import { SqlClient } from "effect/sql"
 import { HttpServer } from "effect/http"
 import { AppConfig, type AppSettings } from "../Config.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
+import { NodeOutbox } from "./NodeOutbox.ts"
 
 export interface RunnerView {
   readonly Address: string
@@ -31,6 +32,11 @@ export interface NodeView {
   readonly Conversations: number
   readonly Mailboxes: number
   readonly Connections: { readonly ws: number; readonly sse: number; readonly poll: number }
+  /**
+   * Batched relays this node sent to others since it started: how many, the entity messages they
+   * carried, and those handed back to go as ordinary entity messages.
+   */
+  readonly Relays: { readonly Sent: number; readonly Carried: number; readonly HandedBack: number }
   readonly StartedAt: string
   readonly UpdatedAt: string
 }
@@ -80,6 +86,9 @@ export class NodeStatus extends Context.Service<NodeStatus, {
           ws: number
           sse: number
           poll: number
+          relays: string | number
+          relayed: string | number
+          handed_back: string | number
           started_at: unknown
           updated_at: unknown
           alive: boolean
@@ -103,6 +112,7 @@ export class NodeStatus extends Context.Service<NodeStatus, {
             Conversations: n.conversations,
             Mailboxes: n.mailboxes,
             Connections: { ws: n.ws, sse: n.sse, poll: n.poll },
+            Relays: { Sent: Number(n.relays), Carried: Number(n.relayed), HandedBack: Number(n.handed_back) },
             StartedAt: iso(n.started_at),
             UpdatedAt: iso(n.updated_at)
           }))
@@ -122,6 +132,7 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
   const config = yield* AppConfig
   const sharding = yield* Sharding.Sharding
   const here = yield* LocalConnections
+  const outbox = yield* NodeOutbox
   const sql = yield* SqlClient.SqlClient
   const bound = (yield* HttpServer.HttpServer).address
   const runner = runnerOf(config)
@@ -137,13 +148,17 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
     const shardIds = held.join(",")
     const entities = yield* sharding.activeEntityCount
     const mailboxes = here.mailboxes.size
-    yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, shards, shard_ids, conversations, mailboxes, ws, sse, poll)
+    yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, shards, shard_ids, conversations, mailboxes, ws, sse, poll,
+            relays, relayed, handed_back)
           VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${shardIds}, ${
       Math.max(0, entities - mailboxes - here.inboxes.active)
     }, ${mailboxes},
-            ${here.open.ws}, ${here.open.sse}, ${here.open.poll})
-          ON CONFLICT (node_id) DO UPDATE SET shards = EXCLUDED.shards, shard_ids = EXCLUDED.shard_ids, conversations = EXCLUDED.conversations,
-            mailboxes = EXCLUDED.mailboxes, ws = EXCLUDED.ws, sse = EXCLUDED.sse, poll = EXCLUDED.poll, updated_at = now()`
+            ${here.open.ws}, ${here.open.sse}, ${here.open.poll},
+            ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack})
+          ON CONFLICT (node_id) DO UPDATE SET shards = EXCLUDED.shards, shard_ids = EXCLUDED.shard_ids,
+            conversations = EXCLUDED.conversations, mailboxes = EXCLUDED.mailboxes, ws = EXCLUDED.ws, sse = EXCLUDED.sse,
+            poll = EXCLUDED.poll, relays = EXCLUDED.relays, relayed = EXCLUDED.relayed,
+            handed_back = EXCLUDED.handed_back, updated_at = now()`
   }).pipe(Effect.catchCause((cause) => Effect.logWarning("could not report node status", cause)))
 
   yield* report.pipe(Effect.repeat(Schedule.spaced(REPORT_EVERY)), Effect.forkScoped)

@@ -1,7 +1,7 @@
 /**
  * How a gateway hands a send to its conversation. The Conversation entity is the single writer,
  * wherever it lives; this only picks the way there: on a conversation hosted by another node
- * (by the nodes' reports, ShardRoutes), the send joins that node's batched `SendMany` (NodeOutbox),
+ * (by the nodes' reports, ShardRoutes), the send joins that node's batched `Relay` (NodeOutbox),
  * and whatever that node no longer holds, or a relay that failed, takes the entity message.
  */
 import { Context, Effect, Layer } from "effect"
