@@ -15,8 +15,8 @@ import type { MsgData } from "../domain/Conversation.ts"
 import { decodeOutcomes, NodeInbox, type SendItem, type SendOutcome } from "./NodeInbox.ts"
 import { ShardRoutes } from "./ShardRoutes.ts"
 
-/** How long one relay may take before its contents take the slow, sure way. */
-const RELAY_TIMEOUT = "5 seconds"
+/** How long one relay may take before its contents take the slow, sure way: 20 checks 250 ms apart. */
+const RELAY_CHECKS = 20
 
 interface PushEntry {
   readonly _tag: "push"
@@ -58,12 +58,12 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
     failed: () => void
   ) => void
   /**
-   * Hands `messages` to the mailboxes of `sessions` on the node `inbox`; succeeds with the sessions
-   * it could not serve there (their mailbox is elsewhere or not active, or the node did not answer).
+   * Hands `messages` to the mailboxes of the sessions listed per node inbox in `targets`, all
+   * relays at once; succeeds when every one has answered, with the sessions not served (their
+   * mailbox is elsewhere or not active, or the node did not answer).
    */
   readonly deliver: (
-    inbox: string,
-    sessions: ReadonlyArray<string>,
+    targets: ReadonlyMap<string, ReadonlyArray<string>>,
     messages: ReadonlyArray<MsgData>
   ) => Effect.Effect<ReadonlyArray<string>>
   /** A send for a conversation on the node `inbox`; undefined: send the entity message instead. */
@@ -81,11 +81,14 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
       yield* Effect.addFinalizer(() => Fiber.interruptAll(running))
 
       /** Fails once the node at `inbox` has left the cluster (checked every 250 ms). */
-      const gone = (inbox: string) =>
-        Effect.sleep("250 millis").pipe(
-          Effect.repeat({ until: () => routes.gone(inbox) }),
-          Effect.andThen(Effect.fail(new Error(`node ${inbox} left the cluster`)))
+      /** Fails after 5 s, or sooner once the node at `inbox` has left the cluster (checked every 250 ms). */
+      const watchdog = (inbox: string) => {
+        let checks = 0
+        return Effect.sleep("250 millis").pipe(
+          Effect.repeat({ until: () => routes.gone(inbox) || ++checks >= RELAY_CHECKS }),
+          Effect.andThen(Effect.fail(new Error(`no answer from node ${inbox}`)))
         )
+      }
 
       /** Per target node, at most one relay in flight, carrying everything queued meanwhile. */
       const lanes = new Map<string, Lane>()
@@ -110,8 +113,7 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
         return inboxes(inbox).Relay({ body }).pipe(
           // A node that died or stopped is noticed by its runner's heartbeat (ShardRoutes) well before
           // the timeout; either way the relay's contents take the sure way.
-          Effect.raceFirst(gone(inbox)),
-          Effect.timeout(RELAY_TIMEOUT),
+          Effect.raceFirst(watchdog(inbox)),
           Effect.matchCauseEffect({
             onSuccess: (reply) =>
               Effect.sync(() => {
@@ -185,9 +187,22 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
         stats,
         push: (inbox, connections, incarnation, messages, failed) =>
           enqueue(inbox, { _tag: "push", connections, incarnation, messages, failed }),
-        deliver: (inbox, sessions, messages) =>
+        deliver: (targets, messages) =>
           Effect.callback<ReadonlyArray<string>>((resume) => {
-            enqueue(inbox, { _tag: "deliver", sessions, messages, done: (missing) => resume(Effect.succeed(missing)) })
+            // One callback for every target: no fiber per relay awaited.
+            let waiting = targets.size
+            let notServed: Array<string> = []
+            for (const [inbox, sessions] of targets) {
+              enqueue(inbox, {
+                _tag: "deliver",
+                sessions,
+                messages,
+                done: (missing) => {
+                  if (missing.length > 0) notServed = notServed.concat(missing)
+                  if (--waiting === 0) resume(Effect.succeed(notServed))
+                }
+              })
+            }
           }),
         send: (inbox, item) =>
           Effect.callback<SendOutcome | undefined>((resume) => {

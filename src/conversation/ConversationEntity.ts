@@ -102,18 +102,11 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
           if (group === undefined) byNode.set(node, [member])
           else group.push(member)
         }
-        const one = deliverOne(messages)
-        const relayed = byNode === undefined
-          ? []
-          : [...byNode].map(([node, sessions]) =>
-            outbox.deliver(node, sessions, messages).pipe(
-              Effect.flatMap((missing) => Effect.forEach(missing, one, { concurrency: 64, discard: true }))
-            )
-          )
-        yield* Effect.all([...relayed, Effect.forEach(entityMessage, one, { concurrency: 64, discard: true })], {
-          concurrency: "unbounded",
-          discard: true
-        })
+        // Relays first (they answer in one round trip), then entity messages for whatever they did
+        // not serve and for mailboxes whose node is unknown.
+        const notServed = byNode === undefined ? [] : yield* outbox.deliver(byNode, messages)
+        const rest = notServed.length === 0 ? entityMessage : [...entityMessage, ...notServed]
+        if (rest.length > 0) yield* Effect.forEach(rest, deliverOne(messages), { concurrency: 64, discard: true })
         undelivered--
       }).pipe(Effect.forever, Effect.forkScoped)
       // Passivation or a shard moving to another node (join, graceful stop): hand over what is
