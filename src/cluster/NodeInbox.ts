@@ -55,6 +55,40 @@ export type SendOutcome =
   /** The conversation failed the write (a defect there); the sender answers with a defect too. */
   | { readonly _tag: "Failed"; readonly message: string }
 
+/**
+ * An upper bound of the bytes `messages` take in a relay: JSON text escapes a control character in
+ * six bytes, and nothing takes more. Effect cluster's runner transport refuses a frame over 16 MB
+ * and the connection it came on with it, so relays stay well below (NodeOutbox).
+ */
+export const boundBytes = (messages: ReadonlyArray<MsgData>) => {
+  let bytes = 0
+  for (const m of messages) bytes += 6 * (m.Content.length + m.FromSession.length) + 256
+  return bytes
+}
+
+/** The most one deliver or push item carries (a bound, see boundBytes); larger batches are split. */
+export const ITEM_BYTES = 2 * 1024 * 1024
+
+/** `messages` in consecutive runs of at most ITEM_BYTES each (a single larger message runs alone). */
+export const chunked = (messages: ReadonlyArray<MsgData>): ReadonlyArray<ReadonlyArray<MsgData>> => {
+  if (boundBytes(messages) <= ITEM_BYTES) return [messages]
+  const out: Array<Array<MsgData>> = []
+  let current: Array<MsgData> = []
+  let bytes = 0
+  for (const m of messages) {
+    const size = boundBytes([m])
+    if (current.length > 0 && bytes + size > ITEM_BYTES) {
+      out.push(current)
+      current = []
+      bytes = 0
+    }
+    current.push(m)
+    bytes += size
+  }
+  if (current.length > 0) out.push(current)
+  return out
+}
+
 /** What one relay carries from one node to another: everything queued for it since the last one. */
 export interface RelayBody {
   readonly pushes: ReadonlyArray<PushItem>

@@ -12,14 +12,25 @@
  */
 import { Context, Effect, Fiber, Layer } from "effect"
 import type { MsgData } from "../domain/Conversation.ts"
-import { decodeOutcomes, NodeInbox, type SendItem, type SendOutcome } from "./NodeInbox.ts"
+import { boundBytes, chunked, decodeOutcomes, NodeInbox, type SendItem, type SendOutcome } from "./NodeInbox.ts"
 import { ShardRoutes } from "./ShardRoutes.ts"
+
+/** The most one relay carries (a bound, see boundBytes): half of what the runner transport accepts. */
+const RELAY_BYTES = 8 * 1024 * 1024
+
+/** A bound of the bytes a list of ids takes in a relay's JSON. */
+const idsBytes = (ids: ReadonlyArray<string>) => {
+  let bytes = 0
+  for (const id of ids) bytes += 6 * id.length + 3
+  return bytes
+}
 
 /** How long one relay may take before its contents take the slow, sure way: 20 checks 250 ms apart. */
 const RELAY_CHECKS = 20
 
 interface PushEntry {
   readonly _tag: "push"
+  readonly bytes: number
   readonly connections: ReadonlyArray<string>
   readonly incarnation: string
   readonly messages: ReadonlyArray<MsgData>
@@ -28,6 +39,7 @@ interface PushEntry {
 
 interface DeliverEntry {
   readonly _tag: "deliver"
+  readonly bytes: number
   readonly sessions: ReadonlyArray<string>
   readonly messages: ReadonlyArray<MsgData>
   /** The sessions not served there (all of them when the relay failed). */
@@ -36,6 +48,7 @@ interface DeliverEntry {
 
 interface SendEntry {
   readonly _tag: "send"
+  readonly bytes: number
   readonly item: SendItem
   /** undefined: the relay failed or the node does not hold the conversation; send the entity message. */
   readonly done: (outcome: SendOutcome | undefined) => void
@@ -58,8 +71,8 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
     failed: () => void
   ) => void
   /**
-   * Hands `messages` to the mailboxes of the sessions listed per node inbox in `targets`, all
-   * relays at once; succeeds when every one has answered, with the sessions not served (their
+   * Hands `messages` (at most ITEM_BYTES of them: see `chunked`) to the mailboxes of the sessions
+   * listed per node inbox in `targets`, all relays at once; succeeds when every one has answered, with the sessions not served (their
    * mailbox is elsewhere or not active, or the node did not answer).
    */
   readonly deliver: (
@@ -162,8 +175,15 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
           // once) goes in the same relay.
           yield* Effect.yieldNow
           while (lane.pending.length > 0) {
-            const batch = lane.pending
-            lane.pending = []
+            // As much as the budget allows, in order (always at least one entry).
+            let take = 0
+            let bytes = 0
+            while (take < lane.pending.length && (take === 0 || bytes + lane.pending[take].bytes <= RELAY_BYTES)) {
+              bytes += lane.pending[take].bytes
+              take++
+            }
+            const batch = take === lane.pending.length ? lane.pending : lane.pending.slice(0, take)
+            lane.pending = take === lane.pending.length ? [] : lane.pending.slice(take)
             yield* flush(inbox, batch, lane)
           }
           lane.draining = false
@@ -185,8 +205,18 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
 
       return NodeOutbox.of({
         stats,
-        push: (inbox, connections, incarnation, messages, failed) =>
-          enqueue(inbox, { _tag: "push", connections, incarnation, messages, failed }),
+        push: (inbox, connections, incarnation, messages, failed) => {
+          for (const chunk of chunked(messages)) {
+            enqueue(inbox, {
+              _tag: "push",
+              bytes: boundBytes(chunk),
+              connections,
+              incarnation,
+              messages: chunk,
+              failed
+            })
+          }
+        },
         deliver: (targets, messages) =>
           Effect.callback<ReadonlyArray<string>>((resume) => {
             // One callback for every target: no fiber per relay awaited.
@@ -195,6 +225,7 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
             for (const [inbox, sessions] of targets) {
               enqueue(inbox, {
                 _tag: "deliver",
+                bytes: boundBytes(messages) + idsBytes(sessions),
                 sessions,
                 messages,
                 done: (missing) => {
@@ -206,7 +237,12 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
           }),
         send: (inbox, item) =>
           Effect.callback<SendOutcome | undefined>((resume) => {
-            enqueue(inbox, { _tag: "send", item, done: (outcome) => resume(Effect.succeed(outcome)) })
+            enqueue(inbox, {
+              _tag: "send",
+              bytes: 6 * (item.content.length + item.session.length + item.conversationId.length) + 256,
+              item,
+              done: (outcome) => resume(Effect.succeed(outcome))
+            })
           })
       })
     })

@@ -19,6 +19,7 @@ import { decode, MsgIdClock } from "../domain/MsgId.ts"
 import { floorOf } from "../storage/Replay.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
 import { type ConversationState, ConversationStore, type MessageRow, toMsgData } from "../storage/ConversationStore.ts"
+import { chunked } from "../cluster/NodeInbox.ts"
 import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
@@ -103,10 +104,14 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
           else group.push(member)
         }
         // Relays first (they answer in one round trip), then entity messages for whatever they did
-        // not serve and for mailboxes whose node is unknown.
-        const notServed = byNode === undefined ? [] : yield* outbox.deliver(byNode, messages)
-        const rest = notServed.length === 0 ? entityMessage : [...entityMessage, ...notServed]
-        if (rest.length > 0) yield* Effect.forEach(rest, deliverOne(messages), { concurrency: 64, discard: true })
+        // not serve and for mailboxes whose node is unknown. A large batch goes in parts, each whole
+        // before the next, so no cluster message grows past what the runner transport accepts.
+        const parts = byNode === undefined && entityMessage.length === 0 ? [] : chunked(messages)
+        for (const part of parts) {
+          const notServed = byNode === undefined ? [] : yield* outbox.deliver(byNode, part)
+          const rest = notServed.length === 0 ? entityMessage : [...entityMessage, ...notServed]
+          if (rest.length > 0) yield* Effect.forEach(rest, deliverOne(part), { concurrency: 64, discard: true })
+        }
         undelivered--
       }).pipe(Effect.forever, Effect.forkScoped)
       // Passivation or a shard moving to another node (join, graceful stop): hand over what is
