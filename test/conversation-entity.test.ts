@@ -8,6 +8,7 @@ import { Duration, Effect, Layer } from "effect"
 import { TestRunner } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { NodeOutbox } from "../src/cluster/NodeOutbox.ts"
+import { RunnerWatch } from "../src/cluster/RunnerWatch.ts"
 import { ShardRoutes } from "../src/cluster/ShardRoutes.ts"
 import { AppConfig } from "../src/Config.ts"
 import { ConversationEntityLive } from "../src/conversation/ConversationEntity.ts"
@@ -20,6 +21,7 @@ import { settingsFor } from "./support/server.ts"
 const TestLayer = ConversationEntityLive.pipe(
   Layer.provideMerge(NodeOutbox.layer),
   Layer.provideMerge(ShardRoutes.layer),
+  Layer.provideMerge(RunnerWatch.layer),
   Layer.provideMerge(TestRunner.layer),
   Layer.provideMerge(LocalConnections.layer),
   Layer.provideMerge(ConversationStore.layer),

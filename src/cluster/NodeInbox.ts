@@ -62,9 +62,14 @@ export type SendOutcome =
  */
 export const boundBytes = (messages: ReadonlyArray<MsgData>) => {
   let bytes = 0
-  for (const m of messages) bytes += 6 * (m.Content.length + m.FromSession.length) + 256
+  for (const m of messages) bytes += boundMessage(m)
   return bytes
 }
+
+/** A bound of the bytes `text` takes as a JSON string's contents (see boundBytes). */
+export const boundText = (text: string) => 6 * text.length
+
+const boundMessage = (m: MsgData) => boundText(m.Content) + boundText(m.FromSession) + 256
 
 /** The most one deliver or push item carries (a bound, see boundBytes); larger batches are split. */
 export const ITEM_BYTES = 2 * 1024 * 1024
@@ -76,7 +81,7 @@ export const chunked = (messages: ReadonlyArray<MsgData>): ReadonlyArray<Readonl
   let current: Array<MsgData> = []
   let bytes = 0
   for (const m of messages) {
-    const size = boundBytes([m])
+    const size = boundMessage(m)
     if (current.length > 0 && bytes + size > ITEM_BYTES) {
       out.push(current)
       current = []

@@ -12,7 +12,15 @@
  */
 import { Context, Effect, Fiber, Layer } from "effect"
 import type { MsgData } from "../domain/Conversation.ts"
-import { boundBytes, chunked, decodeOutcomes, NodeInbox, type SendItem, type SendOutcome } from "./NodeInbox.ts"
+import {
+  boundBytes,
+  boundText,
+  chunked,
+  decodeOutcomes,
+  NodeInbox,
+  type SendItem,
+  type SendOutcome
+} from "./NodeInbox.ts"
 import { ShardRoutes } from "./ShardRoutes.ts"
 
 /** The most one relay carries (a bound, see boundBytes): half of what the runner transport accepts. */
@@ -21,7 +29,7 @@ const RELAY_BYTES = 8 * 1024 * 1024
 /** A bound of the bytes a list of ids takes in a relay's JSON. */
 const idsBytes = (ids: ReadonlyArray<string>) => {
   let bytes = 0
-  for (const id of ids) bytes += 6 * id.length + 3
+  for (const id of ids) bytes += boundText(id) + 3
   return bytes
 }
 
@@ -72,8 +80,9 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
   ) => void
   /**
    * Hands `messages` (at most ITEM_BYTES of them: see `chunked`) to the mailboxes of the sessions
-   * listed per node inbox in `targets`, all relays at once; succeeds when every one has answered, with the sessions not served (their
-   * mailbox is elsewhere or not active, or the node did not answer).
+   * listed per node inbox in `targets`, all relays at once; succeeds when every one has answered,
+   * with the sessions not served (their mailbox is elsewhere or not active, or the node did not
+   * answer).
    */
   readonly deliver: (
     targets: ReadonlyMap<string, ReadonlyArray<string>>,
@@ -93,7 +102,6 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
       const running = new Set<Fiber.Fiber<void>>()
       yield* Effect.addFinalizer(() => Fiber.interruptAll(running))
 
-      /** Fails once the node at `inbox` has left the cluster (checked every 250 ms). */
       /** Fails after 5 s, or sooner once the node at `inbox` has left the cluster (checked every 250 ms). */
       const watchdog = (inbox: string) => {
         let checks = 0
@@ -239,7 +247,7 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
           Effect.callback<SendOutcome | undefined>((resume) => {
             enqueue(inbox, {
               _tag: "send",
-              bytes: 6 * (item.content.length + item.session.length + item.conversationId.length) + 256,
+              bytes: boundText(item.content) + boundText(item.session) + boundText(item.conversationId) + 256,
               item,
               done: (outcome) => resume(Effect.succeed(outcome))
             })

@@ -3,8 +3,9 @@
  *
  * Every node writes one row of `quickim_nodes` every 2 s (shards held, active entities, open push
  * connections; the list of shards also routes batched relays, see ShardRoutes) and deletes it when
- * it stops; runners and their health come from Effect cluster's own `cluster_runners` table. So any node answers `GET /inner/cluster` for all of them with one
- * query each, and no node has to call another.
+ * it stops; runners and their health come from Effect cluster's own `cluster_runners` table. So any
+ * node answers `GET /inner/cluster` for all of them with one query each, and no node has to call
+ * another.
  *
  * The retention job (a cluster singleton: one node runs it) deletes processed cluster messages and
  * their replies older than `QUICKIM_CLUSTER_RETENTION`, and reports of nodes gone that long.

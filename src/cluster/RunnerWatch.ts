@@ -16,6 +16,12 @@ const HEARTBEAT_STALE_SECONDS = 5
 export class RunnerWatch extends Context.Service<RunnerWatch, {
   /** Calls `listener` whenever a runner that was healthy is no longer; returns the unsubscribe. */
   readonly onRunnerLeft: (listener: () => void) => () => void
+  /**
+   * At the last read (once a second), the healthy runners that had beaten within
+   * HEARTBEAT_STALE_SECONDS, with their heartbeat's age in seconds. ShardRoutes reads it too, so
+   * the runner table is read once a second per node, not once per reader.
+   */
+  readonly ages: () => ReadonlyMap<string, number>
 }>()("quick-im/cluster/RunnerWatch") {
   static readonly layer = Layer.effect(
     RunnerWatch,
@@ -23,14 +29,18 @@ export class RunnerWatch extends Context.Service<RunnerWatch, {
       const config = yield* AppConfig
       const sql = yield* SqlClient.SqlClient
       const listeners = new Set<() => void>()
+      /** Healthy runners that beat within HEARTBEAT_STALE_SECONDS, with their heartbeat's age in seconds. */
+      let ages = new Map<string, number>()
       if (Option.isSome(config.runnerPort)) {
         let known: ReadonlySet<string> | undefined = undefined
         // A killed runner is not always marked unhealthy soon (measured: still "healthy" 25 s after a
         // SIGKILL when the runner doing health checks was the one killed), but it stops beating.
-        yield* sql<{ address: string }>`SELECT address FROM cluster_runners
+        yield* sql<{ address: string; age: number }>`
+          SELECT address, extract(epoch FROM now() - last_heartbeat)::float8 AS age FROM cluster_runners
           WHERE healthy AND last_heartbeat > now() - make_interval(secs => ${HEARTBEAT_STALE_SECONDS})`.pipe(
           Effect.map((rows) => {
-            const healthy = new Set(rows.map((r) => r.address))
+            ages = new Map(rows.map((r) => [r.address, Number(r.age)]))
+            const healthy = new Set(ages.keys())
             const left = known !== undefined && [...known].some((a) => !healthy.has(a))
             known = healthy
             if (left) {
@@ -46,7 +56,8 @@ export class RunnerWatch extends Context.Service<RunnerWatch, {
         onRunnerLeft: (listener) => {
           listeners.add(listener)
           return () => listeners.delete(listener)
-        }
+        },
+        ages: () => ages
       })
     })
   )

@@ -7,13 +7,15 @@
  * costs a second hop, never a wrong delivery.
  *
  * Each node writes the default-group shards it holds into its `quickim_nodes` report (every 2 s,
- * NodeStatus); every node reads the reports of nodes whose runner beats, once a second.
+ * NodeStatus); every node reads the reports once a second and keeps those of nodes whose runner
+ * beats (RunnerWatch).
  */
 import { Context, Effect, Layer, Option, Schedule } from "effect"
 import { Sharding } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { AppConfig } from "../Config.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
+import { RunnerWatch } from "./RunnerWatch.ts"
 
 /** A runner whose heartbeat is older than this is not routed to (runners beat about once a second). */
 const HEARTBEAT_FRESH_SECONDS = 4
@@ -42,31 +44,28 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
       const sharding = yield* Sharding.Sharding
       const here = yield* LocalConnections
       const sql = yield* SqlClient.SqlClient
+      const runners = yield* RunnerWatch
       const holds = (entityId: string) => sharding.hasShardId(sharding.getShardId(entityId as any, "default"))
       if (Option.isNone(config.runnerPort)) {
         return ShardRoutes.of({ nodeOf: () => undefined, avoid: () => {}, gone: () => false, holds })
       }
       let routes = new Map<number, string>()
       const avoided = new Map<string, number>()
-      let live = new Set<string>()
+      /** Runners seen beating: one that stops is gone. */
       const seen = new Set<string>()
+      const live = (address: string) => (runners.ages().get(address) ?? Infinity) < HEARTBEAT_FRESH_SECONDS
 
       yield* Effect.gen(function* () {
-        const runners = yield* sql<{ address: string }>`
-          SELECT address FROM cluster_runners
-          WHERE healthy AND last_heartbeat > now() - make_interval(secs => ${HEARTBEAT_FRESH_SECONDS})`
-        live = new Set(runners.map((r) => r.address))
-        for (const address of live) seen.add(address)
+        for (const address of runners.ages().keys()) if (live(address)) seen.add(address)
         const rows = yield* sql<{ runner_address: string; shard_ids: string }>`
-          SELECT n.runner_address, n.shard_ids FROM quickim_nodes n
-            JOIN cluster_runners r ON r.address = n.runner_address
-          WHERE r.healthy AND r.last_heartbeat > now() - make_interval(secs => ${HEARTBEAT_FRESH_SECONDS})
-            AND n.updated_at > now() - make_interval(secs => ${REPORT_FRESH_SECONDS})
-          ORDER BY n.updated_at`
+          SELECT runner_address, shard_ids FROM quickim_nodes
+          WHERE runner_address IS NOT NULL AND updated_at > now() - make_interval(secs => ${REPORT_FRESH_SECONDS})
+          ORDER BY updated_at`
         const now = Date.now()
         const next = new Map<number, string>()
         // Newest report last: while a shard moves, the node that took it most recently wins.
         for (const row of rows) {
+          if (!live(row.runner_address)) continue
           if (row.runner_address === here.inbox) continue
           const until = avoided.get(row.runner_address)
           if (until !== undefined) {
@@ -77,7 +76,6 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
         }
         routes = next
       }).pipe(
-        // Before the first runner registered, cluster_runners may not exist yet.
         Effect.catchCause((cause) => Effect.logDebug("could not read shard routes", cause)),
         Effect.repeat(Schedule.spaced("1 second")),
         Effect.forkScoped
@@ -95,7 +93,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
           for (const [shard, node] of routes) if (node !== inbox) next.set(shard, node)
           routes = next
         },
-        gone: (inbox) => seen.has(inbox) && !live.has(inbox),
+        gone: (inbox) => seen.has(inbox) && !live(inbox),
         holds
       })
     })

@@ -37,13 +37,10 @@ export class ConversationSender extends Context.Service<ConversationSender, {
           if (inbox === undefined) return direct(item)
           return Effect.flatMap(outbox.send(inbox, item), (outcome) => {
             switch (outcome?._tag) {
-              case "Sent":
-                return Effect.succeed({
-                  msgId: outcome.msgId,
-                  seq: outcome.seq,
-                  sendTime: outcome.sendTime,
-                  duplicate: outcome.duplicate
-                })
+              case "Sent": {
+                const { _tag, ...sent } = outcome
+                return Effect.succeed(sent)
+              }
               case "Refused":
                 return Effect.fail(outcome.error)
               case "Failed":
