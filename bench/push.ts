@@ -10,6 +10,12 @@
  *
  *   npm run bench:push                 # everything
  *   BENCH_PAIRS_MESSAGES=2000 npm run bench:push -- ws   # smaller, one protocol
+ *   BENCH_NODES=1,3i,3l,3 BENCH_WORKLOADS=pairs BENCH_IDLE=0 npm run bench:push -- ws
+ *       # one node; three independent nodes; three nodes with local placement; three nodes (see quickIm)
+ *
+ * Tuning aids: BENCH_PERF=task-clock,context-switches counts perf events in the servers over the
+ * measured part; BENCH_PERF_RECORD=/tmp/x records CPU samples there; BENCH_SERVER_V8_FLAGS passes V8
+ * flags to the servers; BENCH_NODE=/path/to/node runs them under Node (BENCH_NODE_FLAGS=--cpu-prof).
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import * as Fs from "node:fs"
@@ -79,19 +85,42 @@ const sseConnect = async (url: string, onData: (data: string) => void) => {
   return () => controller.abort()
 }
 
+/** The default-group shard of an entity id, as Effect cluster computes it (its internal hashString). */
+const shardOf = (entityId: string, shardsPerGroup = 300) => {
+  let h = 5381
+  for (let i = entityId.length; i;) h = (h * 33) ^ entityId.charCodeAt(--i)
+  h = (h & 0xbfffffff) | ((h >>> 1) & 0x40000000)
+  return Math.abs(h % shardsPerGroup) + 1
+}
+
 /**
- * quick-im on `nodes` processes sharing one fresh database (multi-node mode when more than one):
- * user u connects to node u % nodes, and sends go to the nodes in turn, so in pairs most
- * deliveries cross nodes.
+ * quick-im on `nodes` processes. "spread" (the benchmark): one fresh database shared by all (multi-node
+ * mode when more than one); user u connects to node u % nodes, and sends go to the nodes in turn, so
+ * in pairs most deliveries cross nodes. Two diagnostics of what the crossing costs (pairs only):
+ * "independent", single nodes with a database each and conversation c with its members on node
+ * c % nodes (three processes on these cores with no cluster at all); "local", the same cluster as
+ * "spread" with conversation c and its members' Mailboxes placed on one node, which its members
+ * connect and send to (the cluster with nothing crossing nodes).
  */
-const quickIm = async (protocol: Proto, users: number, conversations: Array<ReadonlyArray<number>>, nodes = 1) => {
-  const dbName = `quickim_bench_${process.pid}_${Date.now().toString(36)}`
-  execFileSync("psql", [ADMIN, "-qAtc", `CREATE DATABASE ${dbName}`])
-  const spawnNode = async () =>
+const quickIm = async (
+  protocol: Proto,
+  users: number,
+  conversations: Array<ReadonlyArray<number>>,
+  nodes = 1,
+  placement: "spread" | "independent" | "local" = "spread"
+) => {
+  const independent = placement === "independent"
+  const local = placement === "local"
+  const stamp = `${process.pid}_${Date.now().toString(36)}`
+  // Independent nodes each have a database of their own; a cluster's nodes share one.
+  const dbNames = Array.from({ length: independent ? nodes : 1 }, (_, i) => `quickim_bench_${stamp}_${i}`)
+  for (const dbName of dbNames) execFileSync("psql", [ADMIN, "-qAtc", `CREATE DATABASE ${dbName}`])
+  const cluster = nodes > 1 && !independent
+  const spawnNode = async (i: number) =>
     spawnServer({
       env: {
-        ...(nodes > 1 ? { QUICKIM_RUNNER_HOST: "127.0.0.1", QUICKIM_RUNNER_PORT: String(await freePort()) } : {}),
-        DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${dbName}`),
+        ...(cluster ? { QUICKIM_RUNNER_HOST: "127.0.0.1", QUICKIM_RUNNER_PORT: String(await freePort()) } : {}),
+        DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${dbNames[independent ? i : 0]}`),
         QUICKIM_JWT_SECRET: "bench-secret-bench-secret",
         QUICKIM_DB_POOL: "16",
         // BENCH_SERVER_V8_FLAGS tries V8 settings on the server alone (the driver keeps its own).
@@ -108,28 +137,84 @@ const quickIm = async (protocol: Proto, users: number, conversations: Array<Read
         : {})
     })
   const servers: Array<NodeProcess> = []
-  for (let i = 0; i < nodes; i++) servers.push(await spawnNode())
+  for (let i = 0; i < nodes; i++) servers.push(await spawnNode(i))
   const server = servers[0]
-  if (nodes > 1) await new Promise((r) => setTimeout(r, 3000)) // shards assigned to every runner
+  if (cluster) await new Promise((r) => setTimeout(r, 3000)) // shards assigned to every runner
+  // Independent nodes: conversation c and its members live on node c % nodes, so nothing crosses.
+  const homeOfConversation = (c: number) => independent ? c % nodes : 0
+  const homeOfUser = new Map<number, number>()
+  if (independent || local) conversations.forEach((members, c) => members.forEach((m) => homeOfUser.set(m, c % nodes)))
+  // Local placement (a diagnostic): a cluster whose traffic never crosses nodes. Each conversation's
+  // members are named so that their Mailboxes' shards are on the node that hosts the conversation,
+  // and they connect and send there.
+  const names = Array.from({ length: users }, (_, u) => `u${u}`)
+  const nodeOfShard = new Map<number, number>()
+  if (local) {
+    // Every shard reported, by every node: the reports come every 2 s and shards settle after a join.
+    for (let tries = 0; nodeOfShard.size < 300 || new Set(nodeOfShard.values()).size < nodes; tries++) {
+      if (tries > 0) await new Promise((r) => setTimeout(r, 1000))
+      if (tries > 20) throw new Error("the nodes' reports do not cover every shard")
+      nodeOfShard.clear()
+      const rows = execFileSync("psql", [
+        ADMIN.replace(/\/[^/]*$/, `/${dbNames[0]}`),
+        "-qAtc",
+        "SELECT http_url, shard_ids FROM quickim_nodes"
+      ], { encoding: "utf8" }).trim().split("\n")
+      for (const row of rows) {
+        const [url, shards] = row.split("|")
+        const node = servers.findIndex((s) => new URL(s.url).port === new URL(url).port)
+        for (const id of shards.split(",")) if (id !== "" && node >= 0) nodeOfShard.set(Number(id), node)
+      }
+    }
+    const need = Array.from({ length: nodes }, () => 0)
+    conversations.forEach((members, c) => (need[c % nodes] += members.length))
+    const nameOn = new Map(need.map((_, n) => [n, [] as Array<string>]))
+    for (let k = 0, missing = users; missing > 0; k++) {
+      const name = `u${k}`
+      const list = nameOn.get(nodeOfShard.get(shardOf(name))!)!
+      if (list.length < need[nodeOfShard.get(shardOf(name))!]) {
+        list.push(name)
+        missing--
+      }
+    }
+    conversations.forEach((members, c) => members.forEach((m) => (names[m] = nameOn.get(c % nodes)!.pop()!)))
+  }
   const tokens: Array<string> = []
   for (let i = 0; i < users; i += 50) {
     tokens.push(
-      ...await Promise.all(Array.from({ length: Math.min(50, users - i) }, (_, k) => server.token(`u${i + k}`)))
+      ...await Promise.all(Array.from({ length: Math.min(50, users - i) }, (_, k) => server.token(names[i + k])))
     )
   }
   const ids: Array<string> = []
-  for (const members of conversations) {
-    const r = await server.post("/inner/create_conversation", { sessions: members.map((m) => `u${m}`) })
-    ids.push(r.body.data.ConversationId)
+  for (const [c, members] of conversations.entries()) {
+    for (;;) {
+      const r = await servers[homeOfConversation(c)].post("/inner/create_conversation", {
+        sessions: members.map((m) => names[m])
+      })
+      const id: string = r.body.data.ConversationId
+      // Local placement: created again until its shard is on the members' node (the others stay idle).
+      if (local && nodeOfShard.get(shardOf(id)) !== c % nodes) continue
+      ids.push(id)
+      break
+    }
   }
   const clients = servers.map((s) => makeHttpClient(s.url))
   let turn = 0
   const target: Target & { readonly stop: () => Promise<void> } = {
-    name: nodes > 1 ? `quick-im ${protocol}, ${nodes} nodes` : `quick-im ${protocol}`,
+    name: independent
+      ? `quick-im ${protocol}, ${nodes} independent nodes`
+      : local
+      ? `quick-im ${protocol}, ${nodes} nodes, local placement`
+      : nodes > 1
+      ? `quick-im ${protocol}, ${nodes} nodes`
+      : `quick-im ${protocol}`,
     pids: servers.map((s) => s.child.pid!),
     connect: async (user, onMessage) => {
       const base = `${
-        servers[user % nodes].url.replace("http", protocol === "ws" ? "ws" : "http")
+        servers[independent || local ? homeOfUser.get(user)! : user % nodes].url.replace(
+          "http",
+          protocol === "ws" ? "ws" : "http"
+        )
       }/notify?protoc=${protocol}&token=${tokens[user]}`
       if (protocol === "ws") {
         const ws = new WebSocket(base)
@@ -161,7 +246,7 @@ const quickIm = async (protocol: Proto, users: number, conversations: Array<Read
       }
     },
     send: async (from, conv, _members, content) => {
-      const node = turn++ % nodes
+      const node = independent || local ? conv % nodes : turn++ % nodes
       const tails = () => servers.map((s, i) => `--- node ${i} (${s.url}) ---\n${s.output().slice(-3000)}`).join("\n")
       const r = await clients[node].post("/send_msg", { conversation_id: ids[conv], content }, tokens[from]).catch(
         (error) => {
@@ -179,6 +264,19 @@ const quickIm = async (protocol: Proto, users: number, conversations: Array<Read
       }
     },
     stop: async () => {
+      if (cluster) {
+        // What crossed between nodes: relays sent, entity messages they carried, handed back (since
+        // start, warm-up included; each node reports every 2 s).
+        await new Promise((r) => setTimeout(r, 2500))
+        const view = await (await fetch(`${server.url}/inner/cluster`)).json()
+        const relays = view.data.Nodes.map((n: any) => n.Relays)
+        const sum = (k: string) => relays.reduce((a: number, r: any) => a + r[k], 0)
+        console.error(
+          `${nodes} nodes: ${sum("Sent")} relays carried ${sum("Carried")} entity messages (${
+            (sum("Carried") / Math.max(1, sum("Sent"))).toFixed(1)
+          } each), ${sum("HandedBack")} handed back`
+        )
+      }
       await Promise.all(servers.map((s) => s.stop()))
       // BENCH_LOG_DIR=/tmp/x keeps each server's output for a look afterwards.
       if (process.env.BENCH_LOG_DIR) {
@@ -187,9 +285,9 @@ const quickIm = async (protocol: Proto, users: number, conversations: Array<Read
       execFileSync("psql", [
         ADMIN,
         "-qAtc",
-        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname='${dbName}'`
+        `SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname LIKE 'quickim_bench_${stamp}_%'`
       ])
-      execFileSync("psql", [ADMIN, "-qAtc", `DROP DATABASE IF EXISTS ${dbName}`])
+      for (const dbName of dbNames) execFileSync("psql", [ADMIN, "-qAtc", `DROP DATABASE IF EXISTS ${dbName}`])
     }
   }
   return target
@@ -291,6 +389,19 @@ const runWorkload = async (
     await new Promise((r) => setTimeout(r, 50))
   }
   const before = procStat(target.pids)
+  // BENCH_PERF="task-clock,context-switches" counts those events in the servers over the measured part.
+  // BENCH_PERF_RECORD=/tmp/x records CPU samples instead, to /tmp/x.<target> (with
+  // BENCH_SERVER_V8_FLAGS=--perf-basic-prof for JavaScript names).
+  const perfArgs = process.env.BENCH_PERF_RECORD
+    ? ["record", "-F", "999", "-o", `${process.env.BENCH_PERF_RECORD}.${target.name.replace(/\W+/g, "-")}`]
+    : process.env.BENCH_PERF
+    ? ["stat", "-e", process.env.BENCH_PERF]
+    : undefined
+  const perf = perfArgs === undefined || target.name.startsWith("ceiling")
+    ? undefined
+    : spawn("perf", [...perfArgs, "-p", target.pids.join(",")], { stdio: ["ignore", "ignore", "pipe"] })
+  let perfOutput = ""
+  perf?.stderr!.on("data", (d) => (perfOutput += d))
   const driverBefore = process.cpuUsage()
   const postgresBefore = postgresCpuUs()
   const started = performance.now()
@@ -314,6 +425,11 @@ const runWorkload = async (
   }
   const seconds = (lastDelivery - started) / 1000
   const after = procStat(target.pids)
+  if (perf !== undefined) {
+    perf.kill("SIGINT")
+    await new Promise((r) => perf.once("close", r))
+    console.error(`${workload} ${target.name}, perf over ${messages} sends:\n${perfOutput.trim()}`)
+  }
   const driverCpu = process.cpuUsage(driverBefore)
   const busy = (us: number) => (us / 1e6 / seconds).toFixed(2)
   acks.sort((a, b) => a - b)
@@ -366,15 +482,21 @@ const workloads = (process.env.BENCH_WORKLOADS ?? "pairs,group").split(",")
   await c.stop()
 }
 // BENCH_NODES=1,3 runs each workload on one node and on three (multi-node mode, same machine).
-const nodeCounts = (process.env.BENCH_NODES ?? "1").split(",").map(Number)
+// "3i": three independent single nodes, each with its own database and a third of the pairs (its
+// conversations' members connect to it and send to it): what three processes on this machine do with
+// no cross-node work at all, the bound for a three-node cluster here.
+const nodeCounts = (process.env.BENCH_NODES ?? "1").split(",")
 for (const protocol of protocols) {
-  for (const nodes of nodeCounts) {
+  for (const spec of nodeCounts) {
+    const nodes = parseInt(spec, 10)
+    const placement = spec.endsWith("i") ? "independent" : spec.endsWith("l") ? "local" : "spread"
+    const independent = placement === "independent"
     if (workloads.includes("pairs")) {
-      const p = await quickIm(protocol, PAIRS * 2, pairs, nodes)
+      const p = await quickIm(protocol, PAIRS * 2, pairs, nodes, placement)
       results.push(await runWorkload("pairs", p, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS, PAIRS_WARMUP))
       await p.stop()
     }
-    if (workloads.includes("group")) {
+    if (workloads.includes("group") && !independent) {
       const g = await quickIm(protocol, GROUP, group, nodes)
       results.push(await runWorkload("group", g, GROUP, group, GROUP_MESSAGES, 4, GROUP_WARMUP))
       await g.stop()
@@ -413,15 +535,18 @@ const table = [
     } |`
   })
 ].join("\n")
-const summary = `${table}\n\nIdle: ${IDLE} WebSocket connections held with ${idleRss.toFixed(0)} MB RSS.\n`
+const idleLine = IDLE > 0 ? `\n\nIdle: ${IDLE} WebSocket connections held with ${idleRss.toFixed(0)} MB RSS.` : ""
+const summary = `${table}${idleLine}\n`
 console.log(summary)
 const machine = `${Os.cpus().length} cores, ${Math.round(Os.totalmem() / 2 ** 30)} GiB, ${Os.cpus()[0]?.model ?? "cpu"}`
 Fs.appendFileSync(
   Path.join(root, "bench/RESULTS.md"),
   `\n## Push benchmark — ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC\n\n`
-    + `Machine: ${machine}; quick-im on Deno (${
-      nodeCounts.join(" and ")
-    } node(s)), PostgreSQL 15, every message persisted; driver (Deno) on the same cores. `
+    + `Machine: ${machine}; quick-im on Deno (${nodeCounts.join(", ")} node(s)${
+      nodeCounts.some((n) => /[il]$/.test(n))
+        ? '; "independent": single nodes with a database each and a third of the pairs each, nothing crossing; "local placement": one cluster with each conversation and its members\' Mailboxes on one node, nothing crossing'
+        : ""
+    }), PostgreSQL 15, every message persisted; driver (Deno) on the same cores. `
     + `pairs: ${PAIRS} conversations × 2 members, ${PAIRS_MESSAGES} messages, ${PAIRS_SENDERS} senders (each message is delivered to both members); `
     + `group: ${GROUP} members, ${GROUP_MESSAGES} messages. "× ceiling" is sends/s (pairs) or deliveries/s (group) over the plain ws broadcast's.\n\n`
     + summary
