@@ -3,7 +3,7 @@
  * the HTTP gateway. `main.ts` launches it; tests build it with their own settings.
  */
 import { NodeClusterSocket, NodeCrypto, NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, Option, References } from "effect"
+import { Effect, Layer, Option } from "effect"
 import { RunnerAddress, ShardingConfig, SingleRunner } from "effect/cluster"
 import { HttpRouter } from "effect/http"
 import { HttpApiBuilder } from "effect/http-api"
@@ -28,6 +28,10 @@ import { Tokens } from "./server/Tokens.ts"
 import { ConversationStore } from "./storage/ConversationStore.ts"
 import { DatabaseLive } from "./storage/Database.ts"
 import { Replay } from "./storage/Replay.ts"
+import { LoggingLive } from "./observability/Logging.ts"
+import { TracingLive } from "./observability/Tracing.ts"
+import { MetricsRoute } from "./observability/MetricsRoute.ts"
+import { Telemetry } from "./observability/Telemetry.ts"
 
 /**
  * One node (`QUICKIM_RUNNER_PORT` unset): a SingleRunner. Several: a runner on the cluster's socket
@@ -76,14 +80,15 @@ const ClusterLive = Layer.unwrap(Effect.gen(function* () {
 })).pipe(Layer.provide(NodeCrypto.layerDigest))
 
 const CoreLive = Layer.mergeAll(ConversationStore.layer, Replay.layer, Tokens.layer).pipe(
-  Layer.provideMerge(DatabaseLive)
+  Layer.provideMerge(DatabaseLive),
+  Layer.provideMerge(Telemetry.layer)
 )
 
 const HttpLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const gateway = yield* WebSocketGateway
   const routes = HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive))
-  return HttpRouter.serve(Layer.mergeAll(routes, NotifyRoutes, EdgeLive, CorsLive), {
+  return HttpRouter.serve(Layer.mergeAll(routes, NotifyRoutes, MetricsRoute, EdgeLive, CorsLive), {
     disableLogger: !config.accessLog
   }).pipe(
     Layer.provideMerge(
@@ -110,8 +115,8 @@ export const AppLive = NodeReporterLive.pipe(
   Layer.provideMerge(RunnerWatch.layer),
   Layer.provideMerge(ClusterLive),
   Layer.provideMerge(CoreLive),
-  // No span exporter is configured yet: recording spans nobody reads costs CPU on every request.
-  Layer.provide(Layer.succeed(References.TracerEnabled, false))
+  Layer.provide(TracingLive),
+  Layer.provide(LoggingLive)
 )
 
 /** The node with settings from the environment. */

@@ -2,7 +2,7 @@
  * Every setting of a node, read from the environment in one place. Runner (cluster) settings
  * are passed to Effect cluster explicitly so unprefixed variables such as `PORT` never move a runner.
  */
-import { Config, Context, Duration, Layer, Option, Redacted } from "effect"
+import { Config, Context, Duration, Layer, type LogLevel, Option, Redacted } from "effect"
 
 export interface AppSettings {
   readonly port: number
@@ -21,6 +21,12 @@ export interface AppSettings {
   /** Group commits a node has in flight at once; what queues meanwhile joins the next one. */
   readonly commitsInFlight: number
   readonly accessLog: boolean
+  /** `json` (one object per line), `pretty`, or `auto`: pretty on a terminal, JSON otherwise. */
+  readonly logFormat?: "auto" | "json" | "pretty"
+  readonly logLevel?: LogLevel.LogLevel
+  /** OTLP/HTTP collector base URL (spans go to `<url>/v1/traces`); tracing is off without it. */
+  readonly otlpEndpoint?: string | undefined
+  readonly otlpServiceName?: string
   readonly resumeWindow: Duration.Duration
   readonly connectionBuffer: number
   readonly mailboxIdle: Duration.Duration
@@ -68,6 +74,15 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   groupCommitMax: Config.Int("QUICKIM_GROUP_COMMIT_MAX").pipe(Config.withDefault(256)),
   commitsInFlight: Config.Int("QUICKIM_COMMITS_IN_FLIGHT").pipe(Config.withDefault(1)),
   accessLog: Config.Boolean("QUICKIM_ACCESS_LOG").pipe(Config.withDefault(false)),
+  logFormat: Config.Literals(["auto", "json", "pretty"], "QUICKIM_LOG_FORMAT").pipe(
+    Config.withDefault("auto" as const)
+  ),
+  logLevel: Config.LogLevel("QUICKIM_LOG_LEVEL").pipe(Config.withDefault("Info" as const)),
+  otlpEndpoint: Config.String("QUICKIM_OTLP_ENDPOINT").pipe(
+    Config.withDefault(""),
+    Config.map((s) => s.trim() === "" ? undefined : s.trim().replace(/\/+$/, ""))
+  ),
+  otlpServiceName: Config.String("QUICKIM_OTLP_SERVICE_NAME").pipe(Config.withDefault("quick-im")),
   resumeWindow: Config.Duration("QUICKIM_RESUME_WINDOW").pipe(Config.withDefault(Duration.seconds(15))),
   connectionBuffer: Config.Int("QUICKIM_CONNECTION_BUFFER").pipe(Config.withDefault(1000)),
   mailboxIdle: Config.Duration("QUICKIM_MAILBOX_IDLE").pipe(Config.withDefault(Duration.minutes(2))),

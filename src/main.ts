@@ -5,6 +5,7 @@ import { Effect, Layer } from "effect"
 import { MainLive } from "./App.ts"
 import { clusterStatus } from "./cli/ClusterStatus.ts"
 import { AppConfig } from "./Config.ts"
+import { LoggingLive } from "./observability/Logging.ts"
 import { DatabaseLive } from "./storage/Database.ts"
 
 restore()
@@ -17,7 +18,7 @@ if (command === "cluster") {
   const program = command === "migrate"
     ? Effect.gen(function* () {
       yield* Effect.logInfo("database migrated")
-    }).pipe(Effect.provide(DatabaseLive.pipe(Layer.provide(AppConfig.layer))))
+    }).pipe(Effect.provide(Layer.merge(DatabaseLive, LoggingLive).pipe(Layer.provide(AppConfig.layer))))
     : command === "serve"
     ? Layer.launch(MainLive)
     : Effect.logError(`unknown command '${command}': use 'serve', 'migrate' or 'cluster status'`).pipe(

@@ -125,6 +125,22 @@ export class NodeStatus extends Context.Service<NodeStatus, {
   )
 }
 
+/** The default-group shards (Conversations and Mailboxes) this node holds now. */
+export const heldShards = (sharding: Sharding.Sharding["Service"], shardsPerGroup: number) => {
+  const held: Array<number> = []
+  for (let i = 1; i <= shardsPerGroup; i++) {
+    if (sharding.hasShardId(ShardId.make("default", i))) held.push(i)
+  }
+  return held
+}
+
+/** Conversation and Mailbox entities active on this node (the NodeInbox left out). */
+export const activeEntities = (sharding: Sharding.Sharding["Service"], here: LocalConnections["Service"]) =>
+  Effect.map(sharding.activeEntityCount, (entities) => {
+    const mailboxes = here.mailboxes.size
+    return { conversations: Math.max(0, entities - mailboxes - here.inboxes.active), mailboxes }
+  })
+
 /**
  * This node's report every 2 s, and the retention singleton. It needs the HTTP server (the URL
  * it really serves on), so App.ts puts it above the gateway.
@@ -141,19 +157,13 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
   const url = config.publicUrl ?? `http://${host}:${"port" in bound ? bound.port : config.port}`
 
   const report = Effect.gen(function* () {
-    const held: Array<number> = []
-    for (let i = 1; i <= config.shardsPerGroup; i++) {
-      if (sharding.hasShardId(ShardId.make("default", i))) held.push(i)
-    }
+    const held = heldShards(sharding, config.shardsPerGroup)
     const shards = held.length
     const shardIds = held.join(",")
-    const entities = yield* sharding.activeEntityCount
-    const mailboxes = here.mailboxes.size
+    const { conversations, mailboxes } = yield* activeEntities(sharding, here)
     yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, shards, shard_ids, conversations, mailboxes, ws, sse, poll,
             relays, relayed, handed_back)
-          VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${shardIds}, ${
-      Math.max(0, entities - mailboxes - here.inboxes.active)
-    }, ${mailboxes},
+          VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${shardIds}, ${conversations}, ${mailboxes},
             ${here.open.ws}, ${here.open.sse}, ${here.open.poll},
             ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack})
           ON CONFLICT (node_id) DO UPDATE SET shards = EXCLUDED.shards, shard_ids = EXCLUDED.shard_ids,

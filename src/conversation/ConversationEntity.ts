@@ -4,7 +4,7 @@
  * mailbox in batches, so sends that arrive together share one transaction (group commit).
  * A send is answered only after its transaction committed.
  */
-import { Cause, Clock, Duration, Effect, Layer, Option, Queue, Schedule } from "effect"
+import { Cause, Clock, Duration, Effect, Layer, Metric, Option, Queue, Schedule, Tracer } from "effect"
 import { Entity, type Envelope } from "effect/cluster"
 import { AppConfig } from "../Config.ts"
 import {
@@ -23,6 +23,8 @@ import { chunked } from "../cluster/NodeInbox.ts"
 import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
+import { entityActivations } from "../observability/Telemetry.ts"
+import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { Mailbox } from "../push/Protocol.ts"
 import { Conversation, type Send, type SentMessage } from "./Protocol.ts"
 
@@ -37,6 +39,8 @@ interface Loaded {
 interface Delivery {
   readonly members: ReadonlyArray<string>
   readonly messages: ReadonlyArray<MsgData>
+  /** The commit's span, when tracing: the hand-over continues its trace. */
+  readonly span?: Tracer.Span
 }
 
 /** How long a stopping conversation waits for its hand-overs before leaving them to its next host. */
@@ -53,8 +57,11 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
     Effect.gen(function* () {
       const address = yield* Entity.CurrentAddress
       const id = address.entityId
+      yield* Metric.update(entityActivations("Conversation"), 1)
       const store = yield* ConversationStore
       const config = yield* AppConfig
+      const debug = debugEnabled(config.logLevel)
+      const tracing = config.otlpEndpoint !== undefined
       const mailboxes = yield* Mailbox.client
       const here = yield* LocalConnections
       const routes = yield* ShardRoutes
@@ -79,18 +86,21 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
           Effect.timeout(DELIVER_DEADLINE),
           Effect.catchCause((cause) =>
             Effect.logWarning("push to mailbox failed; the member resumes by cursor", cause).pipe(
-              Effect.annotateLogs({ conversationId: id, session: member })
+              Effect.annotateLogs({ ...aboutMessages(id, messages.map((m) => m.MsgId)), session: member })
             )
           )
         )
-      yield* Effect.gen(function* () {
-        const { members, messages } = yield* Queue.take(deliveries)
+      const handOver = Effect.fnUntraced(function* ({ members, messages }: Delivery) {
         const entityMessage: Array<string> = []
         let byNode: Map<string, Array<string>> | undefined = undefined
         for (const member of members) {
           const direct = here.mailboxes.get(member)
           if (direct !== undefined) {
-            direct(messages)
+            if (tracing) {
+              yield* Effect.sync(() => direct(messages)).pipe(
+                Effect.withSpan("Mailbox.deliver", { attributes: { session: member } })
+              )
+            } else direct(messages)
             continue
           }
           const node = routes.nodeOf(member)
@@ -113,7 +123,22 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
           if (rest.length > 0) yield* Effect.forEach(rest, deliverOne(part), { concurrency: 64, discard: true })
         }
         undelivered--
-      }).pipe(Effect.forever, Effect.forkScoped)
+      })
+      yield* Queue.take(deliveries).pipe(
+        Effect.flatMap((delivery) =>
+          delivery.span === undefined ? handOver(delivery) : handOver(delivery).pipe(
+            Effect.withSpan("Conversation.deliver", {
+              parent: delivery.span,
+              attributes: {
+                ...aboutMessages(id, delivery.messages.map((m) => m.MsgId)),
+                members: delivery.members.length
+              }
+            })
+          )
+        ),
+        Effect.forever,
+        Effect.forkScoped
+      )
       // Passivation or a shard moving to another node (join, graceful stop): hand over what is
       // committed before the fiber stops, so connected members miss nothing. The wait is short:
       // a Mailbox on this node's shards moves with it and cannot take anything until this node has
@@ -196,7 +221,34 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             for (const r of requests) yield* replier.failCause(r as any, defect as any)
           })
 
-        const handleSends = (requests: ReadonlyArray<SendRequest>) =>
+        /** The span a request came with (its sender's trace), if any. */
+        const spanOf = (request: Request) =>
+          request.traceId !== undefined && request.spanId !== undefined
+            ? Tracer.externalSpan({
+              traceId: request.traceId,
+              spanId: request.spanId,
+              sampled: request.sampled ?? true
+            })
+            : undefined
+
+        /** One group commit, traced as a child of the first send's span (the others are linked). */
+        const handleSends = (requests: ReadonlyArray<SendRequest>) => {
+          if (!tracing) return commitSends(requests)
+          const parent = spanOf(requests[0])
+          const links = requests.slice(1).flatMap((r) => {
+            const span = spanOf(r)
+            return span === undefined ? [] : [{ span, attributes: {} }]
+          })
+          return commitSends(requests).pipe(
+            Effect.withSpan("Conversation.commit", {
+              ...(parent === undefined ? {} : { parent }),
+              links,
+              attributes: { conversationId: id, sends: requests.length }
+            })
+          )
+        }
+
+        const commitSends = (requests: ReadonlyArray<SendRequest>) =>
           Effect.gen(function* () {
             const current = yield* load
             if (current === null) {
@@ -262,8 +314,18 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               const last = rows[rows.length - 1]
               state.lastSeq = last.seq
               state.lastMsgId = last.msg_id
+              if (debug) {
+                yield* Effect.logDebug("messages committed").pipe(
+                  Effect.annotateLogs(aboutMessages(id, rows.map((r) => r.msg_id)))
+                )
+              }
               undelivered++
-              Queue.offerUnsafe(deliveries, { members: [...state.members.keys()], messages: rows.map(toMsgData) })
+              const span = tracing ? Option.getOrUndefined(yield* Effect.option(Effect.currentSpan)) : undefined
+              Queue.offerUnsafe(deliveries, {
+                members: [...state.members.keys()],
+                messages: rows.map(toMsgData),
+                ...(span === undefined ? {} : { span })
+              })
             }
             for (const [r, answer] of answers) {
               if (answer instanceof NotMember) yield* fail(r, answer)

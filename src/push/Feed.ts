@@ -23,6 +23,7 @@ import { Replay } from "../storage/Replay.ts"
 import { AppConfig } from "../Config.ts"
 import { type ConnectionSink, LocalConnections } from "./LocalConnections.ts"
 import { Mailbox, SlowConsumer } from "./Protocol.ts"
+import { recordReplay } from "../observability/Telemetry.ts"
 
 /** Writes messages to a transport; false when its buffer is full (the connection is then cut as a slow consumer). */
 export type Write = (messages: ReadonlyArray<MsgData>) => boolean
@@ -137,10 +138,13 @@ export class Feed extends Context.Service<Feed, {
         yield* Effect.addFinalizer(() => Effect.sync(() => here.sinks.delete(connectionId)))
 
         const catchUp = (from: string) => {
+          let replayed = 0
           return replay.after(session, from).pipe(
-            Stream.runForEachArray((messages) =>
-              emit(messages) ? Effect.void : Effect.fail(new SlowConsumer({ buffered: buffer }))
-            )
+            Stream.runForEachArray((messages) => {
+              replayed += messages.length
+              return emit(messages) ? Effect.void : Effect.fail(new SlowConsumer({ buffered: buffer }))
+            }),
+            Effect.andThen(Effect.suspend(() => recordReplay(replayed)))
           )
         }
 

@@ -5,7 +5,7 @@
  * Long-poll platforms get a pending queue that outlives each request, so what arrives between
  * polls comes with the next one; its position is kept in SQL across passivation and restarts.
  */
-import { Cause, Deferred, Effect, Layer, Option, Queue, Schedule, Stream } from "effect"
+import { Cause, Deferred, Effect, Layer, Metric, Option, Queue, Schedule, Stream } from "effect"
 import { Entity } from "effect/cluster"
 import { randomUUID } from "node:crypto"
 import { Rpc } from "effect/rpc"
@@ -16,6 +16,7 @@ import { Replay } from "../storage/Replay.ts"
 import { type ConnectionSink, LocalConnections } from "./LocalConnections.ts"
 import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import { Mailbox, type PushEvent, SlowConsumer } from "./Protocol.ts"
+import { entityActivations, recordReplay } from "../observability/Telemetry.ts"
 
 interface Connection {
   readonly platform: number
@@ -90,6 +91,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
   Mailbox.toLayer(
     Effect.gen(function* () {
       const session = (yield* Entity.CurrentAddress).entityId
+      yield* Metric.update(entityActivations("Mailbox"), 1)
       // This activation: connections write only what the mailbox they subscribed to pushes (Feed).
       const incarnation = randomUUID()
       const replay = yield* Replay
@@ -141,6 +143,7 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
           const backlog = yield* Stream.runCollect(replay.after(session, from)).pipe(
             Effect.onError(() => Effect.sync(() => (state.opening = false)))
           )
+          yield* recordReplay(backlog.length)
           // The backlog comes first, whole: it is a snapshot in MsgId order, so it holds every message
           // of a conversation up to its newest one there. Live messages it also holds are dropped from
           // the live part, not from the backlog: moving one behind a newer message of its

@@ -9,6 +9,7 @@ import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { RunnerWatch } from "../cluster/RunnerWatch.ts"
+import { Telemetry } from "../observability/Telemetry.ts"
 import { Feed } from "./Feed.ts"
 import { LocalConnections } from "./LocalConnections.ts"
 import { messageJson } from "./Frames.ts"
@@ -43,6 +44,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
   const feed = yield* Feed
   const mailboxes = yield* Mailbox.client
   const here = yield* LocalConnections
+  const telemetry = yield* Telemetry
   const watch = yield* RunnerWatch
   const heartbeat = Duration.toMillis(config.sseHeartbeat)
   const waitMs = Duration.toMillis(config.pollWait)
@@ -79,6 +81,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
               unwatch()
             }))
           )
+          if (message !== null) telemetry.deliveries.poll++
           return message === null
             ? HttpServerResponse.empty({ status: 204 })
             : HttpServerResponse.jsonUnsafe(message, { headers: { "cache-control": "no-store" } })
@@ -88,10 +91,14 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
             Stream.onStart(Effect.sync(() => here.open.sse++)),
             Stream.ensuring(Effect.sync(() => here.open.sse--)),
             Stream.chunks,
-            Stream.map(sseEvents),
+            Stream.map((messages) => {
+              telemetry.deliveries.sse += messages.length
+              return sseEvents(messages)
+            }),
             // A slow reader or a failure ends the stream with a reason; EventSource reconnects with Last-Event-ID.
             Stream.catchCause((cause) => {
               const slow = cause.reasons.some((r) => r._tag === "Fail" && (r.error as any)?._tag === "SlowConsumer")
+              if (slow) telemetry.slowConsumers.sse++
               return Stream.succeed(encoder.encode(
                 `event: error\ndata: ${
                   JSON.stringify(

@@ -13,6 +13,7 @@ import type { Duplex } from "node:stream"
 import { WebSocket, WebSocketServer } from "ws"
 import { AppConfig } from "../Config.ts"
 import { Feed } from "./Feed.ts"
+import { Telemetry } from "../observability/Telemetry.ts"
 import { LocalConnections } from "./LocalConnections.ts"
 import { messageJson } from "./Frames.ts"
 import { isNotifyPath, type NotifyRefusal, parseNotify } from "./Notify.ts"
@@ -50,6 +51,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
       const context = yield* Effect.context<Feed | AppConfig | import("../server/Tokens.ts").Tokens>()
       const feed = yield* Feed
       const here = yield* LocalConnections
+      const telemetry = yield* Telemetry
       const config = yield* AppConfig
       const pingEvery = Duration.toMillis(config.wsPing)
       // Bytes queued in a socket's send buffer before the connection is cut as a slow consumer.
@@ -83,12 +85,14 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
           Effect.scoped(feed.attach(session, platform, cursor, (messages) => {
             if (ws.bufferedAmount > maxBuffered) return false
             for (const message of messages) ws.send(messageJson(message), TEXT)
+            telemetry.deliveries.ws += messages.length
             return true
           }))
         )
         fiber.addObserver((exit) => {
           if (Exit.isSuccess(exit)) return close(CloseCode.Restart, "stream ended: reconnect with last_msg_id")
           const slow = exit.cause.reasons.some((r) => r._tag === "Fail" && (r.error as any)?._tag === "SlowConsumer")
+          if (slow) telemetry.slowConsumers.ws++
           if (slow) return close(CloseCode.SlowConsumer, "slow consumer: reconnect with last_msg_id")
           if (Cause.hasInterruptsOnly(exit.cause)) {
             return close(CloseCode.Restart, "server restarting: reconnect with last_msg_id")

@@ -55,28 +55,43 @@ const sameSecret = (a: string, b: string) => {
   return x.length === y.length && timingSafeEqual(x, y)
 }
 
+/**
+ * The inner guard's check of one request: the source address in `QUICKIM_INNER_ALLOW` and, when
+ * `QUICKIM_ADMIN_KEY` is set, the key in its header. Also guards `/metrics`.
+ */
+export const makeInnerCheck = Effect.gen(function* () {
+  const config = yield* AppConfig
+  const allowed = yield* Effect.try(() => makeAllowList(config.innerAllow))
+  const adminKey = Option.map(config.adminKey, Redacted.value).pipe(Option.filter((k) => k.length > 0))
+  return (request: HttpServerRequest.HttpServerRequest): Effect.Effect<void, Forbidden> => {
+    const remote = Option.getOrElse(request.remoteAddress, () => "")
+    if (!allowed(remote)) {
+      return Effect.fail(
+        new Forbidden({
+          code: ErrorCode.NotAllowed,
+          error: `inner endpoints are not allowed from ${remote || "an unknown address"}`
+        })
+      )
+    }
+    if (Option.isSome(adminKey)) {
+      const presented = request.headers[ADMIN_KEY_HEADER] ?? ""
+      if (!sameSecret(presented, adminKey.value)) {
+        return Effect.fail(
+          new Forbidden({ code: ErrorCode.NotAllowed, error: `missing or wrong ${ADMIN_KEY_HEADER}` })
+        )
+      }
+    }
+    return Effect.void
+  }
+})
+
 export const InnerGuardLive = Layer.effect(
   InnerGuard,
   Effect.gen(function* () {
-    const config = yield* AppConfig
-    const allowed = yield* Effect.try(() => makeAllowList(config.innerAllow))
-    const adminKey = Option.map(config.adminKey, Redacted.value).pipe(Option.filter((k) => k.length > 0))
+    const check = yield* makeInnerCheck
     return InnerGuard.of((httpEffect) =>
       Effect.gen(function* () {
-        const request = yield* HttpServerRequest.HttpServerRequest
-        const remote = Option.getOrElse(request.remoteAddress, () => "")
-        if (!allowed(remote)) {
-          return yield* new Forbidden({
-            code: ErrorCode.NotAllowed,
-            error: `inner endpoints are not allowed from ${remote || "an unknown address"}`
-          })
-        }
-        if (Option.isSome(adminKey)) {
-          const presented = request.headers[ADMIN_KEY_HEADER] ?? ""
-          if (!sameSecret(presented, adminKey.value)) {
-            return yield* new Forbidden({ code: ErrorCode.NotAllowed, error: `missing or wrong ${ADMIN_KEY_HEADER}` })
-          }
-        }
+        yield* check(yield* HttpServerRequest.HttpServerRequest)
         return yield* httpEffect
       })
     )

@@ -10,6 +10,7 @@ import { Headers, HttpIncomingMessage, HttpRouter, HttpServerRequest, HttpServer
 import { HttpApiError } from "effect/http-api"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
+import { Telemetry } from "../observability/Telemetry.ts"
 
 const envelope = (status: number, code: number, error: string) =>
   HttpServerResponse.jsonUnsafe({ code, error }, { status })
@@ -64,6 +65,7 @@ const fillEmpty = (response: HttpServerResponse.HttpServerResponse, tooLarge: st
 
 export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
+  const telemetry = yield* Telemetry
   const maxBody = ByteSize.bytes(config.maxBodyBytes)
   const tooLarge = `request body is larger than ${config.maxBodyBytes} bytes`
   return HttpRouter.middleware(
@@ -78,7 +80,8 @@ export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
           Effect.provideService(HttpServerRequest.HttpServerRequest, asJson),
           Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBody),
           Effect.map((response) => fillEmpty(response, tooLarge)),
-          Effect.catchCause((cause) => fromCause(cause, tooLarge))
+          Effect.catchCause((cause) => fromCause(cause, tooLarge)),
+          Effect.tap((response) => Effect.sync(() => telemetry.request(request.url, response.status)))
         )
       }),
     { global: true }

@@ -2,7 +2,7 @@
  * HTTP handlers: translate requests into Conversation entity messages (writes) and SQL reads.
  * Business rules live in the entity; here only the caller's identity and membership for reads.
  */
-import { Effect, Layer, Option } from "effect"
+import { Effect, Exit, Layer, Metric, Option } from "effect"
 import { HttpApiBuilder } from "effect/http-api"
 import { randomUUID } from "node:crypto"
 import { Api } from "../api/Api.ts"
@@ -16,6 +16,7 @@ import { ConversationStore, PAGE } from "../storage/ConversationStore.ts"
 import { AuthorizationLive, InnerGuardLive } from "./Access.ts"
 import { mappedFor } from "./ErrorMapping.ts"
 import { AppConfig } from "../Config.ts"
+import { sendDuration, sendsTotal, timed } from "../observability/Telemetry.ts"
 import { Tokens } from "./Tokens.ts"
 
 /** Reads are for current members only; a non-member learns whether the conversation exists. */
@@ -107,7 +108,23 @@ const MessageHandlers = HttpApiBuilder.group(
             type: payload.type,
             content: payload.content,
             ...(payload.client_msg_id === undefined ? {} : { clientMsgId: payload.client_msg_id })
-          })
+          }).pipe(
+            Effect.onExit((exit) =>
+              Metric.update(
+                sendsTotal(
+                  Exit.isSuccess(exit)
+                    ? exit.value.duplicate ? "duplicate" : "accepted"
+                    : exit.cause.reasons.some((r) =>
+                        r._tag === "Fail" && (r.error instanceof NotMember || r.error instanceof ConversationNotFound)
+                      )
+                    ? "refused"
+                    : "failed"
+                ),
+                1
+              )
+            ),
+            (send) => timed(sendDuration, send)
+          )
           return { code: 0 as const, data: { MsgID: sent.msgId } }
         }).pipe(mapped),
       get_conversation_msg_by_range: ({ payload: p }) =>

@@ -7,6 +7,7 @@ import { SqlClient, type SqlError } from "effect/sql"
 import type { ConversationDetail, MsgData } from "../domain/Conversation.ts"
 import { AppConfig } from "../Config.ts"
 import { makeCommitBatcher } from "./CommitBatcher.ts"
+import { queryDuration, timed } from "../observability/Telemetry.ts"
 
 export interface ConversationState {
   readonly conversationType: number
@@ -57,6 +58,18 @@ export const RANGE_LIMIT = 1000
 
 type Sql<A> = Effect.Effect<A, SqlError.SqlError>
 
+/** Every store operation timed into `quickim_db_query_duration_seconds{op}`. */
+const timedStore = (store: ConversationStore["Service"]): ConversationStore["Service"] => {
+  const out: Record<string, unknown> = {}
+  for (const [op, value] of Object.entries(store)) {
+    const metric = queryDuration(op)
+    out[op] = Effect.isEffect(value)
+      ? timed(metric, value)
+      : (...args: Array<unknown>) => timed(metric, (value as (...a: Array<unknown>) => Effect.Effect<unknown>)(...args))
+  }
+  return ConversationStore.of(out as unknown as ConversationStore["Service"])
+}
+
 export class ConversationStore extends Context.Service<ConversationStore, {
   readonly load: (id: string) => Sql<Option.Option<ConversationState>>
   readonly create: (id: string, conversationType: number, sessions: ReadonlyArray<string>) => Sql<void>
@@ -92,7 +105,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
         return rowsAreDesc === desc ? out : out.reverse()
       }
 
-      return ConversationStore.of({
+      return timedStore({
         load: (id) =>
           Effect.gen(function* () {
             const rows = yield* sql<{

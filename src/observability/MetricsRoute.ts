@@ -1,0 +1,103 @@
+/**
+ * `GET /metrics`: the node's metrics in Prometheus text format (Effect's PrometheusMetrics over its
+ * metric registry), behind the inner guard like `inner/*`. Each scrape first folds the plain
+ * counters of the hot paths (Telemetry) and the node's current state into the registry.
+ */
+import { Effect, Layer, Metric } from "effect"
+import { Sharding } from "effect/cluster"
+import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import { PrometheusMetrics } from "effect/observability"
+import { AppConfig } from "../Config.ts"
+import { heldShards } from "../cluster/NodeStatus.ts"
+import { NodeOutbox } from "../cluster/NodeOutbox.ts"
+import { LocalConnections } from "../push/LocalConnections.ts"
+import { makeInnerCheck } from "../server/Access.ts"
+import { type PushProtocol, Telemetry } from "./Telemetry.ts"
+
+const PROTOCOLS: ReadonlyArray<PushProtocol> = ["ws", "sse", "poll"]
+
+const counter = (name: string, description: string, attributes: Record<string, string> = {}) =>
+  Metric.counter(name, { description, attributes, incremental: true })
+
+const gauge = (name: string, description: string, attributes: Record<string, string> = {}) =>
+  Metric.gauge(name, { description, attributes })
+
+export const MetricsRoute = Layer.unwrap(Effect.gen(function* () {
+  const config = yield* AppConfig
+  const telemetry = yield* Telemetry
+  const here = yield* LocalConnections
+  const outbox = yield* NodeOutbox
+  const sharding = yield* Sharding.Sharding
+  const check = yield* makeInnerCheck
+
+  /** What each plain counter had reached at the last scrape: the registry takes the difference. */
+  const exported = new Map<string, number>()
+  const fold = (key: string, metric: Metric.Metric<number, unknown>, total: number) => {
+    const delta = total - (exported.get(key) ?? 0)
+    exported.set(key, total)
+    return delta > 0 ? Metric.update(metric, delta) : Effect.void
+  }
+  const set = (metric: Metric.Metric<number, unknown>, value: number) => Metric.update(metric, value)
+
+  const collect: Effect.Effect<void> = Effect.gen(function* () {
+    for (const [key, total] of telemetry.requests) {
+      const [route, code] = key.split("|")
+      yield* fold(
+        `http:${key}`,
+        counter("quickim_http_requests_total", "HTTP requests by route and status", { route, code }),
+        total
+      )
+    }
+    for (const protocol of PROTOCOLS) {
+      yield* fold(
+        `deliveries:${protocol}`,
+        counter("quickim_deliveries_total", "Messages written to push connections", { protocol }),
+        telemetry.deliveries[protocol]
+      )
+      yield* fold(
+        `slow:${protocol}`,
+        counter("quickim_slow_consumer_disconnects_total", "Push connections cut off as slow consumers", {
+          protocol
+        }),
+        telemetry.slowConsumers[protocol]
+      )
+      yield* set(
+        gauge("quickim_connections", "Open push connections (poll: requests waiting)", { protocol }),
+        here.open[protocol]
+      )
+    }
+    yield* fold("relays", counter("quickim_relays_total", "Batched relays sent to other nodes"), outbox.stats.relays)
+    yield* fold(
+      "relayed",
+      counter("quickim_relayed_messages_total", "Entity messages those relays carried"),
+      outbox.stats.relayed
+    )
+    yield* fold(
+      "handedBack",
+      counter("quickim_relay_handed_back_total", "Relayed entity messages handed back to go as entity messages"),
+      outbox.stats.handedBack
+    )
+    yield* set(
+      gauge("quickim_shards", "Conversation and Mailbox shards this node holds"),
+      heldShards(sharding, config.shardsPerGroup).length
+    )
+    yield* set(gauge("quickim_db_pool_connections", "Database connections the pool may open"), config.dbPoolSize)
+  })
+
+  const serve = Effect.gen(function* () {
+    const request = yield* HttpServerRequest.HttpServerRequest
+    yield* check(request)
+    yield* collect
+    const body = yield* PrometheusMetrics.format()
+    return HttpServerResponse.text(body, { contentType: "text/plain; version=0.0.4; charset=utf-8" })
+  })
+  return HttpRouter.add(
+    "GET",
+    "/metrics",
+    serve.pipe(
+      Effect.catch((e) =>
+        Effect.succeed(HttpServerResponse.jsonUnsafe({ code: e.code, error: e.error }, { status: 403 }))
+      )
+    )
+  )
+}))
