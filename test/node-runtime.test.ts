@@ -5,6 +5,7 @@
 import { assert, describe, it } from "@effect/vitest"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
+import { execFileSync } from "node:child_process"
 import { root, spawnServer } from "./support/process.ts"
 import { tempDir } from "./support/server.ts"
 
@@ -27,4 +28,22 @@ describe("Node runtime", () => {
       await server.stop()
     }
   })
+
+  it.skipIf(node22 === undefined)(
+    "the client SDK runs under Node 22: a message sent and received over each protocol",
+    async () => {
+      const server = await spawnServer({ env: { QUICKIM_DATA_DIR: tempDir() } })
+      try {
+        for (const protocol of ["ws", "sse", "poll"]) {
+          const out = execFileSync(node22!, [Path.join(root, "test/fixtures/sdk-smoke.ts"), server.url, protocol], {
+            encoding: "utf8",
+            timeout: 30_000
+          })
+          assert.strictEqual(out.trim(), `hello over ${protocol}`)
+        }
+      } finally {
+        await server.stop()
+      }
+    }
+  )
 })

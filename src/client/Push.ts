@@ -1,0 +1,227 @@
+/**
+ * The client side of `/notify`: one logical subscription that survives disconnects. It connects
+ * over ws, sse or poll with the platform's own `WebSocket` and `fetch` (Deno, Node ≥ 22,
+ * browsers), reconnects with capped exponential backoff and jitter, resumes from the last MsgId it
+ * delivered (README, "Resume"), and drops repeats by MsgId, so the caller sees every message of its
+ * conversations once, per conversation in order.
+ */
+import { Cause, Effect, Queue, Schema, Stream } from "effect"
+import type { MsgData } from "../domain/Conversation.ts"
+
+export type PushProtocol = "ws" | "sse" | "poll"
+
+export interface SubscribeOptions {
+  /** The server, e.g. `http://localhost:8080`. */
+  readonly baseUrl: string
+  /** A session token (`inner/get_token`). */
+  readonly token: string
+  readonly protocol?: PushProtocol
+  /** Resume after this MsgId (the last one the client holds); without it, from now on. */
+  readonly cursor?: string
+  /** First reconnect delay (ms), doubled per failed attempt up to `maxDelayMs`. */
+  readonly minDelayMs?: number
+  readonly maxDelayMs?: number
+  /** Told of each connection state change, e.g. for a status light. */
+  readonly onState?: (state: PushState) => void
+}
+
+export type PushState =
+  | { readonly _tag: "Connecting"; readonly attempt: number }
+  | { readonly _tag: "Open" }
+  | { readonly _tag: "Closed"; readonly reason: string; readonly retryInMs: number }
+
+/** Ends the subscription for good: the token was refused (the client must get a new one). */
+export class PushRefused extends Schema.TaggedError<PushRefused>()("PushRefused", {
+  status: Schema.Number,
+  message: Schema.String
+}) {}
+
+interface Connection {
+  readonly close: () => void
+}
+
+/** Repeats are dropped per conversation: messages of one conversation arrive in MsgId order. */
+const makeDedupe = () => {
+  const marks = new Map<string, string>()
+  return (m: MsgData) => {
+    const mark = marks.get(m.ConversationID)
+    if (mark !== undefined && m.MsgId <= mark) return false
+    marks.set(m.ConversationID, m.MsgId)
+    return true
+  }
+}
+
+const notifyUrl = (base: string, protocol: PushProtocol, token: string, cursor: string | undefined) => {
+  const url = new URL("/notify", base)
+  url.searchParams.set("protoc", protocol)
+  url.searchParams.set("token", token)
+  if (cursor !== undefined && protocol !== "sse") url.searchParams.set("last_msg_id", cursor)
+  if (protocol === "ws") url.protocol = url.protocol === "https:" ? "wss:" : "ws:"
+  return url.toString()
+}
+
+/** Reads `data:` lines of `event: message` blocks from an SSE body. */
+const readSse = async (body: ReadableStream<Uint8Array>, onData: (data: string) => void) => {
+  const reader = body.pipeThrough(new TextDecoderStream()).getReader()
+  let buffer = ""
+  for (;;) {
+    const { value, done } = await reader.read()
+    if (done) return
+    buffer += value
+    let end: number
+    while ((end = buffer.indexOf("\n\n")) >= 0) {
+      const block = buffer.slice(0, end)
+      buffer = buffer.slice(end + 2)
+      let event = "message"
+      const data: Array<string> = []
+      for (const line of block.split("\n")) {
+        if (line.startsWith("event:")) event = line.slice(6).trim()
+        else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""))
+      }
+      if (data.length === 0) continue
+      if (event === "message") onData(data.join("\n"))
+      else if (event === "error") throw new Error(`server ended the stream: ${data.join("\n")}`)
+    }
+  }
+}
+
+/**
+ * Runs the subscription, calling `emit` with each new message, until `stop()`; `fail` is called
+ * once if the server refuses the token.
+ */
+export const runSubscription = (
+  options: SubscribeOptions,
+  emit: (message: MsgData) => void,
+  fail: (error: PushRefused) => void
+): { readonly stop: () => void } => {
+  const protocol = options.protocol ?? "ws"
+  const minDelay = options.minDelayMs ?? 250
+  const maxDelay = options.maxDelayMs ?? 10_000
+  const fresh = makeDedupe()
+  let cursor = options.cursor
+  let stopped = false
+  let attempt = 0
+  let current: Connection | undefined
+  let timer: ReturnType<typeof setTimeout> | undefined
+  const state = (s: PushState) => options.onState?.(s)
+
+  const deliver = (m: MsgData) => {
+    if (stopped || !fresh(m)) return
+    cursor = m.MsgId
+    emit(m)
+  }
+
+  const retry = (reason: string) => {
+    current = undefined
+    if (stopped) return
+    const delay = Math.min(maxDelay, minDelay * 2 ** Math.min(attempt, 16)) * (0.5 + Math.random() / 2)
+    attempt++
+    state({ _tag: "Closed", reason, retryInMs: Math.round(delay) })
+    timer = setTimeout(open, delay)
+  }
+
+  const refused = (status: number, body: string) => {
+    stopped = true
+    fail(new PushRefused({ status, message: `the server refused the push subscription (${status}): ${body}` }))
+  }
+
+  const openWs = (): Connection => {
+    const ws = new WebSocket(notifyUrl(options.baseUrl, "ws", options.token, cursor))
+    let opened = false
+    ws.onopen = () => {
+      opened = true
+      attempt = 0
+      state({ _tag: "Open" })
+    }
+    ws.onmessage = (e) => deliver(JSON.parse(String(e.data)))
+    ws.onclose = (e) => {
+      if (opened) return retry(`closed ${e.code}${e.reason ? `: ${e.reason}` : ""}`)
+      // A refused upgrade never opens and the WebSocket API hides why: the same request without
+      // the upgrade says (401 for a bad token, 426 when it would have been accepted).
+      const probe = notifyUrl(options.baseUrl, "ws", options.token, undefined).replace(/^ws/, "http")
+      fetch(probe).then(
+        async (res) => res.status === 401 ? refused(res.status, await res.text()) : retry("could not connect"),
+        () => retry("could not connect")
+      )
+    }
+    return { close: () => ws.close() }
+  }
+
+  const openSse = (): Connection => {
+    const controller = new AbortController()
+    ;(async () => {
+      const res = await fetch(notifyUrl(options.baseUrl, "sse", options.token, undefined), {
+        headers: cursor === undefined ? {} : { "last-event-id": cursor },
+        signal: controller.signal
+      })
+      if (res.status === 401) return refused(res.status, await res.text())
+      if (res.status !== 200 || res.body === null) throw new Error(`answered ${res.status}`)
+      attempt = 0
+      state({ _tag: "Open" })
+      await readSse(res.body, (data) => deliver(JSON.parse(data)))
+      throw new Error("stream ended")
+    })().catch((e) => {
+      if (!stopped) retry(e instanceof Error ? e.message : String(e))
+    })
+    return { close: () => controller.abort() }
+  }
+
+  const openPoll = (): Connection => {
+    const controller = new AbortController()
+    ;(async () => {
+      let announced = false
+      while (!stopped) {
+        // The cursor goes with every poll: it is what lets a new mailbox continue where a dead node's left off.
+        const res = await fetch(notifyUrl(options.baseUrl, "poll", options.token, cursor), {
+          signal: controller.signal
+        })
+        if (res.status === 401) return refused(res.status, await res.text())
+        if (res.status !== 200 && res.status !== 204) throw new Error(`answered ${res.status}`)
+        if (!announced) {
+          announced = true
+          attempt = 0
+          state({ _tag: "Open" })
+        }
+        if (res.status === 200) deliver(await res.json())
+        else await res.body?.cancel()
+      }
+    })().catch((e) => {
+      if (!stopped) retry(e instanceof Error ? e.message : String(e))
+    })
+    return { close: () => controller.abort() }
+  }
+
+  function open() {
+    if (stopped) return
+    state({ _tag: "Connecting", attempt })
+    current = protocol === "ws" ? openWs() : protocol === "sse" ? openSse() : openPoll()
+  }
+
+  open()
+  return {
+    stop: () => {
+      stopped = true
+      if (timer !== undefined) clearTimeout(timer)
+      current?.close()
+    }
+  }
+}
+
+/** The session's messages as a Stream: it never ends by itself, and fails only with PushRefused. */
+export const subscribe = (options: SubscribeOptions): Stream.Stream<MsgData, PushRefused> =>
+  Stream.callback<MsgData, PushRefused>((queue) =>
+    Effect.acquireRelease(
+      Effect.sync(() =>
+        runSubscription(
+          options,
+          (m) => Queue.offerUnsafe(queue, m),
+          (e) => Queue.failCauseUnsafe(queue, Cause.fail(e))
+        )
+      ),
+      (subscription) => Effect.sync(subscription.stop)
+    )
+  )
+
+/** The same as a plain async iterator (`for await (const m of messages(options))`); `break` ends it. */
+export const messages = (options: SubscribeOptions): AsyncIterable<MsgData> =>
+  Stream.toAsyncIterable(subscribe(options))
