@@ -1,11 +1,8 @@
 /**
- * `quick-im cluster status [--url URL]`: prints the cluster as `GET /inner/cluster` of one node
+ * The text of `quick-im cluster status` (Cli.ts): the cluster as `GET /inner/cluster` of one node
  * reports it (runners and their health, shards, live entities, push connections and relays per
  * node: RELAYS is sent/carried/handed back, see NodeOutbox).
- * The node must accept this machine's address for inner endpoints; QUICKIM_ADMIN_KEY is sent
- * when set.
  */
-import { ADMIN_KEY_HEADER } from "../api/Security.ts"
 
 interface View {
   readonly Mode: string
@@ -51,35 +48,4 @@ export const formatClusterView = (view: View) => {
     ])
   ])
   return `mode: ${view.Mode}, ${view.ShardsPerGroup} shards per group\n\n${runners}\n\n${nodes}\n`
-}
-
-/** Runs the command; returns the process exit code. */
-export const clusterStatus = async (args: ReadonlyArray<string>): Promise<number> => {
-  if (args[0] !== "status" || args.includes("--help")) {
-    console.log(
-      "usage: quick-im cluster status [--url http://host:port]\n\n"
-        + "Shows runners, shard assignments, live entities and push connections per node.\n"
-        + "Default URL: http://127.0.0.1:$PORT (8080)."
-    )
-    return args.includes("--help") ? 0 : 2
-  }
-  const at = args.indexOf("--url")
-  const url = at >= 0 ? args[at + 1] : `http://127.0.0.1:${process.env.PORT ?? 8080}`
-  try {
-    const key = process.env.QUICKIM_ADMIN_KEY
-    const res = await fetch(`${url}/inner/cluster`, {
-      headers: key ? { [ADMIN_KEY_HEADER]: key } : {},
-      signal: AbortSignal.timeout(10_000)
-    })
-    const body = await res.json() as { code: number; error?: string; data?: View }
-    if (body.code !== 0 || body.data === undefined) {
-      console.error(`${url} refused: ${body.error ?? `code ${body.code}`}`)
-      return 1
-    }
-    process.stdout.write(formatClusterView(body.data))
-    return 0
-  } catch (e) {
-    console.error(`could not reach ${url}: ${e instanceof Error ? e.message : String(e)}`)
-    return 1
-  }
 }
