@@ -28,6 +28,7 @@ import { Tokens } from "./server/Tokens.ts"
 import { ConversationStore } from "./storage/ConversationStore.ts"
 import { DatabaseLive } from "./storage/Database.ts"
 import { Replay } from "./storage/Replay.ts"
+import { ConsoleRoutes } from "./console/ConsoleRoutes.ts"
 import { LoggingLive } from "./observability/Logging.ts"
 import { TracingLive } from "./observability/Tracing.ts"
 import { MetricsRoute } from "./observability/MetricsRoute.ts"
@@ -88,7 +89,7 @@ const HttpLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const gateway = yield* WebSocketGateway
   const routes = HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive))
-  return HttpRouter.serve(Layer.mergeAll(routes, NotifyRoutes, MetricsRoute, EdgeLive, CorsLive), {
+  return HttpRouter.serve(Layer.mergeAll(routes, NotifyRoutes, MetricsRoute, ConsoleRoutes, EdgeLive, CorsLive), {
     disableLogger: !config.accessLog
   }).pipe(
     Layer.provideMerge(

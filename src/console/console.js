@@ -1,0 +1,321 @@
+// The quick-im console: plain browser JavaScript against the documented HTTP API and /notify,
+// served as is (no build step). Sessions sign in through the loopback-only inner token endpoint.
+const $ = (id) => document.getElementById(id)
+const state = {
+  token: undefined,
+  adminKey: "",
+  session: undefined,
+  protocol: "ws",
+  conversations: [],
+  unread: new Map(),
+  current: undefined,
+  oldest: undefined,
+  marks: new Map(), // newest MsgId seen per conversation: anything at or below it is a repeat
+  cursor: undefined, // the last MsgId received, for resume
+  push: undefined
+}
+
+const say = (text) => ($("status").textContent = text)
+
+/** Headers for inner endpoints and /metrics: the admin key, when one was given. */
+const innerHeaders = () => (state.adminKey ? { "x-quickim-admin-key": state.adminKey } : {})
+
+const api = async (path, body) => {
+  const res = await fetch(path, {
+    method: "POST",
+    headers: {
+      "content-type": "application/json",
+      ...(state.token ? { authorization: `Bearer ${state.token}` } : {}),
+      ...(path.startsWith("/inner/") ? innerHeaders() : {})
+    },
+    body: JSON.stringify(body ?? {})
+  })
+  const reply = await res.json().catch(() => ({ code: -1, error: `HTTP ${res.status}` }))
+  if (reply.code !== 0) throw new Error(`${reply.error} (code ${reply.code})`)
+  return reply.data
+}
+
+const attempt = (f) => async (event) => {
+  event?.preventDefault()
+  try {
+    await f(event)
+  } catch (e) {
+    say(`Error: ${e.message}`)
+  }
+}
+
+// ---- tabs: arrow keys move between them (WAI-ARIA tabs pattern)
+const tabs = [$("tab-chat"), $("tab-ops")]
+const select = (tab) => {
+  for (const t of tabs) {
+    const on = t === tab
+    t.setAttribute("aria-selected", String(on))
+    t.tabIndex = on ? 0 : -1
+    $(t.getAttribute("aria-controls")).hidden = !on
+  }
+  tab.focus()
+  if (tab.id === "tab-ops") refreshOps()
+}
+for (const [i, tab] of tabs.entries()) {
+  tab.addEventListener("click", () => select(tab))
+  tab.addEventListener("keydown", (e) => {
+    if (e.key === "ArrowRight" || e.key === "ArrowLeft") {
+      select(tabs[(i + (e.key === "ArrowRight" ? 1 : tabs.length - 1)) % tabs.length])
+    }
+  })
+}
+
+// ---- conversations
+const renderConversations = () => {
+  const list = $("conversations")
+  list.replaceChildren()
+  for (const id of state.conversations) {
+    const item = document.createElement("li")
+    const button = document.createElement("button")
+    button.type = "button"
+    const unread = state.unread.get(id) ?? 0
+    button.textContent = `${id.slice(0, 8)}…${unread > 0 ? ` (${unread} new)` : ""}`
+    button.title = id
+    button.dataset.id = id
+    if (id === state.current) button.setAttribute("aria-current", "true")
+    button.addEventListener("click", attempt(() => open(id)))
+    item.append(button)
+    list.append(item)
+  }
+}
+
+const messageItem = (m) => {
+  const item = document.createElement("li")
+  item.dataset.msgId = m.MsgId
+  if (m.FromSession === state.session) item.className = "mine"
+  const who = document.createElement("strong")
+  who.textContent = m.FromSession
+  const when = document.createElement("time")
+  when.dateTime = m.SendTime
+  when.textContent = new Date(m.SendTime).toLocaleTimeString()
+  const text = document.createElement("p")
+  text.textContent = m.Content
+  item.append(who, " ", when, text)
+  return item
+}
+
+const open = async (id) => {
+  state.current = id
+  state.unread.delete(id)
+  $("room-title").textContent = "Conversation"
+  $("room-id").textContent = id
+  $("compose").hidden = false
+  const { Msg } = await api("/get_conversation_last_30_msg", { conversation_id: id, desc: false })
+  $("messages").replaceChildren(...Msg.map(messageItem))
+  state.oldest = Msg[0]?.MsgId
+  $("older").hidden = Msg.length < 30
+  renderConversations()
+  $("text").focus()
+}
+
+$("older").addEventListener(
+  "click",
+  attempt(async () => {
+    if (state.oldest === undefined) return
+    const { Msg } = await api("/get_conversation_30msg_before_the_id", {
+      conversation_id: state.current,
+      msg_id: state.oldest,
+      desc: false
+    })
+    $("messages").prepend(...Msg.map(messageItem))
+    state.oldest = Msg[0]?.MsgId ?? state.oldest
+    $("older").hidden = Msg.length < 30
+  })
+)
+
+const loadConversations = async () => {
+  state.conversations = (await api("/get_joined_conversation")).Conversations
+  renderConversations()
+}
+
+$("create").addEventListener(
+  "submit",
+  attempt(async () => {
+    const { ConversationId } = await api("/create_conversation", { conversation_type: 0 })
+    await loadConversations()
+    await open(ConversationId)
+  })
+)
+
+$("join").addEventListener(
+  "submit",
+  attempt(async () => {
+    const id = $("join-id").value.trim()
+    await api("/join_conversation", { conversation_id: id })
+    $("join-id").value = ""
+    await loadConversations()
+    await open(id)
+  })
+)
+
+$("compose").addEventListener(
+  "submit",
+  attempt(async () => {
+    const content = $("text").value
+    if (content.length === 0) return
+    // A client_msg_id makes a retry of this send harmless.
+    await api("/send_msg", { conversation_id: state.current, content, client_msg_id: crypto.randomUUID() })
+    $("text").value = ""
+  })
+)
+
+// ---- push: one subscription that reconnects with backoff and resumes from the last MsgId
+const receive = (m) => {
+  const mark = state.marks.get(m.ConversationID)
+  if (mark !== undefined && m.MsgId <= mark) return // a repeat after a resume
+  state.marks.set(m.ConversationID, m.MsgId)
+  state.cursor = m.MsgId
+  if (!state.conversations.includes(m.ConversationID)) state.conversations.push(m.ConversationID)
+  if (m.ConversationID === state.current) {
+    if (!$("messages").querySelector(`[data-msg-id="${m.MsgId}"]`)) $("messages").append(messageItem(m))
+  } else {
+    state.unread.set(m.ConversationID, (state.unread.get(m.ConversationID) ?? 0) + 1)
+  }
+  renderConversations()
+}
+
+const notifyUrl = (protocol) => {
+  const url = new URL("/notify", location.href)
+  url.searchParams.set("protoc", protocol)
+  url.searchParams.set("token", state.token)
+  if (state.cursor) url.searchParams.set("last_msg_id", state.cursor)
+  if (protocol === "ws") url.protocol = url.protocol === "https:" ? "wss:" : "ws:"
+  return url
+}
+
+const subscribe = (protocol) => {
+  let stopped = false
+  let failures = 0
+  let close = () => {}
+  const connected = () => {
+    failures = 0
+    say(`Signed in as ${state.session} · push connected over ${protocol}`)
+  }
+  const retry = (why) => {
+    if (stopped) return
+    const delay = Math.min(10_000, 250 * 2 ** failures++) * (0.5 + Math.random() / 2)
+    say(`Signed in as ${state.session} · push ${why}; reconnecting in ${Math.round(delay)} ms`)
+    setTimeout(connect, delay)
+  }
+  const connect = () => {
+    if (stopped) return
+    if (protocol === "ws") {
+      const ws = new WebSocket(notifyUrl("ws"))
+      ws.onopen = connected
+      ws.onmessage = (e) => receive(JSON.parse(e.data))
+      ws.onclose = (e) => retry(`closed (${e.code})`)
+      close = () => ws.close()
+    } else if (protocol === "sse") {
+      const es = new EventSource(notifyUrl("sse"))
+      es.onopen = connected
+      es.addEventListener("message", (e) => receive(JSON.parse(e.data)))
+      // EventSource reconnects by itself with Last-Event-ID; a fatal close gets a fresh one.
+      es.onerror = () => {
+        if (es.readyState === EventSource.CLOSED) retry("closed")
+      }
+      close = () => es.close()
+    } else {
+      const controller = new AbortController()
+      close = () => controller.abort()
+      ;(async () => {
+        connected()
+        while (!stopped) {
+          const res = await fetch(notifyUrl("poll"), { signal: controller.signal })
+          if (res.status === 200) receive(await res.json())
+          else if (res.status !== 204) throw new Error(`HTTP ${res.status}`)
+        }
+      })().catch((e) => retry(e.message))
+    }
+  }
+  connect()
+  return () => {
+    stopped = true
+    close()
+  }
+}
+
+$("signin").addEventListener(
+  "submit",
+  attempt(async () => {
+    const session = $("session").value.trim()
+    const platform = Number($("platform").value || 1)
+    state.token = undefined
+    state.adminKey = $("admin-key").value
+    state.token = await api("/inner/get_token", { session, platform })
+    state.session = session
+    state.protocol = $("protocol").value
+    state.push?.()
+    state.push = subscribe(state.protocol)
+    $("signin").hidden = true
+    $("chat").hidden = false
+    await loadConversations()
+  })
+)
+
+// ---- operator tab: the cluster view and a few of this node's metrics
+const METRICS = [
+  ["quickim_sends_total", "Sends"],
+  ["quickim_deliveries_total", "Deliveries"],
+  ["quickim_connections", "Open connections"],
+  ["quickim_resume_replays_total", "Resumes"],
+  ["quickim_slow_consumer_disconnects_total", "Slow-consumer disconnects"],
+  ["quickim_http_requests_total", "HTTP requests"]
+]
+
+const refreshOps = async () => {
+  if ($("panel-ops").hidden) return
+  try {
+    const view = await (await fetch("/inner/cluster", { headers: innerHeaders() })).json()
+    if (view.code !== 0) throw new Error(view.error)
+    $("cluster-mode").textContent = `Mode: ${view.data.Mode}, ${view.data.ShardsPerGroup} shards per group`
+    $("nodes").replaceChildren(...view.data.Nodes.map((n) => {
+      const row = document.createElement("tr")
+      for (
+        const value of [
+          n.Url,
+          n.Runner ?? "–",
+          n.Alive ? "yes" : "no",
+          n.Shards,
+          n.Conversations,
+          n.Mailboxes,
+          n.Connections.ws,
+          n.Connections.sse,
+          n.Connections.poll
+        ]
+      ) {
+        const cell = document.createElement("td")
+        cell.textContent = String(value)
+        row.append(cell)
+      }
+      return row
+    }))
+    const text = await (await fetch("/metrics", { headers: innerHeaders() })).text()
+    const totals = new Map()
+    for (const line of text.split("\n")) {
+      const m = line.match(/^([a-z_]+)(?:\{([^}]*)\})? (\S+)$/)
+      if (!m) continue
+      const [, name, labels, value] = m
+      const entry = totals.get(name) ?? { sum: 0, parts: [] }
+      entry.sum += Number(value)
+      if (labels) entry.parts.push(`${labels.replace(/"/g, "")}: ${value}`)
+      totals.set(name, entry)
+    }
+    $("metrics").replaceChildren(...METRICS.flatMap(([name, label]) => {
+      const dt = document.createElement("dt")
+      dt.textContent = label
+      const dd = document.createElement("dd")
+      dd.dataset.metric = name
+      const entry = totals.get(name)
+      dd.textContent = entry === undefined ? "0" : `${entry.sum} (${entry.parts.join(", ")})`
+      return [dt, dd]
+    }))
+  } catch (e) {
+    $("cluster-mode").textContent = `Could not read the cluster view: ${e.message}`
+  }
+}
+setInterval(refreshOps, 2000)

@@ -1,0 +1,120 @@
+/**
+ * The web console end to end in headless Chromium against a real server on PostgreSQL: two
+ * sessions in two pages sign in, one creates a conversation, the other joins it, and they converse
+ * live (one over WebSocket, one over SSE); history pages back; the operator tab shows the cluster
+ * view and metrics. Screenshots go to test/artifacts/ for review.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
+import { root } from "./support/process.ts"
+import { settingsFor, startServer, type TestServer } from "./support/server.ts"
+
+/** The page's own `document`, in functions evaluated in the browser. */
+declare const document: any
+
+const chromium = process.env.QUICKIM_CHROMIUM ?? "/usr/bin/chromium"
+const artifacts = Path.join(root, "test/artifacts")
+const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 6)}`
+
+describe.skipIf(!Fs.existsSync(chromium))("web console", () => {
+  let server: TestServer
+  beforeAll(async () => {
+    server = await startServer(settingsFor("postgres"))
+    Fs.mkdirSync(artifacts, { recursive: true })
+  })
+  afterAll(() => server?.stop())
+
+  it("two sessions in two pages converse live; history pages back; the operator tab shows the cluster", async () => {
+    const { chromium: launcher } = await import("playwright-core")
+    const browser = await launcher.launch({
+      executablePath: chromium,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    })
+    try {
+      const alice = unique("alice")
+      const bob = unique("bob")
+      const pageA = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
+      const pageB = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
+      const errors: Array<string> = []
+      for (const page of [pageA, pageB]) page.on("pageerror", (e) => errors.push(e.message))
+
+      const signIn = async (page: typeof pageA, session: string, protocol: string) => {
+        await page.goto(`${server.url}/console`)
+        await page.getByLabel("Session").fill(session)
+        await page.getByLabel("Push over").selectOption(protocol)
+        await page.getByRole("button", { name: "Sign in" }).click()
+        await page.waitForSelector("#chat:not([hidden])")
+        await page.waitForFunction(() => document.getElementById("status")!.textContent!.includes("connected"))
+      }
+      await signIn(pageA, alice, "ws")
+      await signIn(pageB, bob, "sse")
+
+      // Every form control has a label a screen reader can announce.
+      const unlabeled = await pageA.evaluate(() =>
+        [...document.querySelectorAll("input, select")].filter((el: any) =>
+          (el as any).labels?.length === 0 && !el.getAttribute("aria-label")
+        ).length
+      )
+      assert.strictEqual(unlabeled, 0)
+
+      await pageA.getByRole("button", { name: "New conversation" }).click()
+      await pageA.waitForFunction(() => document.getElementById("room-id")!.textContent!.length > 0)
+      const conversation = (await pageA.textContent("#room-id"))!
+      await pageB.getByLabel("Join by id").fill(conversation)
+      await pageB.getByRole("button", { name: "Join" }).click()
+      await pageB.waitForFunction((id) => document.getElementById("room-id")!.textContent === id, conversation)
+
+      const say = async (page: typeof pageA, text: string) => {
+        await page.getByLabel("Message", { exact: true }).fill(text)
+        await page.keyboard.press("Enter")
+      }
+      const sees = (page: typeof pageA, text: string) =>
+        page.waitForFunction(
+          (t) => [...document.querySelectorAll("#messages li p")].some((p) => p.textContent === t),
+          text,
+          { timeout: 15_000 }
+        )
+      await say(pageA, "hi bob")
+      await sees(pageB, "hi bob")
+      await say(pageB, "hi alice, over sse")
+      await sees(pageA, "hi alice, over sse")
+      await sees(pageA, "hi bob") // the sender's own pages receive too
+      // Each message shows once in each page.
+      for (const page of [pageA, pageB]) {
+        assert.deepStrictEqual(await page.$$eval("#messages li p", (ps) => ps.map((p) => p.textContent)), [
+          "hi bob",
+          "hi alice, over sse"
+        ])
+      }
+      Fs.writeFileSync(Path.join(artifacts, "console.png"), await pageA.screenshot({ fullPage: true }))
+
+      // History: 40 more messages, then the page shows the newest 30 and pages back to the rest.
+      const token = await server.token(alice)
+      for (let i = 0; i < 40; i++) {
+        await server.post("/send_msg", { conversation_id: conversation, content: `bulk ${i}` }, token)
+      }
+      await pageB.reload()
+      await pageB.getByLabel("Session").fill(bob)
+      await pageB.getByRole("button", { name: "Sign in" }).click()
+      await pageB.getByRole("button", { name: new RegExp(`^${conversation.slice(0, 8)}`) }).click()
+      await pageB.waitForFunction(() => document.querySelectorAll("#messages li").length === 30)
+      await pageB.getByRole("button", { name: "Load older messages" }).click()
+      await pageB.waitForFunction(() => document.querySelectorAll("#messages li").length === 42)
+      const texts = await pageB.$$eval("#messages li p", (ps) => ps.map((p) => p.textContent))
+      assert.deepStrictEqual(texts.slice(0, 3), ["hi bob", "hi alice, over sse", "bulk 0"])
+      assert.strictEqual(texts[41], "bulk 39")
+
+      await pageA.getByRole("tab", { name: "Operator" }).click()
+      await pageA.waitForSelector("#nodes tr")
+      await pageA.waitForFunction(() =>
+        Number(document.querySelector('[data-metric="quickim_sends_total"]')?.textContent?.split(" ")[0]) >= 42
+      )
+      assert.include(await pageA.textContent("#nodes"), server.url)
+      Fs.writeFileSync(Path.join(artifacts, "console-operator.png"), await pageA.screenshot({ fullPage: true }))
+      assert.deepStrictEqual(errors, [])
+    } finally {
+      await browser.close()
+    }
+  })
+})
