@@ -88,9 +88,13 @@ export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
   )
 }))
 
-/** Browsers may call the public API from any origin; tokens travel in headers, not cookies. */
+/**
+ * Browsers may call the public API from any origin; tokens travel in headers, not cookies. Trace
+ * headers (`b3`, `traceparent`, which Effect's HTTP client sends) are allowed so a browser's trace
+ * joins the server's.
+ */
 export const CorsLive = HttpRouter.cors({
   allowedMethods: ["GET", "POST", "OPTIONS"],
-  allowedHeaders: ["authorization", "content-type", "last-event-id", "x-quickim-admin-key"],
+  allowedHeaders: ["authorization", "content-type", "last-event-id", "x-quickim-admin-key", "b3", "traceparent"],
   maxAge: 86400
 })

@@ -1,0 +1,75 @@
+/**
+ * The client SDK in a browser: bundled for the browser with `deno bundle`, loaded by a page in
+ * headless Chromium from another origin (CORS), it mints a token, creates a conversation and
+ * receives its own messages through the async iterator over ws, sse and poll.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { execFileSync } from "node:child_process"
+import * as Fs from "node:fs"
+import * as Http from "node:http"
+import type { AddressInfo } from "node:net"
+import * as Path from "node:path"
+import { denoBin, root } from "./support/process.ts"
+import { settingsFor, startServer, type TestServer } from "./support/server.ts"
+
+const chromium = process.env.QUICKIM_CHROMIUM ?? "/usr/bin/chromium"
+
+describe.skipIf(!Fs.existsSync(chromium))("client SDK in a browser", () => {
+  let server: TestServer
+  let site: Http.Server
+  let bundle: string
+  beforeAll(async () => {
+    server = await startServer(settingsFor("postgres"))
+    const out = Path.join(root, "test/artifacts/sdk-browser.js")
+    Fs.mkdirSync(Path.dirname(out), { recursive: true })
+    execFileSync(denoBin, [
+      "bundle",
+      "--platform",
+      "browser",
+      "--format",
+      "esm",
+      "-o",
+      out,
+      Path.join(root, "test/fixtures/sdk-browser.ts")
+    ], { cwd: root, stdio: "pipe" })
+    bundle = Fs.readFileSync(out, "utf8")
+    site = Http.createServer((req, res) => {
+      if (req.url === "/sdk.js") {
+        res.writeHead(200, { "content-type": "text/javascript" })
+        return res.end(bundle)
+      }
+      res.writeHead(200, { "content-type": "text/html" })
+      res.end(`<!doctype html><html><body><script type="module" src="/sdk.js"></script></body></html>`)
+    })
+    await new Promise<void>((r) => site.listen(0, "127.0.0.1", r))
+  }, 120_000)
+  afterAll(async () => {
+    site?.close()
+    await server?.stop()
+  })
+
+  it("subscribes and receives over ws, sse and poll from a page", async () => {
+    const { chromium: launcher } = await import("playwright-core")
+    const browser = await launcher.launch({
+      executablePath: chromium,
+      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+    })
+    try {
+      const page = await browser.newPage()
+      const errors: Array<string> = []
+      page.on("pageerror", (e) => errors.push(e.message))
+      await page.goto(`http://127.0.0.1:${(site.address() as AddressInfo).port}/`)
+      await page.waitForFunction(() => (globalThis as any).quickImScenario !== undefined)
+      for (const protocol of ["ws", "sse", "poll"]) {
+        const received = await page.evaluate(
+          ([url, session, p]) => (globalThis as any).quickImScenario(url, session, p),
+          [server.url, `browser-${crypto.randomUUID().slice(0, 8)}`, protocol]
+        )
+        assert.deepStrictEqual(received, [`${protocol} one`, `${protocol} two`, `${protocol} three`])
+      }
+      assert.deepStrictEqual(errors, [])
+    } finally {
+      await browser.close()
+    }
+  })
+})
