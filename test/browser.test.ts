@@ -4,13 +4,11 @@
  * receives messages, and resumes with Last-Event-ID after EventSource reconnects by itself.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import * as Fs from "node:fs"
+import { hasChromium, launchChromium } from "./support/browser.ts"
 import * as Http from "node:http"
 import type { AddressInfo } from "node:net"
 import { freePort } from "./support/process.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
-
-const chromium = process.env.QUICKIM_CHROMIUM ?? "/usr/bin/chromium"
 
 const page = (api: string, token: string) =>
   `<!doctype html><html><body><script>
@@ -23,7 +21,7 @@ const page = (api: string, token: string) =>
   socket.onmessage = (e) => window.ws.push(JSON.parse(e.data))
 </script></body></html>`
 
-describe.skipIf(!Fs.existsSync(chromium))("browser clients", () => {
+describe.skipIf(!hasChromium)("browser clients", () => {
   let server: TestServer
   let site: Http.Server
   let settings: ReturnType<typeof settingsFor>
@@ -37,7 +35,6 @@ describe.skipIf(!Fs.existsSync(chromium))("browser clients", () => {
   })
 
   it("EventSource and WebSocket in Chromium receive pushes, and EventSource resumes by Last-Event-ID", async () => {
-    const { chromium: launcher } = await import("playwright-core")
     const sender = `sender-${crypto.randomUUID()}`
     const reader = `reader-${crypto.randomUUID()}`
     const senderToken = await server.token(sender)
@@ -55,10 +52,7 @@ describe.skipIf(!Fs.existsSync(chromium))("browser clients", () => {
     await new Promise<void>((r) => site.listen(0, "127.0.0.1", r))
     const siteUrl = `http://127.0.0.1:${(site.address() as AddressInfo).port}/`
 
-    const browser = await launcher.launch({
-      executablePath: chromium,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    })
+    const browser = await launchChromium()
     try {
       const tab = await browser.newPage()
       await tab.goto(siteUrl)

@@ -5,6 +5,7 @@
  * view and metrics. Screenshots go to test/artifacts/ for review.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { hasChromium, launchChromium } from "./support/browser.ts"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { root } from "./support/process.ts"
@@ -13,11 +14,10 @@ import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 /** The page's own `document`, in functions evaluated in the browser. */
 declare const document: any
 
-const chromium = process.env.QUICKIM_CHROMIUM ?? "/usr/bin/chromium"
 const artifacts = Path.join(root, "test/artifacts")
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 6)}`
 
-describe.skipIf(!Fs.existsSync(chromium))("web console", () => {
+describe.skipIf(!hasChromium)("web console", () => {
   let server: TestServer
   beforeAll(async () => {
     server = await startServer(settingsFor("postgres"))
@@ -26,11 +26,7 @@ describe.skipIf(!Fs.existsSync(chromium))("web console", () => {
   afterAll(() => server?.stop())
 
   it("two sessions in two pages converse live; history pages back; the operator tab shows the cluster", async () => {
-    const { chromium: launcher } = await import("playwright-core")
-    const browser = await launcher.launch({
-      executablePath: chromium,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    })
+    const browser = await launchChromium()
     try {
       const alice = unique("alice")
       const bob = unique("bob")

@@ -4,6 +4,7 @@
  * receives its own messages through the async iterator over ws, sse and poll.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { hasChromium, launchChromium } from "./support/browser.ts"
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Http from "node:http"
@@ -12,9 +13,7 @@ import * as Path from "node:path"
 import { denoBin, root } from "./support/process.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 
-const chromium = process.env.QUICKIM_CHROMIUM ?? "/usr/bin/chromium"
-
-describe.skipIf(!Fs.existsSync(chromium))("client SDK in a browser", () => {
+describe.skipIf(!hasChromium)("client SDK in a browser", () => {
   let server: TestServer
   let site: Http.Server
   let bundle: string
@@ -49,11 +48,7 @@ describe.skipIf(!Fs.existsSync(chromium))("client SDK in a browser", () => {
   })
 
   it("subscribes and receives over ws, sse and poll from a page", async () => {
-    const { chromium: launcher } = await import("playwright-core")
-    const browser = await launcher.launch({
-      executablePath: chromium,
-      args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
-    })
+    const browser = await launchChromium()
     try {
       const page = await browser.newPage()
       const errors: Array<string> = []
