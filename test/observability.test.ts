@@ -130,6 +130,9 @@ describe("metrics", () => {
     assert.isAtLeast(valueOf(after, "quickim_entity_activations_total", { entity: "Mailbox" }), 2)
     assert.strictEqual(valueOf(after, "quickim_shards"), 300)
     assert.strictEqual(valueOf(after, "quickim_db_pool_connections"), 8)
+    // Nothing is under way between requests: the gauge goes back down.
+    assert.strictEqual(valueOf(after, "quickim_db_operations_in_flight"), 0)
+    assert.isTrue(after.some((s) => s.name === "quickim_db_operations_in_flight"))
   })
 
   it("is behind the inner guard: with an admin key set, a scrape without it is refused", async () => {

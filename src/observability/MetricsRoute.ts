@@ -12,7 +12,7 @@ import { heldShards } from "../cluster/NodeStatus.ts"
 import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
 import { makeInnerCheck } from "../server/Access.ts"
-import { type PushProtocol, Telemetry } from "./Telemetry.ts"
+import { type PushProtocol, storeActivity, Telemetry } from "./Telemetry.ts"
 
 const PROTOCOLS: ReadonlyArray<PushProtocol> = ["ws", "sse", "poll"]
 
@@ -82,6 +82,10 @@ export const MetricsRoute = Layer.unwrap(Effect.gen(function* () {
       heldShards(sharding, config.shardsPerGroup).length
     )
     yield* set(gauge("quickim_db_pool_connections", "Database connections the pool may open"), config.dbPoolSize)
+    yield* set(
+      gauge("quickim_db_operations_in_flight", "Store operations under way (against the pool's connections)"),
+      storeActivity.inFlight
+    )
   })
 
   const serve = Effect.gen(function* () {

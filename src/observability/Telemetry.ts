@@ -98,6 +98,16 @@ export const timed = <A, E, R>(metric: Metric.Metric<number, unknown>, effect: E
     return Effect.onExit(effect, () => Metric.update(metric, (performance.now() - started) / 1000))
   })
 
+/** Store operations of this process under way now (`quickim_db_operations_in_flight`): how busy the pool is. */
+export const storeActivity = { inFlight: 0 }
+
+/** A store operation: timed into `queryDuration(op)` and counted in flight while it runs. */
+export const storeOperation = <A, E, R>(metric: Metric.Metric<number, unknown>, effect: Effect.Effect<A, E, R>) =>
+  Effect.suspend(() => {
+    storeActivity.inFlight++
+    return timed(metric, effect).pipe(Effect.ensuring(Effect.sync(() => storeActivity.inFlight--)))
+  })
+
 /** A replay of `count` messages. */
 export const recordReplay = (count: number) =>
   Effect.andThen(Metric.update(replaysTotal, 1), Metric.update(replayMessages, count))

@@ -7,7 +7,7 @@ import { SqlClient, type SqlError } from "effect/sql"
 import type { ConversationDetail, MsgData } from "../domain/Conversation.ts"
 import { AppConfig } from "../Config.ts"
 import { makeCommitBatcher } from "./CommitBatcher.ts"
-import { queryDuration, timed } from "../observability/Telemetry.ts"
+import { queryDuration, storeOperation } from "../observability/Telemetry.ts"
 
 export interface ConversationState {
   readonly conversationType: number
@@ -58,14 +58,15 @@ export const RANGE_LIMIT = 1000
 
 type Sql<A> = Effect.Effect<A, SqlError.SqlError>
 
-/** Every store operation timed into `quickim_db_query_duration_seconds{op}`. */
+/** Every store operation timed into `quickim_db_query_duration_seconds{op}` and counted while in flight. */
 const timedStore = (store: ConversationStore["Service"]): ConversationStore["Service"] => {
   const out: Record<string, unknown> = {}
   for (const [op, value] of Object.entries(store)) {
     const metric = queryDuration(op)
     out[op] = Effect.isEffect(value)
-      ? timed(metric, value)
-      : (...args: Array<unknown>) => timed(metric, (value as (...a: Array<unknown>) => Effect.Effect<unknown>)(...args))
+      ? storeOperation(metric, value)
+      : (...args: Array<unknown>) =>
+        storeOperation(metric, (value as (...a: Array<unknown>) => Effect.Effect<unknown>)(...args))
   }
   return ConversationStore.of(out as unknown as ConversationStore["Service"])
 }
