@@ -19,6 +19,7 @@ const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
 const startProxy = async (target: URL) => {
   const sockets = new Set<Net.Socket>()
   let accepted = 0
+  let dropNextResponse = false
   const server = Net.createServer((client) => {
     accepted++
     const upstream = Net.connect(Number(target.port), target.hostname)
@@ -28,13 +29,22 @@ const startProxy = async (target: URL) => {
       s.on("error", () => s.destroy())
     }
     client.pipe(upstream)
-    upstream.pipe(client)
+    upstream.on("data", (data) => {
+      // A response lost on the way: the connection breaks just as the answer arrives.
+      if (dropNextResponse) {
+        dropNextResponse = false
+        client.destroy()
+        upstream.destroy()
+      } else client.write(data)
+    })
   })
   await new Promise<void>((r) => server.listen(0, "127.0.0.1", r))
   return {
     url: `http://127.0.0.1:${(server.address() as Net.AddressInfo).port}`,
     /** Connections accepted so far. */
     accepted: () => accepted,
+    /** The next bytes the server sends are dropped with their connection. */
+    dropNextResponse: () => (dropNextResponse = true),
     cut: () => {
       for (const s of sockets) s.destroy()
     },
@@ -203,6 +213,53 @@ describe("client SDK", () => {
       assert.strictEqual(reply, "echo: hello")
     } finally {
       bot.kill()
+    }
+  })
+
+  it("poll: an answer lost on the way is replayed, and a repeat in the replay does not stall the subscriber", async () => {
+    const proxy = await startProxy(new URL(server.url))
+    try {
+      const alice = unique("alice")
+      const received: Array<string> = []
+      await Effect.runPromise(Effect.gen(function* () {
+        const admin = yield* makeClient({ baseUrl: server.url })
+        const aliceIm = yield* admin.as(yield* admin.token(alice))
+        const [a, b] = [yield* admin.createConversation([alice]), yield* admin.createConversation([alice])]
+        const listener = yield* makeClient({ baseUrl: proxy.url, token: yield* admin.token(alice, 2) })
+        const fiber = yield* listener.subscribe({ protocol: "poll", minDelayMs: 50, maxDelayMs: 200 }).pipe(
+          Stream.runForEach((m) => Effect.sync(() => received.push(m.Content))),
+          Effect.forkChild
+        )
+        const until = (n: number) =>
+          Effect.promise(async () => {
+            for (let i = 0; i < 200 && received.length < n; i++) await sleep(50)
+          })
+        yield* Effect.sleep("300 millis")
+        yield* aliceIm.send(a, "a1")
+        yield* until(1)
+        yield* aliceIm.send(b, "b1")
+        yield* until(2)
+        yield* Effect.sleep("200 millis") // the next poll is waiting
+        // The answer carrying b2 is lost: the server replays from b1, and a1 (another conversation,
+        // inside the resume window) comes first as a repeat the subscriber drops.
+        proxy.dropNextResponse()
+        yield* aliceIm.send(b, "b2")
+        yield* until(3)
+        yield* Fiber.interrupt(fiber)
+      }))
+      assert.deepStrictEqual(received, ["a1", "b1", "b2"])
+    } finally {
+      proxy.close()
+    }
+  })
+
+  it("a malformed cursor ends the subscription with PushRefused (400) instead of retrying", async () => {
+    const admin = await Effect.runPromise(makeClient({ baseUrl: server.url }))
+    const im = await Effect.runPromise(admin.as(await Effect.runPromise(admin.token(unique("alice")))))
+    for (const protocol of ["ws", "sse", "poll"] as const) {
+      const error = await Effect.runPromise(Effect.flip(Stream.runDrain(im.subscribe({ protocol, cursor: "junk" }))))
+      assert.instanceOf(error, PushRefused)
+      assert.strictEqual(error.status, 400)
     }
   })
 })

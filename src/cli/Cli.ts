@@ -21,7 +21,13 @@ export class RequestFailed extends Schema.TaggedError<RequestFailed>()("RequestF
   }
 }
 
-/** Turns the SDK's failures into one plain sentence: the documented `{code, error}` or the transport's reason. */
+/** How long one request may take before the command gives up on the server. */
+const REQUEST_TIMEOUT = "15 seconds"
+
+/**
+ * Turns the SDK's failures into one plain sentence (the documented `{code, error}` or the
+ * transport's reason), and a server that does not answer into a failure too.
+ */
 const plainly = (url: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
   Effect.mapError(effect, (e: any) => {
     if (typeof e?.code === "number" && typeof e?.error === "string") {
@@ -31,7 +37,12 @@ const plainly = (url: string) => <A, E, R>(effect: Effect.Effect<A, E, R>) =>
       ? String(e?.reason?.cause?.message ?? e?.reason?.message ?? e?.message ?? e)
       : String(e?.message ?? e)
     return new RequestFailed({ message: `could not reach ${url}: ${reason}` })
-  })
+  }).pipe(
+    Effect.timeoutOrElse({
+      duration: REQUEST_TIMEOUT,
+      orElse: () => Effect.fail(new RequestFailed({ message: `${url} did not answer within ${REQUEST_TIMEOUT}` }))
+    })
+  )
 
 const url = Flag.String("url").pipe(
   Flag.withDescription("The server (default $QUICKIM_URL, else http://127.0.0.1:$PORT, else :8080)"),
@@ -177,7 +188,7 @@ const tail = Command.make("tail", {
     )
   })).pipe(
     Command.withDescription(
-      "Follow a session's push stream: reconnects and resumes from the last MsgId shown, never repeating one"
+      "Follow a session's push stream: reconnects and resumes from the last MsgId shown, never printing one twice"
     )
   )
 

@@ -23,6 +23,12 @@ export interface SubscribeOptions {
   readonly maxDelayMs?: number
   /** Told of each connection state change, e.g. for a status light. */
   readonly onState?: (state: PushState) => void
+  /**
+   * A connection silent for this long (ms; no message or heartbeat on SSE, no answer to a poll) is
+   * taken for dead and replaced. Keep it above the server's `QUICKIM_SSE_HEARTBEAT` and
+   * `QUICKIM_POLL_WAIT` (15 s and 30 s by default).
+   */
+  readonly idleTimeoutMs?: number
 }
 
 export type PushState =
@@ -30,7 +36,7 @@ export type PushState =
   | { readonly _tag: "Open" }
   | { readonly _tag: "Closed"; readonly reason: string; readonly retryInMs: number }
 
-/** Ends the subscription for good: the token was refused (the client must get a new one). */
+/** Ends the subscription for good: the token (401) or the cursor (400) was refused; retrying cannot help. */
 export class PushRefused extends Schema.TaggedError<PushRefused>()("PushRefused", {
   status: Schema.Number,
   message: Schema.String
@@ -61,12 +67,13 @@ const notifyUrl = (base: string, protocol: PushProtocol, token: string, cursor: 
 }
 
 /** Reads `data:` lines of `event: message` blocks from an SSE body. */
-const readSse = async (body: ReadableStream<Uint8Array>, onData: (data: string) => void) => {
+const readSse = async (body: ReadableStream<Uint8Array>, onChunk: () => void, onData: (data: string) => void) => {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader()
   let buffer = ""
   for (;;) {
     const { value, done } = await reader.read()
     if (done) return
+    onChunk()
     buffer += value
     let end: number
     while ((end = buffer.indexOf("\n\n")) >= 0) {
@@ -97,23 +104,44 @@ export const runSubscription = (
   const protocol = options.protocol ?? "ws"
   const minDelay = options.minDelayMs ?? 250
   const maxDelay = options.maxDelayMs ?? 10_000
+  const idle = options.idleTimeoutMs ?? 45_000
   const fresh = makeDedupe()
   let cursor = options.cursor
   let stopped = false
   let attempt = 0
+  let openedAt = 0
   let current: Connection | undefined
   let timer: ReturnType<typeof setTimeout> | undefined
-  const state = (s: PushState) => options.onState?.(s)
+  const state = (s: PushState) => {
+    try {
+      options.onState?.(s)
+    } catch {
+      // a listener's failure is not the subscription's
+    }
+  }
+
+  const opened = () => {
+    openedAt = Date.now()
+    state({ _tag: "Open" })
+  }
 
   const deliver = (m: MsgData) => {
-    if (stopped || !fresh(m)) return
+    if (stopped) return
+    // A poll's cursor is the last answer the server gave, a repeat too: a cursor that differs from
+    // it means "that answer was lost" to the server, which would replay again and again.
+    if (protocol === "poll") cursor = m.MsgId
+    if (!fresh(m)) return
     cursor = m.MsgId
+    attempt = 0
     emit(m)
   }
 
   const retry = (reason: string) => {
     current = undefined
     if (stopped) return
+    // A connection that lasted a while starts the backoff afresh; one dropped at once does not.
+    if (openedAt > 0 && Date.now() - openedAt > 5_000) attempt = 0
+    openedAt = 0
     const delay = Math.min(maxDelay, minDelay * 2 ** Math.min(attempt, 16)) * (0.5 + Math.random() / 2)
     attempt++
     state({ _tag: "Closed", reason, retryInMs: Math.round(delay) })
@@ -121,28 +149,33 @@ export const runSubscription = (
   }
 
   const refused = (status: number, body: string) => {
+    if (stopped) return
     stopped = true
     fail(new PushRefused({ status, message: `the server refused the push subscription (${status}): ${body}` }))
   }
 
+  /** A refusal that retrying cannot mend: a bad token (401) or a malformed cursor (400). */
+  const fatal = (status: number) => status === 400 || status === 401
+
   const openWs = (): Connection => {
     const ws = new WebSocket(notifyUrl(options.baseUrl, "ws", options.token, cursor))
-    let opened = false
+    let open = false
     ws.onopen = () => {
-      opened = true
-      attempt = 0
-      state({ _tag: "Open" })
+      open = true
+      opened()
     }
     ws.onmessage = (e) => deliver(JSON.parse(String(e.data)))
     ws.onclose = (e) => {
-      if (opened) return retry(`closed ${e.code}${e.reason ? `: ${e.reason}` : ""}`)
+      if (stopped) return
+      if (open) return retry(`closed ${e.code}${e.reason ? `: ${e.reason}` : ""}`)
       // A refused upgrade never opens and the WebSocket API hides why: the same request without
-      // the upgrade says (401 for a bad token, 426 when it would have been accepted).
-      const probe = notifyUrl(options.baseUrl, "ws", options.token, undefined).replace(/^ws/, "http")
-      fetch(probe).then(
-        async (res) => res.status === 401 ? refused(res.status, await res.text()) : retry("could not connect"),
-        () => retry("could not connect")
-      )
+      // the upgrade says (401 for a bad token, 400 for a bad cursor, 426 when it would be accepted).
+      const probe = notifyUrl(options.baseUrl, "ws", options.token, cursor).replace(/^ws/, "http")
+      fetch(probe, { signal: AbortSignal.timeout(10_000) }).then(async (res) => {
+        const body = await res.text()
+        if (fatal(res.status)) refused(res.status, body)
+        else retry("could not connect")
+      }).catch(() => retry("could not connect"))
     }
     return { close: () => ws.close() }
   }
@@ -150,16 +183,28 @@ export const runSubscription = (
   const openSse = (): Connection => {
     const controller = new AbortController()
     ;(async () => {
-      const res = await fetch(notifyUrl(options.baseUrl, "sse", options.token, undefined), {
-        headers: cursor === undefined ? {} : { "last-event-id": cursor },
-        signal: controller.signal
-      })
-      if (res.status === 401) return refused(res.status, await res.text())
-      if (res.status !== 200 || res.body === null) throw new Error(`answered ${res.status}`)
-      attempt = 0
-      state({ _tag: "Open" })
-      await readSse(res.body, (data) => deliver(JSON.parse(data)))
-      throw new Error("stream ended")
+      try {
+        const res = await fetch(notifyUrl(options.baseUrl, "sse", options.token, undefined), {
+          headers: cursor === undefined ? {} : { "last-event-id": cursor },
+          signal: controller.signal
+        })
+        if (res.status !== 200 || res.body === null) {
+          const body = await res.text()
+          if (fatal(res.status)) return refused(res.status, body)
+          throw new Error(`answered ${res.status}`)
+        }
+        opened()
+        // The server sends a heartbeat every 15 s: silence for longer than `idle` is a dead connection.
+        let watchdog = setTimeout(() => controller.abort(), idle)
+        await readSse(res.body, () => {
+          clearTimeout(watchdog)
+          watchdog = setTimeout(() => controller.abort(), idle)
+        }, (data) => deliver(JSON.parse(data)))
+        clearTimeout(watchdog)
+        throw new Error("stream ended")
+      } finally {
+        controller.abort()
+      }
     })().catch((e) => {
       if (!stopped) retry(e instanceof Error ? e.message : String(e))
     })
@@ -173,14 +218,16 @@ export const runSubscription = (
       while (!stopped) {
         // The cursor goes with every poll: it is what lets a new mailbox continue where a dead node's left off.
         const res = await fetch(notifyUrl(options.baseUrl, "poll", options.token, cursor), {
-          signal: controller.signal
+          signal: AbortSignal.any([controller.signal, AbortSignal.timeout(idle)])
         })
-        if (res.status === 401) return refused(res.status, await res.text())
-        if (res.status !== 200 && res.status !== 204) throw new Error(`answered ${res.status}`)
+        if (res.status !== 200 && res.status !== 204) {
+          const body = await res.text()
+          if (fatal(res.status)) return refused(res.status, body)
+          throw new Error(`answered ${res.status}`)
+        }
         if (!announced) {
           announced = true
-          attempt = 0
-          state({ _tag: "Open" })
+          opened()
         }
         if (res.status === 200) deliver(await res.json())
         else await res.body?.cancel()

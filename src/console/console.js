@@ -165,7 +165,10 @@ $("compose").addEventListener(
 )
 
 // ---- push: one subscription that reconnects with backoff and resumes from the last MsgId
-const receive = (m) => {
+const receive = (m, protocol) => {
+  // A poll's cursor is the last answer the server gave, a repeat too (another cursor would mean
+  // "that answer was lost" and make the server replay again).
+  if (protocol === "poll") state.cursor = m.MsgId
   const mark = state.marks.get(m.ConversationID)
   if (mark !== undefined && m.MsgId <= mark) return // a repeat after a resume
   state.marks.set(m.ConversationID, m.MsgId)
@@ -179,12 +182,12 @@ const receive = (m) => {
   renderConversations()
 }
 
-const notifyUrl = (protocol) => {
+const notifyUrl = (protocol, scheme = protocol === "ws" ? "ws" : "http") => {
   const url = new URL("/notify", location.href)
   url.searchParams.set("protoc", protocol)
   url.searchParams.set("token", state.token)
   if (state.cursor) url.searchParams.set("last_msg_id", state.cursor)
-  if (protocol === "ws") url.protocol = url.protocol === "https:" ? "wss:" : "ws:"
+  if (scheme === "ws") url.protocol = url.protocol === "https:" ? "wss:" : "ws:"
   return url
 }
 
@@ -196,38 +199,65 @@ const subscribe = (protocol) => {
     failures = 0
     say(`Signed in as ${state.session} · push connected over ${protocol}`)
   }
+  /** The server refused for good (an expired token, a bad cursor): retrying cannot help. */
+  const refused = (status) => {
+    stopped = true
+    close()
+    say(`Push refused (HTTP ${status}): sign in again`)
+  }
   const retry = (why) => {
     if (stopped) return
     const delay = Math.min(10_000, 250 * 2 ** failures++) * (0.5 + Math.random() / 2)
     say(`Signed in as ${state.session} · push ${why}; reconnecting in ${Math.round(delay)} ms`)
     setTimeout(connect, delay)
   }
+  /** A connection that failed without saying why: the same request without the upgrade or stream says. */
+  const probe = async (why) => {
+    if (stopped) return
+    try {
+      const res = await fetch(notifyUrl(protocol, "http"), { signal: AbortSignal.timeout(10_000) })
+      await res.body?.cancel()
+      if (res.status === 400 || res.status === 401) return refused(res.status)
+    } catch {
+      // unreachable: retry below
+    }
+    retry(why)
+  }
   const connect = () => {
     if (stopped) return
     if (protocol === "ws") {
       const ws = new WebSocket(notifyUrl("ws"))
-      ws.onopen = connected
-      ws.onmessage = (e) => receive(JSON.parse(e.data))
-      ws.onclose = (e) => retry(`closed (${e.code})`)
+      let open = false
+      ws.onopen = () => {
+        open = true
+        connected()
+      }
+      ws.onmessage = (e) => receive(JSON.parse(e.data), protocol)
+      ws.onclose = (e) => (open ? retry(`closed (${e.code})`) : probe("could not connect"))
       close = () => ws.close()
     } else if (protocol === "sse") {
       const es = new EventSource(notifyUrl("sse"))
       es.onopen = connected
-      es.addEventListener("message", (e) => receive(JSON.parse(e.data)))
-      // EventSource reconnects by itself with Last-Event-ID; a fatal close gets a fresh one.
+      es.addEventListener("message", (e) => receive(JSON.parse(e.data), protocol))
+      // EventSource reconnects by itself with Last-Event-ID; one that gave up gets a fresh one.
       es.onerror = () => {
-        if (es.readyState === EventSource.CLOSED) retry("closed")
+        if (es.readyState === EventSource.CLOSED) probe("closed")
       }
       close = () => es.close()
     } else {
       const controller = new AbortController()
       close = () => controller.abort()
       ;(async () => {
-        connected()
+        let announced = false
         while (!stopped) {
           const res = await fetch(notifyUrl("poll"), { signal: controller.signal })
-          if (res.status === 200) receive(await res.json())
-          else if (res.status !== 204) throw new Error(`HTTP ${res.status}`)
+          if (res.status === 400 || res.status === 401) return refused(res.status)
+          if (res.status !== 200 && res.status !== 204) throw new Error(`HTTP ${res.status}`)
+          if (!announced) {
+            announced = true
+            connected()
+          }
+          if (res.status === 200) receive(await res.json(), protocol)
         }
       })().catch((e) => retry(e.message))
     }

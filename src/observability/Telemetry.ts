@@ -103,10 +103,12 @@ export const storeActivity = { inFlight: 0 }
 
 /** A store operation: timed into `queryDuration(op)` and counted in flight while it runs. */
 export const storeOperation = <A, E, R>(metric: Metric.Metric<number, unknown>, effect: Effect.Effect<A, E, R>) =>
-  Effect.suspend(() => {
-    storeActivity.inFlight++
-    return timed(metric, effect).pipe(Effect.ensuring(Effect.sync(() => storeActivity.inFlight--)))
-  })
+  // Counted up and down around the operation with no interruption point between: the gauge cannot drift.
+  Effect.acquireUseRelease(
+    Effect.sync(() => storeActivity.inFlight++),
+    () => timed(metric, effect),
+    () => Effect.sync(() => storeActivity.inFlight--)
+  )
 
 /** A replay of `count` messages. */
 export const recordReplay = (count: number) =>

@@ -47,7 +47,9 @@ export const parseNotify = Effect.fnUntraced(function* (
   const claims = yield* tokens.verify(token).pipe(
     Effect.catch((e) => refuse(401, ErrorCode.InvalidToken, e.reason))
   )
-  const cursor = params.get("last_msg_id") ?? header("last-event-id") ?? undefined
+  // Last-Event-ID first: an EventSource sends it on each reconnect by itself, newer than the
+  // `last_msg_id` fixed in its URL when it was created.
+  const cursor = header("last-event-id") ?? params.get("last_msg_id") ?? undefined
   if (cursor !== undefined && cursor !== "" && !MsgIdPattern.test(cursor)) {
     return yield* refuse(400, ErrorCode.InvalidParameter, "last_msg_id (or Last-Event-ID) is not a MsgId")
   }
