@@ -16,14 +16,10 @@ restore()
 const args = process.argv.slice(2)
 
 /** 2 for a wrong command line (help shown with the reason), 1 for a failed request or anything else. */
-const exitCode = (exit: Exit.Exit<unknown, unknown>) => {
-  if (Exit.isSuccess(exit)) return 0
-  const error = Cause.squash(exit.cause)
-  if (CliError.isCliError(error)) {
-    if (error._tag === "ShowHelp") return error.errors.length === 0 ? 0 : 2
-    return error._tag === "UserError" ? 1 : 2
-  }
-  return 1
+const exitCode = (error: unknown) => {
+  if (!CliError.isCliError(error)) return 1
+  if (error._tag === "ShowHelp") return error.errors.length === 0 ? 0 : 2
+  return error._tag === "UserError" ? 1 : 2
 }
 
 const program = args.length === 0 ? Layer.launch(MainLive) : Command.runWith(cli, { version: "0.1.0" })(args).pipe(
@@ -31,14 +27,13 @@ const program = args.length === 0 ? Layer.launch(MainLive) : Command.runWith(cli
   Effect.exit,
   Effect.flatMap((exit) =>
     Effect.sync(() => {
-      const code = exitCode(exit)
-      // The reason was already printed by the CLI runner; anything it did not print goes to stderr plainly.
-      const error = Exit.isFailure(exit) ? Cause.squash(exit.cause) : undefined
-      const reported = typeof error === "object" && error !== null && CliError.getUserMessage(error) !== undefined
-      if (code === 1 && Exit.isFailure(exit) && !reported && !CliError.isCliError(error)) {
-        console.error(`error: ${Cause.pretty(exit.cause)}`)
-      }
-      process.exit(code)
+      if (Exit.isSuccess(exit)) return process.exit(0)
+      const error = Cause.squash(exit.cause)
+      // The CLI runner printed its own errors and those with a user message; anything else goes to stderr.
+      const reported = CliError.isCliError(error)
+        || (typeof error === "object" && error !== null && CliError.getUserMessage(error) !== undefined)
+      if (!reported) console.error(`error: ${Cause.pretty(exit.cause)}`)
+      process.exit(exitCode(error))
     })
   )
 )

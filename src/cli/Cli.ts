@@ -7,7 +7,7 @@
 import { Config, Console, Effect, Layer, Option, Schema, Stream } from "effect"
 import { Argument, CliError, Command, Flag } from "effect/cli"
 import { MainLive } from "../App.ts"
-import { type ClientOptions, makeClient, type QuickImClient } from "../client/Client.ts"
+import { makeClient, type QuickImClient } from "../client/Client.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { AppConfig } from "../Config.ts"
 import { DatabaseLive } from "../storage/Database.ts"
@@ -62,12 +62,11 @@ const root = Command.make("quick-im").pipe(
 )
 
 /** The SDK client for the root flags, with failures in plain words. */
-const client = (extra: Partial<ClientOptions> = {}) =>
-  Effect.gen(function* () {
-    const flags = yield* root
-    const options = { baseUrl: flags.url, adminKey: Option.getOrUndefined(flags.adminKey), ...extra }
-    return { im: yield* makeClient(options), flags, plain: plainly(flags.url) }
-  })
+const client = Effect.gen(function* () {
+  const flags = yield* root
+  const im = yield* makeClient({ baseUrl: flags.url, adminKey: Option.getOrUndefined(flags.adminKey) })
+  return { im, flags, plain: plainly(flags.url) }
+})
 
 const serve = Command.make("serve", {}, () => Layer.launch(MainLive)).pipe(
   Command.withDescription("Run a node (the default with no command): settings from the environment (README)")
@@ -83,7 +82,7 @@ const platform = Flag.Int("platform").pipe(Flag.withDescription("The platform (d
 
 const token = Command.make("token", { session, platform }, ({ platform, session }) =>
   Effect.gen(function* () {
-    const { im, plain } = yield* client()
+    const { im, plain } = yield* client
     yield* Console.log(yield* plain(im.token(session, platform)))
   })).pipe(Command.withDescription("Mint a token for a session (inner/get_token)"))
 
@@ -95,7 +94,7 @@ const create = Command.make("create", {
   type: Flag.Int("type").pipe(Flag.withDescription("Conversation type, 0-15"), Flag.withDefault(0))
 }, ({ sessions, type }) =>
   Effect.gen(function* () {
-    const { im, plain } = yield* client()
+    const { im, plain } = yield* client
     yield* Console.log(yield* plain(im.createConversation(sessions, type)))
   })).pipe(Command.withDescription("Create a conversation with these members; prints its id"))
 
@@ -108,7 +107,7 @@ const membership = (
 ) =>
   Command.make(name, { conversationId, sessions }, ({ conversationId, sessions }) =>
     Effect.gen(function* () {
-      const { im, plain } = yield* client()
+      const { im, plain } = yield* client
       yield* plain(act(im, conversationId, sessions))
       yield* Console.log(`${done} ${sessions.join(", ")}: ${conversationId}`)
     })).pipe(Command.withDescription(description))
@@ -124,7 +123,7 @@ const archive = Command.make("archive", {
   undo: Flag.Boolean("undo").pipe(Flag.withDescription("Unarchive instead"), Flag.withDefault(false))
 }, ({ conversations, undo }) =>
   Effect.gen(function* () {
-    const { im, plain } = yield* client()
+    const { im, plain } = yield* client
     yield* plain(im.archive(conversations, !undo))
     yield* Console.log(`${undo ? "unarchived" : "archived"} ${conversations.join(", ")}`)
   })).pipe(Command.withDescription("Archive conversations (all or nothing)"))
@@ -134,12 +133,11 @@ const conversation = Command.make("conversation").pipe(
   Command.withSubcommands([create, join, kick, archive])
 )
 
-/** A token for `session`, minted through the inner endpoint. */
+/** The client acting as `session`, with a token minted through the inner endpoint. */
 const sessionClient = (session: string, platform: number) =>
   Effect.gen(function* () {
-    const { im, plain, flags } = yield* client()
-    const token = yield* plain(im.token(session, platform))
-    return { im: yield* makeClient({ baseUrl: flags.url, token }), plain, token, flags }
+    const { im, plain } = yield* client
+    return { im: yield* im.as(yield* plain(im.token(session, platform))), plain }
   })
 
 const send = Command.make("send", {
@@ -194,7 +192,7 @@ const tail = Command.make("tail", {
 
 const status = Command.make("status", {}, () =>
   Effect.gen(function* () {
-    const { im, plain } = yield* client()
+    const { im, plain } = yield* client
     yield* Console.log(formatClusterView(yield* plain(im.cluster)).trimEnd())
   })).pipe(Command.withDescription("Runners and their health, shards, live entities and connections per node"))
 

@@ -135,7 +135,7 @@ export const heldShards = (sharding: Sharding.Sharding["Service"], shardsPerGrou
 }
 
 /** Conversation and Mailbox entities active on this node (the NodeInbox left out). */
-export const activeEntities = (sharding: Sharding.Sharding["Service"], here: LocalConnections["Service"]) =>
+const activeEntities = (sharding: Sharding.Sharding["Service"], here: LocalConnections["Service"]) =>
   Effect.map(sharding.activeEntityCount, (entities) => {
     const mailboxes = here.mailboxes.size
     return { conversations: Math.max(0, entities - mailboxes - here.inboxes.active), mailboxes }

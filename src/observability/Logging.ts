@@ -1,10 +1,10 @@
 /**
  * Log output: one JSON object per line where logs are collected (`QUICKIM_LOG_FORMAT=json`, and by
  * default when stdout is not a terminal), Effect's pretty format on a terminal. Lines about a
- * message carry `conversationId` and `msgId` (or `msgIds`) as annotations, so a collector can
- * follow one message through a node.
+ * message carry `conversationId` and `msgId` (a batch also `lastMsgId` and `count`) as
+ * annotations, so a collector can follow one message through a node.
  */
-import { Effect, Layer, Logger, References } from "effect"
+import { Effect, Layer, Logger, LogLevel, References } from "effect"
 import { AppConfig } from "../Config.ts"
 
 export const LoggingLive = Layer.unwrap(Effect.gen(function* () {
@@ -27,4 +27,5 @@ export const aboutMessages = (conversationId: string, msgIds: ReadonlyArray<stri
     : { conversationId, msgId: msgIds[0], lastMsgId: msgIds[msgIds.length - 1], count: msgIds.length }
 
 /** Whether `level` lets Debug lines through (a hot path skips building them otherwise). */
-export const debugEnabled = (level: string | undefined) => level === "Debug" || level === "Trace" || level === "All"
+export const debugEnabled = (level: LogLevel.LogLevel | undefined) =>
+  LogLevel.isGreaterThanOrEqualTo("Debug", level ?? "Info")
