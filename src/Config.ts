@@ -50,6 +50,8 @@ export interface AppSettings {
   readonly publicUrl: string | undefined
   /** How long processed cluster messages and replies are kept before the retention job deletes them. */
   readonly clusterRetention: Duration.Duration
+  /** `open`: any session may join by itself (unless the backend kicked it); `invite`: only the backend adds members. */
+  readonly publicJoin?: "open" | "invite"
 }
 
 const list = (name: string, fallback: string) =>
@@ -100,7 +102,8 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   shardLockRefresh: Config.Duration("QUICKIM_SHARD_LOCK_REFRESH").pipe(Config.withDefault(Duration.millis(500))),
   runnerHealthCheck: Config.Duration("QUICKIM_RUNNER_HEALTH_CHECK").pipe(Config.withDefault(Duration.seconds(2))),
   publicUrl: Config.String("QUICKIM_PUBLIC_URL").pipe(Config.withDefault(undefined)),
-  clusterRetention: Config.Duration("QUICKIM_CLUSTER_RETENTION").pipe(Config.withDefault(Duration.hours(1)))
+  clusterRetention: Config.Duration("QUICKIM_CLUSTER_RETENTION").pipe(Config.withDefault(Duration.hours(1))),
+  publicJoin: Config.Literals(["open", "invite"], "QUICKIM_PUBLIC_JOIN").pipe(Config.withDefault("open" as const))
 })
 
 export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-im/Config") {

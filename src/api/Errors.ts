@@ -17,7 +17,9 @@ export const ErrorCode = {
   EmptyMembers: 90011,
   UnsupportedProtocol: 90013,
   ConversationNotFound: 90020,
-  NotMember: 90021
+  NotMember: 90021,
+  RemovedFromConversation: 90022,
+  JoinNeedsInvitation: 90023
 } as const
 
 const fields = { code: Schema.Int, error: Schema.String }

@@ -12,8 +12,10 @@ import {
   ConversationTypeOutOfRange,
   EmptyMembers,
   isConversationTypeInRange,
+  JoinNeedsInvitation,
   type MsgData,
-  NotMember
+  NotMember,
+  RemovedFromConversation
 } from "../domain/Conversation.ts"
 import { decode, MsgIdClock } from "../domain/MsgId.ts"
 import { floorOf } from "../storage/Replay.ts"
@@ -32,7 +34,7 @@ type Request = Envelope.Request<any>
 type SendRequest = Envelope.Request<typeof Send>
 
 interface Loaded {
-  readonly state: ConversationState & { lastSeq: number; lastMsgId: string | undefined; isArchive: boolean }
+  readonly state: ConversationState & { lastSeq: number; lastMsgId: string | undefined }
   readonly clock: MsgIdClock
 }
 
@@ -61,6 +63,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const store = yield* ConversationStore
       const config = yield* AppConfig
       const debug = debugEnabled(config.logLevel)
+      const publicJoin = config.publicJoin ?? "open"
       const tracing = config.otlpEndpoint !== undefined
       const mailboxes = yield* Mailbox.client
       const here = yield* LocalConnections
@@ -352,7 +355,6 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                   // What was just written is the whole state: the first send needs no reload.
                   const state = {
                     conversationType: payload.conversationType,
-                    isArchive: false,
                     lastMsgId: undefined,
                     lastSeq: 0,
                     members: new Map(sessions.map((s) => [s, 0] as const))
@@ -368,16 +370,36 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                 const current = yield* load
                 if (current === null) return yield* fail(request, new ConversationNotFound({ conversationId: id }))
                 const { members } = current.state
+                const byBackend = payload.byBackend === true
                 if (request.tag === "Join") {
                   const added = sessions.filter((s) => !members.has(s))
+                  if (added.length > 0 && !byBackend) {
+                    // Bans are read from SQL, not kept in memory: a join by a non-member is rare, and
+                    // nothing can go stale across passivation, restarts or a shard moving.
+                    const banned = yield* store.bannedAmong(id, added)
+                    if (banned.length > 0) {
+                      return yield* fail(
+                        request,
+                        new RemovedFromConversation({ conversationId: id, session: banned[0] })
+                      )
+                    }
+                    if (publicJoin === "invite") {
+                      return yield* fail(request, new JoinNeedsInvitation({ conversationId: id, session: added[0] }))
+                    }
+                  }
                   if (added.length > 0) {
-                    yield* store.addMembers(id, added, current.state.lastSeq)
+                    yield* store.addMembers(id, added, current.state.lastSeq, byBackend)
                     for (const s of added) members.set(s, current.state.lastSeq)
                   }
+                } else if (byBackend) {
+                  // A kick bans every named session, members or not: the backend's word is that they
+                  // stay out until it adds them again.
+                  yield* store.removeMembers(id, sessions, true)
+                  for (const s of sessions) members.delete(s)
                 } else {
                   const removed = sessions.filter((s) => members.has(s))
                   if (removed.length > 0) {
-                    yield* store.removeMembers(id, removed)
+                    yield* store.removeMembers(id, removed, false)
                     for (const s of removed) members.delete(s)
                   }
                 }
@@ -386,15 +408,6 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               case "Redeliver": {
                 // Starting is the point: `load` hands the resume window over again.
                 yield* load
-                return yield* reply(request, undefined)
-              }
-              case "Archive": {
-                const current = yield* load
-                if (current === null) return yield* fail(request, new ConversationNotFound({ conversationId: id }))
-                if (current.state.isArchive !== payload.isArchive) {
-                  yield* store.setArchive(id, payload.isArchive)
-                  current.state.isArchive = payload.isArchive
-                }
                 return yield* reply(request, undefined)
               }
             }

@@ -5,27 +5,38 @@
 import { Schema } from "effect"
 import { ClusterSchema, Entity } from "effect/cluster"
 import { Rpc } from "effect/rpc"
-import { ConversationNotFound, ConversationTypeOutOfRange, EmptyMembers, NotMember } from "../domain/Conversation.ts"
+import {
+  ConversationNotFound,
+  ConversationTypeOutOfRange,
+  EmptyMembers,
+  JoinNeedsInvitation,
+  NotMember,
+  RemovedFromConversation
+} from "../domain/Conversation.ts"
 
 export const Create = Rpc.make("Create", {
   payload: { conversationType: Schema.Number, sessions: Schema.Array(Schema.String) },
   error: Schema.Union([ConversationTypeOutOfRange, EmptyMembers])
 })
 
+/**
+ * `byBackend` (inner/join_conversation): adds the sessions whatever they did before and lifts their
+ * bans. Without it (a session joining by itself, the public join_conversation) a banned session is
+ * refused, and so is any non-member when public joins are invite-only; a member joining again is a
+ * no-op. Absent means "by itself": the careful reading, for any caller that does not say.
+ */
 export const Join = Rpc.make("Join", {
-  payload: { sessions: Schema.Array(Schema.String) },
-  error: Schema.Union([ConversationNotFound, EmptyMembers])
+  payload: { sessions: Schema.Array(Schema.String), byBackend: Schema.optionalKey(Schema.Boolean) },
+  error: Schema.Union([ConversationNotFound, EmptyMembers, RemovedFromConversation, JoinNeedsInvitation])
 })
 
-/** Leave (one session, by itself) and kick (by the backend) both remove members. */
+/**
+ * Leave (one session, by itself) and kick (`byBackend`, inner/kickout_conversation) both remove
+ * members; a kick also bans the sessions from joining again by themselves.
+ */
 export const Remove = Rpc.make("Remove", {
-  payload: { sessions: Schema.Array(Schema.String) },
+  payload: { sessions: Schema.Array(Schema.String), byBackend: Schema.optionalKey(Schema.Boolean) },
   error: Schema.Union([ConversationNotFound, EmptyMembers])
-})
-
-export const Archive = Rpc.make("Archive", {
-  payload: { isArchive: Schema.Boolean },
-  error: ConversationNotFound
 })
 
 export const SentMessage = Schema.Struct({
@@ -56,4 +67,4 @@ export const Send = Rpc.make("Send", {
  */
 export const Redeliver = Rpc.make("Redeliver").annotate(ClusterSchema.Persisted, true)
 
-export const Conversation = Entity.make("Conversation", [Create, Join, Remove, Archive, Send, Redeliver])
+export const Conversation = Entity.make("Conversation", [Create, Join, Remove, Send, Redeliver])

@@ -56,6 +56,18 @@ export class NotMember extends Schema.TaggedError<NotMember>()("NotMember", {
   session: Schema.String
 }) {}
 
+/** The backend removed this session (kick): only the backend can bring it back (`inner/join_conversation`). */
+export class RemovedFromConversation extends Schema.TaggedError<RemovedFromConversation>()("RemovedFromConversation", {
+  conversationId: Schema.String,
+  session: Schema.String
+}) {}
+
+/** Public joins are invite-only (`QUICKIM_PUBLIC_JOIN=invite`): a non-member needs the backend to add it. */
+export class JoinNeedsInvitation extends Schema.TaggedError<JoinNeedsInvitation>()("JoinNeedsInvitation", {
+  conversationId: Schema.String,
+  session: Schema.String
+}) {}
+
 export class ConversationTypeOutOfRange
   extends Schema.TaggedError<ConversationTypeOutOfRange>()("ConversationTypeOutOfRange", {
     conversationType: Schema.Number

@@ -15,6 +15,20 @@ export const toApiError = (e: unknown): Effect.Effect<never, ApiError> => {
       return Effect.fail(
         new Forbidden({ code: ErrorCode.NotMember, error: `not a member of conversation ${x.conversationId}` })
       )
+    case "RemovedFromConversation":
+      return Effect.fail(
+        new Forbidden({
+          code: ErrorCode.RemovedFromConversation,
+          error: `removed from conversation ${x.conversationId}: only the backend can add this session again`
+        })
+      )
+    case "JoinNeedsInvitation":
+      return Effect.fail(
+        new Forbidden({
+          code: ErrorCode.JoinNeedsInvitation,
+          error: `joining conversation ${x.conversationId} needs an invitation from the backend`
+        })
+      )
     case "ConversationTypeOutOfRange":
       return Effect.fail(
         new BadRequest({

@@ -60,7 +60,7 @@ const ConversationHandlers = HttpApiBuilder.group(
       join_conversation: ({ payload }) =>
         Effect.gen(function* () {
           const { sid } = yield* CurrentSession
-          yield* conversations(payload.conversation_id).Join({ sessions: [sid] })
+          yield* conversations(payload.conversation_id).Join({ sessions: [sid], byBackend: false })
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       create_conversation: ({ payload }) =>
@@ -73,7 +73,7 @@ const ConversationHandlers = HttpApiBuilder.group(
       leave_conversation: ({ payload }) =>
         Effect.gen(function* () {
           const { sid } = yield* CurrentSession
-          yield* conversations(payload.conversation_id).Remove({ sessions: [sid] })
+          yield* conversations(payload.conversation_id).Remove({ sessions: [sid], byBackend: false })
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       get_lastone_msgid: ({ payload }) =>
@@ -163,25 +163,19 @@ const InnerHandlers = HttpApiBuilder.group(
         }).pipe(mapped),
       kickout_conversation: ({ payload }) =>
         Effect.gen(function* () {
-          yield* conversations(payload.conversation_id).Remove({ sessions: payload.sessions })
+          yield* conversations(payload.conversation_id).Remove({ sessions: payload.sessions, byBackend: true })
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       join_conversation: ({ payload }) =>
         Effect.gen(function* () {
-          yield* conversations(payload.conversation_id).Join({ sessions: payload.sessions })
+          yield* conversations(payload.conversation_id).Join({ sessions: payload.sessions, byBackend: true })
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       set_archive_conversations: ({ payload }) =>
         Effect.gen(function* () {
-          // All or nothing: refuse the whole request if any id is unknown, before changing any.
-          const ids = [...new Set(payload.conversation_ids)]
-          const found = new Set(yield* store.exists(ids))
-          const missing = ids.find((id) => !found.has(id))
-          if (missing !== undefined) return yield* new ConversationNotFound({ conversationId: missing })
-          yield* Effect.forEach(ids, (id) => conversations(id).Archive({ isArchive: payload.is_archive }), {
-            concurrency: 16,
-            discard: true
-          })
+          // All or nothing, also when it fails half-way: one transaction in the store (which says why
+          // this write does not go through the Conversation entities).
+          yield* store.setArchive(payload.conversation_ids, payload.is_archive)
           return { code: 0 as const }
         }).pipe(mapped),
       cluster: () =>

@@ -4,14 +4,13 @@
  */
 import { Context, Effect, Layer, Option } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
-import type { ConversationDetail, MsgData } from "../domain/Conversation.ts"
+import { type ConversationDetail, ConversationNotFound, type MsgData } from "../domain/Conversation.ts"
 import { AppConfig } from "../Config.ts"
 import { makeCommitBatcher } from "./CommitBatcher.ts"
 import { queryDuration, storeOperation } from "../observability/Telemetry.ts"
 
 export interface ConversationState {
   readonly conversationType: number
-  readonly isArchive: boolean
   readonly lastMsgId: string | undefined
   readonly lastSeq: number
   readonly members: Map<string, number>
@@ -74,9 +73,17 @@ const timedStore = (store: ConversationStore["Service"]): ConversationStore["Ser
 export class ConversationStore extends Context.Service<ConversationStore, {
   readonly load: (id: string) => Sql<Option.Option<ConversationState>>
   readonly create: (id: string, conversationType: number, sessions: ReadonlyArray<string>) => Sql<void>
-  readonly addMembers: (id: string, sessions: ReadonlyArray<string>, joinedSeq: number) => Sql<void>
-  readonly removeMembers: (id: string, sessions: ReadonlyArray<string>) => Sql<void>
-  readonly setArchive: (id: string, isArchive: boolean) => Sql<void>
+  /** `liftBans` (the backend adding them): their bans go in the same transaction. */
+  readonly addMembers: (id: string, sessions: ReadonlyArray<string>, joinedSeq: number, liftBans: boolean) => Sql<void>
+  /** `ban` (a kick by the backend): the sessions are also recorded as banned, in the same transaction. */
+  readonly removeMembers: (id: string, sessions: ReadonlyArray<string>, ban: boolean) => Sql<void>
+  /** Those of `sessions` the backend removed from the conversation and did not add again. */
+  readonly bannedAmong: (id: string, sessions: ReadonlyArray<string>) => Sql<ReadonlyArray<string>>
+  /** All or nothing, in one transaction: fails with the first unknown id and changes nothing then. */
+  readonly setArchive: (
+    ids: ReadonlyArray<string>,
+    isArchive: boolean
+  ) => Effect.Effect<void, SqlError.SqlError | ConversationNotFound>
   readonly appendMessages: (id: string, rows: ReadonlyArray<MessageRow>) => Sql<void>
   readonly findByClientIds: (
     id: string,
@@ -111,17 +118,15 @@ export class ConversationStore extends Context.Service<ConversationStore, {
           Effect.gen(function* () {
             const rows = yield* sql<{
               conversation_type: string
-              is_archive: boolean
               last_msg_id: string | null
               last_seq: string
-            }>`SELECT conversation_type, is_archive, last_msg_id, last_seq FROM conversations WHERE id = ${id}`
+            }>`SELECT conversation_type, last_msg_id, last_seq FROM conversations WHERE id = ${id}`
             if (rows.length === 0) return Option.none()
             const members = yield* sql<{ session_id: string; joined_seq: string }>`
               SELECT session_id, joined_seq FROM conversation_members WHERE conversation_id = ${id}`
             const row = rows[0]
             return Option.some({
               conversationType: Number(row.conversation_type),
-              isArchive: row.is_archive,
               lastMsgId: row.last_msg_id ?? undefined,
               lastSeq: Number(row.last_seq),
               members: new Map(members.map((m) => [m.session_id, Number(m.joined_seq)]))
@@ -135,15 +140,55 @@ export class ConversationStore extends Context.Service<ConversationStore, {
               sql.insert(rowsOf(sessions.map((s) => ({ conversation_id: id, session_id: s, joined_seq: 0 }))))
             } ON CONFLICT DO NOTHING`
           })),
-        addMembers: (id, sessions, joinedSeq) =>
-          sql`INSERT INTO conversation_members ${
+        addMembers: (id, sessions, joinedSeq, liftBans) => {
+          const add = sql`INSERT INTO conversation_members ${
             sql.insert(rowsOf(sessions.map((s) => ({ conversation_id: id, session_id: s, joined_seq: joinedSeq }))))
-          } ON CONFLICT DO NOTHING`.pipe(Effect.asVoid),
-        removeMembers: (id, sessions) =>
-          sql`DELETE FROM conversation_members WHERE conversation_id = ${id} AND ${sql.in("session_id", sessions)}`
-            .pipe(Effect.asVoid),
-        setArchive: (id, isArchive) =>
-          sql`UPDATE conversations SET is_archive = ${isArchive} WHERE id = ${id}`.pipe(Effect.asVoid),
+          } ON CONFLICT DO NOTHING`
+          return liftBans
+            ? sql.withTransaction(Effect.gen(function* () {
+              yield* sql`DELETE FROM conversation_bans WHERE conversation_id = ${id} AND ${
+                sql.in("session_id", sessions)
+              }`
+              yield* add
+            }))
+            : add.pipe(Effect.asVoid)
+        },
+        removeMembers: (id, sessions, ban) => {
+          const remove = sql`DELETE FROM conversation_members WHERE conversation_id = ${id} AND ${
+            sql.in("session_id", sessions)
+          }`
+          return ban
+            ? sql.withTransaction(Effect.gen(function* () {
+              yield* remove
+              yield* sql`INSERT INTO conversation_bans ${
+                sql.insert(rowsOf(sessions.map((s) => ({ conversation_id: id, session_id: s }))))
+              } ON CONFLICT DO NOTHING`
+            }))
+            : remove.pipe(Effect.asVoid)
+        },
+        bannedAmong: (id, sessions) =>
+          sessions.length === 0
+            ? Effect.succeed([])
+            : sql<{ session_id: string }>`SELECT session_id FROM conversation_bans
+              WHERE conversation_id = ${id} AND ${sql.in("session_id", sessions)}`.pipe(
+              Effect.map((rows) => rows.map((r) => r.session_id))
+            ),
+        // Not through the Conversation entities: one transaction cannot span many entities, and none
+        // of them needs the flag (no rule reads it; their writes never touch the column). Row locks
+        // order this against their commits, which set only the last-message columns: nothing is lost.
+        // The rows are locked in id order first, which also proves that every one exists.
+        setArchive: (ids, isArchive) => {
+          const unique = [...new Set(ids)]
+          if (unique.length === 0) return Effect.void
+          return sql.withTransaction(Effect.gen(function* () {
+            const found = yield* sql<{ id: string }>`SELECT id FROM conversations WHERE ${sql.in("id", unique)}
+              ORDER BY id FOR UPDATE`
+            const have = new Set(found.map((r) => r.id))
+            const missing = unique.find((id) => !have.has(id))
+            if (missing !== undefined) return yield* new ConversationNotFound({ conversationId: missing })
+            yield* sql`UPDATE conversations SET is_archive = ${isArchive} WHERE ${sql.in("id", unique)}`
+          }))
+        },
         appendMessages: (_id, rows) => batcher.append(rows),
         findByClientIds: (id, keys) =>
           sql<{ from_session: string; client_msg_id: string; msg_id: string; seq: string; send_time: string }>`

@@ -52,6 +52,7 @@ export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): A
   runnerHealthCheck: Duration.seconds(2),
   clusterRetention: Duration.hours(1),
   publicUrl: undefined,
+  publicJoin: "open",
   ...overrides
 })
 
