@@ -50,6 +50,12 @@ export interface AppSettings {
   readonly publicUrl: string | undefined
   /** How long processed cluster messages and replies are kept before the retention job deletes them. */
   readonly clusterRetention: Duration.Duration
+  /** When set, `inner/*`, `/metrics` and the cluster view are served only on this port (unset: on PORT). */
+  readonly innerPort?: number | undefined
+  /** Where the inner listener binds (default 127.0.0.1). */
+  readonly innerHost?: string
+  /** The console page may call its inner endpoints from a browser (same origin, loopback host name only). */
+  readonly consoleSignIn?: boolean
 }
 
 const list = (name: string, fallback: string) =>
@@ -100,7 +106,10 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   shardLockRefresh: Config.Duration("QUICKIM_SHARD_LOCK_REFRESH").pipe(Config.withDefault(Duration.millis(500))),
   runnerHealthCheck: Config.Duration("QUICKIM_RUNNER_HEALTH_CHECK").pipe(Config.withDefault(Duration.seconds(2))),
   publicUrl: Config.String("QUICKIM_PUBLIC_URL").pipe(Config.withDefault(undefined)),
-  clusterRetention: Config.Duration("QUICKIM_CLUSTER_RETENTION").pipe(Config.withDefault(Duration.hours(1)))
+  clusterRetention: Config.Duration("QUICKIM_CLUSTER_RETENTION").pipe(Config.withDefault(Duration.hours(1))),
+  innerPort: Config.Port("QUICKIM_INNER_PORT").pipe(Config.withDefault(undefined)),
+  innerHost: Config.String("QUICKIM_INNER_HOST").pipe(Config.withDefault("127.0.0.1")),
+  consoleSignIn: Config.Boolean("QUICKIM_CONSOLE_SIGN_IN").pipe(Config.withDefault(false))
 })
 
 export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-im/Config") {

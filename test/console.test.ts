@@ -20,7 +20,7 @@ const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 6)}`
 describe.skipIf(!hasChromium)("web console", () => {
   let server: TestServer
   beforeAll(async () => {
-    server = await startServer(settingsFor("postgres"))
+    server = await startServer(settingsFor("postgres", { consoleSignIn: true }))
     Fs.mkdirSync(artifacts, { recursive: true })
   })
   afterAll(() => server?.stop())

@@ -52,6 +52,9 @@ export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): A
   runnerHealthCheck: Duration.seconds(2),
   clusterRetention: Duration.hours(1),
   publicUrl: undefined,
+  innerPort: undefined,
+  innerHost: "127.0.0.1",
+  consoleSignIn: false,
   ...overrides
 })
 
