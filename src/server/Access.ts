@@ -110,7 +110,10 @@ const browserRefusal = (request: HttpServerRequest.HttpServerRequest, consoleSig
   if (origin === undefined && (site === undefined || site === "none")) return undefined
   if (consoleSignIn && fromConsolePage(request)) return undefined
   const header = origin !== undefined ? `Origin: ${origin}` : `Sec-Fetch-Site: ${site}`
-  return `inner endpoints are for your backend only, not for web pages: refused a request with ${header}`
+  const hint = site === "same-origin" && CONSOLE_PATHS.has(pathOf(request.url))
+    ? " (the console's dev sign-in needs QUICKIM_CONSOLE_SIGN_IN=true and the console opened at a loopback address)"
+    : ""
+  return `inner endpoints are for your backend only, not for web pages: refused a request with ${header}${hint}`
 }
 
 /**
