@@ -3,12 +3,12 @@
  * the HTTP gateway. `main.ts` launches it; tests build it with their own settings.
  */
 import { NodeClusterSocket, NodeCrypto, NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, Option } from "effect"
+import { Effect, Layer, Option, Redacted } from "effect"
 import { RunnerAddress, ShardingConfig, SingleRunner } from "effect/cluster"
 import { HttpRouter } from "effect/http"
-import { HttpApiBuilder } from "effect/http-api"
+import { HttpApi, HttpApiBuilder } from "effect/http-api"
 import { createServer } from "node:http"
-import { Api } from "./api/Api.ts"
+import { Api, ConversationApi, InnerApi, MessageApi, SystemApi } from "./api/Api.ts"
 import { AppConfig, type AppSettings, isConfigured } from "./Config.ts"
 import { NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
 import { inboxGroup, NodeInboxLive } from "./cluster/NodeInbox.ts"
@@ -23,6 +23,7 @@ import { MailboxEntityLive } from "./push/MailboxEntity.ts"
 import { NotifyRoutes } from "./push/NotifyRoutes.ts"
 import { WebSocketGateway } from "./push/WebSocketGateway.ts"
 import { CorsLive, EdgeLive } from "./server/Edge.ts"
+import { isLoopbackHost } from "./server/Access.ts"
 import { HandlersLive } from "./server/Handlers.ts"
 import { Tokens } from "./server/Tokens.ts"
 import { ConversationStore } from "./storage/ConversationStore.ts"
@@ -85,17 +86,56 @@ const CoreLive = Layer.mergeAll(ConversationStore.layer, Replay.layer, Tokens.la
   Layer.provideMerge(Telemetry.layer)
 )
 
+/** With `QUICKIM_INNER_PORT`, the public listener serves the public groups only: inner paths are 404 there. */
+const PublicApi = HttpApi.make("quick-im").add(ConversationApi).add(MessageApi).add(SystemApi)
+const InnerOnlyApi = HttpApi.make("quick-im").add(InnerApi).add(SystemApi)
+
+/**
+ * Why the inner endpoints are exposed beyond this machine without an admin key, or undefined when
+ * they are not: behind a reverse proxy on the same host every request comes from loopback, so the
+ * address allow-list alone lets the proxy's whole audience in.
+ */
+export const innerExposure = (config: AppSettings): string | undefined => {
+  if (Option.isSome(config.adminKey) && Redacted.value(config.adminKey.value).length > 0) return undefined
+  const separate = config.innerPort !== undefined
+  const host = separate ? config.innerHost ?? "127.0.0.1" : config.host
+  if (isLoopbackHost(host)) return undefined
+  const where = separate ? `the inner listener (QUICKIM_INNER_HOST=${host})` : `HOST=${host} beside the public API`
+  return `inner/* and /metrics are served on ${where} without QUICKIM_ADMIN_KEY: only the address `
+    + `allow-list (QUICKIM_INNER_ALLOW) guards them, and behind a reverse proxy on this host every request `
+    + `comes from loopback. Set QUICKIM_ADMIN_KEY, or QUICKIM_INNER_PORT to serve them on a loopback-only `
+    + `listener, and never forward /inner or /metrics from a proxy.`
+}
+
 const HttpLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const gateway = yield* WebSocketGateway
-  const routes = HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive))
-  return HttpRouter.serve(Layer.mergeAll(routes, NotifyRoutes, MetricsRoute, ConsoleRoutes, EdgeLive, CorsLive), {
+  const exposure = innerExposure(config)
+  if (exposure !== undefined) yield* Effect.logWarning(exposure)
+  const publicServer = NodeHttpServer.layer(() => gateway.attach(createServer()), {
+    port: config.port,
+    host: config.host
+  })
+  if (config.innerPort === undefined) {
+    const routes = HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive))
+    return HttpRouter.serve(Layer.mergeAll(routes, NotifyRoutes, MetricsRoute, ConsoleRoutes, EdgeLive, CorsLive), {
+      disableLogger: !config.accessLog
+    }).pipe(Layer.provideMerge(publicServer))
+  }
+  // Two servers, each with its own router (`serve` builds its app apart); only the public one is
+  // in this layer's output (HttpServer, as tests and the cluster view read its address).
+  const publicRoutes = HttpApiBuilder.layer(PublicApi, { openapiPath: "/openapi.json" }).pipe(
+    Layer.provide(HandlersLive)
+  )
+  const innerRoutes = HttpApiBuilder.layer(InnerOnlyApi).pipe(Layer.provide(HandlersLive))
+  const inner = HttpRouter.serve(Layer.mergeAll(innerRoutes, MetricsRoute, EdgeLive), {
     disableLogger: !config.accessLog
   }).pipe(
-    Layer.provideMerge(
-      NodeHttpServer.layer(() => gateway.attach(createServer()), { port: config.port, host: config.host })
-    )
+    Layer.provide(NodeHttpServer.layer(createServer, { port: config.innerPort, host: config.innerHost ?? "127.0.0.1" }))
   )
+  return HttpRouter.serve(Layer.mergeAll(publicRoutes, NotifyRoutes, ConsoleRoutes, EdgeLive, CorsLive), {
+    disableLogger: !config.accessLog
+  }).pipe(Layer.provideMerge(publicServer), Layer.merge(inner))
 }))
 
 const PushLive = WebSocketGateway.layer.pipe(Layer.provideMerge(Feed.layer))

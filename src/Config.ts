@@ -52,6 +52,12 @@ export interface AppSettings {
   readonly clusterRetention: Duration.Duration
   /** `open`: any session may join by itself (unless the backend kicked it); `invite`: only the backend adds members. */
   readonly publicJoin?: "open" | "invite"
+  /** When set, `inner/*`, `/metrics` and the cluster view are served only on this port (unset: on PORT). */
+  readonly innerPort?: number | undefined
+  /** Where the inner listener binds (default 127.0.0.1). */
+  readonly innerHost?: string
+  /** The console page may call its inner endpoints from a browser (same origin, loopback host name only). */
+  readonly consoleSignIn?: boolean
 }
 
 const list = (name: string, fallback: string) =>
@@ -103,7 +109,10 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   runnerHealthCheck: Config.Duration("QUICKIM_RUNNER_HEALTH_CHECK").pipe(Config.withDefault(Duration.seconds(2))),
   publicUrl: Config.String("QUICKIM_PUBLIC_URL").pipe(Config.withDefault(undefined)),
   clusterRetention: Config.Duration("QUICKIM_CLUSTER_RETENTION").pipe(Config.withDefault(Duration.hours(1))),
-  publicJoin: Config.Literals(["open", "invite"], "QUICKIM_PUBLIC_JOIN").pipe(Config.withDefault("open" as const))
+  publicJoin: Config.Literals(["open", "invite"], "QUICKIM_PUBLIC_JOIN").pipe(Config.withDefault("open" as const)),
+  innerPort: Config.Port("QUICKIM_INNER_PORT").pipe(Config.withDefault(undefined)),
+  innerHost: Config.String("QUICKIM_INNER_HOST").pipe(Config.withDefault("127.0.0.1")),
+  consoleSignIn: Config.Boolean("QUICKIM_CONSOLE_SIGN_IN").pipe(Config.withDefault(false))
 })
 
 export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-im/Config") {

@@ -2,7 +2,8 @@
  * The web console end to end in headless Chromium against a real server on PostgreSQL: two
  * sessions in two pages sign in, one creates a conversation, the other joins it, and they converse
  * live (one over WebSocket, one over SSE); history pages back; the operator tab shows the cluster
- * view and metrics. Screenshots go to test/artifacts/ for review.
+ * view and metrics; a page signs in again with a pasted token. The page mints its tokens through
+ * inner/get_token, which QUICKIM_CONSOLE_SIGN_IN opens to it. Screenshots go to test/artifacts/.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { hasChromium, launchChromium } from "./support/browser.ts"
@@ -20,7 +21,7 @@ const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 6)}`
 describe.skipIf(!hasChromium)("web console", () => {
   let server: TestServer
   beforeAll(async () => {
-    server = await startServer(settingsFor("postgres"))
+    server = await startServer(settingsFor("postgres", { consoleSignIn: true }))
     Fs.mkdirSync(artifacts, { recursive: true })
   })
   afterAll(() => server?.stop())
@@ -90,9 +91,11 @@ describe.skipIf(!hasChromium)("web console", () => {
       for (let i = 0; i < 40; i++) {
         await server.post("/send_msg", { conversation_id: conversation, content: `bulk ${i}` }, token)
       }
+      // Signing in again with a token the backend minted (what works without QUICKIM_CONSOLE_SIGN_IN).
       await pageB.reload()
-      await pageB.getByLabel("Session").fill(bob)
+      await pageB.getByLabel("Or a token").fill(await server.token(bob))
       await pageB.getByRole("button", { name: "Sign in" }).click()
+      await pageB.waitForSelector("#chat:not([hidden])")
       await pageB.getByRole("button", { name: new RegExp(`^${conversation.slice(0, 8)}`) }).click()
       await pageB.waitForFunction(() => document.querySelectorAll("#messages li").length === 30)
       await pageB.getByRole("button", { name: "Load older messages" }).click()

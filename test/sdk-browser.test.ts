@@ -1,7 +1,8 @@
 /**
  * The client SDK in a browser: bundled for the browser with `deno bundle`, loaded by a page in
- * headless Chromium from another origin (CORS), it mints a token, creates a conversation and
- * receives its own messages through the async iterator over ws, sse and poll.
+ * headless Chromium from another origin (CORS), it receives its own messages through the async
+ * iterator over ws, sse and poll; the token and the conversation come from the backend (the test),
+ * and the page's own attempt to call an inner endpoint is refused.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { hasChromium, launchChromium } from "./support/browser.ts"
@@ -56,12 +57,28 @@ describe.skipIf(!hasChromium)("client SDK in a browser", () => {
       await page.goto(`http://127.0.0.1:${(site.address() as AddressInfo).port}/`)
       await page.waitForFunction(() => (globalThis as any).quickImScenario !== undefined)
       for (const protocol of ["ws", "sse", "poll"]) {
+        const session = `browser-${crypto.randomUUID().slice(0, 8)}`
+        const token = await server.token(session)
+        const conversation = (await server.post("/inner/create_conversation", { sessions: [session] })).body.data
+          .ConversationId
         const received = await page.evaluate(
-          ([url, session, p]) => (globalThis as any).quickImScenario(url, session, p),
-          [server.url, `browser-${crypto.randomUUID().slice(0, 8)}`, protocol]
+          ([url, t, c, p]) => (globalThis as any).quickImScenario(url, t, c, p),
+          [server.url, token, conversation, protocol]
         )
         assert.deepStrictEqual(received, [`${protocol} one`, `${protocol} two`, `${protocol} three`])
       }
+      // The page (another origin, a loopback address) calling an inner endpoint itself with a
+      // request that needs no preflight: the browser cannot read the answer, and the server refused it.
+      const intruder = `intruder-${crypto.randomUUID().slice(0, 8)}`
+      const attempt = await page.evaluate(([url, session]) =>
+        fetch(`${url}/inner/create_conversation`, {
+          method: "POST",
+          headers: { "content-type": "text/plain" },
+          body: JSON.stringify({ sessions: [session] })
+        }).then((r) => `read ${r.status}`, (e) => `blocked: ${e.message}`), [server.url, intruder])
+      assert.match(attempt, /^blocked/)
+      const joined = await server.post("/get_joined_conversation", {}, await server.token(intruder))
+      assert.deepStrictEqual(joined.body.data.Conversations, [])
       assert.deepStrictEqual(errors, [])
     } finally {
       await browser.close()

@@ -1,6 +1,7 @@
 /**
  * The `quick-im` command line (effect/cli): `serve` and `migrate` run this node; the others talk
- * to a running server through the client SDK (`--url`, `inner/*` from an allowed address, with
+ * to a running server through the client SDK (`--url`; `inner/*` through `--inner-url`, which is
+ * `--url` unless the server has a separate inner listener, from an allowed address, with
  * `--admin-key` when the server has one). Exit codes: 0 done, 1 the server refused or could not
  * be reached (the reason in plain words), 2 the command line itself was wrong.
  */
@@ -54,18 +55,28 @@ const adminKey = Flag.String("admin-key").pipe(
   Flag.withFallbackConfig(Config.String("QUICKIM_ADMIN_KEY")),
   Flag.optional
 )
-const shared = { url, adminKey }
+const innerUrl = Flag.String("inner-url").pipe(
+  Flag.withDescription("The server's inner listener, for inner/* (default $QUICKIM_INNER_URL, else --url)"),
+  Flag.withFallbackConfig(Config.String("QUICKIM_INNER_URL")),
+  Flag.optional
+)
+const shared = { url, innerUrl, adminKey }
 
 const root = Command.make("quick-im").pipe(
   Command.withSharedFlags(shared),
   Command.withDescription("quick-im: clustered instant-messaging core. Run a node, or operate a running one.")
 )
 
-/** The SDK client for the root flags, with failures in plain words. */
+/**
+ * The SDK clients for the root flags, with failures in plain words: `inner` for `inner/*` (at
+ * `--inner-url`, with the admin key), `im` for the public API (at `--url`).
+ */
 const client = Effect.gen(function* () {
   const flags = yield* root
-  const im = yield* makeClient({ baseUrl: flags.url, adminKey: Option.getOrUndefined(flags.adminKey) })
-  return { im, flags, plain: plainly(flags.url) }
+  const innerUrl = Option.getOrElse(flags.innerUrl, () => flags.url)
+  const inner = yield* makeClient({ baseUrl: innerUrl, adminKey: Option.getOrUndefined(flags.adminKey) })
+  const im = yield* makeClient({ baseUrl: flags.url })
+  return { im, inner, flags, plain: plainly(flags.url), plainInner: plainly(innerUrl) }
 })
 
 const serve = Command.make("serve", {}, () => Layer.launch(MainLive)).pipe(
@@ -82,8 +93,8 @@ const platform = Flag.Int("platform").pipe(Flag.withDescription("The platform (d
 
 const token = Command.make("token", { session, platform }, ({ platform, session }) =>
   Effect.gen(function* () {
-    const { im, plain } = yield* client
-    yield* Console.log(yield* plain(im.token(session, platform)))
+    const { inner, plainInner } = yield* client
+    yield* Console.log(yield* plainInner(inner.token(session, platform)))
   })).pipe(Command.withDescription("Mint a token for a session (inner/get_token)"))
 
 const conversationId = Argument.String("conversation").pipe(Argument.withDescription("The conversation id"))
@@ -94,8 +105,8 @@ const create = Command.make("create", {
   type: Flag.Int("type").pipe(Flag.withDescription("Conversation type, 0-15"), Flag.withDefault(0))
 }, ({ sessions, type }) =>
   Effect.gen(function* () {
-    const { im, plain } = yield* client
-    yield* Console.log(yield* plain(im.createConversation(sessions, type)))
+    const { inner, plainInner } = yield* client
+    yield* Console.log(yield* plainInner(inner.createConversation(sessions, type)))
   })).pipe(Command.withDescription("Create a conversation with these members; prints its id"))
 
 /** `join` and `kick`: a conversation and the sessions to add or remove. */
@@ -107,8 +118,8 @@ const membership = (
 ) =>
   Command.make(name, { conversationId, sessions }, ({ conversationId, sessions }) =>
     Effect.gen(function* () {
-      const { im, plain } = yield* client
-      yield* plain(act(im, conversationId, sessions))
+      const { inner, plainInner } = yield* client
+      yield* plainInner(act(inner, conversationId, sessions))
       yield* Console.log(`${done} ${sessions.join(", ")}: ${conversationId}`)
     })).pipe(Command.withDescription(description))
 
@@ -123,8 +134,8 @@ const archive = Command.make("archive", {
   undo: Flag.Boolean("undo").pipe(Flag.withDescription("Unarchive instead"), Flag.withDefault(false))
 }, ({ conversations, undo }) =>
   Effect.gen(function* () {
-    const { im, plain } = yield* client
-    yield* plain(im.archive(conversations, !undo))
+    const { inner, plainInner } = yield* client
+    yield* plainInner(inner.archive(conversations, !undo))
     yield* Console.log(`${undo ? "unarchived" : "archived"} ${conversations.join(", ")}`)
   })).pipe(Command.withDescription("Archive conversations (all or nothing)"))
 
@@ -136,8 +147,8 @@ const conversation = Command.make("conversation").pipe(
 /** The client acting as `session`, with a token minted through the inner endpoint. */
 const sessionClient = (session: string, platform: number) =>
   Effect.gen(function* () {
-    const { im, plain } = yield* client
-    return { im: yield* im.as(yield* plain(im.token(session, platform))), plain }
+    const { im, inner, plain, plainInner } = yield* client
+    return { im: yield* im.as(yield* plainInner(inner.token(session, platform))), plain }
   })
 
 const send = Command.make("send", {
@@ -192,8 +203,8 @@ const tail = Command.make("tail", {
 
 const status = Command.make("status", {}, () =>
   Effect.gen(function* () {
-    const { im, plain } = yield* client
-    yield* Console.log(formatClusterView(yield* plain(im.cluster)).trimEnd())
+    const { inner, plainInner } = yield* client
+    yield* Console.log(formatClusterView(yield* plainInner(inner.cluster)).trimEnd())
   })).pipe(Command.withDescription("Runners and their health, shards, live entities and connections per node"))
 
 const cluster = Command.make("cluster").pipe(

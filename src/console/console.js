@@ -1,5 +1,6 @@
 // The quick-im console: plain browser JavaScript against the documented HTTP API and /notify,
-// served as is (no build step). Sessions sign in through the loopback-only inner token endpoint.
+// served as is (no build step). Sessions sign in with a pasted token, or in dev mode
+// (QUICKIM_CONSOLE_SIGN_IN) through the inner token endpoint.
 const $ = (id) => document.getElementById(id)
 const state = {
   token: undefined,
@@ -269,14 +270,32 @@ const subscribe = (protocol) => {
   }
 }
 
+/** The `sid` claim of a token, read without checking it (the server does). */
+const tokenSubject = (token) => {
+  try {
+    const payload = token.split(".")[1].replace(/-/g, "+").replace(/_/g, "/")
+    return String(JSON.parse(atob(payload)).sid ?? "")
+  } catch {
+    throw new Error("that is not a token")
+  }
+}
+
 $("signin").addEventListener(
   "submit",
   attempt(async () => {
-    const session = $("session").value.trim()
+    const pasted = $("token").value.trim()
+    let session = $("session").value.trim()
     const platform = Number($("platform").value || 1)
     state.token = undefined
     state.adminKey = $("admin-key").value
-    state.token = await api("/inner/get_token", { session, platform })
+    if (pasted) {
+      // The session is the token's subject; the server checks the token on every call.
+      session = tokenSubject(pasted)
+      state.token = pasted
+    } else {
+      if (!session) throw new Error("a session, or a token")
+      state.token = await api("/inner/get_token", { session, platform })
+    }
     state.session = session
     state.protocol = $("protocol").value
     state.push?.()

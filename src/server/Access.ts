@@ -55,14 +55,78 @@ const sameSecret = (a: string, b: string) => {
   return x.length === y.length && timingSafeEqual(x, y)
 }
 
+/** A host name that only this machine can answer to: a DNS-rebinding page never carries one. */
+export const isLoopbackHost = (host: string) => {
+  const name = host.startsWith("[") && host.endsWith("]") ? host.slice(1, -1) : host
+  if (name === "localhost" || name === "::1") return true
+  return isIP(name) === 4 && name.startsWith("127.")
+}
+
+/** The inner endpoints the console page calls (sign-in, operator tab). */
+const CONSOLE_PATHS = new Set(["/inner/get_token", "/inner/cluster", "/metrics"])
+
+const pathOf = (url: string) => {
+  const path = url.split(/[?#]/, 1)[0]
+  try {
+    return decodeURI(path)
+  } catch {
+    return path
+  }
+}
+
 /**
- * The inner guard's check of one request: the source address in `QUICKIM_INNER_ALLOW` and, when
- * `QUICKIM_ADMIN_KEY` is set, the key in its header. Also guards `/metrics`.
+ * The console page calling this node from the same origin: `Sec-Fetch-Site: same-origin`, any
+ * `Origin` naming the host the request went to, and that host a loopback name (so not a page
+ * whose DNS name was rebound to this machine, nor anything arriving through a reverse proxy).
+ */
+const fromConsolePage = (request: HttpServerRequest.HttpServerRequest) => {
+  if (request.headers["sec-fetch-site"] !== "same-origin") return false
+  if (!CONSOLE_PATHS.has(pathOf(request.url))) return false
+  const host = request.headers["host"] ?? ""
+  let hostname: string
+  try {
+    hostname = new URL(`http://${host}`).hostname
+  } catch {
+    return false
+  }
+  if (!isLoopbackHost(hostname)) return false
+  const origin = request.headers["origin"]
+  if (origin === undefined) return true
+  try {
+    return new URL(origin).host === host
+  } catch {
+    return false
+  }
+}
+
+/**
+ * Why a request coming from a web page is refused, or undefined when it does not come from one.
+ * Browsers put `Origin` on cross-origin requests (and on same-origin POSTs) and `Sec-Fetch-Site`
+ * on every request (`none` only when the user typed the address); a backend sends neither.
+ */
+const browserRefusal = (request: HttpServerRequest.HttpServerRequest, consoleSignIn: boolean) => {
+  const origin = request.headers["origin"]
+  const site = request.headers["sec-fetch-site"]
+  if (origin === undefined && (site === undefined || site === "none")) return undefined
+  if (consoleSignIn && fromConsolePage(request)) return undefined
+  const header = origin !== undefined ? `Origin: ${origin}` : `Sec-Fetch-Site: ${site}`
+  const hint = site === "same-origin" && CONSOLE_PATHS.has(pathOf(request.url))
+    ? " (the console's dev sign-in needs QUICKIM_CONSOLE_SIGN_IN=true and the console opened at a loopback address)"
+    : ""
+  return `inner endpoints are for your backend only, not for web pages: refused a request with ${header}${hint}`
+}
+
+/**
+ * The inner guard's check of one request: the source address in `QUICKIM_INNER_ALLOW`, no sign of
+ * a web page (`Origin`, `Sec-Fetch-Site` other than `none`) unless it is the console page with
+ * `QUICKIM_CONSOLE_SIGN_IN`, and, when `QUICKIM_ADMIN_KEY` is set, the key in its header. Also
+ * guards `/metrics`.
  */
 export const makeInnerCheck = Effect.gen(function* () {
   const config = yield* AppConfig
   const allowed = yield* Effect.try(() => makeAllowList(config.innerAllow))
   const adminKey = Option.map(config.adminKey, Redacted.value).pipe(Option.filter((k) => k.length > 0))
+  const consoleSignIn = config.consoleSignIn ?? false
   return (request: HttpServerRequest.HttpServerRequest): Effect.Effect<void, Forbidden> => {
     const remote = Option.getOrElse(request.remoteAddress, () => "")
     if (!allowed(remote)) {
@@ -73,6 +137,8 @@ export const makeInnerCheck = Effect.gen(function* () {
         })
       )
     }
+    const refusal = browserRefusal(request, consoleSignIn)
+    if (refusal !== undefined) return Effect.fail(new Forbidden({ code: ErrorCode.NotAllowed, error: refusal }))
     if (Option.isSome(adminKey)) {
       const presented = request.headers[ADMIN_KEY_HEADER] ?? ""
       if (!sameSecret(presented, adminKey.value)) {

@@ -6,7 +6,14 @@
  * JSON bodies whatever the header says. Defects become 10002 with the cause logged, never shown.
  */
 import { ByteSize, Cause, Effect, Layer } from "effect"
-import { Headers, HttpIncomingMessage, HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
+import {
+  Headers,
+  HttpIncomingMessage,
+  HttpMiddleware,
+  HttpRouter,
+  HttpServerRequest,
+  HttpServerResponse
+} from "effect/http"
 import { HttpApiError } from "effect/http-api"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
@@ -89,12 +96,39 @@ export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
 }))
 
 /**
- * Browsers may call the public API from any origin; tokens travel in headers, not cookies. Trace
- * headers (`b3`, `traceparent`, which Effect's HTTP client sends) are allowed so a browser's trace
- * joins the server's.
+ * Paths for the backend only: `inner/*` (the cluster view included) and `/metrics`. Matched on
+ * the decoded, lower-cased path so no spelling the router accepts slips through.
  */
-export const CorsLive = HttpRouter.cors({
+export const isInnerPath = (url: string) => {
+  let path = url.split(/[?#]/, 1)[0]
+  try {
+    path = decodeURI(path)
+  } catch {
+    // left as sent: the router will not match it either
+  }
+  path = path.toLowerCase().replace(/\/{2,}/g, "/")
+  return path === "/inner" || path.startsWith("/inner/") || path === "/metrics" || path.startsWith("/metrics/")
+}
+
+const cors = HttpMiddleware.cors({
   allowedMethods: ["GET", "POST", "OPTIONS"],
-  allowedHeaders: ["authorization", "content-type", "last-event-id", "x-quickim-admin-key", "b3", "traceparent"],
+  allowedHeaders: ["authorization", "content-type", "last-event-id", "b3", "traceparent"],
   maxAge: 86400
 })
+
+/**
+ * Browsers may call the public API from any origin; tokens travel in headers, not cookies. Trace
+ * headers (`b3`, `traceparent`, which Effect's HTTP client sends) are allowed so a browser's trace
+ * joins the server's. Backend-only paths get no CORS headers at all, and their preflights are
+ * not approved (they fall through to the router: 404), so no page can read them.
+ */
+export const CorsLive = HttpRouter.middleware(
+  (httpEffect) => {
+    const withCors = cors(httpEffect)
+    return Effect.flatMap(
+      HttpServerRequest.HttpServerRequest,
+      (request) => isInnerPath(request.url) ? httpEffect : withCors
+    )
+  },
+  { global: true }
+)

@@ -53,6 +53,9 @@ export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): A
   clusterRetention: Duration.hours(1),
   publicUrl: undefined,
   publicJoin: "open",
+  innerPort: undefined,
+  innerHost: "127.0.0.1",
+  consoleSignIn: false,
   ...overrides
 })
 
