@@ -3,13 +3,13 @@
  * the HTTP gateway. `main.ts` launches it; tests build it with their own settings.
  */
 import { NodeClusterSocket, NodeCrypto, NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, Option } from "effect"
+import { Duration, Effect, Layer, Option } from "effect"
 import { RunnerAddress, ShardingConfig, SingleRunner } from "effect/cluster"
 import { HttpRouter } from "effect/http"
 import { HttpApiBuilder } from "effect/http-api"
 import { createServer } from "node:http"
 import { Api } from "./api/Api.ts"
-import { AppConfig, type AppSettings, isConfigured } from "./Config.ts"
+import { AppConfig, type AppSettings, defaultHttpTimeouts, isConfigured } from "./Config.ts"
 import { NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
 import { inboxGroup, NodeInboxLive } from "./cluster/NodeInbox.ts"
 import { NodeOutbox } from "./cluster/NodeOutbox.ts"
@@ -24,6 +24,8 @@ import { NotifyRoutes } from "./push/NotifyRoutes.ts"
 import { WebSocketGateway } from "./push/WebSocketGateway.ts"
 import { CorsLive, EdgeLive } from "./server/Edge.ts"
 import { HandlersLive } from "./server/Handlers.ts"
+import { RateLimits } from "./server/RateLimits.ts"
+import { KnownConversations } from "./conversation/KnownConversations.ts"
 import { Tokens } from "./server/Tokens.ts"
 import { ConversationStore } from "./storage/ConversationStore.ts"
 import { DatabaseLive } from "./storage/Database.ts"
@@ -85,6 +87,31 @@ const CoreLive = Layer.mergeAll(ConversationStore.layer, Replay.layer, Tokens.la
   Layer.provideMerge(Telemetry.layer)
 )
 
+/**
+ * Node's server with bounded waits, so slow or silent sockets cannot pile up: headers and the whole
+ * request must arrive in time (408 and closed otherwise), kept-alive connections close when idle,
+ * and a connection with no bytes either way while a request is served is closed after the idle
+ * timeout (never shorter than a poll's wait or two SSE heartbeats). Upgraded WebSockets leave the server's timeouts
+ * (the `ws` package clears the socket's timeout) and live by their own pings.
+ */
+const httpServer = (settings: AppSettings) => {
+  const t = settings.httpTimeouts ?? defaultHttpTimeouts
+  const headersTimeout = Duration.toMillis(t.headers)
+  const server = createServer({
+    headersTimeout,
+    requestTimeout: Math.max(headersTimeout, Duration.toMillis(t.request)),
+    keepAliveTimeout: Duration.toMillis(t.keepAlive),
+    // How often header and request timeouts are checked (Node's default, 30 s, would let them run late).
+    connectionsCheckingInterval: Math.min(5_000, Math.max(100, Math.floor(headersTimeout / 4)))
+  })
+  server.timeout = Math.max(
+    Duration.toMillis(t.idle),
+    Duration.toMillis(settings.pollWait) + 10_000,
+    2 * Duration.toMillis(settings.sseHeartbeat)
+  )
+  return server
+}
+
 const HttpLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const gateway = yield* WebSocketGateway
@@ -93,7 +120,7 @@ const HttpLive = Layer.unwrap(Effect.gen(function* () {
     disableLogger: !config.accessLog
   }).pipe(
     Layer.provideMerge(
-      NodeHttpServer.layer(() => gateway.attach(createServer()), { port: config.port, host: config.host })
+      NodeHttpServer.layer(() => gateway.attach(httpServer(config)), { port: config.port, host: config.host })
     )
   )
 }))
@@ -115,6 +142,7 @@ export const AppLive = NodeReporterLive.pipe(
   Layer.provideMerge(LocalConnections.layer),
   Layer.provideMerge(RunnerWatch.layer),
   Layer.provideMerge(ClusterLive),
+  Layer.provideMerge(Layer.mergeAll(KnownConversations.layer, RateLimits.layer)),
   Layer.provideMerge(CoreLive),
   Layer.provide(TracingLive),
   Layer.provide(LoggingLive)
