@@ -3,13 +3,13 @@
  * the HTTP gateway. `main.ts` launches it; tests build it with their own settings.
  */
 import { NodeClusterSocket, NodeCrypto, NodeHttpServer } from "@effect/platform-node"
-import { Effect, Layer, Option, Redacted } from "effect"
+import { Duration, Effect, Layer, Option, Redacted } from "effect"
 import { RunnerAddress, ShardingConfig, SingleRunner } from "effect/cluster"
 import { HttpRouter } from "effect/http"
 import { HttpApi, HttpApiBuilder } from "effect/http-api"
 import { createServer } from "node:http"
 import { Api, ConversationApi, InnerApi, MessageApi, SystemApi } from "./api/Api.ts"
-import { AppConfig, type AppSettings, isConfigured } from "./Config.ts"
+import { AppConfig, type AppSettings, defaultHttpTimeouts, isConfigured } from "./Config.ts"
 import { NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
 import { inboxGroup, NodeInboxLive } from "./cluster/NodeInbox.ts"
 import { NodeOutbox } from "./cluster/NodeOutbox.ts"
@@ -25,6 +25,8 @@ import { WebSocketGateway } from "./push/WebSocketGateway.ts"
 import { CorsLive, EdgeLive } from "./server/Edge.ts"
 import { isLoopbackHost } from "./server/Access.ts"
 import { HandlersLive } from "./server/Handlers.ts"
+import { RateLimits } from "./server/RateLimits.ts"
+import { KnownConversations } from "./conversation/KnownConversations.ts"
 import { Tokens } from "./server/Tokens.ts"
 import { ConversationStore } from "./storage/ConversationStore.ts"
 import { DatabaseLive } from "./storage/Database.ts"
@@ -107,12 +109,37 @@ export const innerExposure = (config: AppSettings): string | undefined => {
     + `listener, and never forward /inner or /metrics from a proxy.`
 }
 
+/**
+ * Node's server with bounded waits, so slow or silent sockets cannot pile up: headers and the whole
+ * request must arrive in time (408 and closed otherwise), kept-alive connections close when idle,
+ * and a connection with no bytes either way while a request is served is closed after the idle
+ * timeout (never shorter than a poll's wait or two SSE heartbeats). Upgraded WebSockets leave the server's timeouts
+ * (the `ws` package clears the socket's timeout) and live by their own pings.
+ */
+const httpServer = (settings: AppSettings) => {
+  const t = settings.httpTimeouts ?? defaultHttpTimeouts
+  const headersTimeout = Duration.toMillis(t.headers)
+  const server = createServer({
+    headersTimeout,
+    requestTimeout: Math.max(headersTimeout, Duration.toMillis(t.request)),
+    keepAliveTimeout: Duration.toMillis(t.keepAlive),
+    // How often header and request timeouts are checked (Node's default, 30 s, would let them run late).
+    connectionsCheckingInterval: Math.min(5_000, Math.max(100, Math.floor(headersTimeout / 4)))
+  })
+  server.timeout = Math.max(
+    Duration.toMillis(t.idle),
+    Duration.toMillis(settings.pollWait) + 10_000,
+    2 * Duration.toMillis(settings.sseHeartbeat)
+  )
+  return server
+}
+
 const HttpLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const gateway = yield* WebSocketGateway
   const exposure = innerExposure(config)
   if (exposure !== undefined) yield* Effect.logWarning(exposure)
-  const publicServer = NodeHttpServer.layer(() => gateway.attach(createServer()), {
+  const publicServer = NodeHttpServer.layer(() => gateway.attach(httpServer(config)), {
     port: config.port,
     host: config.host
   })
@@ -131,7 +158,9 @@ const HttpLive = Layer.unwrap(Effect.gen(function* () {
   const inner = HttpRouter.serve(Layer.mergeAll(innerRoutes, MetricsRoute, EdgeLive), {
     disableLogger: !config.accessLog
   }).pipe(
-    Layer.provide(NodeHttpServer.layer(createServer, { port: config.innerPort, host: config.innerHost ?? "127.0.0.1" }))
+    Layer.provide(
+      NodeHttpServer.layer(() => httpServer(config), { port: config.innerPort, host: config.innerHost ?? "127.0.0.1" })
+    )
   )
   return HttpRouter.serve(Layer.mergeAll(publicRoutes, NotifyRoutes, ConsoleRoutes, EdgeLive, CorsLive), {
     disableLogger: !config.accessLog
@@ -155,6 +184,7 @@ export const AppLive = NodeReporterLive.pipe(
   Layer.provideMerge(LocalConnections.layer),
   Layer.provideMerge(RunnerWatch.layer),
   Layer.provideMerge(ClusterLive),
+  Layer.provideMerge(Layer.mergeAll(KnownConversations.layer, RateLimits.layer)),
   Layer.provideMerge(CoreLive),
   Layer.provide(TracingLive),
   Layer.provide(LoggingLive)

@@ -2,7 +2,72 @@
  * Every setting of a node, read from the environment in one place. Runner (cluster) settings
  * are passed to Effect cluster explicitly so unprefixed variables such as `PORT` never move a runner.
  */
-import { Config, Context, Duration, Layer, type LogLevel, Option, Redacted } from "effect"
+import { Config, Context, Duration, Effect, Layer, type LogLevel, Option, Redacted } from "effect"
+
+/** A token bucket: `perSecond` refilled, up to `burst` at once; `perSecond` 0 turns the limit off. */
+export interface Rate {
+  readonly perSecond: number
+  readonly burst: number
+}
+
+/** What clients may do at a bounded rate (src/server/RateLimits.ts). */
+export type RateKind = "sends" | "creates" | "joins" | "connects" | "polls"
+
+export interface RateLimitSettings {
+  /** Per session (the token's `sid`), on each node. */
+  readonly perSession: Readonly<Record<RateKind, Rate>>
+  /** Per remote address (IPv6 by its /64), on each node. */
+  readonly perAddress: Readonly<Record<RateKind, Rate>>
+  /** Addresses (CIDRs) left out of the per-address limits: a reverse proxy there is every client's address. */
+  readonly addressExempt: ReadonlyArray<string>
+  /** Most sessions or addresses each limit tracks at once (least recently seen are forgotten first). */
+  readonly maxKeys: number
+}
+
+export const defaultRateLimits: RateLimitSettings = {
+  perSession: {
+    sends: { perSecond: 50, burst: 100 },
+    creates: { perSecond: 5, burst: 10 },
+    joins: { perSecond: 20, burst: 40 },
+    connects: { perSecond: 10, burst: 20 },
+    polls: { perSecond: 50, burst: 100 }
+  },
+  perAddress: {
+    sends: { perSecond: 500, burst: 1000 },
+    creates: { perSecond: 50, burst: 100 },
+    joins: { perSecond: 200, burst: 400 },
+    connects: { perSecond: 100, burst: 200 },
+    polls: { perSecond: 1000, burst: 2000 }
+  },
+  addressExempt: ["127.0.0.0/8", "::1/128"],
+  maxKeys: 50_000
+}
+
+/** Node's HTTP server timeouts (App.ts); WebSocket connections leave them once upgraded. */
+export interface HttpTimeouts {
+  /** Receiving a request's headers. */
+  readonly headers: Duration.Duration
+  /** Receiving a whole request, body included. */
+  readonly request: Duration.Duration
+  /** A kept-alive connection idle between requests. */
+  readonly keepAlive: Duration.Duration
+  /** A connection with no bytes either way while a request is served; at least QUICKIM_POLL_WAIT + 10 s. */
+  readonly idle: Duration.Duration
+}
+
+export const defaultHttpTimeouts: HttpTimeouts = {
+  headers: Duration.seconds(10),
+  request: Duration.seconds(30),
+  keepAlive: Duration.seconds(5),
+  idle: Duration.minutes(2)
+}
+
+/** Live push connections (ws, sse, waiting polls) one session may hold on one node. */
+export const DEFAULT_MAX_CONNECTIONS_PER_SESSION = 16
+/** The most bytes of messages (their content and sender, as UTF-8) one history response carries. */
+export const DEFAULT_MAX_HISTORY_BYTES = 1024 * 1024
+/** The most UTF-8 bytes a message's `content` may hold. */
+export const DEFAULT_MAX_CONTENT_BYTES = 64 * 1024
 
 export interface AppSettings {
   readonly port: number
@@ -58,6 +123,12 @@ export interface AppSettings {
   readonly innerHost?: string
   /** The console page may call its inner endpoints from a browser (same origin, loopback host name only). */
   readonly consoleSignIn?: boolean
+  /** Rate limits for sends, creates, joins and push connects (defaultRateLimits when unset). */
+  readonly rateLimits?: RateLimitSettings
+  readonly maxConnectionsPerSession?: number
+  readonly maxHistoryBytes?: number
+  readonly maxContentBytes?: number
+  readonly httpTimeouts?: HttpTimeouts
 }
 
 const list = (name: string, fallback: string) =>
@@ -65,6 +136,29 @@ const list = (name: string, fallback: string) =>
     Config.withDefault(fallback),
     Config.map((s) => s.split(",").map((x) => x.trim()).filter((x) => x.length > 0))
   )
+
+/** `<per second>,<burst>` (`50,100`), or `0` for no limit. */
+const rate = (name: string, fallback: Rate) =>
+  Config.String(name).pipe(
+    Config.withDefault(`${fallback.perSecond},${fallback.burst}`),
+    Config.mapEffect((text) => {
+      const [perSecond, burst = perSecond] = text.split(",").map((x) => Number(x.trim()))
+      return [perSecond, burst].every((n) => Number.isFinite(n) && n >= 0)
+        ? Effect.succeed({ perSecond, burst: Math.max(1, burst) })
+        : Effect.die(new Error(`${name}: expected '<per second>,<burst>' (e.g. 50,100) or 0, got '${text}'`))
+    })
+  )
+
+const rates = (suffix: string, fallback: Readonly<Record<RateKind, Rate>>) =>
+  Config.all({
+    sends: rate(`QUICKIM_RATE_SENDS${suffix}`, fallback.sends),
+    creates: rate(`QUICKIM_RATE_CREATES${suffix}`, fallback.creates),
+    joins: rate(`QUICKIM_RATE_JOINS${suffix}`, fallback.joins),
+    connects: rate(`QUICKIM_RATE_CONNECTS${suffix}`, fallback.connects),
+    polls: rate(`QUICKIM_RATE_POLLS${suffix}`, fallback.polls)
+  })
+
+const duration = (name: string, fallback: Duration.Duration) => Config.Duration(name).pipe(Config.withDefault(fallback))
 
 export const settingsConfig: Config.Config<AppSettings> = Config.all({
   port: Config.Port("PORT").pipe(Config.withDefault(8080)),
@@ -112,7 +206,24 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   publicJoin: Config.Literals(["open", "invite"], "QUICKIM_PUBLIC_JOIN").pipe(Config.withDefault("open" as const)),
   innerPort: Config.Port("QUICKIM_INNER_PORT").pipe(Config.withDefault(undefined)),
   innerHost: Config.String("QUICKIM_INNER_HOST").pipe(Config.withDefault("127.0.0.1")),
-  consoleSignIn: Config.Boolean("QUICKIM_CONSOLE_SIGN_IN").pipe(Config.withDefault(false))
+  consoleSignIn: Config.Boolean("QUICKIM_CONSOLE_SIGN_IN").pipe(Config.withDefault(false)),
+  rateLimits: Config.all({
+    perSession: rates("", defaultRateLimits.perSession),
+    perAddress: rates("_PER_ADDRESS", defaultRateLimits.perAddress),
+    addressExempt: list("QUICKIM_RATE_EXEMPT", defaultRateLimits.addressExempt.join(",")),
+    maxKeys: Config.Int("QUICKIM_RATE_MAX_KEYS").pipe(Config.withDefault(defaultRateLimits.maxKeys))
+  }),
+  maxConnectionsPerSession: Config.Int("QUICKIM_MAX_CONNECTIONS_PER_SESSION").pipe(
+    Config.withDefault(DEFAULT_MAX_CONNECTIONS_PER_SESSION)
+  ),
+  maxHistoryBytes: Config.Int("QUICKIM_MAX_HISTORY_BYTES").pipe(Config.withDefault(DEFAULT_MAX_HISTORY_BYTES)),
+  maxContentBytes: Config.Int("QUICKIM_MAX_CONTENT_BYTES").pipe(Config.withDefault(DEFAULT_MAX_CONTENT_BYTES)),
+  httpTimeouts: Config.all({
+    headers: duration("QUICKIM_HTTP_HEADERS_TIMEOUT", defaultHttpTimeouts.headers),
+    request: duration("QUICKIM_HTTP_REQUEST_TIMEOUT", defaultHttpTimeouts.request),
+    keepAlive: duration("QUICKIM_HTTP_KEEP_ALIVE_TIMEOUT", defaultHttpTimeouts.keepAlive),
+    idle: duration("QUICKIM_HTTP_IDLE_TIMEOUT", defaultHttpTimeouts.idle)
+  })
 })
 
 export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-im/Config") {

@@ -12,6 +12,7 @@ export const ErrorCode = {
   BodyTooLarge: 10005,
   Unavailable: 10006,
   SlowConsumer: 10007,
+  TooManyRequests: 10008,
   InvalidToken: 10101,
   ConversationTypeOutOfRange: 90010,
   EmptyMembers: 90011,
@@ -29,9 +30,21 @@ export class Unauthorized extends Schema.Error<Unauthorized>("Unauthorized")(fie
 export class Forbidden extends Schema.Error<Forbidden>("Forbidden")(fields, { httpApiStatus: 403 }) {}
 export class NotFound extends Schema.Error<NotFound>("NotFound")(fields, { httpApiStatus: 404 }) {}
 export class PayloadTooLarge extends Schema.Error<PayloadTooLarge>("PayloadTooLarge")(fields, { httpApiStatus: 413 }) {}
+export class TooManyRequests extends Schema.Error<TooManyRequests>("TooManyRequests")(fields, {
+  httpApiStatus: 429
+}) {}
 export class InternalError extends Schema.Error<InternalError>("InternalError")(fields, { httpApiStatus: 500 }) {}
 export class Unavailable extends Schema.Error<Unavailable>("Unavailable")(fields, { httpApiStatus: 503 }) {}
 
 /** Every error an endpoint may answer with; declared on the whole API. */
-export const ApiErrors = [BadRequest, Unauthorized, Forbidden, NotFound, PayloadTooLarge, InternalError, Unavailable]
+export const ApiErrors = [
+  BadRequest,
+  Unauthorized,
+  Forbidden,
+  NotFound,
+  PayloadTooLarge,
+  InternalError,
+  Unavailable,
+  TooManyRequests
+]
 export type ApiError = InstanceType<(typeof ApiErrors)[number]>

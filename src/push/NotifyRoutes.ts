@@ -3,7 +3,7 @@
  * per request, waiting up to QUICKIM_POLL_WAIT, 204 when none came). `protoc=ws` arrives as an
  * upgrade and is served by WebSocketGateway; without the upgrade headers it is refused here.
  */
-import { Deferred, Duration, Effect, Exit, Layer, Stream } from "effect"
+import { Deferred, Duration, Effect, Exit, Layer, Option, Stream } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
@@ -15,6 +15,7 @@ import { LocalConnections } from "./LocalConnections.ts"
 import { messageJson } from "./Frames.ts"
 import { parseNotify } from "./Notify.ts"
 import { Mailbox } from "./Protocol.ts"
+import { RateLimits } from "../server/RateLimits.ts"
 
 const encoder = new TextEncoder()
 
@@ -46,6 +47,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
   const here = yield* LocalConnections
   const telemetry = yield* Telemetry
   const watch = yield* RunnerWatch
+  const limits = yield* RateLimits
   const heartbeat = Duration.toMillis(config.sseHeartbeat)
   const waitMs = Duration.toMillis(config.pollWait)
 
@@ -59,6 +61,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
             error: "protoc=ws needs a WebSocket upgrade request"
           }, { status: 426, headers: { upgrade: "websocket" } })
         case "poll": {
+          const release = yield* limits.admitPush("polls", notify.session, Option.getOrUndefined(request.remoteAddress))
           here.open.poll++
           // A runner leaving may have taken the session's mailbox with it, and a call to it is
           // answered by nobody: answer 503 then, and the client polls again with its cursor.
@@ -77,6 +80,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
             }),
             Effect.raceFirst(Deferred.await(runnerLeft).pipe(Effect.andThen(Effect.fail(unavailable)))),
             Effect.ensuring(Effect.sync(() => {
+              release()
               here.open.poll--
               unwatch()
             }))
@@ -87,7 +91,13 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
             : HttpServerResponse.jsonUnsafe(message, { headers: { "cache-control": "no-store" } })
         }
         case "sse": {
+          const release = yield* limits.admitPush(
+            "connects",
+            notify.session,
+            Option.getOrUndefined(request.remoteAddress)
+          )
           const events = feed.open(notify.session, notify.platform, notify.cursor).pipe(
+            Stream.ensuring(Effect.sync(release)),
             Stream.onStart(Effect.sync(() => here.open.sse++)),
             Stream.ensuring(Effect.sync(() => here.open.sse--)),
             Stream.chunks,
@@ -123,7 +133,12 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
     }).pipe(
       Effect.catch((e: any) =>
         "status" in e && "code" in e
-          ? Effect.succeed(HttpServerResponse.jsonUnsafe({ code: e.code, error: e.error }, { status: e.status }))
+          ? Effect.succeed(
+            HttpServerResponse.jsonUnsafe({ code: e.code, error: e.error }, {
+              status: e.status,
+              ...("retryAfter" in e ? { headers: { "retry-after": String(e.retryAfter) } } : {})
+            })
+          )
           : Effect.die(e)
       )
     ))

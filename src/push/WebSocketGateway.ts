@@ -17,6 +17,7 @@ import { Telemetry } from "../observability/Telemetry.ts"
 import { LocalConnections } from "./LocalConnections.ts"
 import { messageJson } from "./Frames.ts"
 import { isNotifyPath, type NotifyRefusal, parseNotify } from "./Notify.ts"
+import { type LimitRefusal, RateLimits } from "../server/RateLimits.ts"
 
 const TEXT = { binary: false } as const
 
@@ -31,10 +32,13 @@ export const CloseCode = {
   SlowConsumer: 4008
 } as const
 
-const refuseUpgrade = (socket: Duplex, refusal: NotifyRefusal) => {
+const reasons: Record<number, string> = { 401: "Unauthorized", 429: "Too Many Requests" }
+
+const refuseUpgrade = (socket: Duplex, refusal: NotifyRefusal | LimitRefusal) => {
   const body = JSON.stringify({ code: refusal.code, error: refusal.error })
   socket.end(
-    `HTTP/1.1 ${refusal.status} ${refusal.status === 401 ? "Unauthorized" : "Bad Request"}\r\n`
+    `HTTP/1.1 ${refusal.status} ${reasons[refusal.status] ?? "Bad Request"}\r\n`
+      + ("retryAfter" in refusal ? `Retry-After: ${refusal.retryAfter}\r\n` : "")
       + `Content-Type: application/json\r\nContent-Length: ${
         Buffer.byteLength(body)
       }\r\nConnection: close\r\n\r\n${body}`
@@ -53,6 +57,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
       const here = yield* LocalConnections
       const telemetry = yield* Telemetry
       const config = yield* AppConfig
+      const limits = yield* RateLimits
       const pingEvery = Duration.toMillis(config.wsPing)
       // Bytes queued in a socket's send buffer before the connection is cut as a slow consumer.
       const maxBuffered = config.wsMaxBufferedBytes
@@ -113,23 +118,35 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
       }
 
       const handle = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+        const refuse = (refusal: NotifyRefusal | LimitRefusal) => Effect.sync(() => refuseUpgrade(socket, refusal))
         run(
           parseNotify(request.url ?? "/", request.headers).pipe(
-            Effect.match({
-              onFailure: (refusal) => refuseUpgrade(socket, refusal),
+            Effect.matchEffect({
+              onFailure: refuse,
               onSuccess: (notify) => {
                 if (notify.protocol !== "ws") {
-                  return refuseUpgrade(socket, {
+                  return refuse({
                     status: 400,
                     code: 90013,
                     error: `a WebSocket upgrade needs protoc=ws (got ${notify.protocol})`
                   })
                 }
-                wss.handleUpgrade(
-                  request,
-                  socket,
-                  head,
-                  (ws) => serve(ws, notify.session, notify.platform, notify.cursor)
+                return limits.admitPush("connects", notify.session, request.socket.remoteAddress).pipe(
+                  Effect.matchEffect({
+                    onFailure: refuse,
+                    onSuccess: (release) =>
+                      Effect.sync(() => {
+                        // The connection's place is freed when its socket closes, also if the handshake fails.
+                        if (socket.destroyed) return release()
+                        socket.once("close", release)
+                        wss.handleUpgrade(
+                          request,
+                          socket,
+                          head,
+                          (ws) => serve(ws, notify.session, notify.platform, notify.cursor)
+                        )
+                      })
+                  })
                 )
               }
             })

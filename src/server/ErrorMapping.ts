@@ -40,6 +40,9 @@ export const toApiError = (e: unknown): Effect.Effect<never, ApiError> => {
       return Effect.fail(
         new BadRequest({ code: ErrorCode.EmptyMembers, error: "sessions must name at least one member" })
       )
+    case "TooManyRequests":
+    case "PayloadTooLarge":
+      return Effect.fail(x)
     case "MailboxFull":
       return Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "conversation is overloaded, retry" }))
     case "EntityNotAssignedToRunner":

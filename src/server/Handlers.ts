@@ -6,16 +6,19 @@ import { Effect, Exit, Layer, Metric, Option } from "effect"
 import { HttpApiBuilder } from "effect/http-api"
 import { randomUUID } from "node:crypto"
 import { Api } from "../api/Api.ts"
-import { ErrorCode, Unavailable } from "../api/Errors.ts"
+import { type ApiError, ErrorCode, PayloadTooLarge, Unavailable } from "../api/Errors.ts"
 import { CurrentSession } from "../api/Security.ts"
 import { NodeStatus } from "../cluster/NodeStatus.ts"
 import { Conversation } from "../conversation/Protocol.ts"
 import { ConversationSender } from "../conversation/Sender.ts"
+import { KnownConversations } from "../conversation/KnownConversations.ts"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import { ConversationStore, PAGE } from "../storage/ConversationStore.ts"
 import { AuthorizationLive, InnerGuardLive } from "./Access.ts"
-import { mappedFor } from "./ErrorMapping.ts"
-import { AppConfig } from "../Config.ts"
+import { mapped, mappedFor } from "./ErrorMapping.ts"
+import { AppConfig, DEFAULT_MAX_CONTENT_BYTES } from "../Config.ts"
+import type { HttpServerRequest } from "effect/http"
+import { RateLimits } from "./RateLimits.ts"
 import { sendDuration, sendsTotal, timed } from "../observability/Telemetry.ts"
 import { Tokens } from "./Tokens.ts"
 
@@ -30,6 +33,30 @@ const requireMember = Effect.fnUntraced(function* (conversationId: string) {
     : Effect.fail(new ConversationNotFound({ conversationId }))
 })
 
+type Check = (payload: any) => Effect.Effect<void, ApiError, CurrentSession | HttpServerRequest.HttpServerRequest>
+
+/**
+ * Bounds checked before a handler's own work, by endpoint: the caller's rate (RateLimits), a
+ * message's size, and that the conversation named exists (KnownConversations), so that no
+ * Conversation entity is started for an id nobody created.
+ */
+const bounded = (checks: Record<string, Check>) => <H extends object>(handlers: H): H => {
+  const out: Record<string, unknown> = { ...(handlers as Record<string, unknown>) }
+  for (const [name, check] of Object.entries(checks)) {
+    const handler = (handlers as Record<string, (request: any) => Effect.Effect<unknown, unknown, unknown>>)[name]
+    out[name] = (request: any) => Effect.andThen(check(request.payload), handler(request))
+  }
+  return out as H
+}
+
+/** The bounds' services, and a check that the conversation a payload names exists. */
+const boundsOf = Effect.gen(function* () {
+  const limits = yield* RateLimits
+  const known = yield* KnownConversations
+  const exists = (payload: { readonly conversation_id: string }) => known.require(payload.conversation_id).pipe(mapped)
+  return { limits, known, exists }
+})
+
 const ConversationHandlers = HttpApiBuilder.group(
   Api,
   "conversation",
@@ -37,7 +64,13 @@ const ConversationHandlers = HttpApiBuilder.group(
     const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
     const store = yield* ConversationStore
     const conversations = yield* Conversation.client
-    return handlers.handleAll({
+    const { exists, known, limits } = yield* boundsOf
+    const guarded = bounded({
+      join_conversation: (payload) => Effect.andThen(limits.guard("joins"), exists(payload)),
+      create_conversation: () => limits.guard("creates"),
+      leave_conversation: exists
+    })
+    return handlers.handleAll(guarded({
       check_joined_conversation: ({ payload }) =>
         Effect.gen(function* () {
           const { sid } = yield* CurrentSession
@@ -68,6 +101,7 @@ const ConversationHandlers = HttpApiBuilder.group(
           const { sid } = yield* CurrentSession
           const id = randomUUID()
           yield* conversations(id).Create({ conversationType: payload.conversation_type, sessions: [sid] })
+          known.remember(id)
           return { code: 0 as const, data: { ConversationId: id } }
         }).pipe(mapped),
       leave_conversation: ({ payload }) =>
@@ -81,7 +115,7 @@ const ConversationHandlers = HttpApiBuilder.group(
           yield* requireMember(payload.conversation_id)
           return { code: 0 as const, data: { MsgId: yield* store.lastMsgId(payload.conversation_id) } }
         }).pipe(mapped)
-    })
+    }))
   })
 )
 
@@ -92,12 +126,29 @@ const MessageHandlers = HttpApiBuilder.group(
     const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
     const store = yield* ConversationStore
     const sender = yield* ConversationSender
+    const { exists, limits } = yield* boundsOf
+    const maxContent = (yield* AppConfig).maxContentBytes ?? DEFAULT_MAX_CONTENT_BYTES
+    const tooLarge = new PayloadTooLarge({
+      code: ErrorCode.BodyTooLarge,
+      error: `content is larger than ${maxContent} bytes (UTF-8)`
+    })
+    const guarded = bounded({
+      send_msg: (payload) =>
+        Effect.gen(function* () {
+          yield* limits.guard("sends")
+          // UTF-8 takes at most 3 bytes per UTF-16 unit: most contents need no count.
+          if (payload.content.length * 3 > maxContent && Buffer.byteLength(payload.content) > maxContent) {
+            return yield* tooLarge
+          }
+          yield* exists(payload)
+        })
+    })
     const history = <A>(conversationId: string, read: Effect.Effect<A, any>) =>
       Effect.gen(function* () {
         yield* requireMember(conversationId)
         return { code: 0 as const, data: { Msg: yield* read } }
       }).pipe(mapped)
-    return handlers.handleAll({
+    return handlers.handleAll(guarded({
       send_msg: ({ payload }) =>
         Effect.gen(function* () {
           const { sid } = yield* CurrentSession
@@ -137,7 +188,7 @@ const MessageHandlers = HttpApiBuilder.group(
         history(p.conversation_id, store.last(p.conversation_id, PAGE, p.desc)),
       get_conversation_lastone_msg: ({ payload: p }) =>
         history(p.conversation_id, store.last(p.conversation_id, 1, p.desc))
-    })
+    }))
   })
 )
 
@@ -150,7 +201,9 @@ const InnerHandlers = HttpApiBuilder.group(
     const tokens = yield* Tokens
     const conversations = yield* Conversation.client
     const status = yield* NodeStatus
-    return handlers.handleAll({
+    const { exists, known } = yield* boundsOf
+    const guarded = bounded({ kickout_conversation: exists, join_conversation: exists })
+    return handlers.handleAll(guarded({
       get_token: ({ payload }) =>
         tokens.issue(payload.session, payload.platform).pipe(
           Effect.map((token) => ({ code: 0 as const, data: token }))
@@ -159,6 +212,7 @@ const InnerHandlers = HttpApiBuilder.group(
         Effect.gen(function* () {
           const id = randomUUID()
           yield* conversations(id).Create({ conversationType: payload.conversation_type, sessions: payload.sessions })
+          known.remember(id)
           return { code: 0 as const, data: { ConversationId: id } }
         }).pipe(mapped),
       kickout_conversation: ({ payload }) =>
@@ -189,7 +243,7 @@ const InnerHandlers = HttpApiBuilder.group(
             )
           )
         )
-    })
+    }))
   })
 )
 

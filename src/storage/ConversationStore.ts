@@ -5,7 +5,7 @@
 import { Context, Effect, Layer, Option } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import { type ConversationDetail, ConversationNotFound, type MsgData } from "../domain/Conversation.ts"
-import { AppConfig } from "../Config.ts"
+import { AppConfig, DEFAULT_MAX_HISTORY_BYTES } from "../Config.ts"
 import { makeCommitBatcher } from "./CommitBatcher.ts"
 import { queryDuration, storeOperation } from "../observability/Telemetry.ts"
 
@@ -54,6 +54,8 @@ const rowsOf = <A extends object>(rows: ReadonlyArray<A>) =>
 
 export const PAGE = 30
 export const RANGE_LIMIT = 1000
+/** What a message adds to a history answer beyond its content and sender: ids, time and JSON keys. */
+export const MESSAGE_OVERHEAD_BYTES = 160
 
 type Sql<A> = Effect.Effect<A, SqlError.SqlError>
 
@@ -106,11 +108,36 @@ export class ConversationStore extends Context.Service<ConversationStore, {
     ConversationStore,
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
-      const batcher = makeCommitBatcher(sql, (yield* AppConfig).commitsInFlight)
+      const config = yield* AppConfig
+      const batcher = makeCommitBatcher(sql, config.commitsInFlight)
+      const maxHistoryBytes = config.maxHistoryBytes ?? DEFAULT_MAX_HISTORY_BYTES
       const columns = sql`msg_id, conversation_id, from_session, send_time, status, type, content`
       const ordered = (rows: ReadonlyArray<StoredMessage>, rowsAreDesc: boolean, desc: boolean) => {
         const out = rows.map(toMsgData)
         return rowsAreDesc === desc ? out : out.reverse()
+      }
+      /**
+       * A history page: up to `limit` messages from the anchor on, in `direction`, cut at a message
+       * boundary once their bytes (content and sender as UTF-8, plus MESSAGE_OVERHEAD_BYTES each) would
+       * pass QUICKIM_MAX_HISTORY_BYTES, but always the first one. PostgreSQL sums as it walks the
+       * index, so neither side holds more than the page; the client pages on from the last id it got.
+       */
+      const page = (where: typeof columns, direction: "ASC" | "DESC", limit: number) => {
+        const dir = direction === "ASC" ? sql`ASC` : sql`DESC`
+        return sql<StoredMessage>`SELECT ${columns} FROM (
+            SELECT ${columns}, row_number() OVER w AS n,
+              sum(octet_length(content) + octet_length(from_session) + ${MESSAGE_OVERHEAD_BYTES}) OVER w AS bytes
+            FROM messages WHERE ${where}
+            WINDOW w AS (ORDER BY msg_id ${dir} ROWS UNBOUNDED PRECEDING)
+            ORDER BY msg_id ${dir} LIMIT ${limit}
+          ) page WHERE n = 1 OR bytes <= ${maxHistoryBytes}`.pipe(
+          // The subquery's order carries through; sorted again here (already sorted: linear) to not depend on it.
+          Effect.map((rows) =>
+            [...rows].sort((a: StoredMessage, b: StoredMessage) =>
+              (a.msg_id < b.msg_id) === (direction === "ASC") ? -1 : 1
+            )
+          )
+        )
       }
 
       return timedStore({
@@ -246,23 +273,19 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             Effect.map((rows) => rows[0]?.last_msg_id ?? null)
           ),
         range: (id, start, end, desc) =>
-          sql<StoredMessage>`SELECT ${columns} FROM messages WHERE conversation_id = ${id}
-            AND msg_id >= ${start} AND msg_id <= ${end} ORDER BY msg_id ASC LIMIT ${RANGE_LIMIT}`.pipe(
+          page(sql`conversation_id = ${id} AND msg_id >= ${start} AND msg_id <= ${end}`, "ASC", RANGE_LIMIT).pipe(
             Effect.map((rows) => ordered(rows, false, desc))
           ),
         before: (id, anchor, desc) =>
-          sql<StoredMessage>`SELECT ${columns} FROM messages WHERE conversation_id = ${id}
-            AND msg_id < ${anchor} ORDER BY msg_id DESC LIMIT ${PAGE}`.pipe(
+          page(sql`conversation_id = ${id} AND msg_id < ${anchor}`, "DESC", PAGE).pipe(
             Effect.map((rows) => ordered(rows, true, desc))
           ),
         after: (id, anchor, desc) =>
-          sql<StoredMessage>`SELECT ${columns} FROM messages WHERE conversation_id = ${id}
-            AND msg_id > ${anchor} ORDER BY msg_id ASC LIMIT ${PAGE}`.pipe(
+          page(sql`conversation_id = ${id} AND msg_id > ${anchor}`, "ASC", PAGE).pipe(
             Effect.map((rows) => ordered(rows, false, desc))
           ),
         last: (id, count, desc) =>
-          sql<StoredMessage>`SELECT ${columns} FROM messages WHERE conversation_id = ${id}
-            ORDER BY msg_id DESC LIMIT ${count}`.pipe(
+          page(sql`conversation_id = ${id}`, "DESC", count).pipe(
             Effect.map((rows) => ordered(rows, true, desc))
           ),
         newestAfter: (id, floor, count) =>

@@ -42,6 +42,12 @@ export const startCluster = async (count: number, env: Record<string, string> = 
         QUICKIM_RUNNER_HOST: "127.0.0.1",
         QUICKIM_RUNNER_PORT: String(runnerPort),
         QUICKIM_DB_POOL: "6",
+        // Tests burst from few sessions and reconnect fast in failovers: per-session rates off (test/bounds.test.ts).
+        QUICKIM_RATE_SENDS: "0",
+        QUICKIM_RATE_CREATES: "0",
+        QUICKIM_RATE_JOINS: "0",
+        QUICKIM_RATE_CONNECTS: "0",
+        QUICKIM_RATE_POLLS: "0",
         ...env
       }
     })

@@ -8,7 +8,14 @@ import * as Fs from "node:fs"
 import * as Os from "node:os"
 import * as Path from "node:path"
 import { appWith } from "../../src/App.ts"
-import type { AppSettings } from "../../src/Config.ts"
+import {
+  type AppSettings,
+  DEFAULT_MAX_CONNECTIONS_PER_SESSION,
+  DEFAULT_MAX_CONTENT_BYTES,
+  DEFAULT_MAX_HISTORY_BYTES,
+  defaultHttpTimeouts,
+  defaultRateLimits
+} from "../../src/Config.ts"
 
 export type DbKind = "pglite" | "postgres"
 
@@ -19,6 +26,9 @@ export const testDatabaseUrl = () => {
 }
 
 export const tempDir = (prefix = "quickim-") => Fs.mkdtempSync(Path.join(Os.tmpdir(), prefix))
+
+const noRate = { perSecond: 0, burst: 1 }
+const noRates = { sends: noRate, creates: noRate, joins: noRate, connects: noRate, polls: noRate }
 
 export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): AppSettings => ({
   port: 0,
@@ -56,6 +66,12 @@ export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): A
   innerPort: undefined,
   innerHost: "127.0.0.1",
   consoleSignIn: false,
+  // Tests send in bursts from one session and one address: rate limits are off unless a test sets them.
+  rateLimits: { ...defaultRateLimits, perSession: noRates, perAddress: noRates },
+  maxConnectionsPerSession: DEFAULT_MAX_CONNECTIONS_PER_SESSION,
+  maxHistoryBytes: DEFAULT_MAX_HISTORY_BYTES,
+  maxContentBytes: DEFAULT_MAX_CONTENT_BYTES,
+  httpTimeouts: defaultHttpTimeouts,
   ...overrides
 })
 

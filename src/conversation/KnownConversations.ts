@@ -1,0 +1,47 @@
+/**
+ * Which conversation ids exist, asked before a request may start a Conversation entity: an entity
+ * for an id nobody created would otherwise be activated and kept (QUICKIM_ENTITY_IDLE) for every
+ * random id a client sends. Conversations are never deleted, so ids found once are remembered
+ * (a bounded set, least recently used forgotten first); ids not found are asked again each time.
+ */
+import { Context, Effect, Layer } from "effect"
+import type { SqlError } from "effect/sql"
+import { ConversationNotFound } from "../domain/Conversation.ts"
+import { ConversationStore } from "../storage/ConversationStore.ts"
+
+/** Ids remembered per node: ~100 bytes each, so about 10 MB when full. */
+export const KNOWN_MAX = 100_000
+
+export class KnownConversations extends Context.Service<KnownConversations, {
+  /** Fails with ConversationNotFound unless `id` exists; a remembered id costs one set lookup. */
+  readonly require: (id: string) => Effect.Effect<void, ConversationNotFound | SqlError.SqlError>
+  /** Records an id just created here. */
+  readonly remember: (id: string) => void
+}>()("quick-im/conversation/KnownConversations") {
+  static readonly layer = Layer.effect(
+    KnownConversations,
+    Effect.gen(function* () {
+      const store = yield* ConversationStore
+      const known = new Set<string>()
+      const remember = (id: string) => {
+        known.delete(id)
+        if (known.size >= KNOWN_MAX) known.delete(known.values().next().value!)
+        known.add(id)
+      }
+      return KnownConversations.of({
+        require: (id) => {
+          if (known.has(id)) {
+            remember(id)
+            return Effect.void
+          }
+          return Effect.flatMap(store.exists([id]), (found) => {
+            if (found.length === 0) return Effect.fail(new ConversationNotFound({ conversationId: id }))
+            remember(id)
+            return Effect.void
+          })
+        },
+        remember
+      })
+    })
+  )
+}
