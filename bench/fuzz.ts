@@ -63,6 +63,7 @@ try {
   const statuses = new Map<number, number>()
   const problems = new Map<string, { count: number; example: string }>()
   let sent = 0
+  let answered = 0
   let hangs = 0
   let nonEnvelope = 0
   let clientErrors = 0
@@ -112,8 +113,8 @@ try {
         }
         if (req.path === "/send_msg" && msgIds.length < 1024) msgIds.push(body.data.MsgID)
       }
-      if (sent % 10_000 === 0) {
-        console.error(`${sent} requests, ${Math.round(sent / ((performance.now() - started) / 1000))}/s`)
+      if (++answered % 10_000 === 0) {
+        console.error(`${answered} answered, ${Math.round(answered / ((performance.now() - started) / 1000))}/s`)
       }
     }
   }
