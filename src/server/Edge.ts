@@ -11,6 +11,7 @@ import {
   HttpIncomingMessage,
   HttpMiddleware,
   HttpRouter,
+  HttpServerError,
   HttpServerRequest,
   HttpServerResponse
 } from "effect/http"
@@ -48,13 +49,31 @@ const fromCause = (cause: Cause.Cause<unknown>, tooLarge: string) =>
           : envelope(400, ErrorCode.InvalidParameter, "request body could not be read")
       }
     }
-    if (Cause.hasInterruptsOnly(cause)) return yield* Effect.failCause(cause)
+    if (Cause.hasInterruptsOnly(cause)) {
+      // A client that went away is answered by nobody; anything else interrupted the request on the
+      // server's side (an entity restarting, a node stopping): the client gets the envelope and retries.
+      const byClient = cause.reasons.some((r) =>
+        Cause.isInterruptReason(r) && r.annotations.has(HttpServerError.ClientAbort.key)
+      )
+      if (byClient) return yield* Effect.failCause(cause)
+      return envelope(503, ErrorCode.Unavailable, "request interrupted, retry")
+    }
     yield* Effect.logError("request failed", cause)
     return envelope(500, ErrorCode.Internal, "internal error")
   })
 
-/** Empty 4xx answers that HttpApi produced itself (no body): give them the envelope. */
+/**
+ * The media type as HttpApi picks a body decoder by it: anything but `application/json` (also
+ * `text/json`, `application/json+x`, `application/jsonp`) would be refused with a plain-text 415.
+ */
+const isJsonMediaType = (contentType: string) => {
+  const type = contentType.toLowerCase().trim()
+  return (type.includes(";") ? type.slice(0, type.indexOf(";")).trim() : type) === "application/json"
+}
+
+/** Empty 4xx answers that HttpApi produced itself (no body), and its plain-text 415: give them the envelope. */
 const fillEmpty = (response: HttpServerResponse.HttpServerResponse, tooLarge: string) => {
+  if (response.status === 415) return envelope(400, ErrorCode.InvalidParameter, "request body must be JSON")
   if (response.body._tag !== "Empty") return response
   switch (response.status) {
     case 400:
@@ -80,7 +99,7 @@ export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
       Effect.gen(function* () {
         const request = yield* HttpServerRequest.HttpServerRequest
         const contentType = request.headers["content-type"] ?? ""
-        const asJson = request.method === "POST" && !contentType.includes("json")
+        const asJson = request.method === "POST" && !isJsonMediaType(contentType)
           ? request.modify({ headers: Headers.set(request.headers, "content-type", "application/json") })
           : request
         return yield* httpEffect.pipe(
