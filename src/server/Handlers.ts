@@ -18,6 +18,7 @@ import { mappedFor } from "./ErrorMapping.ts"
 import { AppConfig } from "../Config.ts"
 import { sendDuration, sendsTotal, timed } from "../observability/Telemetry.ts"
 import { Tokens } from "./Tokens.ts"
+import { Revocations } from "./Revocations.ts"
 
 /** Reads are for current members only; a non-member learns whether the conversation exists. */
 const requireMember = Effect.fnUntraced(function* (conversationId: string) {
@@ -150,6 +151,7 @@ const InnerHandlers = HttpApiBuilder.group(
     const tokens = yield* Tokens
     const conversations = yield* Conversation.client
     const status = yield* NodeStatus
+    const revocations = yield* Revocations
     return handlers.handleAll({
       get_token: ({ payload }) =>
         tokens.issue(payload.session, payload.platform).pipe(
@@ -184,6 +186,10 @@ const InnerHandlers = HttpApiBuilder.group(
           })
           return { code: 0 as const }
         }).pipe(mapped),
+      revoke_tokens: ({ payload }) =>
+        revocations.revoke(payload.sessions, payload.platform).pipe(
+          Effect.map((at) => ({ code: 0 as const, data: { RevokedAt: new Date(at).toISOString() } }))
+        ),
       cluster: () =>
         status.view.pipe(
           Effect.map((view) => ({ code: 0 as const, data: view })),
