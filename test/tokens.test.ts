@@ -8,10 +8,14 @@ import { Duration, Option, Redacted } from "effect"
 import * as Http from "node:http"
 import * as Jose from "jose"
 import { runSubscription } from "../src/client/Push.ts"
+import { hasChromium, launchChromium } from "./support/browser.ts"
 import { settled, startCluster, type TestCluster } from "./support/cluster.ts"
 import { spawnServer } from "./support/process.ts"
 import { connectSse, connectWs, sleep } from "./support/push.ts"
 import { settingsFor, startServer, testDatabaseUrl, type TestServer } from "./support/server.ts"
+
+/** The page's own `document`, in functions evaluated in the browser. */
+declare const document: any
 
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
 const SECRET = "test-secret-test-secret-test-secret"
@@ -295,4 +299,49 @@ describe("the token stays out of traces and logs", () => {
       collector.close()
     }
   }, 60_000)
+})
+
+describe.skipIf(!hasChromium)("the console and tokens", () => {
+  let server: TestServer
+  beforeAll(async () => {
+    // A poll announces "connected" with its first answer: keep the wait short.
+    server = await startServer(settingsFor("postgres", { pollWait: Duration.seconds(1) }))
+  })
+  afterAll(() => server?.stop())
+
+  it("polls with the token in a header, and a revoked token stops every protocol for good", async () => {
+    const browser = await launchChromium()
+    try {
+      for (const protocol of ["poll", "ws", "sse"]) {
+        const session = unique(`console-${protocol}`)
+        const page = await (await browser.newContext()).newPage()
+        const notify: Array<{ url: string; authorization: string | undefined }> = []
+        page.on("request", (r) => {
+          if (r.url().includes("/notify")) notify.push({ url: r.url(), authorization: r.headers().authorization })
+        })
+        await page.goto(`${server.url}/console`)
+        await page.getByLabel("Session").fill(session)
+        await page.getByLabel("Push over").selectOption(protocol)
+        await page.getByRole("button", { name: "Sign in" }).click()
+        await page.waitForFunction(() => document.getElementById("status")!.textContent!.includes("connected"))
+        if (protocol === "poll") {
+          assert.isAbove(notify.length, 0)
+          for (const r of notify) {
+            assert.notInclude(r.url, "token=")
+            assert.match(r.authorization ?? "", /^Bearer /)
+          }
+        }
+        const reply = await server.post("/inner/revoke_tokens", { sessions: [session] })
+        assert.strictEqual(reply.body.code, 0)
+        await page.waitForFunction(
+          () => document.getElementById("status")!.textContent!.includes("Push refused"),
+          undefined,
+          { timeout: 10_000 }
+        )
+        await page.close()
+      }
+    } finally {
+      await browser.close()
+    }
+  }, 90_000)
 })
