@@ -121,7 +121,7 @@ const quickIm = async (
       env: {
         ...(cluster ? { QUICKIM_RUNNER_HOST: "127.0.0.1", QUICKIM_RUNNER_PORT: String(await freePort()) } : {}),
         DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${dbNames[independent ? i : 0]}`),
-        QUICKIM_JWT_SECRET: "bench-secret-bench-secret",
+        QUICKIM_JWT_SECRET: "bench-secret-bench-secret-bench-secret",
         QUICKIM_DB_POOL: "16",
         // BENCH_SERVER_V8_FLAGS tries V8 settings on the server alone (the driver keeps its own).
         ...(process.env.BENCH_SERVER_V8_FLAGS ? { DENO_V8_FLAGS: process.env.BENCH_SERVER_V8_FLAGS } : {})

@@ -36,8 +36,11 @@ const run = async (db: "pglite" | "postgres"): Promise<Row> => {
   const dataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "quickim-bench-"))
   if (db === "postgres") psql(`CREATE DATABASE ${dbName}`)
   const env: Record<string, string> = db === "postgres"
-    ? { DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${dbName}`), QUICKIM_JWT_SECRET: "bench-secret-bench-secret" }
-    : { QUICKIM_DATA_DIR: dataDir, QUICKIM_JWT_SECRET: "bench-secret-bench-secret" }
+    ? {
+      DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${dbName}`),
+      QUICKIM_JWT_SECRET: "bench-secret-bench-secret-bench-secret"
+    }
+    : { QUICKIM_DATA_DIR: dataDir, QUICKIM_JWT_SECRET: "bench-secret-bench-secret-bench-secret" }
   const server = await spawnServer({ env })
   try {
     const sessions = Array.from({ length: CLIENTS }, (_, i) => `bench-${i}`)

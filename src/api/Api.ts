@@ -116,6 +116,12 @@ export class InnerApi extends HttpApiGroup.make("inner")
       { conversation_ids: Schema.Array(ConversationId).check(Schema.isMaxLength(10_000)), is_archive: Schema.Boolean },
       Schema.Struct({ code: Schema.Literal(0) })
     ),
+    // Extension: refuse every token issued to `sessions` (on `platform`, or on all) until now.
+    innerPost(
+      "revoke_tokens",
+      { sessions: Sessions.check(Schema.isMinLength(1)), platform: Schema.optionalKey(Int32) },
+      ok(Schema.Struct({ RevokedAt: Schema.String }))
+    ),
     // Extension: the cluster as every node reports it (src/cluster/NodeStatus.ts).
     HttpApiEndpoint.get("cluster", "/inner/cluster", { success: ok(ClusterView), error: ApiErrors })
   )

@@ -3,7 +3,9 @@
  * over ws, sse or poll with the platform's own `WebSocket` and `fetch` (Deno, Node ≥ 22,
  * browsers), reconnects with capped exponential backoff and jitter, resumes from the last MsgId it
  * delivered (README, "Resume"), and drops repeats by MsgId, so the caller sees every message of its
- * conversations once, per conversation in order.
+ * conversations once, per conversation in order. The token travels in the `Authorization` header
+ * on sse and poll (fetch); only ws, whose browser API sets no headers, puts it in the URL. A token
+ * that expires or is revoked ends the subscription with PushRefused (status 401).
  */
 import { Cause, Effect, Queue, Schema, Stream } from "effect"
 import type { MsgData } from "../domain/Conversation.ts"
@@ -36,7 +38,10 @@ export type PushState =
   | { readonly _tag: "Open" }
   | { readonly _tag: "Closed"; readonly reason: string; readonly retryInMs: number }
 
-/** Ends the subscription for good: the token (401) or the cursor (400) was refused; retrying cannot help. */
+/**
+ * Ends the subscription for good: the token (401: invalid, expired or revoked) or the cursor (400)
+ * was refused; retrying cannot help. Ask the backend for a new token and subscribe again.
+ */
 export class PushRefused extends Schema.TaggedError<PushRefused>()("PushRefused", {
   status: Schema.Number,
   message: Schema.String
@@ -57,13 +62,23 @@ const makeDedupe = () => {
   }
 }
 
-const notifyUrl = (base: string, protocol: PushProtocol, token: string, cursor: string | undefined) => {
+/** The token goes in the URL only for a WebSocket (pass it then); fetch sends it as a header. */
+const notifyUrl = (base: string, protocol: PushProtocol, token: string | undefined, cursor: string | undefined) => {
   const url = new URL("/notify", base)
   url.searchParams.set("protoc", protocol)
-  url.searchParams.set("token", token)
+  if (token !== undefined) url.searchParams.set("token", token)
   if (cursor !== undefined && protocol !== "sse") url.searchParams.set("last_msg_id", cursor)
   if (protocol === "ws") url.protocol = url.protocol === "https:" ? "wss:" : "ws:"
   return url.toString()
+}
+
+/** The server ended a stream for a reason retrying with the same token cannot mend (10101). */
+class StreamRefused extends Error {
+  readonly body: string
+  constructor(body: string) {
+    super(body)
+    this.body = body
+  }
 }
 
 /** Reads `data:` lines of `event: message` blocks from an SSE body. */
@@ -87,7 +102,16 @@ const readSse = async (body: ReadableStream<Uint8Array>, onChunk: () => void, on
       }
       if (data.length === 0) continue
       if (event === "message") onData(data.join("\n"))
-      else if (event === "error") throw new Error(`server ended the stream: ${data.join("\n")}`)
+      else if (event === "error") {
+        const body = data.join("\n")
+        let code: unknown = undefined
+        try {
+          code = JSON.parse(body)?.code
+        } catch {
+          // not JSON: an ordinary end
+        }
+        throw code === 10101 ? new StreamRefused(body) : new Error(`server ended the stream: ${body}`)
+      }
     }
   }
 }
@@ -156,8 +180,10 @@ export const runSubscription = (
 
   /** A refusal that retrying cannot mend: a bad token (401) or a malformed cursor (400). */
   const fatal = (status: number) => status === 400 || status === 401
+  const authorization = { authorization: `Bearer ${options.token}` }
 
   const openWs = (): Connection => {
+    // A browser's WebSocket cannot send headers: the token goes in the URL (redacted in server traces).
     const ws = new WebSocket(notifyUrl(options.baseUrl, "ws", options.token, cursor))
     let open = false
     ws.onopen = () => {
@@ -167,11 +193,13 @@ export const runSubscription = (
     ws.onmessage = (e) => deliver(JSON.parse(String(e.data)))
     ws.onclose = (e) => {
       if (stopped) return
+      // 4001: the token expired or was revoked.
+      if (e.code === 4001) return refused(401, JSON.stringify({ code: 10101, error: e.reason }))
       if (open) return retry(`closed ${e.code}${e.reason ? `: ${e.reason}` : ""}`)
       // A refused upgrade never opens and the WebSocket API hides why: the same request without
       // the upgrade says (401 for a bad token, 400 for a bad cursor, 426 when it would be accepted).
-      const probe = notifyUrl(options.baseUrl, "ws", options.token, cursor).replace(/^ws/, "http")
-      fetch(probe, { signal: AbortSignal.timeout(10_000) }).then(async (res) => {
+      const probe = notifyUrl(options.baseUrl, "ws", undefined, cursor).replace(/^ws/, "http")
+      fetch(probe, { headers: authorization, signal: AbortSignal.timeout(10_000) }).then(async (res) => {
         const body = await res.text()
         if (fatal(res.status)) refused(res.status, body)
         else retry("could not connect")
@@ -184,8 +212,8 @@ export const runSubscription = (
     const controller = new AbortController()
     ;(async () => {
       try {
-        const res = await fetch(notifyUrl(options.baseUrl, "sse", options.token, undefined), {
-          headers: cursor === undefined ? {} : { "last-event-id": cursor },
+        const res = await fetch(notifyUrl(options.baseUrl, "sse", undefined, undefined), {
+          headers: cursor === undefined ? authorization : { ...authorization, "last-event-id": cursor },
           signal: controller.signal
         })
         if (res.status !== 200 || res.body === null) {
@@ -206,7 +234,8 @@ export const runSubscription = (
         controller.abort()
       }
     })().catch((e) => {
-      if (!stopped) retry(e instanceof Error ? e.message : String(e))
+      if (e instanceof StreamRefused) refused(401, e.body)
+      else if (!stopped) retry(e instanceof Error ? e.message : String(e))
     })
     return { close: () => controller.abort() }
   }
@@ -217,7 +246,8 @@ export const runSubscription = (
       let announced = false
       while (!stopped) {
         // The cursor goes with every poll: it is what lets a new mailbox continue where a dead node's left off.
-        const res = await fetch(notifyUrl(options.baseUrl, "poll", options.token, cursor), {
+        const res = await fetch(notifyUrl(options.baseUrl, "poll", undefined, cursor), {
+          headers: authorization,
           signal: AbortSignal.any([controller.signal, AbortSignal.timeout(idle)])
         })
         if (res.status !== 200 && res.status !== 204) {

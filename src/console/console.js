@@ -183,10 +183,12 @@ const receive = (m, protocol) => {
   renderConversations()
 }
 
-const notifyUrl = (protocol, scheme = protocol === "ws" ? "ws" : "http") => {
+// The token rides in the URL only where the browser API cannot send headers (WebSocket,
+// EventSource); fetch sends it as `Authorization`. The server redacts `token` from its traces.
+const notifyUrl = (protocol, scheme = protocol === "ws" ? "ws" : "http", inUrl = protocol !== "poll") => {
   const url = new URL("/notify", location.href)
   url.searchParams.set("protoc", protocol)
-  url.searchParams.set("token", state.token)
+  if (inUrl) url.searchParams.set("token", state.token)
   if (state.cursor) url.searchParams.set("last_msg_id", state.cursor)
   if (scheme === "ws") url.protocol = url.protocol === "https:" ? "wss:" : "ws:"
   return url
@@ -216,7 +218,10 @@ const subscribe = (protocol) => {
   const probe = async (why) => {
     if (stopped) return
     try {
-      const res = await fetch(notifyUrl(protocol, "http"), { signal: AbortSignal.timeout(10_000) })
+      const res = await fetch(notifyUrl(protocol, "http", false), {
+        headers: { authorization: `Bearer ${state.token}` },
+        signal: AbortSignal.timeout(10_000)
+      })
       await res.body?.cancel()
       if (res.status === 400 || res.status === 401) return refused(res.status)
     } catch {
@@ -234,14 +239,24 @@ const subscribe = (protocol) => {
         connected()
       }
       ws.onmessage = (e) => receive(JSON.parse(e.data), protocol)
-      ws.onclose = (e) => (open ? retry(`closed (${e.code})`) : probe("could not connect"))
+      // 4001: the token expired or was revoked; the same token cannot reconnect.
+      ws.onclose = (e) =>
+        e.code === 4001 ? refused(401) : open ? retry(`closed (${e.code})`) : probe("could not connect")
       close = () => ws.close()
     } else if (protocol === "sse") {
       const es = new EventSource(notifyUrl("sse"))
       es.onopen = connected
       es.addEventListener("message", (e) => receive(JSON.parse(e.data), protocol))
       // EventSource reconnects by itself with Last-Event-ID; one that gave up gets a fresh one.
-      es.onerror = () => {
+      es.onerror = (e) => {
+        // The server's own `event: error`: 10101 means the token expired or was revoked.
+        let code
+        try {
+          code = JSON.parse(e.data ?? "null")?.code
+        } catch {
+          // not the server's event
+        }
+        if (code === 10101) return refused(401)
         if (es.readyState === EventSource.CLOSED) probe("closed")
       }
       close = () => es.close()
@@ -251,7 +266,10 @@ const subscribe = (protocol) => {
       ;(async () => {
         let announced = false
         while (!stopped) {
-          const res = await fetch(notifyUrl("poll"), { signal: controller.signal })
+          const res = await fetch(notifyUrl("poll"), {
+            headers: { authorization: `Bearer ${state.token}` },
+            signal: controller.signal
+          })
           if (res.status === 400 || res.status === 401) return refused(res.status)
           if (res.status !== 200 && res.status !== 204) throw new Error(`HTTP ${res.status}`)
           if (!announced) {

@@ -5,6 +5,7 @@
 import { Effect } from "effect"
 import { ErrorCode } from "../api/Errors.ts"
 import { MsgIdPattern } from "../domain/MsgId.ts"
+import type { TokenClaims } from "../server/Revocations.ts"
 import { Tokens } from "../server/Tokens.ts"
 
 export const PROTOCOLS = ["ws", "sse", "poll"] as const
@@ -15,6 +16,8 @@ export interface NotifyRequest {
   readonly platform: number
   readonly protocol: Protocol
   readonly cursor: string | undefined
+  /** The token's claims: the connection ends when the token expires or is revoked. */
+  readonly claims: TokenClaims
 }
 
 /** A refusal before any streaming starts: answered as the envelope with this status. */
@@ -57,7 +60,8 @@ export const parseNotify = Effect.fnUntraced(function* (
     session: claims.sid,
     platform: claims.platform,
     protocol: protocol as Protocol,
-    cursor: cursor === "" ? undefined : cursor
+    cursor: cursor === "" ? undefined : cursor,
+    claims
   } satisfies NotifyRequest
 })
 

@@ -2,8 +2,10 @@
  * `GET /notify` over plain HTTP: `protoc=sse` (an event stream) and `protoc=poll` (one message
  * per request, waiting up to QUICKIM_POLL_WAIT, 204 when none came). `protoc=ws` arrives as an
  * upgrade and is served by WebSocketGateway; without the upgrade headers it is refused here.
+ * When the token expires or is revoked, a stream ends with `event: error` (code 10101) and a
+ * waiting poll answers 401/10101.
  */
-import { Deferred, Duration, Effect, Exit, Layer, Option, Stream } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, Layer, Option, Queue, Stream } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
@@ -13,7 +15,8 @@ import { Telemetry } from "../observability/Telemetry.ts"
 import { Feed } from "./Feed.ts"
 import { LocalConnections } from "./LocalConnections.ts"
 import { messageJson } from "./Frames.ts"
-import { parseNotify } from "./Notify.ts"
+import { type NotifyRequest, parseNotify } from "./Notify.ts"
+import { Revocations, TokenEnded } from "../server/Revocations.ts"
 import { Mailbox } from "./Protocol.ts"
 import { RateLimits } from "../server/RateLimits.ts"
 
@@ -51,6 +54,21 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
   const heartbeat = Duration.toMillis(config.sseHeartbeat)
   const waitMs = Duration.toMillis(config.pollWait)
 
+  const revocations = yield* Revocations
+
+  /** Fails with TokenEnded when the connection's token expires or is revoked; emits nothing. */
+  const tokenEnd = (notify: NotifyRequest) =>
+    Stream.callback<never, TokenEnded>((queue) =>
+      Effect.acquireRelease(
+        Effect.sync(() =>
+          revocations.watch(notify.claims, (reason) =>
+            Queue.failCauseUnsafe(queue, Cause.fail(new TokenEnded({ reason }))))
+        ),
+        (unwatch) =>
+          Effect.sync(unwatch)
+      )
+    )
+
   return HttpRouter.add("GET", "/notify", (request) =>
     Effect.gen(function* () {
       const notify = yield* parseNotify(request.url, request.headers)
@@ -68,6 +86,9 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
           const runnerLeft = yield* Deferred.make<void>()
           const unwatch = watch.onRunnerLeft(() => Deferred.doneUnsafe(runnerLeft, Exit.void))
           const unavailable = { status: 503, code: ErrorCode.Unavailable, error: "push unavailable, retry" }
+          const tokenEnded = yield* Deferred.make<never, { status: number; code: number; error: string }>()
+          const unwatchToken = revocations.watch(notify.claims, (reason) =>
+            Deferred.doneUnsafe(tokenEnded, Exit.fail({ status: 401, code: ErrorCode.InvalidToken, error: reason })))
           const message = yield* mailboxes(notify.session).Poll({
             platform: notify.platform,
             waitMs,
@@ -76,16 +97,21 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
             // The session's mailbox may be between nodes; past the wait plus a margin, ask for a retry.
             Effect.timeoutOrElse({
               duration: Duration.millis(waitMs + 10_000),
-              orElse: () => Effect.fail(unavailable)
+              orElse: () =>
+                Effect.fail(unavailable)
             }),
             Effect.raceFirst(Deferred.await(runnerLeft).pipe(Effect.andThen(Effect.fail(unavailable)))),
+            Effect.raceFirst(Deferred.await(tokenEnded)),
             Effect.ensuring(Effect.sync(() => {
               release()
               here.open.poll--
               unwatch()
+              unwatchToken()
             }))
           )
-          if (message !== null) telemetry.deliveries.poll++
+          if (message !== null) {
+            telemetry.deliveries.poll++
+          }
           return message === null
             ? HttpServerResponse.empty({ status: 204 })
             : HttpServerResponse.jsonUnsafe(message, { headers: { "cache-control": "no-store" } })
@@ -98,22 +124,29 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
           )
           const events = feed.open(notify.session, notify.platform, notify.cursor).pipe(
             Stream.ensuring(Effect.sync(release)),
-            Stream.onStart(Effect.sync(() => here.open.sse++)),
+            Stream.onStart(Effect.sync(() =>
+              here.open.sse++
+            )),
             Stream.ensuring(Effect.sync(() => here.open.sse--)),
             Stream.chunks,
             Stream.map((messages) => {
               telemetry.deliveries.sse += messages.length
               return sseEvents(messages)
             }),
-            // A slow reader or a failure ends the stream with a reason; EventSource reconnects with Last-Event-ID.
+            Stream.merge(tokenEnd(notify), { haltStrategy: "left" }),
+            // A slow reader or a failure ends the stream with a reason; EventSource reconnects with
+            // Last-Event-ID (an expired or revoked token is then refused with 401).
             Stream.catchCause((cause) => {
-              const slow = cause.reasons.some((r) => r._tag === "Fail" && (r.error as any)?._tag === "SlowConsumer")
-              if (slow) telemetry.slowConsumers.sse++
+              const failure = cause.reasons.find((r) => r._tag === "Fail")
+              const tag = failure?._tag === "Fail" ? (failure.error as any)?._tag : undefined
+              if (tag === "SlowConsumer") telemetry.slowConsumers.sse++
               return Stream.succeed(encoder.encode(
                 `event: error\ndata: ${
                   JSON.stringify(
-                    slow
+                    tag === "SlowConsumer"
                       ? { code: ErrorCode.SlowConsumer, error: "slow consumer" }
+                      : tag === "TokenEnded"
+                      ? { code: ErrorCode.InvalidToken, error: (failure as any).error.reason }
                       : { code: ErrorCode.Internal, error: "internal error" }
                   )
                 }\n\n`

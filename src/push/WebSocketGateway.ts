@@ -16,8 +16,9 @@ import { Feed } from "./Feed.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { LocalConnections } from "./LocalConnections.ts"
 import { messageJson } from "./Frames.ts"
-import { isNotifyPath, type NotifyRefusal, parseNotify } from "./Notify.ts"
+import { isNotifyPath, type NotifyRefusal, type NotifyRequest, parseNotify } from "./Notify.ts"
 import { type LimitRefusal, RateLimits } from "../server/RateLimits.ts"
+import { Revocations } from "../server/Revocations.ts"
 
 const TEXT = { binary: false } as const
 
@@ -29,7 +30,9 @@ export const CloseCode = {
   PolicyViolation: 1008,
   Internal: 1011,
   /** The client read too slowly and its buffer filled: reconnect with `last_msg_id`. */
-  SlowConsumer: 4008
+  SlowConsumer: 4008,
+  /** The token expired or was revoked (the reason says which): reconnect only with a new token. */
+  TokenEnded: 4001
 } as const
 
 const reasons: Record<number, string> = { 401: "Unauthorized", 429: "Too Many Requests" }
@@ -54,6 +57,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
     Effect.gen(function* () {
       const context = yield* Effect.context<Feed | AppConfig | import("../server/Tokens.ts").Tokens>()
       const feed = yield* Feed
+      const revocations = yield* Revocations
       const here = yield* LocalConnections
       const telemetry = yield* Telemetry
       const config = yield* AppConfig
@@ -72,7 +76,8 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
         })
       )
 
-      const serve = (ws: WebSocket, session: string, platform: number, cursor: string | undefined) => {
+      const serve = (ws: WebSocket, notify: NotifyRequest) => {
+        const { session, platform, cursor } = notify
         open.add(ws)
         here.open.ws++
         let alive = true
@@ -107,11 +112,13 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
             close(CloseCode.Internal, "internal error: reconnect with last_msg_id")
           }
         })
+        const unwatchToken = revocations.watch(notify.claims, (reason) => close(CloseCode.TokenEnded, reason))
         ws.on("message", () => close(CloseCode.PolicyViolation, "/notify is one-way: clients send no data frames"))
         ws.on("close", () => {
           open.delete(ws)
           here.open.ws--
           clearInterval(ping)
+          unwatchToken()
           run(Fiber.interrupt(fiber))
         })
         ws.on("error", () => ws.terminate())
@@ -143,7 +150,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
                           request,
                           socket,
                           head,
-                          (ws) => serve(ws, notify.session, notify.platform, notify.cursor)
+                          (ws) => serve(ws, notify)
                         )
                       })
                   })

@@ -22,10 +22,13 @@ export const AuthorizationLive = Layer.effect(
           if (token.length === 0) {
             return yield* new Unauthorized({ code: ErrorCode.InvalidToken, error: "missing bearer token" })
           }
-          const session = yield* tokens.verify(token).pipe(
+          const claims = yield* tokens.verify(token).pipe(
             Effect.mapError((e) => new Unauthorized({ code: ErrorCode.InvalidToken, error: e.reason }))
           )
-          return yield* Effect.provideService(httpEffect, CurrentSession, session)
+          return yield* Effect.provideService(httpEffect, CurrentSession, {
+            sid: claims.sid,
+            platform: claims.platform
+          })
         })
     })
   })

@@ -21,6 +21,7 @@ import type { HttpServerRequest } from "effect/http"
 import { RateLimits } from "./RateLimits.ts"
 import { sendDuration, sendsTotal, timed } from "../observability/Telemetry.ts"
 import { Tokens } from "./Tokens.ts"
+import { Revocations } from "./Revocations.ts"
 
 /** Reads are for current members only; a non-member learns whether the conversation exists. */
 const requireMember = Effect.fnUntraced(function* (conversationId: string) {
@@ -203,6 +204,7 @@ const InnerHandlers = HttpApiBuilder.group(
     const status = yield* NodeStatus
     const { exists, known } = yield* boundsOf
     const guarded = bounded({ kickout_conversation: exists, join_conversation: exists })
+    const revocations = yield* Revocations
     return handlers.handleAll(guarded({
       get_token: ({ payload }) =>
         tokens.issue(payload.session, payload.platform).pipe(
@@ -232,6 +234,10 @@ const InnerHandlers = HttpApiBuilder.group(
           yield* store.setArchive(payload.conversation_ids, payload.is_archive)
           return { code: 0 as const }
         }).pipe(mapped),
+      revoke_tokens: ({ payload }) =>
+        revocations.revoke(payload.sessions, payload.platform).pipe(
+          Effect.map((at) => ({ code: 0 as const, data: { RevokedAt: new Date(at).toISOString() } }))
+        ),
       cluster: () =>
         status.view.pipe(
           Effect.map((view) => ({ code: 0 as const, data: view })),

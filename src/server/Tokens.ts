@@ -1,6 +1,8 @@
 /**
- * Session tokens: HS256 JWTs carrying `sid` and `platform`. The key comes from configuration;
- * on the embedded database a missing key is generated once and kept in the data directory.
+ * Session tokens: HS256 JWTs carrying `sid`, `platform`, `iat`, `exp` and `iat_ms` (the issue time
+ * in milliseconds, which revocation compares with). `exp` and `iat` are required. The key comes
+ * from configuration (at least 32 bytes); on the embedded database a missing key is generated once
+ * and kept in the data directory.
  */
 import { Clock, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
 import * as Jose from "jose"
@@ -8,6 +10,10 @@ import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { AppConfig, isConfigured } from "../Config.ts"
+import { Revocations, type TokenClaims } from "./Revocations.ts"
+
+/** The shortest signing key accepted: HS256 wants a key at least as long as its 256-bit hash. */
+export const MIN_KEY_BYTES = 32
 
 export class TokenInvalid extends Schema.TaggedError<TokenInvalid>()("TokenInvalid", { reason: Schema.String }) {}
 
@@ -15,19 +21,21 @@ export class StartupError extends Schema.TaggedError<StartupError>()("StartupErr
 
 export class Tokens extends Context.Service<Tokens, {
   readonly issue: (sid: string, platform: number) => Effect.Effect<string>
-  readonly verify: (token: string) => Effect.Effect<{ readonly sid: string; readonly platform: number }, TokenInvalid>
+  readonly verify: (token: string) => Effect.Effect<TokenClaims, TokenInvalid>
 }>()("quick-im/Tokens") {
   static readonly layer = Layer.effect(
     Tokens,
     Effect.gen(function* () {
       const config = yield* AppConfig
+      const revocations = yield* Revocations
       const key = yield* signingKey
       const ttlSeconds = Math.max(1, Math.floor(Duration.toSeconds(config.tokenTtl)))
 
       const issue = Effect.fnUntraced(function* (sid: string, platform: number) {
-        const now = Math.floor((yield* Clock.currentTimeMillis) / 1000)
+        const nowMs = yield* Clock.currentTimeMillis
+        const now = Math.floor(nowMs / 1000)
         return yield* Effect.promise(() =>
-          new Jose.SignJWT({ sid, platform })
+          new Jose.SignJWT({ sid, platform, iat_ms: nowMs })
             .setProtectedHeader({ alg: "HS256", typ: "JWT" })
             .setIssuer(config.jwtIssuer)
             .setIssuedAt(now)
@@ -37,50 +45,84 @@ export class Tokens extends Context.Service<Tokens, {
       })
 
       // Verified tokens are remembered until they expire: a token is immutable, and HMAC
-      // verification is a large share of a small request's CPU.
-      const verified = new Map<string, { sid: string; platform: number; expMs: number }>()
-      const remember = (token: string, claims: { sid: string; platform: number }, exp: number | undefined) => {
+      // verification is a large share of a small request's CPU. Revocation is checked on every use.
+      const verified = new Map<string, TokenClaims>()
+      const remember = (token: string, claims: TokenClaims) => {
         if (verified.size >= 10_000) verified.delete(verified.keys().next().value!)
-        verified.set(token, { ...claims, expMs: (exp ?? 0) * 1000 })
+        verified.set(token, claims)
       }
 
       const verifySlow = (token: string) =>
         Effect.tryPromise({
-          try: () => Jose.jwtVerify(token, key, { algorithms: ["HS256"], issuer: config.jwtIssuer }),
+          try: () =>
+            Jose.jwtVerify(token, key, {
+              algorithms: ["HS256"],
+              issuer: config.jwtIssuer,
+              requiredClaims: ["exp", "iat"]
+            }),
           catch: (e) =>
-            new TokenInvalid({ reason: e instanceof Jose.errors.JWTExpired ? "token expired" : "invalid token" })
+            new TokenInvalid({
+              reason: e instanceof Jose.errors.JWTExpired
+                ? "token expired"
+                : e instanceof Jose.errors.JWTClaimValidationFailed && e.reason === "missing"
+                ? `token lacks the ${e.claim} claim`
+                : "invalid token"
+            })
         }).pipe(
           Effect.flatMap(({ payload }) => {
             if (typeof payload.sid !== "string" || payload.sid.length === 0 || !Number.isInteger(payload.platform)) {
               return Effect.fail(new TokenInvalid({ reason: "token lacks sid or platform" }))
             }
-            const claims = { sid: payload.sid, platform: payload.platform as number }
-            remember(token, claims, payload.exp)
+            const iat = payload.iat!
+            // `iat_ms` when it agrees with `iat`; otherwise the start of `iat`'s second (a revocation
+            // in that second then refuses the token: the safe side).
+            const iatMs = typeof payload.iat_ms === "number" && Math.floor(payload.iat_ms / 1000) === iat
+              ? payload.iat_ms
+              : iat * 1000
+            const claims: TokenClaims = {
+              sid: payload.sid,
+              platform: payload.platform as number,
+              issuedMs: iatMs,
+              expMs: payload.exp! * 1000
+            }
+            remember(token, claims)
             return Effect.succeed(claims)
           })
         )
 
+      const check = (claims: TokenClaims) =>
+        revocations.isRevoked(claims.sid, claims.platform, claims.issuedMs)
+          ? Effect.fail(new TokenInvalid({ reason: "token revoked" }))
+          : Effect.succeed(claims)
+
       const verify = (token: string) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) => {
           const hit = verified.get(token)
-          if (hit === undefined) return verifySlow(token)
+          if (hit === undefined) return Effect.flatMap(verifySlow(token), check)
           if (hit.expMs <= now) {
             verified.delete(token)
             return Effect.fail(new TokenInvalid({ reason: "token expired" }))
           }
-          return Effect.succeed({ sid: hit.sid, platform: hit.platform })
+          return check(hit)
         })
 
       return Tokens.of({ issue, verify })
     })
-  )
+  ).pipe(Layer.provideMerge(Revocations.layer))
 }
 
 /** The HS256 key: configured, or (embedded database only) generated and kept in the data dir. */
 const signingKey = Effect.gen(function* () {
   const config = yield* AppConfig
   if (isConfigured(config.jwtSecret)) {
-    return new TextEncoder().encode(Redacted.value(Option.getOrThrow(config.jwtSecret)))
+    const key = new TextEncoder().encode(Redacted.value(Option.getOrThrow(config.jwtSecret)))
+    if (key.length < MIN_KEY_BYTES) {
+      return yield* new StartupError({
+        message: `QUICKIM_JWT_SECRET is ${key.length} bytes long; it must be at least ${MIN_KEY_BYTES} `
+          + `(e.g. openssl rand -base64 32)`
+      })
+    }
+    return key
   }
   if (isConfigured(config.databaseUrl)) {
     return yield* new StartupError({
@@ -89,7 +131,12 @@ const signingKey = Effect.gen(function* () {
   }
   const file = Path.join(config.dataDir, "jwt-secret")
   const existing = yield* Effect.sync(() => Fs.existsSync(file) ? Fs.readFileSync(file, "utf8").trim() : "")
-  if (existing.length > 0) return new TextEncoder().encode(existing)
+  if (existing.length >= MIN_KEY_BYTES) return new TextEncoder().encode(existing)
+  if (existing.length > 0) {
+    return yield* new StartupError({
+      message: `${file} holds a key shorter than ${MIN_KEY_BYTES} bytes: delete it to have a new one generated`
+    })
+  }
   const secret = randomBytes(32).toString("base64url")
   yield* Effect.sync(() => {
     Fs.mkdirSync(config.dataDir, { recursive: true })
