@@ -305,7 +305,7 @@ describe.skipIf(!hasChromium)("the console and tokens", () => {
   let server: TestServer
   beforeAll(async () => {
     // A poll announces "connected" with its first answer: keep the wait short.
-    server = await startServer(settingsFor("postgres", { pollWait: Duration.seconds(1) }))
+    server = await startServer(settingsFor("postgres", { pollWait: Duration.seconds(1), consoleSignIn: true }))
   })
   afterAll(() => server?.stop())
 
