@@ -5,7 +5,13 @@
 import { Schema } from "effect"
 import { ClusterSchema, Entity } from "effect/cluster"
 import { Rpc } from "effect/rpc"
-import { ConversationNotFound, ConversationTypeOutOfRange, EmptyMembers, NotMember } from "../domain/Conversation.ts"
+import {
+  ConversationNotFound,
+  ConversationTypeOutOfRange,
+  EmptyMembers,
+  NotMember,
+  UnstorableMessage
+} from "../domain/Conversation.ts"
 
 export const Create = Rpc.make("Create", {
   payload: { conversationType: Schema.Number, sessions: Schema.Array(Schema.String) },
@@ -45,7 +51,7 @@ export const Send = Rpc.make("Send", {
     clientMsgId: Schema.optionalKey(Schema.String)
   },
   success: SentMessage,
-  error: Schema.Union([ConversationNotFound, NotMember])
+  error: Schema.Union([ConversationNotFound, NotMember, UnstorableMessage])
 })
 
 /**

@@ -8,6 +8,7 @@ import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { AppConfig, isConfigured } from "../Config.ts"
+import { isStorableText } from "../domain/Conversation.ts"
 
 export class TokenInvalid extends Schema.TaggedError<TokenInvalid>()("TokenInvalid", { reason: Schema.String }) {}
 
@@ -53,6 +54,10 @@ export class Tokens extends Context.Service<Tokens, {
           Effect.flatMap(({ payload }) => {
             if (typeof payload.sid !== "string" || payload.sid.length === 0 || !Number.isInteger(payload.platform)) {
               return Effect.fail(new TokenInvalid({ reason: "token lacks sid or platform" }))
+            }
+            // Signed elsewhere with the key: a sid get_token would refuse is refused here too.
+            if (payload.sid.length > 128 || !isStorableText(payload.sid)) {
+              return Effect.fail(new TokenInvalid({ reason: "token sid is not a valid session id" }))
             }
             const claims = { sid: payload.sid, platform: payload.platform as number }
             remember(token, claims, payload.exp)

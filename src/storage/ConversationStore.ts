@@ -6,7 +6,7 @@ import { Context, Effect, Layer, Option } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import type { ConversationDetail, MsgData } from "../domain/Conversation.ts"
 import { AppConfig } from "../Config.ts"
-import { makeCommitBatcher } from "./CommitBatcher.ts"
+import { defaultCommitBounds, makeCommitBatcher } from "./CommitBatcher.ts"
 import { queryDuration, storeOperation } from "../observability/Telemetry.ts"
 
 export interface ConversationState {
@@ -99,7 +99,11 @@ export class ConversationStore extends Context.Service<ConversationStore, {
     ConversationStore,
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
-      const batcher = makeCommitBatcher(sql, (yield* AppConfig).commitsInFlight)
+      const config = yield* AppConfig
+      const batcher = makeCommitBatcher(sql, config.commitsInFlight, {
+        maxRows: config.commitMaxRows ?? defaultCommitBounds.maxRows,
+        maxBytes: config.commitMaxBytes ?? defaultCommitBounds.maxBytes
+      })
       const columns = sql`msg_id, conversation_id, from_session, send_time, status, type, content`
       const ordered = (rows: ReadonlyArray<StoredMessage>, rowsAreDesc: boolean, desc: boolean) => {
         const out = rows.map(toMsgData)
