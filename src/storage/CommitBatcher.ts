@@ -145,7 +145,9 @@ export const makeCommitBatcher = (
           // this loop goes on with what queued meanwhile (those waiters count on it).
           const exit = yield* Effect.exit(commit(batch))
           inFlight--
-          if (Exit.isFailure(exit)) { for (const p of batch) Deferred.doneUnsafe(p.done, exit) }
+          if (Exit.isFailure(exit)) {
+            for (const p of batch) Deferred.doneUnsafe(p.done, exit)
+          }
         }
       }))
       return yield* Deferred.await(done)
