@@ -85,6 +85,9 @@ export interface AppSettings {
   readonly groupCommitMax: number
   /** Group commits a node has in flight at once; what queues meanwhile joins the next one. */
   readonly commitsInFlight: number
+  /** Bounds on one group commit statement, in rows and (about) bytes of message JSON. */
+  readonly commitMaxRows?: number
+  readonly commitMaxBytes?: number
   readonly accessLog: boolean
   /** `json` (one object per line), `pretty`, or `auto`: pretty on a terminal, JSON otherwise. */
   readonly logFormat?: "auto" | "json" | "pretty"
@@ -175,6 +178,8 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   entityIdle: Config.Duration("QUICKIM_ENTITY_IDLE").pipe(Config.withDefault(Duration.minutes(5))),
   groupCommitMax: Config.Int("QUICKIM_GROUP_COMMIT_MAX").pipe(Config.withDefault(256)),
   commitsInFlight: Config.Int("QUICKIM_COMMITS_IN_FLIGHT").pipe(Config.withDefault(1)),
+  commitMaxRows: Config.Int("QUICKIM_COMMIT_MAX_ROWS").pipe(Config.withDefault(1024)),
+  commitMaxBytes: Config.Int("QUICKIM_COMMIT_MAX_BYTES").pipe(Config.withDefault(4 * 1024 * 1024)),
   accessLog: Config.Boolean("QUICKIM_ACCESS_LOG").pipe(Config.withDefault(false)),
   logFormat: Config.Literals(["auto", "json", "pretty"], "QUICKIM_LOG_FORMAT").pipe(
     Config.withDefault("auto" as const)

@@ -9,6 +9,7 @@ import {
   ConversationId,
   ConversationType,
   Int32,
+  isStorable,
   MsgData,
   SessionId
 } from "../domain/Conversation.ts"
@@ -39,7 +40,7 @@ export class ConversationApi extends HttpApiGroup.make("conversation")
     post("check_joined_conversation", Conversation, ok(Schema.Struct({ Joined: Schema.Boolean }))),
     post(
       "get_joined_conversation",
-      { SessionId: Schema.optionalKey(Schema.String) },
+      { SessionId: Schema.optionalKey(Schema.String.check(isStorable("SessionId"))) },
       ok(Schema.Struct({ Conversations: Schema.Array(Schema.String) }))
     ),
     post("get_conversation_detail", Conversation, ok(ConversationDetail)),
@@ -56,8 +57,10 @@ export class MessageApi extends HttpApiGroup.make("message")
       ...Conversation,
       status: defaultTo(Int32, 0),
       type: defaultTo(Int32, 0),
-      content: Schema.String,
-      client_msg_id: Schema.optionalKey(Schema.String.check(Schema.isBetweenLength(1, 128)))
+      content: Schema.String.check(isStorable("content")),
+      client_msg_id: Schema.optionalKey(
+        Schema.String.check(Schema.isBetweenLength(1, 128), isStorable("client_msg_id"))
+      )
     }, ok(Schema.Struct({ MsgID: Schema.String }))),
     post("get_conversation_msg_by_range", {
       ...Conversation,

@@ -15,7 +15,8 @@ import {
   JoinNeedsInvitation,
   type MsgData,
   NotMember,
-  RemovedFromConversation
+  RemovedFromConversation,
+  UnstorableMessage
 } from "../domain/Conversation.ts"
 import { decode, MsgIdClock } from "../domain/MsgId.ts"
 import { floorOf } from "../storage/Replay.ts"
@@ -51,6 +52,14 @@ const DELIVER_ATTEMPT = "5 seconds"
 const DELIVER_DEADLINE = "30 seconds"
 /** The most messages a re-hosted conversation hands over again. */
 const REDELIVER_MAX = 1000
+
+/** SQLSTATE class 22, data exception: the statement's data was refused, so nothing was written. */
+const isInvalidData = (cause: Cause.Cause<unknown>) =>
+  cause.reasons.some((r) => {
+    if (!Cause.isFailReason(r)) return false
+    const e = r.error as { _tag?: unknown; reason?: { cause?: { code?: unknown } } }
+    return e._tag === "SqlError" && String(e.reason?.cause?.code ?? "").startsWith("22")
+  })
 
 const dedupeKey = (session: string, clientMsgId: string) => `${session}\u0000${clientMsgId}`
 
@@ -215,13 +224,37 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         const reply = (request: Request, value: unknown) => replier.succeed(request as any, value as any)
         const fail = (request: Request, error: unknown) => replier.fail(request as any, error as any)
 
-        /** A write whose outcome is unknown: answer with a defect and reload state before the next one. */
+        /**
+         * A write whose outcome is unknown: answer with a defect (10002 at the edge) and reload state
+         * before the next one. The entity runs with fatal defects off, so the answer is final: the
+         * cluster does not restart the entity and replay these requests (which, for a request that
+         * can never succeed, went on forever and left the conversation answering nobody).
+         */
         const failAll = (requests: ReadonlyArray<Request>, cause: Cause.Cause<unknown>) =>
           Effect.gen(function* () {
+            if (Cause.hasInterruptsOnly(cause)) return yield* Effect.failCause(cause as Cause.Cause<never>)
             loaded = undefined
             yield* Effect.logError("conversation write failed", cause).pipe(Effect.annotateLogs({ conversationId: id }))
             const defect = Cause.die(Cause.squash(cause))
             for (const r of requests) yield* replier.failCause(r as any, defect as any)
+          })
+
+        /**
+         * The database refused the sends' data (a NUL or unpaired surrogate that got past the edge):
+         * nothing was written. Each send is tried again alone, on reloaded state, so only the
+         * offending one fails, with its own error, once.
+         */
+        const refuseInvalid = (requests: ReadonlyArray<SendRequest>, cause: Cause.Cause<unknown>) =>
+          Effect.gen(function* () {
+            loaded = undefined
+            if (requests.length > 1) {
+              for (const r of requests) yield* commitSends([r])
+              return
+            }
+            yield* Effect.logWarning("send refused: the database rejected its data", cause).pipe(
+              Effect.annotateLogs({ conversationId: id })
+            )
+            yield* fail(requests[0], new UnstorableMessage({ conversationId: id }))
           })
 
         /** The span a request came with (its sender's trace), if any. */
@@ -251,7 +284,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
           )
         }
 
-        const commitSends = (requests: ReadonlyArray<SendRequest>) =>
+        const commitSends = (requests: ReadonlyArray<SendRequest>): Effect.Effect<void> =>
           Effect.gen(function* () {
             const current = yield* load
             if (current === null) {
@@ -334,7 +367,11 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               if (answer instanceof NotMember) yield* fail(r, answer)
               else yield* reply(r, answer)
             }
-          }).pipe(Effect.catchCause((cause) => failAll(requests, cause)))
+          }).pipe(
+            Effect.catchCause((cause) =>
+              isInvalidData(cause) ? refuseInvalid(requests, cause) : failAll(requests, cause)
+            )
+          )
 
         const handleOne = (request: Request) =>
           Effect.gen(function* () {
@@ -413,24 +450,33 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             }
           }).pipe(Effect.catchCause((cause) => failAll([request], cause)))
 
-        return Effect.gen(function* () {
-          const batch = yield* Queue.takeBetween(mailbox, 1, config.groupCommitMax)
-          let i = 0
-          while (i < batch.length) {
-            if (batch[i].tag === "Send") {
-              let j = i
-              while (j < batch.length && batch[j].tag === "Send") j++
-              yield* handleSends(batch.slice(i, j) as Array<SendRequest>)
-              i = j
-            } else {
-              yield* handleOne(batch[i])
-              i++
-            }
-          }
-        }).pipe(Effect.forever, Effect.orDie) as Effect.Effect<never>
+        return Queue.takeBetween(mailbox, 1, config.groupCommitMax).pipe(
+          Effect.flatMap((batch) =>
+            Effect.gen(function* () {
+              let i = 0
+              while (i < batch.length) {
+                if (batch[i].tag === "Send") {
+                  let j = i
+                  while (j < batch.length && batch[j].tag === "Send") j++
+                  yield* handleSends(batch.slice(i, j) as Array<SendRequest>)
+                  i = j
+                } else {
+                  yield* handleOne(batch[i])
+                  i++
+                }
+              }
+              // A defect no handler caught must not end the loop (with fatal defects off, nothing
+              // would restart it): whoever is still unanswered in the batch gets it (answers are
+              // given once, so the others are untouched).
+            }).pipe(Effect.catchCause((cause) => failAll(batch, cause)))
+          ),
+          Effect.forever,
+          Effect.orDie
+        ) as Effect.Effect<never>
       }
     }),
-    { maxIdleTime }
+    // A defect answers its own request only: no restart that would replay the mailbox (see failAll).
+    { maxIdleTime, disableFatalDefects: true }
   )
 
 /** Idle conversations passivate after `QUICKIM_ENTITY_IDLE` and rebuild their state from SQL when next used. */

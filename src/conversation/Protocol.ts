@@ -11,7 +11,8 @@ import {
   EmptyMembers,
   JoinNeedsInvitation,
   NotMember,
-  RemovedFromConversation
+  RemovedFromConversation,
+  UnstorableMessage
 } from "../domain/Conversation.ts"
 
 export const Create = Rpc.make("Create", {
@@ -56,7 +57,7 @@ export const Send = Rpc.make("Send", {
     clientMsgId: Schema.optionalKey(Schema.String)
   },
   success: SentMessage,
-  error: Schema.Union([ConversationNotFound, NotMember])
+  error: Schema.Union([ConversationNotFound, NotMember, UnstorableMessage])
 })
 
 /**

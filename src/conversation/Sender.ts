@@ -9,13 +9,14 @@ import type { ClusterError } from "effect/cluster"
 import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import type { SendItem } from "../cluster/NodeInbox.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
-import type { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
+import type { ConversationNotFound, NotMember, UnstorableMessage } from "../domain/Conversation.ts"
 import { Conversation, type SentMessage } from "./Protocol.ts"
 
 /** What the entity message itself may fail with: the conversation's refusals and the cluster's own errors. */
 export type SendError =
   | ConversationNotFound
   | NotMember
+  | UnstorableMessage
   | ClusterError.MailboxFull
   | ClusterError.AlreadyProcessingMessage
   | ClusterError.PersistenceError

@@ -5,14 +5,33 @@
 import { Schema } from "effect"
 import { CONVERSATION_TYPE_MAX, MsgId } from "./MsgId.ts"
 
+// NUL, or a UTF-16 surrogate not in a high-low pair: PostgreSQL refuses the first in text and
+// both in jsonb, and the driver silently replaces lone surrogates in parameters.
+const suspect = /[\u0000\ud800-\udfff]/
+const unsafe = /\u0000|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/
+
+/** Whether a string can be stored and answered as it came: no NUL, no unpaired surrogate. */
+export const isStorableText = (s: string) => !suspect.test(s) || !unsafe.test(s)
+
+/**
+ * The check every string of the wire contract carries: such a string is refused at the edge
+ * (400, 10001) with a message naming `field`, instead of failing deep in a write.
+ */
+export const isStorable = (field: string) =>
+  Schema.makeFilter<string>((s) =>
+    isStorableText(s) || `${field} must not contain NUL characters or unpaired UTF-16 surrogates`
+  )
+
 export const ConversationId = Schema.String.check(
   Schema.isMinLength(1, { message: "conversation_id must not be empty" }),
-  Schema.isMaxLength(128, { message: "conversation_id is longer than 128 characters" })
+  Schema.isMaxLength(128, { message: "conversation_id is longer than 128 characters" }),
+  isStorable("conversation_id")
 )
 
 export const SessionId = Schema.String.check(
   Schema.isMinLength(1, { message: "session id must not be empty" }),
-  Schema.isMaxLength(128, { message: "session id is longer than 128 characters" })
+  Schema.isMaxLength(128, { message: "session id is longer than 128 characters" }),
+  isStorable("session id")
 )
 
 /** int32 as the reference declares `Status` and `Type`. */
@@ -72,5 +91,13 @@ export class ConversationTypeOutOfRange
   extends Schema.TaggedError<ConversationTypeOutOfRange>()("ConversationTypeOutOfRange", {
     conversationType: Schema.Number
   }) {}
+
+/**
+ * The database refused a message's text as invalid data (a NUL or unpaired surrogate that got past
+ * the edge): the send's own fault, answered once, and the conversation carries on.
+ */
+export class UnstorableMessage extends Schema.TaggedError<UnstorableMessage>()("UnstorableMessage", {
+  conversationId: Schema.String
+}) {}
 
 export class EmptyMembers extends Schema.TaggedError<EmptyMembers>()("EmptyMembers", {}) {}

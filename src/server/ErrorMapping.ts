@@ -43,6 +43,13 @@ export const toApiError = (e: unknown): Effect.Effect<never, ApiError> => {
     case "TooManyRequests":
     case "PayloadTooLarge":
       return Effect.fail(x)
+    case "UnstorableMessage":
+      return Effect.fail(
+        new BadRequest({
+          code: ErrorCode.InvalidParameter,
+          error: "the message holds characters that cannot be stored (NUL or unpaired UTF-16 surrogates)"
+        })
+      )
     case "MailboxFull":
       return Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "conversation is overloaded, retry" }))
     case "EntityNotAssignedToRunner":

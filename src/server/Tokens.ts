@@ -14,6 +14,7 @@ import { Revocations, type TokenClaims } from "./Revocations.ts"
 
 /** The shortest signing key accepted: HS256 wants a key at least as long as its 256-bit hash. */
 export const MIN_KEY_BYTES = 32
+import { isStorableText } from "../domain/Conversation.ts"
 
 export class TokenInvalid extends Schema.TaggedError<TokenInvalid>()("TokenInvalid", { reason: Schema.String }) {}
 
@@ -72,6 +73,10 @@ export class Tokens extends Context.Service<Tokens, {
           Effect.flatMap(({ payload }) => {
             if (typeof payload.sid !== "string" || payload.sid.length === 0 || !Number.isInteger(payload.platform)) {
               return Effect.fail(new TokenInvalid({ reason: "token lacks sid or platform" }))
+            }
+            // Signed elsewhere with the key: a sid get_token would refuse is refused here too.
+            if (payload.sid.length > 128 || !isStorableText(payload.sid)) {
+              return Effect.fail(new TokenInvalid({ reason: "token sid is not a valid session id" }))
             }
             const iat = payload.iat!
             // `iat_ms` when it agrees with `iat`; otherwise the start of `iat`'s second (a revocation

@@ -4,15 +4,45 @@
  * written together with the other entities' batches, in one statement (one transaction, one WAL
  * flush). Measured on PostgreSQL, 200 two-member conversations, 64 senders, no receivers: 1,028 →
  * 1,159 sends/s, with far fewer WAL flushes; the rest of the send path's cost is CPU elsewhere.
+ *
+ * One conversation's bad rows never fail another's: a merged statement that fails is tried again
+ * once per conversation, alone, and only what fails alone fails.
  */
-import { Deferred, Effect } from "effect"
+import { Cause, Deferred, Effect, Exit } from "effect"
 import type { SqlClient, SqlError } from "effect/sql"
 import type { MessageRow } from "./ConversationStore.ts"
 
 interface Pending {
   readonly rows: ReadonlyArray<MessageRow>
+  /** About the JSON this Pending adds to a statement (UTF-16 units, not exact bytes). */
+  readonly bytes: number
   readonly done: Deferred.Deferred<void, SqlError.SqlError>
 }
+
+/** Bounds on one merged statement; a single Pending beyond them still goes, alone. */
+export interface CommitBounds {
+  readonly maxRows: number
+  readonly maxBytes: number
+}
+
+export const defaultCommitBounds: CommitBounds = { maxRows: 1024, maxBytes: 4 * 1024 * 1024 }
+
+/** Field names, ids, numbers and the conversation's last-message entry of one row in the JSON. */
+const ROW_OVERHEAD = 320
+
+const sizeOf = (rows: ReadonlyArray<MessageRow>) => {
+  let bytes = 0
+  for (const r of rows) {
+    bytes += ROW_OVERHEAD + r.content.length + r.conversation_id.length + r.from_session.length
+      + (r.client_msg_id?.length ?? 0)
+  }
+  return bytes
+}
+
+/** The database could not be reached: every statement would fail alike, so none is tried again. */
+const isUnreachable = (exit: Exit.Exit<unknown, SqlError.SqlError>) =>
+  Exit.isFailure(exit)
+  && exit.cause.reasons.some((r) => Cause.isFailReason(r) && r.error.reason._tag === "ConnectionError")
 
 /**
  * `inFlightMax`: commits in flight at once; further batches wait and are merged. One is the default:
@@ -20,8 +50,14 @@ interface Pending {
  * one node and 1,963 → 2,392 on three (fewer, larger commits: PostgreSQL's CPU per send fell by
  * about a third), with lower latency too, since a commit's round trip is short next to the queue.
  */
-export const makeCommitBatcher = (sql: SqlClient.SqlClient, inFlightMax: number) => {
+export const makeCommitBatcher = (
+  sql: SqlClient.SqlClient,
+  inFlightMax: number,
+  bounds: CommitBounds = defaultCommitBounds
+) => {
   let queue: Array<Pending> = []
+  let queuedRows = 0
+  let queuedBytes = 0
   let inFlight = 0
 
   // Messages and each conversation's last-message fields, as JSON decoded by the database: one
@@ -50,20 +86,68 @@ export const makeCommitBatcher = (sql: SqlClient.SqlClient, inFlightMax: number)
       WHERE c.id = v.id`
   }
 
+  /** A throw while building the statement (odd data, a bug) becomes this batch's failure, not a wedge. */
+  const attempt = (batch: ReadonlyArray<Pending>) => Effect.exit(Effect.asVoid(Effect.suspend(() => write(batch))))
+
+  const settle = (p: Pending, exit: Exit.Exit<void, SqlError.SqlError>) =>
+    Deferred.doneUnsafe(p.done, Exit.isSuccess(exit) ? Effect.void : exit)
+
+  const commit = (batch: ReadonlyArray<Pending>) =>
+    Effect.gen(function* () {
+      const exit = yield* attempt(batch)
+      if (Exit.isSuccess(exit) || batch.length === 1 || isUnreachable(exit)) {
+        for (const p of batch) settle(p, exit)
+        return
+      }
+      // Once, each conversation's rows alone: only the offending ones fail. Never more than that.
+      for (const p of batch) settle(p, yield* attempt([p]))
+    })
+
+  /** What the next statement carries: everything queued, unless that passes a bound. */
+  const take = (): Array<Pending> => {
+    if (queuedRows <= bounds.maxRows && queuedBytes <= bounds.maxBytes) {
+      const batch = queue
+      queue = []
+      queuedRows = 0
+      queuedBytes = 0
+      return batch
+    }
+    let n = 0
+    let rows = 0
+    let bytes = 0
+    for (; n < queue.length; n++) {
+      const p = queue[n]
+      if (n > 0 && (rows + p.rows.length > bounds.maxRows || bytes + p.bytes > bounds.maxBytes)) break
+      rows += p.rows.length
+      bytes += p.bytes
+    }
+    const batch = queue.slice(0, n)
+    queue = queue.slice(n)
+    queuedRows -= rows
+    queuedBytes -= bytes
+    return batch
+  }
+
   /** Writes `rows` (one conversation's, in order) durably; shares the statement with others waiting. */
   const append = (rows: ReadonlyArray<MessageRow>): Effect.Effect<void, SqlError.SqlError> =>
     Effect.gen(function* () {
       const done = yield* Deferred.make<void, SqlError.SqlError>()
-      queue.push({ rows, done })
+      const bytes = sizeOf(rows)
+      queue.push({ rows, bytes, done })
+      queuedRows += rows.length
+      queuedBytes += bytes
       // Whoever finds a free slot commits everything queued, then keeps going while work remains.
       yield* Effect.uninterruptible(Effect.gen(function* () {
         while (queue.length > 0 && inFlight < inFlightMax) {
-          const batch = queue
-          queue = []
+          const batch = take()
           inFlight++
-          const exit = yield* Effect.exit(write(batch))
+          // Whatever happens, the slot is given back, every waiter in the batch is answered and
+          // this loop goes on with what queued meanwhile (those waiters count on it).
+          const exit = yield* Effect.exit(commit(batch))
           inFlight--
-          for (const p of batch) Deferred.doneUnsafe(p.done, exit._tag === "Success" ? Effect.void : exit)
+          if (Exit.isFailure(exit)) {
+            for (const p of batch) Deferred.doneUnsafe(p.done, exit)
+          }
         }
       }))
       return yield* Deferred.await(done)

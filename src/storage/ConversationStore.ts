@@ -6,7 +6,7 @@ import { Context, Effect, Layer, Option } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import { type ConversationDetail, ConversationNotFound, type MsgData } from "../domain/Conversation.ts"
 import { AppConfig, DEFAULT_MAX_HISTORY_BYTES } from "../Config.ts"
-import { makeCommitBatcher } from "./CommitBatcher.ts"
+import { defaultCommitBounds, makeCommitBatcher } from "./CommitBatcher.ts"
 import { queryDuration, storeOperation } from "../observability/Telemetry.ts"
 
 export interface ConversationState {
@@ -109,7 +109,10 @@ export class ConversationStore extends Context.Service<ConversationStore, {
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
       const config = yield* AppConfig
-      const batcher = makeCommitBatcher(sql, config.commitsInFlight)
+      const batcher = makeCommitBatcher(sql, config.commitsInFlight, {
+        maxRows: config.commitMaxRows ?? defaultCommitBounds.maxRows,
+        maxBytes: config.commitMaxBytes ?? defaultCommitBounds.maxBytes
+      })
       const maxHistoryBytes = config.maxHistoryBytes ?? DEFAULT_MAX_HISTORY_BYTES
       const columns = sql`msg_id, conversation_id, from_session, send_time, status, type, content`
       const ordered = (rows: ReadonlyArray<StoredMessage>, rowsAreDesc: boolean, desc: boolean) => {

@@ -45,6 +45,8 @@ export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): A
   entityIdle: Duration.minutes(5),
   groupCommitMax: 256,
   commitsInFlight: 1,
+  commitMaxRows: 1024,
+  commitMaxBytes: 4 * 1024 * 1024,
   accessLog: false,
   resumeWindow: Duration.seconds(15),
   connectionBuffer: 1000,
