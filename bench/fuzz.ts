@@ -9,7 +9,7 @@
  *   npm run fuzz
  *   FUZZ_REQUESTS=10000 npm run fuzz
  *   FUZZ_SEED=42 FUZZ_MAX_SECONDS=300 npm run fuzz     # replay a run; stop sending after 5 minutes
- *   FUZZ_POISON=1 npm run fuzz                         # also NUL and unpaired surrogates
+ *   FUZZ_POISON=0 npm run fuzz                         # without NUL and unpaired surrogates
  */
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"

@@ -6,7 +6,7 @@
  * stored is exactly what was answered 200: a model follows each accepted create, join, leave,
  * kick, archive and send, and is compared with the server at the end.
  *
- * NUL and unpaired surrogates are generated too once POISON_FIXED in test/support/fuzz.ts is on.
+ * NUL and unpaired surrogates are generated too (FUZZ_POISON=0 leaves them out).
  * FUZZ_RUNS (default 1500) and FUZZ_SEED replay or widen a run.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
