@@ -17,7 +17,7 @@ import { Cause, Effect, Option, Schema } from "effect"
 import { ClusterSchema, Entity } from "effect/cluster"
 import { Rpc } from "effect/rpc"
 import { Conversation, type SentMessage } from "../conversation/Protocol.ts"
-import { ConversationNotFound, type MsgData, NotMember } from "../domain/Conversation.ts"
+import { ConversationNotFound, type MsgData, NotMember, UnstorableMessage } from "../domain/Conversation.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
 import { SlowConsumer } from "../push/Protocol.ts"
 import { ShardRoutes } from "./ShardRoutes.ts"
@@ -49,7 +49,7 @@ export interface SendItem {
 
 export type SendOutcome =
   | ({ readonly _tag: "Sent" } & SentMessage)
-  | { readonly _tag: "Refused"; readonly error: ConversationNotFound | NotMember }
+  | { readonly _tag: "Refused"; readonly error: ConversationNotFound | NotMember | UnstorableMessage }
   /** This node does not hold the conversation's shard (any more): the sender uses the entity message. */
   | { readonly _tag: "NotHere" }
   /** The conversation failed the write (a defect there); the sender answers with a defect too. */
@@ -128,6 +128,8 @@ export const decodeOutcomes = (encoded: ReadonlyArray<any>): Array<SendOutcome> 
       _tag: "Refused",
       error: e._tag === "NotMember"
         ? new NotMember({ conversationId: e.conversationId, session: e.session })
+        : e._tag === "UnstorableMessage"
+        ? new UnstorableMessage({ conversationId: e.conversationId })
         : new ConversationNotFound({ conversationId: e.conversationId })
     }
   })
@@ -155,6 +157,7 @@ export const NodeInboxLive = NodeInbox.toLayer(
             onFailure: (cause): SendOutcome => {
               const error = Option.getOrUndefined(Cause.findErrorOption(cause))
               return error instanceof ConversationNotFound || error instanceof NotMember
+                  || error instanceof UnstorableMessage
                 ? { _tag: "Refused", error }
                 : { _tag: "Failed", message: String(Cause.squash(cause)) }
             }
