@@ -80,6 +80,8 @@ interface PollState {
   fetching: boolean
   /** Messages the running replay brought so far (for the replay metric). */
   replayed: number
+  /** Overflows not yet counted in the metric (counted at the next refill). */
+  overflows: number
   readonly waiters: Array<Deferred.Deferred<MsgData>>
   /** The last message answered. */
   last: string | undefined
@@ -173,7 +175,7 @@ const entityLayer = (options: {
           state.pendingBytes = 0
           state.startFrom = null
         }
-        Effect.runFork(Metric.update(pollOverflows, 1))
+        state.overflows++
       }
 
       const pushPoll = (state: PollState, message: MsgData) => {
@@ -196,6 +198,10 @@ const entityLayer = (options: {
        */
       const refill = (state: PollState) =>
         Effect.gen(function* () {
+          if (state.overflows > 0) {
+            yield* Metric.update(pollOverflows, state.overflows)
+            state.overflows = 0
+          }
           if (state.fetching) return
           state.fetching = true
           while (state.pending.length === 0 && replaying(state)) {
@@ -254,6 +260,7 @@ const entityLayer = (options: {
           detached: false,
           fetching: false,
           replayed: 0,
+          overflows: 0,
           waiters: previous?.waiters ?? [],
           last: undefined,
           acked: undefined,
