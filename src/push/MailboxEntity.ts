@@ -82,6 +82,8 @@ interface PollState {
   replayed: number
   /** Overflows not yet counted in the metric (counted at the next refill). */
   overflows: number
+  /** Replaced by a poll with another cursor: a page still being read here goes to nobody. */
+  retired: boolean
   readonly waiters: Array<Deferred.Deferred<MsgData>>
   /** The last message answered. */
   last: string | undefined
@@ -121,6 +123,7 @@ const takeNext = (state: PollState): MsgData | undefined => {
 
 /** Gives waiting pollers what is pending (each records it when it answers). */
 const serveWaiters = (state: PollState) => {
+  if (state.retired) return
   while (state.waiters.length > 0 && state.pending.length > 0) {
     const next = takeNext(state)
     if (next === undefined) return
@@ -261,6 +264,7 @@ const entityLayer = (options: {
           fetching: false,
           replayed: 0,
           overflows: 0,
+          retired: false,
           waiters: previous?.waiters ?? [],
           last: undefined,
           acked: undefined,
@@ -268,6 +272,7 @@ const entityLayer = (options: {
           marks: new Map()
         }
         // Registered before reading SQL: whatever commits from now on reaches `held`.
+        if (previous !== undefined) previous.retired = true
         polls.set(platform, state)
         let from = cursor ?? previous?.last
         if (from === undefined && previous === undefined) {
