@@ -97,6 +97,12 @@ export interface AppSettings {
   readonly otlpServiceName?: string
   readonly resumeWindow: Duration.Duration
   readonly connectionBuffer: number
+  /** Bytes (JSON) a push connection may have waiting before it is cut off as a slow consumer (default 1 MiB). */
+  readonly connectionBufferBytes?: number
+  /** Bytes one page of a resume replay holds at most (default 512 KiB; a page has one message at least). */
+  readonly replayPageBytes?: number
+  /** Bytes a long-poll platform keeps queued between polls before it switches to reading SQL (default 1 MiB). */
+  readonly pollPendingBytes?: number
   readonly mailboxIdle: Duration.Duration
   readonly pollWait: Duration.Duration
   readonly sseHeartbeat: Duration.Duration
@@ -192,6 +198,9 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   otlpServiceName: Config.String("QUICKIM_OTLP_SERVICE_NAME").pipe(Config.withDefault("quick-im")),
   resumeWindow: Config.Duration("QUICKIM_RESUME_WINDOW").pipe(Config.withDefault(Duration.seconds(15))),
   connectionBuffer: Config.Int("QUICKIM_CONNECTION_BUFFER").pipe(Config.withDefault(1000)),
+  connectionBufferBytes: Config.Int("QUICKIM_CONNECTION_BUFFER_BYTES").pipe(Config.withDefault(1024 * 1024)),
+  replayPageBytes: Config.Int("QUICKIM_REPLAY_PAGE_BYTES").pipe(Config.withDefault(512 * 1024)),
+  pollPendingBytes: Config.Int("QUICKIM_POLL_PENDING_BYTES").pipe(Config.withDefault(1024 * 1024)),
   mailboxIdle: Config.Duration("QUICKIM_MAILBOX_IDLE").pipe(Config.withDefault(Duration.minutes(2))),
   pollWait: Config.Duration("QUICKIM_POLL_WAIT").pipe(Config.withDefault(Duration.seconds(30))),
   sseHeartbeat: Config.Duration("QUICKIM_SSE_HEARTBEAT").pipe(Config.withDefault(Duration.seconds(15))),

@@ -84,6 +84,21 @@ export const replayMessages = Metric.histogram("quickim_resume_replay_messages",
   boundaries: [0, 1, 5, 10, 50, 100, 500, 1000, 5000, 10000]
 })
 
+export const replayPages = Metric.counter("quickim_replay_pages_total", {
+  description: "Pages of resume replays read from the database (each bounded by QUICKIM_REPLAY_PAGE_BYTES)",
+  incremental: true
+})
+
+export const replayPageBytes = Metric.histogram("quickim_replay_page_bytes", {
+  description: "Estimated bytes of one replay page read",
+  boundaries: [1024, 16384, 65536, 131072, 262144, 524288, 1048576, 2097152, 4194304]
+})
+
+export const pollOverflows = Metric.counter("quickim_poll_overflows_total", {
+  description: "Poll platforms whose queued messages passed QUICKIM_POLL_PENDING_BYTES (they then read from SQL)",
+  incremental: true
+})
+
 export const queryDuration = (op: string) =>
   Metric.histogram("quickim_db_query_duration_seconds", {
     description: "Time a store operation took (a message append includes waiting for its group commit)",

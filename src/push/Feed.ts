@@ -12,7 +12,12 @@
  *
  * `attach` hands messages to a plain function (the WebSocket gateway writes frames from it, with
  * no queue or fiber between the Conversation entity's commit and the socket); `open` offers them
- * as a Stream over a bounded queue (SSE).
+ * as a Stream over a queue bounded in messages and bytes (SSE).
+ *
+ * Memory per connection stays bounded: live messages wait in the transport's buffer (bytes) or,
+ * while a replay runs, in `held` (messages and bytes); a replay reads one page at a time and
+ * writes it in slices, each once the transport has room again (`ready`), so a replay follows the
+ * reader's pace instead of filling its buffer.
  */
 import { Cause, Context, Deferred, Duration, Effect, Exit, Layer, Queue, Schedule, type Scope, Stream } from "effect"
 import { randomUUID } from "node:crypto"
@@ -24,9 +29,16 @@ import { AppConfig } from "../Config.ts"
 import { type ConnectionSink, LocalConnections } from "./LocalConnections.ts"
 import { Mailbox, SlowConsumer } from "./Protocol.ts"
 import { recordReplay } from "../observability/Telemetry.ts"
+import { messageSize } from "./Frames.ts"
 
 /** Writes messages to a transport; false when its buffer is full (the connection is then cut as a slow consumer). */
 export type Write = (messages: ReadonlyArray<MsgData>) => boolean
+
+/** Completes once the transport's buffer is at most half full: a replay writes its next slice then. */
+export type Ready = Effect.Effect<void>
+
+/** Default of `QUICKIM_CONNECTION_BUFFER_BYTES`. */
+export const CONNECTION_BUFFER_BYTES = 1024 * 1024
 
 /** How long a connection keeps trying to reach its mailbox while the cluster re-hosts it. */
 const RESUBSCRIBE_FOR = Duration.seconds(30)
@@ -34,12 +46,16 @@ const RESUBSCRIBE_FOR = Duration.seconds(30)
 type Outcome = "lost" | "resync"
 
 export class Feed extends Context.Service<Feed, {
-  /** Feeds `write` until the scope closes; fails with SlowConsumer, or when the mailbox stays unreachable. */
+  /**
+   * Feeds `write` until the scope closes; fails with SlowConsumer, or when the mailbox stays unreachable.
+   * Replays wait for `ready` before each slice (without it, a slice that does not fit cuts the connection).
+   */
   readonly attach: (
     session: string,
     platform: number,
     cursor: string | undefined,
-    write: Write
+    write: Write,
+    ready?: Ready
   ) => Effect.Effect<void, unknown, Scope.Scope>
   readonly open: (session: string, platform: number, cursor: string | undefined) => Stream.Stream<MsgData, unknown>
 }>()("quick-im/push/Feed") {
@@ -50,7 +66,11 @@ export class Feed extends Context.Service<Feed, {
       const replay = yield* Replay
       const here = yield* LocalConnections
       const watch = yield* RunnerWatch
-      const buffer = (yield* AppConfig).connectionBuffer
+      const config = yield* AppConfig
+      const buffer = config.connectionBuffer
+      const maxBytes = config.connectionBufferBytes ?? CONNECTION_BUFFER_BYTES
+      // A replay writes at most this many messages at once, so that a slice fits a half-empty buffer.
+      const slice = Math.max(1, Math.floor(buffer / 2))
       // This node is stopping: a subscription that ends is not renewed (clients reconnect elsewhere).
       let stopping = false
       yield* Effect.addFinalizer(() => Effect.sync(() => (stopping = true)))
@@ -59,7 +79,8 @@ export class Feed extends Context.Service<Feed, {
         session: string,
         platform: number,
         cursor: string | undefined,
-        write: Write
+        write: Write,
+        ready?: Ready
       ) {
         const connectionId = randomUUID()
         const ended = yield* Deferred.make<never, unknown>()
@@ -99,6 +120,7 @@ export class Feed extends Context.Service<Feed, {
         let current: string | undefined = undefined
         let held: Array<{ readonly incarnation: string; readonly messages: ReadonlyArray<MsgData> }> | undefined = []
         let heldCount = 0
+        let heldBytes = 0
         let resync: () => void = () => {}
         const sink: ConnectionSink = {
           push: (messages, incarnation) => {
@@ -106,12 +128,14 @@ export class Feed extends Context.Service<Feed, {
               if (incarnation === current) return emit(messages)
               held = []
               heldCount = 0
+              heldBytes = 0
               resync()
               return true
             }
-            if (heldCount + messages.length > buffer) return false
+            if (heldCount + messages.length > buffer || heldBytes > maxBytes) return false
             held.push({ incarnation, messages })
             heldCount += messages.length
+            for (const m of messages) heldBytes += messageSize(m)
             return true
           },
           fail: (error) => Deferred.doneUnsafe(ended, Exit.fail(error))
@@ -121,6 +145,7 @@ export class Feed extends Context.Service<Feed, {
           const rest = held ?? []
           held = undefined
           heldCount = 0
+          heldBytes = 0
           let foreign = false
           for (const entry of rest) {
             if (entry.incarnation !== current) foreign = true
@@ -137,16 +162,23 @@ export class Feed extends Context.Service<Feed, {
         here.sinks.set(connectionId, sink)
         yield* Effect.addFinalizer(() => Effect.sync(() => here.sinks.delete(connectionId)))
 
-        const catchUp = (from: string) => {
+        /** Replays from `from`, a page at a time, each written in slices as the transport has room. */
+        const catchUp = Effect.fnUntraced(function* (from: string) {
+          let at = yield* replay.start(session, from)
           let replayed = 0
-          return replay.after(session, from).pipe(
-            Stream.runForEachArray((messages) => {
-              replayed += messages.length
-              return emit(messages) ? Effect.void : Effect.fail(new SlowConsumer({ buffered: buffer }))
-            }),
-            Effect.andThen(Effect.suspend(() => recordReplay(replayed)))
-          )
-        }
+          for (;;) {
+            const page = yield* replay.page(session, at)
+            for (let i = 0; i < page.messages.length; i += slice) {
+              if (ready !== undefined) yield* ready
+              const part = page.messages.length <= slice ? page.messages : page.messages.slice(i, i + slice)
+              if (!emit(part)) return yield* new SlowConsumer({ buffered: buffer })
+            }
+            replayed += page.messages.length
+            if (page.next === undefined) break
+            at = page.next
+          }
+          yield* recordReplay(replayed)
+        })
 
         /** One subscription: until it is lost, the mailbox moves, a runner leaves, or the connection ends. */
         const round = (from: string | undefined) =>
@@ -199,7 +231,8 @@ export class Feed extends Context.Service<Feed, {
               }),
               Effect.forkScoped
             )
-            if (from !== undefined) yield* catchUp(from)
+            // A connection cut off while the replay waits for room ends the replay too.
+            if (from !== undefined) yield* Effect.raceFirst(catchUp(from), Deferred.await(ended))
             release()
             const result = yield* Effect.raceFirst(Deferred.await(ended), Deferred.await(outcome))
             // The next round replays from `last`: hold what still arrives on this subscription until then.
@@ -220,13 +253,36 @@ export class Feed extends Context.Service<Feed, {
         attach,
         open: (session, platform, cursor) =>
           Stream.unwrap(Effect.gen(function* () {
-            const queue = yield* Queue.bounded<MsgData, unknown | Cause.Done>(buffer)
+            // Bounded by the counts below (messages and JSON bytes waiting), checked before each batch.
+            const queue = yield* Queue.unbounded<MsgData, unknown | Cause.Done>()
+            let count = 0
+            let bytes = 0
+            let room: Deferred.Deferred<void> | undefined = undefined
+            const roomy = () => count <= slice && bytes <= maxBytes / 2
             const write: Write = (messages) => {
-              for (const m of messages) if (!Queue.offerUnsafe(queue, m)) return false
+              if (count + messages.length > buffer || bytes > maxBytes) return false
+              for (const m of messages) {
+                bytes += messageSize(m)
+                Queue.offerUnsafe(queue, m)
+              }
+              count += messages.length
               return true
             }
-            yield* attach(session, platform, cursor, write).pipe(Queue.into(queue), Effect.forkScoped)
-            return Stream.fromQueue(queue)
+            const ready: Ready = Effect.suspend(() => {
+              if (roomy()) return Effect.void
+              room ??= Deferred.makeUnsafe<void>()
+              return Deferred.await(room)
+            })
+            yield* attach(session, platform, cursor, write, ready).pipe(Queue.into(queue), Effect.forkScoped)
+            return Stream.fromQueue(queue).pipe(Stream.mapArray((messages) => {
+              count -= messages.length
+              for (const m of messages) bytes -= messageSize(m)
+              if (room !== undefined && roomy()) {
+                Deferred.doneUnsafe(room, Exit.void)
+                room = undefined
+              }
+              return messages
+            }))
           }))
       })
     })

@@ -17,3 +17,6 @@ export const messageJson = (message: MsgData): Uint8Array => {
   }
   return bytes
 }
+
+/** The size of the message's JSON in bytes: what buffers count (encoded once, as above). */
+export const messageSize = (message: MsgData): number => messageJson(message).length

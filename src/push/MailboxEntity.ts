@@ -4,6 +4,9 @@
  * buffer; overflow ends that subscription with `SlowConsumer` and never slows anyone else.
  * Long-poll platforms get a pending queue that outlives each request, so what arrives between
  * polls comes with the next one; its position is kept in SQL across passivation and restarts.
+ * A poll platform holds at most one replay page plus `QUICKIM_POLL_PENDING_BYTES` of live
+ * messages: a replay is read a page at a time as the poller takes it, and a poller that falls
+ * further behind stops getting live messages queued and reads them from SQL instead (see PollState).
  */
 import { Cause, Deferred, Effect, Layer, Metric, Option, Queue, Schedule, Stream } from "effect"
 import { Entity } from "effect/cluster"
@@ -12,11 +15,14 @@ import { Rpc } from "effect/rpc"
 import { SqlClient } from "effect/sql"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
-import { Replay } from "../storage/Replay.ts"
+import { Replay, type ReplayPosition } from "../storage/Replay.ts"
+import { decode, encode } from "../domain/MsgId.ts"
+import { messageSize } from "./Frames.ts"
+import { CONNECTION_BUFFER_BYTES } from "./Feed.ts"
 import { type ConnectionSink, LocalConnections } from "./LocalConnections.ts"
 import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import { Mailbox, type PushEvent, SlowConsumer } from "./Protocol.ts"
-import { entityActivations, recordReplay } from "../observability/Telemetry.ts"
+import { entityActivations, pollOverflows, replayMessages, replaysTotal } from "../observability/Telemetry.ts"
 
 interface Connection {
   readonly platform: number
@@ -28,17 +34,56 @@ interface Connection {
   readonly end: () => void
 }
 
-/** A connection on another node: its messages go into the Subscribe stream's bounded queue. */
-const queueSink = (queue: Queue.Queue<PushEvent, SlowConsumer | Cause.Done>): ConnectionSink => ({
+/**
+ * A connection on another node: its messages go into the Subscribe stream's queue, bounded in
+ * messages (the queue) and in bytes (`bytes.queued`, taken off as the stream sends them on).
+ */
+const queueSink = (
+  queue: Queue.Queue<PushEvent, SlowConsumer | Cause.Done>,
+  bytes: { queued: number; readonly max: number }
+): ConnectionSink => ({
   push: (messages) => {
-    for (const message of messages) if (!Queue.offerUnsafe(queue, { _tag: "Pushed", message })) return false
+    if (bytes.queued > bytes.max) return false
+    for (const message of messages) {
+      if (!Queue.offerUnsafe(queue, { _tag: "Pushed", message })) return false
+      bytes.queued += messageSize(message)
+    }
     return true
   },
   fail: (error) => Queue.failCauseUnsafe(queue, Cause.fail(error))
 })
 
+/**
+ * One poll platform. Three ways a message reaches `pending`: live, from the Mailbox, when no replay
+ * runs; from a replay, a page at a time, read when `pending` is empty (`replay`, `startFrom`);
+ * live while a replay runs, through `held`, which follows the replay's last page. When live
+ * messages would pass the byte bound, they stop being queued (`detached`): what was queued is let
+ * go and a replay from the last message answered brings it back, in order, from SQL. A replay
+ * that ends detached starts another from the last answer, with live messages queued again: each
+ * replay reads up to a snapshot taken when it starts (Replay), and whatever commits after that
+ * reaches `held`, or, detached, the next replay, whose window reaches back before the snapshot.
+ */
 interface PollState {
+  /** Messages to hand out, in order. */
   pending: Array<MsgData>
+  pendingBytes: number
+  /** Live messages that arrived while a replay runs: they follow it. */
+  held: Array<MsgData>
+  heldBytes: number
+  /** The running replay's next page. */
+  replay: ReplayPosition | undefined
+  /** A replay to start when `pending` is empty: after this cursor, or (null) after the last answer. */
+  startFrom: string | null | undefined
+  /** Live messages are not queued: the poller fell behind; a replay brings them. */
+  detached: boolean
+  /** A page is being read. */
+  fetching: boolean
+  /** Messages the running replay brought so far (for the replay metric). */
+  replayed: number
+  /** Overflows not yet counted in the metric (counted at the next refill). */
+  overflows: number
+  /** Replaced by a poll with another cursor: a page still being read here goes to nobody. */
+  retired: boolean
   readonly waiters: Array<Deferred.Deferred<MsgData>>
   /** The last message answered. */
   last: string | undefined
@@ -51,9 +96,9 @@ interface PollState {
   dirty: boolean
   /** Newest MsgId handed out per conversation: anything at or below it is a repeat and is skipped. */
   readonly marks: Map<string, string>
-  /** A replay is being merged: nothing is handed out until it is, so nothing newer overtakes it. */
-  opening: boolean
 }
+
+const replaying = (state: PollState) => state.replay !== undefined || state.startFrom !== undefined
 
 const isRepeat = (state: PollState, message: MsgData) => {
   const mark = state.marks.get(message.ConversationID)
@@ -71,12 +116,14 @@ const handOut = (state: PollState, message: MsgData) => {
 const takeNext = (state: PollState): MsgData | undefined => {
   for (;;) {
     const next = state.pending.shift()
+    if (next !== undefined) state.pendingBytes -= messageSize(next)
     if (next === undefined || !isRepeat(state, next)) return next
   }
 }
 
 /** Gives waiting pollers what is pending (each records it when it answers). */
 const serveWaiters = (state: PollState) => {
+  if (state.retired) return
   while (state.waiters.length > 0 && state.pending.length > 0) {
     const next = takeNext(state)
     if (next === undefined) return
@@ -84,10 +131,15 @@ const serveWaiters = (state: PollState) => {
   }
 }
 
-/** The most messages a poll platform keeps between polls; beyond that the oldest go and a resume refills. */
-const POLL_PENDING_MAX = 10_000
+/** Default of `QUICKIM_POLL_PENDING_BYTES`. */
+const POLL_PENDING_BYTES = 1024 * 1024
 
-const entityLayer = (options: { readonly buffer: number; readonly idle: import("effect").Duration.Duration }) =>
+const entityLayer = (options: {
+  readonly buffer: number
+  readonly bufferBytes: number
+  readonly pollPendingBytes: number
+  readonly idle: import("effect").Duration.Duration
+}) =>
   Mailbox.toLayer(
     Effect.gen(function* () {
       const session = (yield* Entity.CurrentAddress).entityId
@@ -112,47 +164,135 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
       yield* Effect.addFinalizer(() => savePositions)
       yield* savePositions.pipe(Effect.repeat(Schedule.spaced("5 seconds")), Effect.forkScoped)
 
-      const pushPoll = (state: PollState, message: MsgData) => {
-        if (state.pending.length >= POLL_PENDING_MAX) state.pending.shift()
-        state.pending.push(message)
-        if (!state.opening) serveWaiters(state)
+      /** Stops queueing live messages: a replay from the last answer brings them, and what was queued. */
+      const detach = (state: PollState) => {
+        state.detached = true
+        state.held = []
+        state.heldBytes = 0
+        if (!replaying(state)) {
+          // Nothing answered yet: the replay starts just before the first message let go.
+          if (state.last === undefined && state.pending.length > 0) {
+            state.last = encode({ millis: decode(state.pending[0].MsgId).millis, seq: 0, conversationType: 0, hash: 0 })
+          }
+          state.pending = []
+          state.pendingBytes = 0
+          state.startFrom = null
+        }
+        state.overflows++
       }
+
+      const pushPoll = (state: PollState, message: MsgData) => {
+        if (state.detached) return
+        if (replaying(state)) {
+          if (state.heldBytes > options.pollPendingBytes) return detach(state)
+          state.held.push(message)
+          state.heldBytes += messageSize(message)
+          return
+        }
+        if (state.pendingBytes > options.pollPendingBytes) return detach(state)
+        state.pending.push(message)
+        state.pendingBytes += messageSize(message)
+        if (!state.fetching) serveWaiters(state)
+      }
+
+      /**
+       * Reads replay pages while `pending` is empty and a replay has more; when the replay ends,
+       * what was held follows it, or (detached) another replay starts from the last answer.
+       */
+      const refill = (state: PollState) =>
+        Effect.gen(function* () {
+          if (state.overflows > 0) {
+            yield* Metric.update(pollOverflows, state.overflows)
+            state.overflows = 0
+          }
+          if (state.fetching) return
+          state.fetching = true
+          while (state.pending.length === 0 && replaying(state)) {
+            if (state.replay === undefined) {
+              const from = state.startFrom ?? state.last
+              // From here on live messages are queued again (in `held`), before the snapshot is read.
+              state.detached = false
+              if (from === undefined) {
+                state.startFrom = undefined
+                state.pending = state.held
+                state.pendingBytes = state.heldBytes
+                state.held = []
+                state.heldBytes = 0
+                break
+              }
+              state.replayed = 0
+              yield* Metric.update(replaysTotal, 1)
+              state.replay = yield* replay.start(session, from)
+              state.startFrom = undefined
+            }
+            const page = yield* replay.page(session, state.replay)
+            state.replay = page.next
+            // Repeats stay repeats (marks only grow): leaving them out now keeps a page that has only
+            // repeats from looking like something to hand out.
+            for (const m of page.messages) {
+              if (isRepeat(state, m)) continue
+              state.pending.push(m)
+              state.pendingBytes += messageSize(m)
+            }
+            state.replayed += page.messages.length
+            if (page.next !== undefined) continue
+            yield* Metric.update(replayMessages, state.replayed)
+            if (state.detached) {
+              state.startFrom = null
+            } else {
+              for (const m of state.held) state.pending.push(m)
+              state.pendingBytes += state.heldBytes
+              state.held = []
+              state.heldBytes = 0
+            }
+          }
+        }).pipe(Effect.ensuring(Effect.sync(() => {
+          state.fetching = false
+          serveWaiters(state)
+        })))
 
       const openPoll = Effect.fnUntraced(function* (platform: number, cursor: string | undefined) {
         const previous = polls.get(platform)
         const state: PollState = {
           pending: [],
+          pendingBytes: 0,
+          held: [],
+          heldBytes: 0,
+          replay: undefined,
+          startFrom: undefined,
+          detached: false,
+          fetching: false,
+          replayed: 0,
+          overflows: 0,
+          retired: false,
           waiters: previous?.waiters ?? [],
           last: undefined,
           acked: undefined,
           dirty: false,
-          marks: new Map(),
-          opening: true
+          marks: new Map()
         }
-        // Registered before reading SQL: whatever commits from now on reaches `pending`.
+        // Registered before reading SQL: whatever commits from now on reaches `held`.
+        if (previous !== undefined) previous.retired = true
         polls.set(platform, state)
         let from = cursor ?? previous?.last
         if (from === undefined && previous === undefined) {
+          state.fetching = true
           const [row] = yield* sql<{ last_msg_id: string }>`
-            SELECT last_msg_id FROM poll_positions WHERE session_id = ${session} AND platform = ${platform}`
+            SELECT last_msg_id FROM poll_positions WHERE session_id = ${session} AND platform = ${platform}`.pipe(
+            Effect.ensuring(Effect.sync(() => (state.fetching = false)))
+          )
           from = row?.last_msg_id
         }
-        state.last = from
-        state.acked = from
         if (from !== undefined) {
-          const backlog = yield* Stream.runCollect(replay.after(session, from)).pipe(
-            Effect.onError(() => Effect.sync(() => (state.opening = false)))
-          )
-          yield* recordReplay(backlog.length)
-          // The backlog comes first, whole: it is a snapshot in MsgId order, so it holds every message
-          // of a conversation up to its newest one there. Live messages it also holds are dropped from
-          // the live part, not from the backlog: moving one behind a newer message of its
-          // conversation would make it look like a repeat, and it would never be handed out.
-          const inBacklog = new Set(backlog.map((m) => m.MsgId))
-          state.pending = [...backlog, ...state.pending.filter((m) => !inBacklog.has(m.MsgId))]
+          state.last = from
+          state.acked = from
+          // What arrived while the position was read is in `pending`: the replay covers it.
+          state.held = state.pending
+          state.heldBytes = state.pendingBytes
+          state.pending = []
+          state.pendingBytes = 0
+          state.startFrom = from
         }
-        state.opening = false
-        serveWaiters(state)
         return state
       })
 
@@ -212,7 +352,8 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
             Queue.offerUnsafe(queue, { _tag: "Ready", incarnation })
             const local = payload.nodeId === here.nodeId ? here.sinks.get(payload.connectionId) : undefined
             const inbox = local === undefined ? payload.inbox : undefined
-            const sink = local ?? (inbox === undefined ? queueSink(queue) : undefined)
+            const bytes = { queued: 0, max: options.bufferBytes }
+            const sink = local ?? (inbox === undefined ? queueSink(queue, bytes) : undefined)
             const connection: Connection = {
               platform: payload.platform,
               sink,
@@ -231,6 +372,10 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
               )
             }
             return Stream.fromQueue(queue).pipe(
+              Stream.mapArray((events) => {
+                for (const event of events) if (event._tag === "Pushed") bytes.queued -= messageSize(event.message)
+                return events
+              }),
               Stream.ensuring(Effect.sync(() => {
                 if (connections.get(payload.connectionId) === connection) connections.delete(payload.connectionId)
               }))
@@ -252,7 +397,11 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
                 state.acked = state.last
                 state.dirty = true
               }
-              const next = state.opening ? undefined : takeNext(state)
+              let next = state.fetching ? undefined : takeNext(state)
+              if (next === undefined && !state.fetching && replaying(state)) {
+                yield* refill(state)
+                next = takeNext(state)
+              }
               if (next !== undefined) return handOut(state, next)
               const waiter = yield* Deferred.make<MsgData>()
               state.waiters.push(waiter)
@@ -265,7 +414,11 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
                     const i = state.waiters.indexOf(waiter)
                     if (i >= 0) state.waiters.splice(i, 1)
                     const reached = yield* Deferred.poll(waiter)
-                    if (Option.isSome(reached)) state.pending.unshift(yield* reached.value)
+                    if (Option.isSome(reached)) {
+                      const message = yield* reached.value
+                      state.pending.unshift(message)
+                      state.pendingBytes += messageSize(message)
+                    }
                   })
                 )
               )
@@ -286,5 +439,11 @@ const entityLayer = (options: { readonly buffer: number; readonly idle: import("
 
 /** Mailboxes passivate after `QUICKIM_MAILBOX_IDLE` without connections or polls. */
 export const MailboxEntityLive = Layer.unwrap(
-  Effect.map(AppConfig, (c) => entityLayer({ buffer: c.connectionBuffer, idle: c.mailboxIdle }))
+  Effect.map(AppConfig, (c) =>
+    entityLayer({
+      buffer: c.connectionBuffer,
+      bufferBytes: c.connectionBufferBytes ?? CONNECTION_BUFFER_BYTES,
+      pollPendingBytes: c.pollPendingBytes ?? POLL_PENDING_BYTES,
+      idle: c.mailboxIdle
+    }))
 )

@@ -91,13 +91,17 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
           if (ws.readyState === WebSocket.OPEN) ws.close(code, reason)
         }
         // Frames are written straight from the mailbox's delivery; a full send buffer cuts the connection.
+        // A replay waits between slices until the send buffer is half empty (`ws` has no drain event).
+        const ready = Effect.gen(function* () {
+          while (ws.bufferedAmount > maxBuffered / 2 && ws.readyState === WebSocket.OPEN) yield* Effect.sleep(5)
+        })
         const fiber = run(
           Effect.scoped(feed.attach(session, platform, cursor, (messages) => {
             if (ws.bufferedAmount > maxBuffered) return false
             for (const message of messages) ws.send(messageJson(message), TEXT)
             telemetry.deliveries.ws += messages.length
             return true
-          }))
+          }, ready))
         )
         fiber.addObserver((exit) => {
           if (Exit.isSuccess(exit)) return close(CloseCode.Restart, "stream ended: reconnect with last_msg_id")

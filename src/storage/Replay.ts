@@ -2,15 +2,29 @@
  * Resume by cursor: every message of a session's current conversations that a client holding
  * MsgId `cursor` may not have seen, per conversation in order. README ("Why resume loses
  * nothing") gives the argument for the window.
+ *
+ * A replay is read in pages bounded in rows and in bytes (`QUICKIM_REPLAY_PAGE_BYTES`), and its
+ * position is a small value, so a reader holds one page at a time and can stop and go on later
+ * (a long-poll client takes a page per few polls). Each replay reads up to a snapshot taken when
+ * it starts: every conversation's newest MsgId at that moment. Its pages are read at different
+ * times, so without it a later page could bring a message that overtakes an older one of its
+ * conversation committed after an earlier page had passed its place; with it, a replay is a
+ * consistent prefix of each conversation, and what commits later reaches the reader live.
  */
-import { Context, Duration, Effect, Layer, Option, Stream } from "effect"
+import { Context, Duration, Effect, Layer, Metric, Option, Stream } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import { AppConfig } from "../Config.ts"
 import { conversationHash, decode, encode } from "../domain/MsgId.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { type StoredMessage, toMsgData } from "./ConversationStore.ts"
+import { replayPageBytes, replayPages } from "../observability/Telemetry.ts"
 
+/** Rows per page at most, however small they are. */
 const PAGE = 500
+/** Added to a message's content length to estimate its JSON size (ids, time, field names). */
+const ROW_OVERHEAD = 200
+/** Default of `QUICKIM_REPLAY_PAGE_BYTES`. */
+export const REPLAY_PAGE_BYTES = 512 * 1024
 
 /** The smallest MsgId of millisecond `millis`: ids compare as strings, across conversations. */
 export const floorOf = (cursor: string, window: Duration.Duration) =>
@@ -21,18 +35,44 @@ export const floorOf = (cursor: string, window: Duration.Duration) =>
     hash: 0
   })
 
+/** Where a replay stands: what the next page reads from. */
+export interface ReplayPosition {
+  readonly cursor: string
+  readonly floor: string
+  /** The cursor's own conversation: nothing of it up to the cursor is replayed. */
+  readonly own: string
+  /** `[{id, last}]` as JSON: each conversation's newest MsgId when the replay started. */
+  readonly snapshot: string
+  /** The last row read (MsgId, conversation). */
+  readonly id: string
+  readonly conversation: string
+}
+
+export interface ReplayPage {
+  readonly messages: ReadonlyArray<MsgData>
+  /** Estimated JSON bytes of `messages`. */
+  readonly bytes: number
+  /** Undefined: the replay is complete. */
+  readonly next: ReplayPosition | undefined
+}
+
 export class Replay extends Context.Service<Replay, {
   /** Messages after `cursor` (minus the resume window) in the session's current conversations. */
   readonly after: (session: string, cursor: string) => Stream.Stream<MsgData, SqlError.SqlError>
+  /** Starts a replay after `cursor`: call it once the reader receives live messages (its snapshot is taken now). */
+  readonly start: (session: string, cursor: string) => Effect.Effect<ReplayPosition, SqlError.SqlError>
+  /** The next page of a replay. */
+  readonly page: (session: string, position: ReplayPosition) => Effect.Effect<ReplayPage, SqlError.SqlError>
 }>()("quick-im/Replay") {
   static readonly layer = Layer.effect(
     Replay,
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
       const config = yield* AppConfig
+      const pageBytes = config.replayPageBytes ?? REPLAY_PAGE_BYTES
 
-      const after = (session: string, cursor: string) =>
-        Stream.unwrap(Effect.gen(function* () {
+      const start = (session: string, cursor: string) =>
+        Effect.gen(function* () {
           const floor = floorOf(cursor, config.resumeWindow)
           // The cursor's own conversation was seen in order up to the cursor: nothing of it before.
           const hash = decode(cursor).hash
@@ -41,36 +81,52 @@ export class Replay extends Context.Service<Replay, {
             JOIN messages m ON m.conversation_id = cm.conversation_id AND m.msg_id = ${cursor}
             WHERE cm.session_id = ${session}`
           const own = candidates.find((c) => conversationHash(c.conversation_id) === hash)?.conversation_id ?? ""
-          // One order across conversations (by MsgId), so that any message a client received during
-          // a replay is itself a safe cursor: everything after it in the replay sorts above it.
-          return Stream.paginate(
-            { id: floor, conversation: "" },
-            (after: { readonly id: string; readonly conversation: string }) =>
-              sql<
-                StoredMessage
-              >`SELECT m.msg_id, m.conversation_id, m.from_session, m.send_time, m.status, m.type, m.content
-                FROM conversation_members cm
-                JOIN conversations c ON c.id = cm.conversation_id AND c.last_msg_id > ${floor}
-                JOIN messages m ON m.conversation_id = cm.conversation_id AND m.msg_id > ${floor}
-                  AND m.seq > cm.joined_seq
-                WHERE cm.session_id = ${session}
-                  AND NOT (m.conversation_id = ${own} AND m.msg_id <= ${cursor})
-                  AND (m.msg_id, m.conversation_id) > (${after.id}, ${after.conversation})
-                ORDER BY m.msg_id, m.conversation_id LIMIT ${PAGE}`.pipe(
-                Effect.map((rows) => {
-                  const last = rows[rows.length - 1]
-                  return [
-                    rows.map(toMsgData),
-                    rows.length === PAGE
-                      ? Option.some({ id: last.msg_id, conversation: last.conversation_id })
-                      : Option.none()
-                  ] as const
-                })
-              )
-          )
-        }))
+          // A conversation's messages and its `last_msg_id` are written by one statement.
+          const lasts = yield* sql<{ id: string; last: string }>`
+            SELECT c.id, c.last_msg_id AS last FROM conversation_members cm
+            JOIN conversations c ON c.id = cm.conversation_id AND c.last_msg_id > ${floor}
+            WHERE cm.session_id = ${session}`
+          return { cursor, floor, own, snapshot: JSON.stringify(lasts), id: floor, conversation: "" }
+        })
 
-      return Replay.of({ after })
+      const page = (session: string, at: ReplayPosition) =>
+        // One order across conversations (by MsgId), so that any message a client received during
+        // a replay is itself a safe cursor: everything after it in the replay sorts above it. The
+        // running size stops a page at the first row past the byte bound (a page has one row at least).
+        sql<StoredMessage & { readonly running: string | number }>`SELECT * FROM (
+            SELECT m.msg_id, m.conversation_id, m.from_session, m.send_time, m.status, m.type, m.content,
+              sum(octet_length(m.content) + ${ROW_OVERHEAD}) OVER (ORDER BY m.msg_id, m.conversation_id) AS running,
+              octet_length(m.content) + ${ROW_OVERHEAD} AS size
+            FROM jsonb_to_recordset(${at.snapshot}::jsonb) AS s(id text, last text)
+            JOIN conversation_members cm ON cm.conversation_id = s.id AND cm.session_id = ${session}
+            JOIN messages m ON m.conversation_id = s.id AND m.msg_id > ${at.floor} AND m.msg_id <= s.last
+              AND m.seq > cm.joined_seq
+            WHERE NOT (m.conversation_id = ${at.own} AND m.msg_id <= ${at.cursor})
+              AND (m.msg_id, m.conversation_id) > (${at.id}, ${at.conversation})
+            ORDER BY m.msg_id, m.conversation_id LIMIT ${PAGE}
+          ) p WHERE running - size < ${pageBytes}`.pipe(
+          Effect.map((rows) => {
+            const last = rows[rows.length - 1] as (typeof rows)[number] | undefined
+            const bytes = last === undefined ? 0 : Number(last.running)
+            const more = last !== undefined && (rows.length === PAGE || bytes >= pageBytes)
+            return {
+              messages: rows.map(toMsgData),
+              bytes,
+              next: more ? { ...at, id: last.msg_id, conversation: last.conversation_id } : undefined
+            } satisfies ReplayPage
+          }),
+          Effect.tap((p) => Effect.andThen(Metric.update(replayPages, 1), Metric.update(replayPageBytes, p.bytes)))
+        )
+
+      const after = (session: string, cursor: string) =>
+        Stream.unwrap(
+          Effect.map(start(session, cursor), (first) =>
+            Stream.paginate(first, (at: ReplayPosition) =>
+              Effect.map(page(session, at), (p) =>
+                [p.messages, Option.fromUndefinedOr(p.next)] as const)))
+        )
+
+      return Replay.of({ after, start, page })
     })
   )
 }
