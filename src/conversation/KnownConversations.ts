@@ -2,7 +2,7 @@
  * Which conversation ids exist, asked before a request may start a Conversation entity: an entity
  * for an id nobody created would otherwise be activated and kept (QUICKIM_ENTITY_IDLE) for every
  * random id a client sends. Conversations are never deleted, so ids found once are remembered
- * (a bounded set, least recently used forgotten first); ids not found are asked again each time.
+ * (a bounded set, the longest known forgotten first: a send's lookup only reads it); ids not found are asked again each time.
  */
 import { Context, Effect, Layer } from "effect"
 import type { SqlError } from "effect/sql"
@@ -15,6 +15,8 @@ export const KNOWN_MAX = 100_000
 export class KnownConversations extends Context.Service<KnownConversations, {
   /** Fails with ConversationNotFound unless `id` exists; a remembered id costs one set lookup. */
   readonly require: (id: string) => Effect.Effect<void, ConversationNotFound | SqlError.SqlError>
+  /** Whether `id` is remembered as existing (a miss proves nothing: ask `require`). */
+  readonly has: (id: string) => boolean
   /** Records an id just created here. */
   readonly remember: (id: string) => void
 }>()("quick-im/conversation/KnownConversations") {
@@ -40,6 +42,7 @@ export class KnownConversations extends Context.Service<KnownConversations, {
             return Effect.void
           })
         },
+        has: (id) => known.has(id),
         remember
       })
     })

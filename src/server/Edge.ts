@@ -120,12 +120,16 @@ export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
  */
 export const isInnerPath = (url: string) => {
   let path = url.split(/[?#]/, 1)[0]
-  try {
-    path = decodeURI(path)
-  } catch {
-    // left as sent: the router will not match it either
+  // Most paths hold no escape and no doubled slash: they are compared as sent.
+  if (path.includes("%") || path.includes("//")) {
+    try {
+      path = decodeURI(path)
+    } catch {
+      // left as sent: the router will not match it either
+    }
+    path = path.replace(/\/{2,}/g, "/")
   }
-  path = path.toLowerCase().replace(/\/{2,}/g, "/")
+  path = path.toLowerCase()
   return path === "/inner" || path.startsWith("/inner/") || path === "/metrics" || path.startsWith("/metrics/")
 }
 

@@ -54,7 +54,8 @@ const bounded = (checks: Record<string, Check>) => <H extends object>(handlers: 
 const boundsOf = Effect.gen(function* () {
   const limits = yield* RateLimits
   const known = yield* KnownConversations
-  const exists = (payload: { readonly conversation_id: string }) => known.require(payload.conversation_id).pipe(mapped)
+  const exists = (payload: { readonly conversation_id: string }) =>
+    known.has(payload.conversation_id) ? Effect.void : known.require(payload.conversation_id).pipe(mapped)
   return { limits, known, exists }
 })
 
@@ -135,14 +136,10 @@ const MessageHandlers = HttpApiBuilder.group(
     })
     const guarded = bounded({
       send_msg: (payload) =>
-        Effect.gen(function* () {
-          yield* limits.guard("sends")
-          // UTF-8 takes at most 3 bytes per UTF-16 unit: most contents need no count.
-          if (payload.content.length * 3 > maxContent && Buffer.byteLength(payload.content) > maxContent) {
-            return yield* tooLarge
-          }
-          yield* exists(payload)
-        })
+        // UTF-8 takes at most 3 bytes per UTF-16 unit: most contents need no count.
+        payload.content.length * 3 > maxContent && Buffer.byteLength(payload.content) > maxContent
+          ? Effect.fail(tooLarge)
+          : Effect.andThen(limits.guard("sends"), exists(payload))
     })
     const history = <A>(conversationId: string, read: Effect.Effect<A, any>) =>
       Effect.gen(function* () {

@@ -142,14 +142,16 @@ export class RateLimits extends Context.Service<RateLimits, {
         return known
       }
 
+      /** 0 when `kind` is allowed for `session` from `address` at `now`, else the ms to wait. */
+      const takeAt = (kind: RateKind, session: string, address: string | undefined, now: number) => {
+        const bySession = perSession[kind]?.take(session, now) ?? 0
+        if (bySession > 0) return bySession
+        const byAddress = perAddress[kind]
+        if (byAddress === undefined || address === undefined || address === "" || isExempt(address)) return 0
+        return byAddress.take(addressKey(address), now)
+      }
       const take = (kind: RateKind, session: string, address: string | undefined) =>
-        Effect.map(Clock.currentTimeMillis, (now) => {
-          const bySession = perSession[kind]?.take(session, now) ?? 0
-          if (bySession > 0) return bySession
-          const byAddress = perAddress[kind]
-          if (byAddress === undefined || address === undefined || address === "" || isExempt(address)) return 0
-          return byAddress.take(addressKey(address), now)
-        })
+        Effect.map(Clock.currentTimeMillis, (now) => takeAt(kind, session, address, now))
 
       const refusal = (kind: RateKind, waitMs: number): LimitRefusal => ({
         status: 429,
@@ -158,18 +160,27 @@ export class RateLimits extends Context.Service<RateLimits, {
         retryAfter: seconds(waitMs)
       })
 
-      const guard = (kind: RateKind) =>
+      const refuse = (kind: RateKind, wait: number) =>
         Effect.gen(function* () {
-          const { sid } = yield* CurrentSession
-          const request = yield* HttpServerRequest.HttpServerRequest
-          const wait = yield* take(kind, sid, Option.getOrUndefined(request.remoteAddress))
-          if (wait === 0) return
           const refused = refusal(kind, wait)
           yield* HttpEffect.appendPreResponseHandler((_, response) =>
             Effect.succeed(HttpServerResponse.setHeader(response, "retry-after", String(refused.retryAfter)))
           )
           return yield* new TooManyRequests({ code: refused.code, error: refused.error })
         })
+
+      // On every send: read the caller and the time without a generator, and answer at once when allowed.
+      const guard = (kind: RateKind) =>
+        Effect.clockWith((clock) =>
+          Effect.contextWith((context: Context.Context<CurrentSession | HttpServerRequest.HttpServerRequest>) => {
+            const { sid } = Context.get(context, CurrentSession)
+            const address = Option.getOrUndefined(
+              Context.get(context, HttpServerRequest.HttpServerRequest).remoteAddress
+            )
+            const wait = takeAt(kind, sid, address, clock.currentTimeMillisUnsafe())
+            return wait === 0 ? Effect.void : refuse(kind, wait)
+          })
+        )
 
       const open = new Map<string, number>()
       // The session's place is checked first, so a refusal for too many connections costs no connect.
