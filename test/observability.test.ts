@@ -6,7 +6,7 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Option, Redacted } from "effect"
-import * as Http from "node:http"
+import { startCollector } from "./support/otlp.ts"
 import { connect, type PushClient } from "./support/push.ts"
 import { spawnServer } from "./support/process.ts"
 import { settingsFor, startServer, testDatabaseUrl, type TestServer } from "./support/server.ts"
@@ -197,27 +197,13 @@ describe("logs", () => {
 
 describe("traces", () => {
   it("with an OTLP endpoint, one trace runs from the HTTP send through the Conversation's commit and SQL to the Mailbox", async () => {
-    // A real OTLP/HTTP receiver on loopback: it keeps every span it is sent.
-    const spans: Array<{ traceId: string; spanId: string; parentSpanId?: string; name: string; attributes: any }> = []
-    const collector = Http.createServer((req, res) => {
-      let body = ""
-      req.on("data", (d) => (body += d))
-      req.on("end", () => {
-        if (req.url === "/v1/traces") {
-          for (const resource of JSON.parse(body).resourceSpans ?? []) {
-            for (const scope of resource.scopeSpans ?? []) spans.push(...scope.spans)
-          }
-        }
-        res.writeHead(200, { "content-type": "application/json" }).end("{}")
-      })
-    })
-    await new Promise<void>((r) => collector.listen(0, "127.0.0.1", r))
-    const port = (collector.address() as { port: number }).port
+    const collector = await startCollector()
+    const spans = collector.spans
     const node = await spawnServer({
       env: {
         DATABASE_URL: testDatabaseUrl(),
         QUICKIM_JWT_SECRET: "test-secret-test-secret-test-secret",
-        QUICKIM_OTLP_ENDPOINT: `http://127.0.0.1:${port}`
+        QUICKIM_OTLP_ENDPOINT: collector.url
       }
     })
     try {

@@ -6,9 +6,8 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Duration } from "effect"
-import * as Net from "node:net"
 import type { MsgData } from "../src/domain/Conversation.ts"
-import { connectSse, connectWs, dedupe, sleep } from "./support/push.ts"
+import { connectSse, connectWs, dedupe, sleep, stalledClient } from "./support/push.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
@@ -24,30 +23,6 @@ const metric = async (server: TestServer, name: string, le?: string) => {
     sum += Number(m[3])
   }
   return sum
-}
-
-/** A client that connects and stops reading; `drain()` reads what it got until the server closes. */
-const stalledClient = async (url: string, headers: Record<string, string> = {}) => {
-  const { hostname, port, pathname, search } = new URL(url)
-  const socket = Net.connect(Number(port), hostname)
-  await new Promise((r) => socket.once("connect", r))
-  const chunks: Array<Buffer> = []
-  socket.on("data", (d) => chunks.push(d))
-  const ended = new Promise((r) => socket.once("close", r))
-  socket.write(
-    `GET ${pathname}${search} HTTP/1.1\r\nHost: ${hostname}\r\n`
-      + Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("") + "\r\n"
-  )
-  await sleep(200)
-  socket.pause()
-  return {
-    drain: async (ms: number) => {
-      socket.resume()
-      await Promise.race([ended, sleep(ms)])
-      socket.destroy()
-      return Buffer.concat(chunks).toString("latin1")
-    }
-  }
 }
 
 /** Polls one message at a time, always sending the last answer as its cursor (as README asks). */

@@ -4,9 +4,17 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Duration } from "effect"
-import * as Net from "node:net"
 import type { MsgData } from "../src/domain/Conversation.ts"
-import { connect, connectPoll, connectSse, connectWs, dedupe, type Protocol, sleep } from "./support/push.ts"
+import {
+  connect,
+  connectPoll,
+  connectSse,
+  connectWs,
+  dedupe,
+  type Protocol,
+  sleep,
+  stalledClient
+} from "./support/push.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
@@ -193,33 +201,6 @@ describe("push", () => {
     assert.strictEqual(((await cursor.json()) as any).code, 10001)
   })
 })
-
-/**
- * A client that connects and then stops reading: after the kernel's socket buffers fill, the
- * server sees it as slow. Returns everything it received once `drain()` lets it read again.
- */
-const stalledClient = async (url: string, headers: Record<string, string> = {}) => {
-  const { hostname, port, pathname, search } = new URL(url)
-  const socket = Net.connect(Number(port), hostname)
-  await new Promise((r) => socket.once("connect", r))
-  const chunks: Array<Buffer> = []
-  socket.on("data", (d) => chunks.push(d))
-  const ended = new Promise((r) => socket.once("close", r))
-  socket.write(
-    `GET ${pathname}${search} HTTP/1.1\r\nHost: ${hostname}\r\n`
-      + Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("") + "\r\n"
-  )
-  await sleep(200)
-  socket.pause()
-  return {
-    drain: async (ms: number) => {
-      socket.resume()
-      await Promise.race([ended, sleep(ms)])
-      socket.destroy()
-      return Buffer.concat(chunks).toString("latin1")
-    }
-  }
-}
 
 describe("slow consumers", () => {
   it("readers that stop reading are cut off with a reason; the sender and other members are not slowed", async () => {

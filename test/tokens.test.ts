@@ -10,6 +10,7 @@ import * as Jose from "jose"
 import { runSubscription } from "../src/client/Push.ts"
 import { hasChromium, launchChromium } from "./support/browser.ts"
 import { settled, startCluster, type TestCluster } from "./support/cluster.ts"
+import { startCollector } from "./support/otlp.ts"
 import { spawnServer } from "./support/process.ts"
 import { connectSse, connectWs, sleep } from "./support/push.ts"
 import { settingsFor, startServer, testDatabaseUrl, type TestServer } from "./support/server.ts"
@@ -249,25 +250,13 @@ describe("revocation across nodes", () => {
 
 describe("the token stays out of traces and logs", () => {
   it("a /notify?token= request's spans and the access log hold no token", async () => {
-    const spans: Array<{ name: string; attributes: Array<{ key: string; value: any }> }> = []
-    const collector = Http.createServer((req, res) => {
-      let body = ""
-      req.on("data", (d) => (body += d))
-      req.on("end", () => {
-        if (req.url === "/v1/traces") {
-          for (const resource of JSON.parse(body).resourceSpans ?? []) {
-            for (const scope of resource.scopeSpans ?? []) spans.push(...scope.spans)
-          }
-        }
-        res.writeHead(200, { "content-type": "application/json" }).end("{}")
-      })
-    })
-    await new Promise<void>((r) => collector.listen(0, "127.0.0.1", r))
+    const collector = await startCollector()
+    const spans = collector.spans
     const node = await spawnServer({
       env: {
         DATABASE_URL: testDatabaseUrl(),
         QUICKIM_JWT_SECRET: SECRET,
-        QUICKIM_OTLP_ENDPOINT: `http://127.0.0.1:${(collector.address() as { port: number }).port}`,
+        QUICKIM_OTLP_ENDPOINT: collector.url,
         QUICKIM_ACCESS_LOG: "true",
         QUICKIM_LOG_FORMAT: "json",
         QUICKIM_POLL_WAIT: "1 second"

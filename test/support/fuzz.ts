@@ -188,10 +188,15 @@ const plausible = {
   conversationType: fc.integer({ min: -2, max: 17 })
 } satisfies Record<string, fc.Arbitrary<Value>>
 
-type Kind = keyof typeof plausible | "sessions" | "conversations"
+type Kind = keyof typeof plausible | "sessions" | "conversations" | "strangers"
 const plausibleOf = (kind: Kind): fc.Arbitrary<Value> =>
   kind === "sessions"
     ? fc.array(plausible.session, { maxLength: 4 })
+    // Sessions outside the run's world: revoking them leaves the tokens the run sends with alone.
+    : kind === "strangers"
+    ? fc.array(fc.oneof(fc.string({ minLength: 1, maxLength: 20 }).map((s) => `stranger-${s}`), oddString), {
+      maxLength: 4
+    })
     : kind === "conversations"
     ? fc.array(plausible.conversation, { maxLength: 4 })
     : plausible[kind]
@@ -227,7 +232,7 @@ export const POSTS: Record<string, Record<string, Kind>> = {
   "/inner/kickout_conversation": { conversation_id: "conversation", sessions: "sessions" },
   "/inner/join_conversation": { conversation_id: "conversation", sessions: "sessions" },
   "/inner/set_archive_conversations": { conversation_ids: "conversations", is_archive: "bool" },
-  "/inner/revoke_tokens": { sessions: "sessions", "platform?": "int32" }
+  "/inner/revoke_tokens": { sessions: "strangers", "platform?": "int32" }
 }
 
 export const GETS = ["/healthz", "/openapi.json", "/metrics", "/inner/cluster", "/console", "/console/console.js"]

@@ -1,4 +1,5 @@
 /** Push clients for tests: real WebSocket, EventSource-style SSE over fetch, and long-poll loops. */
+import * as Net from "node:net"
 import type { MsgData } from "../../src/domain/Conversation.ts"
 
 export interface PushClient {
@@ -155,3 +156,30 @@ export const dedupe = (messages: ReadonlyArray<MsgData>) => {
 }
 
 export const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
+
+/**
+ * A client that connects and then stops reading: after the kernel's socket buffers fill, the
+ * server sees it as slow. Returns everything it received once `drain()` lets it read again.
+ */
+export const stalledClient = async (url: string, headers: Record<string, string> = {}) => {
+  const { hostname, port, pathname, search } = new URL(url)
+  const socket = Net.connect(Number(port), hostname)
+  await new Promise((r) => socket.once("connect", r))
+  const chunks: Array<Buffer> = []
+  socket.on("data", (d) => chunks.push(d))
+  const ended = new Promise((r) => socket.once("close", r))
+  socket.write(
+    `GET ${pathname}${search} HTTP/1.1\r\nHost: ${hostname}\r\n`
+      + Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("") + "\r\n"
+  )
+  await sleep(200)
+  socket.pause()
+  return {
+    drain: async (ms: number) => {
+      socket.resume()
+      await Promise.race([ended, sleep(ms)])
+      socket.destroy()
+      return Buffer.concat(chunks).toString("latin1")
+    }
+  }
+}
