@@ -6,6 +6,8 @@
  * run by run keeps a machine whose speed drifts from favouring one of them; compare pairs.
  *
  *   deno run -A bench/send-cpu.ts /path/to/before /path/to/after      # ROUNDS=5 SENDS=6000
+ *   SHUFFLE=1 deno run -A bench/send-cpu.ts A A2 B     # each round in a random order; A2 a second
+ *                                                      # checkout of A shows the noise (A/A)
  */
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
@@ -24,7 +26,8 @@ const psql = (sql: string) => execFileSync("psql", [ADMIN, "-qAtc", sql])
 
 const results = new Map<string, Array<number>>()
 for (let round = 0; round < ROUNDS; round++) {
-  for (const dir of dirs) {
+  const order = process.env.SHUFFLE === "1" ? [...dirs].sort(() => Math.random() - 0.5) : dirs
+  for (const dir of order) {
     // Each checkout's own server and client code.
     const { spawnServer } = await import(`${dir}/test/support/process.ts`)
     const { makeHttpClient } = await import(`${dir}/bench/http-client.ts`)
