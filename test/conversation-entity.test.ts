@@ -2,33 +2,15 @@
  * The Conversation entity under Effect cluster's TestRunner, on a real (embedded) database:
  * single-writer sequencing, membership rules and state rebuilt after passivation.
  */
-import { NodeCrypto } from "@effect/platform-node"
 import { assert, describe, it } from "@effect/vitest"
 import { Duration, Effect, Layer } from "effect"
 import { TestRunner } from "effect/cluster"
 import { SqlClient } from "effect/sql"
-import { NodeOutbox } from "../src/cluster/NodeOutbox.ts"
-import { RunnerWatch } from "../src/cluster/RunnerWatch.ts"
-import { ShardRoutes } from "../src/cluster/ShardRoutes.ts"
-import { AppConfig } from "../src/Config.ts"
-import { ConversationEntityLive } from "../src/conversation/ConversationEntity.ts"
 import { Conversation } from "../src/conversation/Protocol.ts"
-import { LocalConnections } from "../src/push/LocalConnections.ts"
-import { ConversationStore } from "../src/storage/ConversationStore.ts"
-import { DatabaseLive } from "../src/storage/Database.ts"
+import { conversationEntityLayer } from "./support/entity.ts"
 import { settingsFor } from "./support/server.ts"
 
-const TestLayer = ConversationEntityLive.pipe(
-  Layer.provideMerge(NodeOutbox.layer),
-  Layer.provideMerge(ShardRoutes.layer),
-  Layer.provideMerge(RunnerWatch.layer),
-  Layer.provideMerge(TestRunner.layer),
-  Layer.provideMerge(LocalConnections.layer),
-  Layer.provideMerge(ConversationStore.layer),
-  Layer.provideMerge(DatabaseLive),
-  Layer.provideMerge(AppConfig.make(settingsFor("pglite", { entityIdle: Duration.millis(300) }))),
-  Layer.provide(NodeCrypto.layerDigest)
-)
+const TestLayer = conversationEntityLayer(settingsFor("pglite", { entityIdle: Duration.millis(300) }))
 
 describe("Conversation entity", () => {
   it.live("concurrent sends get a gapless sequence and ids increasing in sequence order", () =>

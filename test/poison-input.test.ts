@@ -3,22 +3,16 @@
  * field, and a row the database refuses anyway (below the edge) fails only its own send: never its
  * conversation's later sends, nor other conversations' sends that shared its group commit.
  */
-import { NodeCrypto } from "@effect/platform-node"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Cause, Duration, Effect, Exit, Layer } from "effect"
-import { TestRunner } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import * as Jose from "jose"
-import { NodeOutbox } from "../src/cluster/NodeOutbox.ts"
-import { RunnerWatch } from "../src/cluster/RunnerWatch.ts"
-import { ShardRoutes } from "../src/cluster/ShardRoutes.ts"
 import { AppConfig } from "../src/Config.ts"
-import { ConversationEntityLive } from "../src/conversation/ConversationEntity.ts"
 import { Conversation } from "../src/conversation/Protocol.ts"
-import { LocalConnections } from "../src/push/LocalConnections.ts"
 import { type CommitBounds, defaultCommitBounds, makeCommitBatcher } from "../src/storage/CommitBatcher.ts"
-import { ConversationStore, type MessageRow } from "../src/storage/ConversationStore.ts"
+import type { MessageRow } from "../src/storage/ConversationStore.ts"
 import { DatabaseLive } from "../src/storage/Database.ts"
+import { conversationEntityLayer } from "./support/entity.ts"
 import { type DbKind, settingsFor, startServer, type TestServer } from "./support/server.ts"
 
 const NUL = "x\u0000y"
@@ -124,18 +118,7 @@ describe("poison input at the edge", () => {
   })
 })
 
-const entityLayer = (db: DbKind) =>
-  ConversationEntityLive.pipe(
-    Layer.provideMerge(NodeOutbox.layer),
-    Layer.provideMerge(ShardRoutes.layer),
-    Layer.provideMerge(RunnerWatch.layer),
-    Layer.provideMerge(TestRunner.layer),
-    Layer.provideMerge(LocalConnections.layer),
-    Layer.provideMerge(ConversationStore.layer),
-    Layer.provideMerge(DatabaseLive),
-    Layer.provideMerge(AppConfig.make(settingsFor(db))),
-    Layer.provide(NodeCrypto.layerDigest)
-  )
+const entityLayer = (db: DbKind) => conversationEntityLayer(settingsFor(db))
 
 const databaseLayer = (db: DbKind) => DatabaseLive.pipe(Layer.provideMerge(AppConfig.make(settingsFor(db))))
 

@@ -7,7 +7,7 @@
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Duration } from "effect"
 import type { MsgData } from "../src/domain/Conversation.ts"
-import { connectSse, connectWs, dedupe, sleep, stalledClient } from "./support/push.ts"
+import { connectSse, connectWs, dedupe, sleep, stalledClient, wsUpgradeHeaders } from "./support/push.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
@@ -80,12 +80,7 @@ describe("push bounds", () => {
     const id = (await server.post("/inner/create_conversation", { sessions: sids })).body.data.ConversationId
     const cursor = await send(sender, id, "before")
     const stalledSse = await stalledClient(`${server.url}/notify?protoc=sse&token=${stalled}`)
-    const stalledWs = await stalledClient(`${server.url}/notify?protoc=ws&token=${stalled}`, {
-      Connection: "Upgrade",
-      Upgrade: "websocket",
-      "Sec-WebSocket-Version": "13",
-      "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="
-    })
+    const stalledWs = await stalledClient(`${server.url}/notify?protoc=ws&token=${stalled}`, wsUpgradeHeaders)
     // 200 messages of 50 KB (10 MB): more than loopback socket buffers hold, far fewer than the count bound.
     const content = "x".repeat(50_000)
     const sent: Array<string> = []

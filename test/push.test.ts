@@ -13,7 +13,8 @@ import {
   dedupe,
   type Protocol,
   sleep,
-  stalledClient
+  stalledClient,
+  wsUpgradeHeaders
 } from "./support/push.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 
@@ -211,12 +212,7 @@ describe("slow consumers", () => {
       const id = (await server.post("/inner/create_conversation", { sessions: sids })).body.data.ConversationId
       const fastClient = await connectWs(server.url, fast)
       const stalledSse = await stalledClient(`${server.url}/notify?protoc=sse&token=${stalled}`)
-      const stalledWs = await stalledClient(`${server.url}/notify?protoc=ws&token=${stalled}`, {
-        Connection: "Upgrade",
-        Upgrade: "websocket",
-        "Sec-WebSocket-Version": "13",
-        "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="
-      })
+      const stalledWs = await stalledClient(`${server.url}/notify?protoc=ws&token=${stalled}`, wsUpgradeHeaders)
       // ~16 MB in all: more than loopback socket buffers hold.
       const content = "x".repeat(16_000)
       const sent: Array<string> = []

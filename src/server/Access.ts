@@ -68,8 +68,10 @@ export const isLoopbackHost = (host: string) => {
 /** The inner endpoints the console page calls (sign-in, operator tab). */
 const CONSOLE_PATHS = new Set(["/inner/get_token", "/inner/cluster", "/metrics"])
 
-const pathOf = (url: string) => {
+/** A request URL's path, percent-decoded as the router decodes it (left as sent when it cannot be). */
+export const pathOf = (url: string) => {
   const path = url.split(/[?#]/, 1)[0]
+  if (!path.includes("%")) return path
   try {
     return decodeURI(path)
   } catch {

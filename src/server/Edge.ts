@@ -19,6 +19,7 @@ import { HttpApiError } from "effect/http-api"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
+import { pathOf } from "./Access.ts"
 
 const envelope = (status: number, code: number, error: string) =>
   HttpServerResponse.jsonUnsafe({ code, error }, { status })
@@ -119,16 +120,8 @@ export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
  * the decoded, lower-cased path so no spelling the router accepts slips through.
  */
 export const isInnerPath = (url: string) => {
-  let path = url.split(/[?#]/, 1)[0]
-  // Most paths hold no escape and no doubled slash: they are compared as sent.
-  if (path.includes("%") || path.includes("//")) {
-    try {
-      path = decodeURI(path)
-    } catch {
-      // left as sent: the router will not match it either
-    }
-    path = path.replace(/\/{2,}/g, "/")
-  }
+  let path = pathOf(url)
+  if (path.includes("//")) path = path.replace(/\/{2,}/g, "/")
   path = path.toLowerCase()
   return path === "/inner" || path.startsWith("/inner/") || path === "/metrics" || path.startsWith("/metrics/")
 }

@@ -183,3 +183,11 @@ export const stalledClient = async (url: string, headers: Record<string, string>
     }
   }
 }
+
+/** Headers that make `stalledClient` ask for a WebSocket upgrade. */
+export const wsUpgradeHeaders = {
+  Connection: "Upgrade",
+  Upgrade: "websocket",
+  "Sec-WebSocket-Version": "13",
+  "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="
+}
