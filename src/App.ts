@@ -7,7 +7,8 @@ import { Duration, Effect, Layer, Option, Redacted } from "effect"
 import { RunnerAddress, ShardingConfig, SingleRunner } from "effect/cluster"
 import { HttpRouter } from "effect/http"
 import { HttpApi, HttpApiBuilder } from "effect/http-api"
-import { createServer } from "node:http"
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from "node:http"
+import type { Socket } from "node:net"
 import { Api, ConversationApi, InnerApi, MessageApi, SystemApi } from "./api/Api.ts"
 import { AppConfig, type AppSettings, defaultHttpTimeouts, isConfigured } from "./Config.ts"
 import { NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
@@ -110,28 +111,114 @@ export const innerExposure = (config: AppSettings): string | undefined => {
 }
 
 /**
- * Node's server with bounded waits, so slow or silent sockets cannot pile up: headers and the whole
- * request must arrive in time (408 and closed otherwise), kept-alive connections close when idle,
- * and a connection with no bytes either way while a request is served is closed after the idle
- * timeout (never shorter than a poll's wait or two SSE heartbeats). Upgraded WebSockets leave the server's timeouts
- * (the `ws` package clears the socket's timeout) and live by their own pings.
+ * Node's server with bounded waits, so slow or silent sockets cannot pile up (`watchConnections`):
+ * headers and the whole request must arrive in time (408 and closed otherwise), kept-alive
+ * connections close when idle between requests (Node's `keepAliveTimeout`), and a connection with
+ * no bytes either way for the idle timeout (never shorter than a poll's wait or two SSE heartbeats)
+ * is closed. Upgraded WebSockets leave this watch and live by their own pings.
  */
 const httpServer = (settings: AppSettings) => {
   const t = settings.httpTimeouts ?? defaultHttpTimeouts
-  const headersTimeout = Duration.toMillis(t.headers)
-  const server = createServer({
-    headersTimeout,
-    requestTimeout: Math.max(headersTimeout, Duration.toMillis(t.request)),
-    keepAliveTimeout: Duration.toMillis(t.keepAlive),
-    // How often header and request timeouts are checked (Node's default, 30 s, would let them run late).
-    connectionsCheckingInterval: Math.min(5_000, Math.max(100, Math.floor(headersTimeout / 4)))
+  const server = createServer({ keepAliveTimeout: Duration.toMillis(t.keepAlive) })
+  const headersMs = Duration.toMillis(t.headers)
+  watchConnections(server, {
+    headersMs,
+    requestMs: Math.max(headersMs, Duration.toMillis(t.request)),
+    idleMs: Math.max(
+      Duration.toMillis(t.idle),
+      Duration.toMillis(settings.pollWait) + 10_000,
+      2 * Duration.toMillis(settings.sseHeartbeat)
+    )
   })
-  server.timeout = Math.max(
-    Duration.toMillis(t.idle),
-    Duration.toMillis(settings.pollWait) + 10_000,
-    2 * Duration.toMillis(settings.sseHeartbeat)
-  )
   return server
+}
+
+interface Watched {
+  readonly since: number
+  /** The request being served or last served, and its response. */
+  request: IncomingMessage | undefined
+  response: ServerResponse | undefined
+  requestAt: number
+  /** Bytes moved at the last sweep, and since when they have not moved. */
+  read: number
+  written: number
+  stillSince: number
+}
+
+const REQUEST_TIMEOUT_ANSWER = "HTTP/1.1 408 Request Timeout\r\nConnection: close\r\nContent-Length: 0\r\n\r\n"
+
+/**
+ * The timeouts of every connection, checked by one sweep over the open connections (every quarter
+ * of the shortest timeout, at least 250 ms), at no cost per request beyond noting it:
+ * - headers: a connection's first request head must be complete within `headersMs` (a later
+ *   head on a kept-alive connection that stops arriving is closed by the idle timeout, or by the
+ *   runtime's own 60 s headers timeout if it trickles);
+ * - request: a request's body must be complete within `requestMs` of its head;
+ * - idle: a connection that moved no byte either way for `idleMs` (a client that stopped reading a
+ *   response, say) is closed.
+ * Node's own `headersTimeout`, `requestTimeout` and `server.timeout` do the same, but under Deno
+ * they cost a timer re-armed on every read and write (about 2 % of a busy node's CPU) and stalled
+ * single requests for up to a second every few seconds (measured with the pairs push benchmark);
+ * their defaults stay on as a backstop. Each timeout takes effect up to a sweep interval late.
+ */
+export const watchConnections = (
+  server: Server,
+  limits: { readonly headersMs: number; readonly requestMs: number; readonly idleMs: number }
+) => {
+  const watched = new Map<Socket, Watched>()
+  server.on("connection", (socket: Socket) => {
+    const now = Date.now()
+    watched.set(socket, {
+      since: now,
+      request: undefined,
+      response: undefined,
+      requestAt: 0,
+      read: -1,
+      written: -1,
+      stillSince: now
+    })
+    socket.once("close", () => watched.delete(socket))
+  })
+  server.on("request", (request: IncomingMessage, response: ServerResponse) => {
+    const state = watched.get(request.socket as Socket)
+    if (state === undefined) return
+    state.request = request
+    state.response = response
+    state.requestAt = Date.now()
+  })
+  server.on("upgrade", (_request, socket: Socket) => watched.delete(socket))
+  const refuse = (socket: Socket, answered: boolean) => {
+    watched.delete(socket)
+    if (!answered && socket.writable) socket.end(REQUEST_TIMEOUT_ANSWER)
+    socket.destroySoon?.()
+    setTimeout(() => socket.destroy(), 1_000).unref()
+  }
+  const sweep = setInterval(() => {
+    const now = Date.now()
+    for (const [socket, state] of watched) {
+      const read = socket.bytesRead
+      const written = socket.bytesWritten
+      if (read !== state.read || written !== state.written) {
+        state.read = read
+        state.written = written
+        state.stillSince = now
+      } else if (now - state.stillSince >= limits.idleMs) {
+        watched.delete(socket)
+        // A reset where the runtime has one: what is still queued for the client is dropped.
+        if (typeof socket.resetAndDestroy === "function") socket.resetAndDestroy()
+        else socket.destroy()
+        continue
+      }
+      const { request, response } = state
+      if (request === undefined) {
+        if (now - state.since >= limits.headersMs) refuse(socket, false)
+      } else if (!request.complete) {
+        if (now - state.requestAt >= limits.requestMs) refuse(socket, response?.headersSent === true)
+      }
+    }
+  }, Math.max(250, Math.floor(Math.min(limits.headersMs, limits.requestMs, limits.idleMs) / 4)))
+  sweep.unref()
+  server.once("close", () => clearInterval(sweep))
 }
 
 const HttpLive = Layer.unwrap(Effect.gen(function* () {

@@ -5,6 +5,7 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Duration, Option, Redacted } from "effect"
+import { execFileSync } from "node:child_process"
 import * as Http from "node:http"
 import * as Jose from "jose"
 import { runSubscription } from "../src/client/Push.ts"
@@ -245,6 +246,33 @@ describe("revocation across nodes", () => {
     const fresh = await two.token(erin)
     assert.strictEqual((await two.post("/get_joined_conversation", {}, fresh)).body.code, 0)
     assert.strictEqual((await one.post("/get_joined_conversation", {}, fresh)).body.code, 0)
+  }, 60_000)
+
+  it("every node listens for revocations, and listens again when its connection is cut", async () => {
+    const [one, two] = cluster.nodes
+    const db = cluster.databaseUrl.replace(/.*\//, "")
+    const admin = process.env.QUICKIM_TEST_PG_ADMIN ?? "postgresql://postgres@127.0.0.1:5432/postgres"
+    const psql = (sql: string) => execFileSync("psql", [admin, "-qAtc", sql]).toString().trim()
+    const listeners = `SELECT pid FROM pg_stat_activity WHERE datname = '${db}' AND query ILIKE 'LISTEN%'`
+    const listening = async (count: number, except: ReadonlyArray<string>) => {
+      for (let i = 0; i < 100; i++) {
+        const pids = psql(listeners).split("\n").filter((p) => p !== "" && !except.includes(p))
+        if (pids.length >= count) return pids
+        await sleep(100)
+      }
+      throw new Error(`fewer than ${count} nodes listening: ${psql(listeners)}`)
+    }
+    const before = await listening(2, [])
+    psql(`SELECT pg_terminate_backend(pid) FROM (${listeners}) AS l`)
+    // Both nodes listen again, on new connections.
+    await listening(2, before)
+    const frank = unique("frank")
+    const old = await one.token(frank)
+    const ws = await connectWs(two.url, old)
+    await sleep(300)
+    assert.strictEqual((await one.post("/inner/revoke_tokens", { sessions: [frank] })).body.code, 0)
+    assert.strictEqual((await within(ws.closed, 5000, "ws on node 2 to end")).code, 4001)
+    assert.strictEqual((await two.post("/get_joined_conversation", {}, old)).status, 401)
   }, 60_000)
 })
 

@@ -5,7 +5,7 @@
  * When the token expires or is revoked, a stream ends with `event: error` (code 10101) and a
  * waiting poll answers 401/10101.
  */
-import { Cause, Deferred, Duration, Effect, Exit, Layer, Option, Queue, Stream } from "effect"
+import { Cause, Deferred, Duration, Effect, Exit, Layer, Queue, Stream } from "effect"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
@@ -19,6 +19,7 @@ import { type NotifyRequest, parseNotify } from "./Notify.ts"
 import { Revocations, TokenEnded } from "../server/Revocations.ts"
 import { Mailbox } from "./Protocol.ts"
 import { RateLimits } from "../server/RateLimits.ts"
+import { remoteAddressOf } from "../server/Access.ts"
 
 const encoder = new TextEncoder()
 
@@ -79,7 +80,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
             error: "protoc=ws needs a WebSocket upgrade request"
           }, { status: 426, headers: { upgrade: "websocket" } })
         case "poll": {
-          const release = yield* limits.admitPush("polls", notify.session, Option.getOrUndefined(request.remoteAddress))
+          const release = yield* limits.admitPush("polls", notify.session, remoteAddressOf(request))
           here.open.poll++
           // A runner leaving may have taken the session's mailbox with it, and a call to it is
           // answered by nobody: answer 503 then, and the client polls again with its cursor.
@@ -120,7 +121,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
           const release = yield* limits.admitPush(
             "connects",
             notify.session,
-            Option.getOrUndefined(request.remoteAddress)
+            remoteAddressOf(request)
           )
           const events = feed.open(notify.session, notify.platform, notify.cursor).pipe(
             Stream.ensuring(Effect.sync(release)),

@@ -34,6 +34,24 @@ export const AuthorizationLive = Layer.effect(
   })
 )
 
+const addressBySocket = new WeakMap<object, string>()
+
+/**
+ * The request's remote address, read once per connection: Deno asks the operating system for the
+ * peer's name on every read of `socket.remoteAddress`, a cost on every request of a kept-alive
+ * connection otherwise.
+ */
+export const remoteAddressOf = (request: HttpServerRequest.HttpServerRequest): string | undefined => {
+  const socket = (request.source as { readonly socket?: unknown } | undefined)?.socket
+  if (typeof socket !== "object" || socket === null) return Option.getOrUndefined(request.remoteAddress)
+  let address = addressBySocket.get(socket)
+  if (address === undefined) {
+    address = Option.getOrUndefined(request.remoteAddress)
+    if (address !== undefined) addressBySocket.set(socket, address)
+  }
+  return address
+}
+
 /** Parses `QUICKIM_INNER_ALLOW` (CIDRs or single addresses, IPv4 and IPv6). */
 export const makeAllowList = (entries: ReadonlyArray<string>) => {
   const list = new BlockList()
@@ -133,7 +151,7 @@ export const makeInnerCheck = Effect.gen(function* () {
   const adminKey = Option.map(config.adminKey, Redacted.value).pipe(Option.filter((k) => k.length > 0))
   const consoleSignIn = config.consoleSignIn ?? false
   return (request: HttpServerRequest.HttpServerRequest): Effect.Effect<void, Forbidden> => {
-    const remote = Option.getOrElse(request.remoteAddress, () => "")
+    const remote = remoteAddressOf(request) ?? ""
     if (!allowed(remote)) {
       return Effect.fail(
         new Forbidden({

@@ -4,7 +4,7 @@
  * live push connections of one session. Over a limit the answer is 429 with code 10008 and
  * `Retry-After` (seconds). Every limit is per node; inner endpoints are never limited.
  */
-import { Clock, Context, Effect, Layer, Option } from "effect"
+import { Clock, Context, Effect, Layer } from "effect"
 import { HttpEffect, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { isIP } from "node:net"
 import { ErrorCode, TooManyRequests } from "../api/Errors.ts"
@@ -16,7 +16,7 @@ import {
   type Rate,
   type RateKind
 } from "../Config.ts"
-import { makeAllowList } from "./Access.ts"
+import { makeAllowList, remoteAddressOf } from "./Access.ts"
 
 interface Bucket {
   tokens: number
@@ -174,9 +174,7 @@ export class RateLimits extends Context.Service<RateLimits, {
         Effect.clockWith((clock) =>
           Effect.contextWith((context: Context.Context<CurrentSession | HttpServerRequest.HttpServerRequest>) => {
             const { sid } = Context.get(context, CurrentSession)
-            const address = Option.getOrUndefined(
-              Context.get(context, HttpServerRequest.HttpServerRequest).remoteAddress
-            )
+            const address = remoteAddressOf(Context.get(context, HttpServerRequest.HttpServerRequest))
             const wait = takeAt(kind, sid, address, clock.currentTimeMillisUnsafe())
             return wait === 0 ? Effect.void : refuse(kind, wait)
           })

@@ -2,15 +2,19 @@
  * Token revocation, and the end of push connections whose token stops being valid.
  *
  * `inner/revoke_tokens` refuses every token issued to some sessions (on one platform or on all) at
- * or before its moment. A revocation is one row of `token_revocations`; every node keeps the latest
- * moment per session and platform in memory and reads new rows every 250 ms, so verifying a token
- * never waits for the database, and a revocation made on one node holds on every node within about
- * 250 ms. Moments older than the token TTL are dropped: every token issued before them has expired.
+ * or before its moment. A revocation is one row of `token_revocations`, written together with a
+ * PostgreSQL notification; every node keeps the latest moment per session and platform in memory,
+ * so verifying a token never waits for the database. On PostgreSQL each node LISTENs and reads new
+ * rows as soon as a notification arrives (a revocation made on one node holds on every node within
+ * milliseconds), again each time its listening connection is re-established, and every 5 s whatever
+ * happens (a safety net, not the path). Moments older than the token TTL are dropped: every token
+ * issued before them has expired.
  *
  * Push connections register here with their token's claims: each is ended once, when its token
  * expires or when a revocation that covers it arrives (made on this node or read from the table).
  */
-import { Clock, Context, Duration, Effect, Layer, Schedule, Schema } from "effect"
+import { PgClient } from "@effect/sql-pg"
+import { Clock, Context, Duration, Effect, Layer, Option, Queue, Schedule, Schema } from "effect"
 import { SqlClient } from "effect/sql"
 import { AppConfig, isConfigured } from "../Config.ts"
 
@@ -29,7 +33,12 @@ export type TokenEnd = "token expired" | "token revoked"
 /** A push connection ended because of its token (expired or revoked). */
 export class TokenEnded extends Schema.TaggedError<TokenEnded>()("TokenEnded", { reason: Schema.String }) {}
 
-const POLL_EVERY = Duration.millis(250)
+/** The channel a revocation notifies on PostgreSQL. */
+const CHANNEL = "quickim_token_revocations"
+/** Rows are read this often even without a notification. */
+const POLL_EVERY = Duration.seconds(5)
+/** After the listening connection fails, LISTEN again after this. */
+const RELISTEN_AFTER = Duration.seconds(1)
 /** Rows are read again for this long after a read: a row committed a little late is still seen. */
 const OVERLAP_MS = 5_000
 /** Kept past the TTL, for clock differences between nodes. */
@@ -138,16 +147,40 @@ export class Revocations extends Context.Service<Revocations, {
       since = Number(now) - keepMs
       yield* Effect.orDie(read)
       // Other nodes revoke too (PostgreSQL); an embedded database has this node alone.
-      if (isConfigured(config.databaseUrl)) {
-        let failing = false
-        yield* read.pipe(
-          Effect.tap(() => Effect.sync(() => (failing = false))),
-          Effect.catchCause((cause) =>
-            failing ? Effect.void : Effect.andThen(
-              Effect.sync(() => (failing = true)),
-              Effect.logWarning("reading token revocations failed; retrying every 250 ms", cause)
+      const pg = yield* Effect.serviceOption(PgClient.PgClient)
+      if (isConfigured(config.databaseUrl) && Option.isSome(pg)) {
+        /** Logs the first failure of a run of failures, not each. */
+        const quiet = (what: string) => {
+          let failing = false
+          return <E>(effect: Effect.Effect<void, E>) =>
+            effect.pipe(
+              Effect.tap(() => Effect.sync(() => (failing = false))),
+              Effect.catchCause((cause) =>
+                failing ? Effect.void : Effect.andThen(
+                  Effect.sync(() => (failing = true)),
+                  Effect.logWarning(what, cause)
+                )
+              )
             )
-          ),
+        }
+        // Listening: each notification (however many arrived at once) is one read. The read after
+        // LISTEN catches up on whatever was revoked while this node was not listening.
+        const listen = Effect.scoped(Effect.gen(function* () {
+          const notifications = yield* pg.value.listen(CHANNEL)
+          yield* read
+          for (;;) {
+            yield* Queue.take(notifications)
+            yield* Queue.clear(notifications)
+            yield* read
+          }
+        }))
+        yield* listen.pipe(
+          quiet("listening for token revocations failed; listening again every second"),
+          Effect.repeat(Schedule.spaced(RELISTEN_AFTER)),
+          Effect.forkScoped
+        )
+        yield* read.pipe(
+          quiet("reading token revocations failed; retrying every 5 s"),
           Effect.repeat(Schedule.spaced(POLL_EVERY)),
           Effect.forkScoped
         )
@@ -159,8 +192,11 @@ export class Revocations extends Context.Service<Revocations, {
       ) {
         const unique = [...new Set(sessions)]
         const revokedAt = yield* Clock.currentTimeMillis
-        yield* sql`INSERT INTO token_revocations (sessions, platform, revoked_at)
-          VALUES (${JSON.stringify(unique)}::jsonb, ${platform ?? null}, ${revokedAt})`.pipe(Effect.orDie)
+        // The row and its notification commit together (the notification goes out on commit).
+        yield* sql`WITH added AS (
+            INSERT INTO token_revocations (sessions, platform, revoked_at)
+            VALUES (${JSON.stringify(unique)}::jsonb, ${platform ?? null}, ${revokedAt}) RETURNING 1)
+          SELECT pg_notify(${CHANNEL}, '') FROM added`.pipe(Effect.orDie)
         apply(unique, platform ?? null, revokedAt)
         // A token is revoked when issued at or before `revokedAt`: answer only once this node's clock
         // is past it, so a token asked for after the answer is valid.
