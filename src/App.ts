@@ -156,10 +156,10 @@ const REQUEST_TIMEOUT_ANSWER = "HTTP/1.1 408 Request Timeout\r\nConnection: clos
  * - request: a request's body must be complete within `requestMs` of its head;
  * - idle: a connection that moved no byte either way for `idleMs` (a client that stopped reading a
  *   response, say) is closed.
- * Node's own `headersTimeout`, `requestTimeout` and `server.timeout` do the same, but under Deno
- * they cost a timer re-armed on every read and write (about 2 % of a busy node's CPU) and stalled
- * single requests for up to a second every few seconds (measured with the pairs push benchmark);
- * their defaults stay on as a backstop. Each timeout takes effect up to a sweep interval late.
+ * Node's own `server.timeout`, `headersTimeout` and `requestTimeout` do the same, but under Deno
+ * the first costs a timer re-armed on every read and write (about 2 % of a busy node's CPU in
+ * profiles of the send path); the runtime's defaults for the other two stay on as a backstop.
+ * Each timeout takes effect up to a sweep interval late.
  */
 export const watchConnections = (
   server: Server,

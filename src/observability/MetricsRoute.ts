@@ -81,7 +81,10 @@ export const MetricsRoute = Layer.unwrap(Effect.gen(function* () {
       gauge("quickim_shards", "Conversation and Mailbox shards this node holds"),
       heldShards(sharding, config.shardsPerGroup).length
     )
-    yield* set(gauge("quickim_db_pool_connections", "Database connections the pool may open"), config.dbPoolSize)
+    yield* set(
+      gauge("quickim_db_pool_connections", "Database connections the pool may open"),
+      Math.max(2, config.dbPoolSize)
+    )
     yield* set(
       gauge("quickim_db_operations_in_flight", "Store operations under way (against the pool's connections)"),
       storeActivity.inFlight

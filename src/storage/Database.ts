@@ -52,8 +52,13 @@ export const dataDirLock = (dir: string) =>
     (file) => Effect.sync(() => Fs.rmSync(file, { force: true }))
   )
 
+/** At least two connections: one stays reserved, listening for token revocations (Revocations). */
 const postgres = (url: Option.Option<import("effect").Redacted.Redacted>, poolSize: number) =>
-  PgClient.layer({ url: Option.getOrUndefined(url), maxConnections: poolSize, applicationName: "quick-im" })
+  PgClient.layer({
+    url: Option.getOrUndefined(url),
+    maxConnections: Math.max(2, poolSize),
+    applicationName: "quick-im"
+  })
 
 const pglite = (dataDir: string) =>
   Layer.unwrap(Effect.gen(function* () {
