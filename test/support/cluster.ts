@@ -28,7 +28,12 @@ export interface TestCluster {
 
 let clusters = 0
 
-export const startCluster = async (count: number, env: Record<string, string> = {}): Promise<TestCluster> => {
+/** `together`: the nodes start at the same moment (a cold start), not one after another. */
+export const startCluster = async (
+  count: number,
+  env: Record<string, string> = {},
+  options: { readonly together?: boolean } = {}
+): Promise<TestCluster> => {
   const name = `${testDatabaseUrl().replace(/.*\//, "")}_c${++clusters}`
   psql(`CREATE DATABASE ${name}`)
   const databaseUrl = admin.replace(/\/[^/]*$/, `/${name}`)
@@ -55,7 +60,8 @@ export const startCluster = async (count: number, env: Record<string, string> = 
     nodes.push(node)
     return node
   }
-  for (let i = 0; i < count; i++) await addNode()
+  if (options.together === true) await Promise.all(Array.from({ length: count }, addNode))
+  else for (let i = 0; i < count; i++) await addNode()
   const kill = async (node: ClusterNode, signal: NodeJS.Signals = "SIGKILL") => {
     node.alive = false
     return node.stop(signal)
