@@ -1,11 +1,14 @@
 /**
  * Failover benchmark (not a test): three quick-im nodes on one PostgreSQL database carry steady
- * sends into 60 conversations; one node is killed with SIGKILL (five times, a replacement node
- * joining after each) and then stopped with SIGTERM (three times). For each event it reports how
- * long the conversations it hosted were unavailable to senders: the longest time, over all
- * conversations, from the event to that conversation's first acknowledged send after it. Senders
- * retry on another node with the same client_msg_id. At the end every acknowledged MsgId must be
- * in history exactly once. Appends the table to bench/RESULTS.md.
+ * sends into 60 conversations; one node is killed with SIGKILL (five times, the killed node coming
+ * back on the same runner address after each) and then stopped with SIGTERM (three times, a new
+ * node joining after each). For each event it reports how long the conversations it hosted were
+ * unavailable to senders: the longest time, over all conversations, from the event to that
+ * conversation's first acknowledged send after it. For each join (the node's start until its
+ * shards settled, plus 5 s) it reports the longest time one send took, first attempt to
+ * acknowledgement: how long a conversation held or refused sends while shards moved to the
+ * newcomer. Senders retry on another node with the same client_msg_id. At the end every
+ * acknowledged MsgId must be in history exactly once. Appends the table to bench/RESULTS.md.
  *
  *   npm run bench:failover
  */
@@ -20,6 +23,8 @@ const ADMIN = process.env.QUICKIM_TEST_PG_ADMIN ?? "postgresql://postgres@127.0.
 const CONVERSATIONS = Number(process.env.BENCH_FAILOVER_CONVERSATIONS ?? 60)
 const KILLS = Number(process.env.BENCH_FAILOVER_KILLS ?? 5)
 const STOPS = Number(process.env.BENCH_FAILOVER_STOPS ?? 3)
+/** BENCH_FAILOVER_PUSH=1: every conversation's peer also holds a ws push connection (live Mailbox entities). */
+const PUSH = process.env.BENCH_FAILOVER_PUSH === "1"
 
 const dbName = `quickim_failover_${process.pid}_${Date.now().toString(36)}`
 const databaseUrl = ADMIN.replace(/\/[^/]*$/, `/${dbName}`)
@@ -31,22 +36,24 @@ interface Node {
   readonly process: NodeProcess
   readonly http: ReturnType<typeof makeHttpClient>
   alive: boolean
+  readonly runnerPort: number
 }
 const nodes: Array<Node> = []
 const live = () => nodes.filter((n) => n.alive)
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
 
-const addNode = async () => {
+const addNode = async (runnerPort?: number) => {
+  const port = runnerPort ?? await freePort()
   const process_ = await spawnServer({
     env: {
       DATABASE_URL: databaseUrl,
       QUICKIM_JWT_SECRET: "failover-bench-secret-failover-bench",
       QUICKIM_RUNNER_HOST: "127.0.0.1",
-      QUICKIM_RUNNER_PORT: String(await freePort()),
+      QUICKIM_RUNNER_PORT: String(port),
       QUICKIM_DB_POOL: "6"
     }
   })
-  const node = { process: process_, http: makeHttpClient(process_.url), alive: true }
+  const node = { process: process_, http: makeHttpClient(process_.url), alive: true, runnerPort: port }
   nodes.push(node)
   return node
 }
@@ -68,18 +75,44 @@ const settled = async () => {
 for (let i = 0; i < 3; i++) await addNode()
 await settled()
 const token = await nodes[0].process.token("failover-bench")
+let running = true
 const conversations: Array<string> = []
 for (let c = 0; c < CONVERSATIONS; c++) {
   const r = await nodes[c % 3].process.post("/inner/create_conversation", { sessions: ["failover-bench", `peer-${c}`] })
   conversations.push(r.body.data.ConversationId)
 }
 
-const acked = new Map<string, Array<{ id: string; at: number }>>(conversations.map((c) => [c, []]))
-let running = true
+/** Each acknowledged send: its MsgId, when it was acknowledged, when its first attempt started. */
+// Push connections, each reconnected to a live node (with the last MsgId it got) when it ends.
+const receivers = PUSH
+  ? await Promise.all(conversations.map(async (_, c) => {
+    const peerToken = await nodes[0].process.token(`peer-${c}`)
+    let last: string | undefined = undefined
+    let turn = c
+    const connect = () => {
+      const targets = live()
+      const base = targets[turn++ % targets.length].process.url
+      const ws = new WebSocket(
+        `${base.replace(/^http/, "ws")}/notify?protoc=ws&token=${peerToken}${last ? `&last_msg_id=${last}` : ""}`
+      )
+      ws.onmessage = (e) => (last = JSON.parse(String(e.data)).MsgId)
+      ws.onclose = () => {
+        if (running) setTimeout(connect, 200)
+      }
+      ws.onerror = () => {}
+      return ws
+    }
+    return connect
+  }))
+  : []
+
+const acked = new Map<string, Array<{ id: string; at: number; started: number }>>(conversations.map((c) => [c, []]))
 let n = 0
+for (const connect of receivers) connect()
 const senders = conversations.map(async (conversation) => {
   while (running) {
     const content = `f-${n++}`
+    const started = performance.now()
     for (let attempt = 0;; attempt++) {
       const targets = live()
       const node = targets[(n + attempt) % targets.length]
@@ -95,7 +128,7 @@ const senders = conversations.map(async (conversation) => {
         // a node cut the answer off while stopping: retried like any failed send
       }
       if (body?.code === 0) {
-        acked.get(conversation)!.push({ id: body.data!.MsgID, at: performance.now() })
+        acked.get(conversation)!.push({ id: body.data!.MsgID, at: performance.now(), started })
         break
       }
       await sleep(100)
@@ -125,10 +158,23 @@ for (let k = 0; k < KILLS + STOPS; k++) {
   await exited
   events.push({ kind: signal, seconds })
   console.log(`${signal}: conversations unavailable for ${seconds.toFixed(2)} s at most`)
-  await addNode()
+  // A killed node comes back on its own runner address; a stopped one is replaced by a new node.
+  const joinAt = performance.now()
+  await addNode(signal === "SIGKILL" ? victim.runnerPort : undefined)
   await settled()
   // Reports are 2 s apart: give the newcomer's shards time to finish moving before the next event.
   await sleep(5000)
+  const joinEnd = performance.now()
+  // The longest send started in the join's window (waiting for those still unanswered).
+  for (let i = 0; i < 300; i++) {
+    const all = conversations.every((c) => acked.get(c)!.some((a) => a.started >= joinEnd))
+    if (all) break
+    await sleep(100)
+  }
+  const took = [...acked.values()].flat().filter((a) => a.started >= joinAt && a.started < joinEnd)
+    .reduce((m, a) => Math.max(m, a.at - a.started), 0) / 1000
+  events.push({ kind: `join after ${signal}`, seconds: took })
+  console.log(`join after ${signal}: longest send ${took.toFixed(2)} s`)
 }
 running = false
 await Promise.all(senders)
@@ -171,6 +217,15 @@ const summary = [
     events.filter((e) => e.kind === "SIGTERM").map((e) => e.seconds.toFixed(2)).join(", ")
   } |`,
   "",
+  "| join | count | longest send s (min / median / max) | each |",
+  "|---|---|---|---|",
+  ...["SIGKILL", "SIGTERM"].map((signal) => {
+    const kind = `join after ${signal}`
+    const each = events.filter((e) => e.kind === kind).map((e) => e.seconds.toFixed(2)).join(", ")
+    const what = signal === "SIGKILL" ? "the killed node back, same address" : "a new node"
+    return `| ${what} | ${signal === "SIGKILL" ? KILLS : STOPS} | ${stats(kind)} | ${each} |`
+  }),
+  "",
   `Acknowledged sends: ${ackedTotal}; missing from history or duplicated: ${missing}.`
 ].join("\n")
 console.log(summary)
@@ -179,8 +234,10 @@ Fs.appendFileSync(
   Path.join(root, "bench/RESULTS.md"),
   `\n## Failover benchmark — ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC\n\n`
     + `Machine: ${machine}; three quick-im nodes (Deno) on one PostgreSQL 15 database, ${CONVERSATIONS} conversations `
-    + `with one sender each (a send every 50 ms, retried on another node with the same client_msg_id); a replacement node `
-    + `joins after each event. "Unavailable" is the longest time from the event to a conversation's first acknowledged `
-    + `send after it (shard lock expiration 5 s, refresh 0.5 s, runner health check 2 s).\n\n${summary}\n`
+    + `with one sender each (a send every 50 ms, retried on another node with the same client_msg_id); after a SIGKILL `
+    + `the node comes back on its runner address, after a SIGTERM a new node joins. "Unavailable" is the longest time `
+    + `from the event to a conversation's first acknowledged send after it; "longest send" is the longest time one `
+    + `send took (first attempt to acknowledgement) while the node joined (shard lock expiration 5 s, refresh 0.5 s, `
+    + `runner health check 2 s).\n\n${summary}\n`
 )
 if (missing > 0) process.exit(1)

@@ -273,6 +273,45 @@ describe("cluster", () => {
     for (const client of clients) await client.stop()
   })
 
+  it(
+    "a node joins while every session holds a push connection: no send waits out the 15 s entity termination timeout",
+    { timeout: 120_000 },
+    async () => {
+      const cluster = await start(1)
+      const w = await world(cluster, 24, 24)
+      // A live subscription on every session's mailbox, in shards all over: the shards that move
+      // to the newcomer hold mailboxes whose Subscribe never ends by itself.
+      const clients = w.tokens.map((t, i) => ({ session: i, ...follow("ws", cluster, t, i) }))
+      await sleep(1000)
+      let running = true
+      let longest = 0
+      const acked = new Map<string, Array<string>>()
+      const senders = w.conversations.map(async (c, k) => {
+        const ids: Array<string> = []
+        acked.set(c.id, ids)
+        for (let i = 0; running; i++) {
+          const started = Date.now()
+          ids.push(await sendSurely(cluster, k + i, w.tokens[c.members[0]], c.id, `s-${k}-${i}`))
+          longest = Math.max(longest, Date.now() - started)
+          await sleep(50)
+        }
+      })
+      await sleep(1000)
+      await cluster.addNode()
+      await settled(cluster, 2)
+      // Sends go on long enough to overlap a hand-over that waits out the timeout.
+      await sleep(20_000)
+      running = false
+      await Promise.all(senders)
+      console.log(`while a node joined, the longest send took ${longest} ms`)
+      // Waiting out the termination timeout held sends 15 s or more (16-17 s in bench/failover.ts;
+      // here only when a send meets a moving shard: 1 of 3 runs without the fix).
+      assert.isBelow(longest, 12_000)
+      await expectDelivered(w, acked, clients)
+      for (const client of clients) await client.stop()
+    }
+  )
+
   it("SIGTERM: clients are told to reconnect and the shards move to the others", { timeout: 120_000 }, async () => {
     const cluster = await start(3)
     const w = await world(cluster, 3, 6)

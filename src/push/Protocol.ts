@@ -5,7 +5,7 @@
  * clients take messages with `Poll`.
  */
 import { Schema } from "effect"
-import { Entity } from "effect/cluster"
+import { ClusterSchema, Entity } from "effect/cluster"
 import { Rpc } from "effect/rpc"
 import { MsgData } from "../domain/Conversation.ts"
 
@@ -26,6 +26,13 @@ export class SlowConsumer extends Schema.TaggedError<SlowConsumer>()("SlowConsum
   buffered: Schema.Number
 }) {}
 
+/**
+ * Subscriptions and waiting polls never end by themselves, so both are interrupted as soon as
+ * their mailbox starts to terminate (its shard moves to a joining node, or this node stops):
+ * otherwise the shard, and every conversation in it, waits out Effect cluster's entity
+ * termination timeout (15 s) before the new owner may serve it. The connection subscribes again
+ * (Feed) and a poll answers 503; both resume by cursor on the new owner.
+ */
 export const Subscribe = Rpc.make("Subscribe", {
   /**
    * `nodeId`: where the connection lives; on the mailbox's own node messages bypass the stream.
@@ -41,7 +48,7 @@ export const Subscribe = Rpc.make("Subscribe", {
   success: PushEvent,
   error: SlowConsumer,
   stream: true
-})
+}).annotate(ClusterSchema.InterruptOnTermination, true)
 
 /**
  * Long-poll: the next message for this (session, platform), waiting up to `waitMs`. The mailbox
@@ -50,6 +57,6 @@ export const Subscribe = Rpc.make("Subscribe", {
 export const Poll = Rpc.make("Poll", {
   payload: { platform: Schema.Number, cursor: Schema.optionalKey(Schema.String), waitMs: Schema.Number },
   success: Schema.NullOr(MsgData)
-})
+}).annotate(ClusterSchema.InterruptOnTermination, true)
 
 export const Mailbox = Entity.make("Mailbox", [Deliver, Subscribe, Poll])
