@@ -8,7 +8,7 @@ import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { createServer, type Server } from "node:http"
 import type { AddressInfo } from "node:net"
 import * as Net from "node:net"
-import { watchConnections } from "../src/App.ts"
+import { watchConnections } from "../src/server/ConnectionWatch.ts"
 import { sleep } from "./support/push.ts"
 
 describe("connection timeouts", () => {
