@@ -149,12 +149,16 @@ export class Revocations extends Context.Service<Revocations, {
       // Other nodes revoke too (PostgreSQL); an embedded database has this node alone.
       const pg = yield* Effect.serviceOption(PgClient.PgClient)
       if (isConfigured(config.databaseUrl) && Option.isSome(pg)) {
-        /** Logs the first failure of a run of failures, not each. */
+        /**
+         * Logs the first failure of a run of failures, not each; `ok` ends the run (for an effect
+         * that never succeeds, such as listening, call it once it works again).
+         */
         const quiet = (what: string) => {
           let failing = false
-          return <E>(effect: Effect.Effect<void, E>) =>
+          const ok = Effect.sync(() => (failing = false))
+          const guard = <E>(effect: Effect.Effect<void, E>) =>
             effect.pipe(
-              Effect.tap(() => Effect.sync(() => (failing = false))),
+              Effect.tap(() => ok),
               Effect.catchCause((cause) =>
                 failing ? Effect.void : Effect.andThen(
                   Effect.sync(() => (failing = true)),
@@ -162,11 +166,14 @@ export class Revocations extends Context.Service<Revocations, {
                 )
               )
             )
+          return { ok, guard }
         }
+        const listening = quiet("listening for token revocations failed; listening again every second")
         // Listening: each notification (however many arrived at once) is one read. The read after
         // LISTEN catches up on whatever was revoked while this node was not listening.
         const listen = Effect.scoped(Effect.gen(function* () {
           const notifications = yield* pg.value.listen(CHANNEL)
+          yield* listening.ok
           yield* read
           for (;;) {
             yield* Queue.take(notifications)
@@ -175,12 +182,12 @@ export class Revocations extends Context.Service<Revocations, {
           }
         }))
         yield* listen.pipe(
-          quiet("listening for token revocations failed; listening again every second"),
+          listening.guard,
           Effect.repeat(Schedule.spaced(RELISTEN_AFTER)),
           Effect.forkScoped
         )
         yield* read.pipe(
-          quiet("reading token revocations failed; retrying every 5 s"),
+          quiet("reading token revocations failed; retrying every 5 s").guard,
           Effect.repeat(Schedule.spaced(POLL_EVERY)),
           Effect.forkScoped
         )
