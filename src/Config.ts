@@ -103,6 +103,8 @@ export interface AppSettings {
   readonly replayPageBytes?: number
   /** Bytes a long-poll platform keeps queued between polls before it switches to reading SQL (default 1 MiB). */
   readonly pollPendingBytes?: number
+  /** Bytes of committed messages one conversation may have waiting for hand-over (default 4 MiB). */
+  readonly deliveryBacklogBytes?: number
   readonly mailboxIdle: Duration.Duration
   readonly pollWait: Duration.Duration
   readonly sseHeartbeat: Duration.Duration
@@ -201,6 +203,7 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   connectionBufferBytes: Config.Int("QUICKIM_CONNECTION_BUFFER_BYTES").pipe(Config.withDefault(1024 * 1024)),
   replayPageBytes: Config.Int("QUICKIM_REPLAY_PAGE_BYTES").pipe(Config.withDefault(512 * 1024)),
   pollPendingBytes: Config.Int("QUICKIM_POLL_PENDING_BYTES").pipe(Config.withDefault(1024 * 1024)),
+  deliveryBacklogBytes: Config.Int("QUICKIM_DELIVERY_BACKLOG_BYTES").pipe(Config.withDefault(4 * 1024 * 1024)),
   mailboxIdle: Config.Duration("QUICKIM_MAILBOX_IDLE").pipe(Config.withDefault(Duration.minutes(2))),
   pollWait: Config.Duration("QUICKIM_POLL_WAIT").pipe(Config.withDefault(Duration.seconds(30))),
   sseHeartbeat: Config.Duration("QUICKIM_SSE_HEARTBEAT").pipe(Config.withDefault(Duration.seconds(15))),

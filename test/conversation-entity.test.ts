@@ -7,10 +7,13 @@ import { Duration, Effect, Layer } from "effect"
 import { TestRunner } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { Conversation } from "../src/conversation/Protocol.ts"
+import type { MsgData } from "../src/domain/Conversation.ts"
+import { LocalConnections } from "../src/push/LocalConnections.ts"
 import { conversationEntityLayer } from "./support/entity.ts"
 import { settingsFor } from "./support/server.ts"
 
 const TestLayer = conversationEntityLayer(settingsFor("pglite", { entityIdle: Duration.millis(300) }))
+const GapLayer = conversationEntityLayer(settingsFor("pglite", { resumeWindow: Duration.millis(600) }))
 
 describe("Conversation entity", () => {
   it.live("concurrent sends get a gapless sequence and ids increasing in sequence order", () =>
@@ -74,4 +77,34 @@ describe("Conversation entity", () => {
       assert.strictEqual(repeat.msgId, again.msgId)
       assert.isTrue(repeat.duplicate)
     }).pipe(Effect.provide(TestLayer)))
+
+  it.live("a member whose mailbox is not reached within the delivery budget is told of the gap; the others get every batch", () =>
+    Effect.gen(function* () {
+      const here = yield* LocalConnections
+      const got: Record<string, Array<{ readonly ids: Array<string>; readonly gap: boolean }>> = { a: [], b: [] }
+      const mailbox = (session: string) => (messages: ReadonlyArray<MsgData>, gap?: boolean) => {
+        got[session].push({ ids: messages.map((m) => m.MsgId), gap: gap === true })
+      }
+      // `a` is active here; `b`'s mailbox answers nobody (no Mailbox entity on this runner) until it
+      // appears here too, well after the budget (two thirds of the 600 ms resume window).
+      here.mailboxes.set("a", mailbox("a"))
+      const client = (yield* Conversation.client)("conv-gap")
+      yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
+      const sent: Array<string> = []
+      for (let i = 0; i < 3; i++) {
+        sent.push((yield* client.Send({ session: "a", status: 0, type: 0, content: `m${i}` })).msgId)
+      }
+      yield* Effect.sleep("1500 millis")
+      here.mailboxes.set("b", mailbox("b"))
+      for (let i = 0; i < 100 && !got.b.some((d) => d.gap); i++) yield* Effect.sleep("100 millis")
+      assert.deepStrictEqual(got.a.flatMap((d) => d.ids), sent)
+      assert.isFalse(got.a.some((d) => d.gap))
+      // The first thing `b` hears of is the gap: its connections replay what it missed.
+      assert.isTrue(got.b.length > 0 && got.b[0].gap, JSON.stringify(got.b))
+      // One more message reaches both directly, with no gap left to tell.
+      const last = (yield* client.Send({ session: "a", status: 0, type: 0, content: "after" })).msgId
+      for (let i = 0; i < 50 && !got.b.some((d) => d.ids.includes(last)); i++) yield* Effect.sleep("100 millis")
+      assert.deepStrictEqual(got.b.at(-1), { ids: [last], gap: false })
+      assert.deepStrictEqual(got.a.at(-1), { ids: [last], gap: false })
+    }).pipe(Effect.provide(GapLayer)))
 })

@@ -4,7 +4,20 @@
  * mailbox in batches, so sends that arrive together share one transaction (group commit).
  * A send is answered only after its transaction committed.
  */
-import { Cause, Clock, Duration, Effect, Layer, Metric, Option, Queue, Schedule, Tracer } from "effect"
+import {
+  Cause,
+  Clock,
+  Duration,
+  Effect,
+  Layer,
+  Metric,
+  Option,
+  Queue,
+  Schedule,
+  Scope,
+  Semaphore,
+  Tracer
+} from "effect"
 import { Entity, type Envelope } from "effect/cluster"
 import { AppConfig } from "../Config.ts"
 import {
@@ -26,7 +39,8 @@ import { chunked } from "../cluster/NodeInbox.ts"
 import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
-import { entityActivations } from "../observability/Telemetry.ts"
+import { deliveryGaps, entityActivations } from "../observability/Telemetry.ts"
+import { messageSize } from "../push/Frames.ts"
 import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { Mailbox } from "../push/Protocol.ts"
 import { Conversation, type Send, type SentMessage } from "./Protocol.ts"
@@ -41,7 +55,12 @@ interface Loaded {
 
 interface Delivery {
   readonly members: ReadonlyArray<string>
+  /** Empty: the delivery of a gap alone, to the gapped members. */
   readonly messages: ReadonlyArray<MsgData>
+  /** Estimated JSON bytes of `messages` (the backlog's bound). */
+  readonly bytes: number
+  /** When the hand-over is given up (epoch millis): the budget after the commit. */
+  readonly deadline: number
   /** The commit's span, when tracing: the hand-over continues its trace. */
   readonly span?: Tracer.Span
 }
@@ -49,7 +68,10 @@ interface Delivery {
 /** How long a stopping conversation waits for its hand-overs before leaving them to its next host. */
 const HANDOVER_WAIT = "1 second"
 const DELIVER_ATTEMPT = "5 seconds"
-const DELIVER_DEADLINE = "30 seconds"
+/** Default of `QUICKIM_DELIVERY_BACKLOG_BYTES`. */
+const DELIVERY_BACKLOG_BYTES = 4 * 1024 * 1024
+/** How soon a conversation reloads after a write whose outcome is unknown, and retries. */
+const RELOAD_AFTER = "1 second"
 /** The most messages a re-hosted conversation hands over again. */
 const REDELIVER_MAX = 1000
 
@@ -60,6 +82,12 @@ const isInvalidData = (cause: Cause.Cause<unknown>) =>
     const e = r.error as { _tag?: unknown; reason?: { cause?: { code?: unknown } } }
     return e._tag === "SqlError" && String(e.reason?.cause?.code ?? "").startsWith("22")
   })
+
+const sizeOf = (messages: ReadonlyArray<MsgData>) => {
+  let bytes = 0
+  for (const m of messages) bytes += messageSize(m)
+  return bytes
+}
 
 const dedupeKey = (session: string, clientMsgId: string) => `${session}\u0000${clientMsgId}`
 
@@ -80,42 +108,132 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const outbox = yield* NodeOutbox
 
       // Push after commit, off the send path: one fiber per conversation hands each committed batch
-      // to every member's mailbox (fire-and-forget), batch after batch, so each mailbox sees the
-      // conversation's messages in commit order. A slow or absent member never delays the sender.
+      // to every member's mailbox, batch after batch, so each mailbox sees the conversation's
+      // messages in commit order. A slow or absent member never delays the sender, nor the other
+      // members: a member whose previous batch is still on its way (an entity message waiting for
+      // its mailbox's new home) skips the next ones and is told so with the one after (`gap`).
+      //
+      // Resume covers a message only if it reached the mailbox within the resume window of its
+      // commit (README, "Why resume loses nothing"), so every hand-over is bounded by `budget`, two
+      // thirds of the window from the commit (the rest is margin for clock skew between nodes). A
+      // batch that waited longer, or that does not fit the conversation's backlog
+      // (QUICKIM_DELIVERY_BACKLOG_BYTES), is dropped, and its members are told of the gap instead:
+      // their mailbox ends every subscription, and each connection replays from its last message.
+      const budget = Math.max(1, Math.floor((Duration.toMillis(config.resumeWindow) * 2) / 3))
+      const backlogMax = config.deliveryBacklogBytes ?? DELIVERY_BACKLOG_BYTES
       const deliveries = yield* Queue.unbounded<Delivery>()
       let undelivered = 0 // batches queued or being handed over
-      // A member's mailbox active in this process is called directly; mailboxes on another node
-      // take the batch in that node's relay (NodeOutbox: one cluster message for many conversations),
-      // and any the relay did not serve, or whose node is unknown, an entity message. Each is awaited
-      // until handled, so nothing for a later batch can overtake it.
-      const deliverOne = (messages: ReadonlyArray<MsgData>) => (member: string) =>
-        mailboxes(member).Deliver({ messages }).pipe(
-          // A mailbox whose node died or that is moving answers nobody until it is hosted
-          // again: each attempt is bounded and retried until DELIVER_DEADLINE, so the member
-          // still gets the batch (a repeat is dropped by MsgId) and later batches wait for it.
+      let backlogBytes = 0 // of the batches queued
+      /** Members that missed a batch: their next delivery carries `gap`. */
+      const gapped = new Set<string>()
+      /** Members with an entity-message delivery on its way: they skip batches until it settles. */
+      const busy = new Set<string>()
+      /** A delivery of nothing but the gap is queued. */
+      let gapQueued = false
+      // Closed after the hand-over wait below (scopes close last-in first-out): deliveries on their
+      // way get that wait too.
+      const scope = yield* Scope.fork(yield* Scope.Scope)
+
+      /** Queues a delivery of nothing but `gap` for the gapped members that can take it now. */
+      const queueGap = () => {
+        if (gapQueued) return
+        let waiting = false
+        for (const member of gapped) {
+          if (!busy.has(member)) {
+            waiting = true
+            break
+          }
+        }
+        if (!waiting) return
+        gapQueued = true
+        undelivered++
+        Queue.offerUnsafe(deliveries, { members: [], messages: [], bytes: 0, deadline: Date.now() + budget })
+      }
+
+      /**
+       * Hands `parts` (a batch in consecutive parts) to one member's Mailbox entity, in the
+       * background: a mailbox whose node died or that is moving answers nobody until it is hosted
+       * again, so each attempt is bounded and retried until `deadline`. Missed: the member is gapped.
+       */
+      const deliverToEntity = (
+        member: string,
+        parts: ReadonlyArray<ReadonlyArray<MsgData>>,
+        gap: boolean,
+        deadline: number
+      ) => {
+        busy.add(member)
+        // Carried from here on; owed again if this delivery fails. A batch skipped meanwhile (see
+        // handOver) owes a new one.
+        if (gap) gapped.delete(member)
+        let settled = false
+        const client = mailboxes(member)
+        return Effect.forEach(
+          parts,
+          (messages, i) => client.Deliver(i === 0 && gap ? { messages, gap: true } : { messages }),
+          { discard: true }
+        ).pipe(
           Effect.timeout(DELIVER_ATTEMPT),
           Effect.retry({ schedule: Schedule.spaced("250 millis") }),
-          Effect.timeout(DELIVER_DEADLINE),
-          Effect.catchCause((cause) =>
-            Effect.logWarning("push to mailbox failed; the member resumes by cursor", cause).pipe(
-              Effect.annotateLogs({ ...aboutMessages(id, messages.map((m) => m.MsgId)), session: member })
-            )
-          )
+          Effect.timeout(Duration.millis(Math.max(0, deadline - Date.now()))),
+          Effect.matchCauseEffect({
+            onSuccess: () =>
+              Effect.sync(() => {
+                settled = true
+              }),
+            onFailure: (cause) =>
+              Effect.sync(() => {
+                settled = true
+                gapped.add(member)
+              }).pipe(
+                Effect.andThen(Effect.logWarning("push to mailbox failed; its connections replay", cause)),
+                Effect.annotateLogs({ conversationId: id, session: member })
+              )
+          }),
+          Effect.ensuring(Effect.sync(() => {
+            busy.delete(member)
+            // Interrupted (the conversation stops): the batch is left to the next host (Redeliver).
+            if (!settled) gapped.add(member)
+            else if (gapped.has(member)) queueGap()
+          })),
+          Effect.forkIn(scope)
         )
-      const handOver = Effect.fnUntraced(function* ({ members, messages }: Delivery) {
+      }
+
+      // A member's mailbox active in this process is called directly; mailboxes on another node
+      // take the batch in that node's relay (NodeOutbox: one cluster message for many conversations),
+      // and any the relay did not serve, or whose node is unknown, or that is told of a gap, an
+      // entity message in the background (deliverToEntity).
+      const handOver = Effect.fnUntraced(function* ({ members, messages, deadline, bytes }: Delivery) {
+        backlogBytes -= bytes
+        if (messages.length === 0) gapQueued = false
+        if (Date.now() >= deadline) {
+          // Waited out its budget in the queue (behind a slow relay): too late to be resumed safely.
+          for (const member of members) gapped.add(member)
+          yield* Metric.update(deliveryGaps, 1)
+          return
+        }
+        // A delivery of nothing is the gap alone, for whoever still waits for it.
+        const targets = messages.length === 0 ? [...gapped] : members
         const entityMessage: Array<string> = []
         let byNode: Map<string, Array<string>> | undefined = undefined
-        for (const member of members) {
+        for (const member of targets) {
+          if (busy.has(member)) {
+            // Its previous batch is still on its way: this one must not overtake it.
+            gapped.add(member)
+            continue
+          }
+          const gap = gapped.has(member)
           const direct = here.mailboxes.get(member)
           if (direct !== undefined) {
             if (tracing) {
-              yield* Effect.sync(() => direct(messages)).pipe(
+              yield* Effect.sync(() => direct(messages, gap)).pipe(
                 Effect.withSpan("Mailbox.deliver", { attributes: { session: member } })
               )
-            } else direct(messages)
+            } else direct(messages, gap)
+            if (gap) gapped.delete(member)
             continue
           }
-          const node = routes.nodeOf(member)
+          const node = gap ? undefined : routes.nodeOf(member)
           if (node === undefined) {
             entityMessage.push(member)
             continue
@@ -129,16 +247,42 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         // not serve and for mailboxes whose node is unknown. A large batch goes in parts, each whole
         // before the next, so no cluster message grows past what the runner transport accepts.
         const parts = byNode === undefined && entityMessage.length === 0 ? [] : chunked(messages)
-        for (const part of parts) {
-          const notServed = byNode === undefined ? [] : yield* outbox.deliver(byNode, part)
-          const rest = notServed.length === 0 ? entityMessage : [...entityMessage, ...notServed]
-          if (rest.length > 0) yield* Effect.forEach(rest, deliverOne(part), { concurrency: 64, discard: true })
+        for (let i = 0; byNode !== undefined && i < parts.length; i++) {
+          const notServed = yield* outbox.deliver(byNode, parts[i])
+          if (notServed.length === 0) continue
+          // Not served by the relay: this part and the rest go to them as entity messages.
+          const rest = parts.slice(i)
+          for (const member of notServed) yield* deliverToEntity(member, rest, false, deadline)
+          const left = new Set(notServed)
+          const remaining = new Map<string, Array<string>>()
+          for (const [node, group] of byNode) {
+            const still = group.filter((m) => !left.has(m))
+            if (still.length > 0) remaining.set(node, still)
+          }
+          byNode = remaining.size === 0 ? undefined : remaining
         }
-        undelivered--
+        for (const member of entityMessage) yield* deliverToEntity(member, parts, gapped.has(member), deadline)
+        queueGap()
+      })
+      const offer = Effect.fnUntraced(function* (delivery: Delivery) {
+        if (backlogBytes + delivery.bytes > backlogMax && Queue.sizeUnsafe(deliveries) > 0) {
+          // The backlog is full (its hand-overs are slower than the conversation's commits): what is
+          // queued is dropped, and its members told of the gap with their next delivery.
+          for (const dropped of yield* Queue.clear(deliveries)) {
+            undelivered--
+            backlogBytes -= dropped.bytes
+            if (dropped.messages.length === 0) gapQueued = false
+            for (const member of dropped.members) gapped.add(member)
+          }
+          yield* Metric.update(deliveryGaps, 1)
+        }
+        undelivered++
+        backlogBytes += delivery.bytes
+        Queue.offerUnsafe(deliveries, delivery)
       })
       yield* Queue.take(deliveries).pipe(
         Effect.flatMap((delivery) =>
-          delivery.span === undefined ? handOver(delivery) : handOver(delivery).pipe(
+          (delivery.span === undefined ? handOver(delivery) : handOver(delivery).pipe(
             Effect.withSpan("Conversation.deliver", {
               parent: delivery.span,
               attributes: {
@@ -146,7 +290,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                 members: delivery.members.length
               }
             })
-          )
+          )).pipe(Effect.ensuring(Effect.sync(() => undelivered--)))
         ),
         Effect.forever,
         Effect.forkScoped
@@ -161,11 +305,11 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       yield* Effect.addFinalizer(() =>
         Effect.gen(function* () {
           yield* Effect.sleep("5 millis").pipe(
-            Effect.repeat({ until: () => undelivered === 0 }),
+            Effect.repeat({ until: () => undelivered === 0 && busy.size === 0 }),
             Effect.timeout(multiNode ? HANDOVER_WAIT : "3 seconds"),
             Effect.ignore
           )
-          if (undelivered === 0 || !multiNode) return
+          if ((undelivered === 0 && busy.size === 0 && gapped.size === 0) || !multiNode) return
           yield* self.Redeliver(undefined, { discard: true }).pipe(
             Effect.timeout("2 seconds"),
             Effect.catchCause((cause) =>
@@ -180,16 +324,28 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       return (mailbox, replier) => {
         // undefined: not loaded yet (or dropped after a failed write); null: no such conversation.
         let loaded: Loaded | null | undefined = undefined
+        /**
+         * After a write whose outcome is unknown: the last MsgId known to be handed over ("": none).
+         * The next load hands over everything after it, however old: that write may have committed.
+         */
+        let unknownAfter: string | undefined = undefined
+        /** A reload is scheduled (see failAll). */
+        let reloading = false
+        // Requests and a scheduled reload take turns.
+        const lock = Semaphore.makeUnsafe(1)
 
         const load = Effect.gen(function* () {
           if (loaded !== undefined) return loaded
           const state = yield* store.load(id)
-          loaded = Option.match(state, {
+          const next = Option.match(state, {
             onNone: () => null,
             onSome: (s) => ({ state: { ...s }, clock: new MsgIdClock(id, s.conversationType, s.lastMsgId) })
           })
-          if (loaded !== null) yield* redeliverRecent(loaded.state)
-          return loaded
+          // Loaded only once the hand-over is queued: a failure here leaves the next load to do it.
+          if (next !== null) yield* redeliverRecent(next.state, unknownAfter)
+          loaded = next
+          unknownAfter = undefined
+          return next
         })
 
         /**
@@ -198,14 +354,19 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
          * hands those over again before anything new, in order; connections drop what they already
          * have by MsgId (Feed, Mailbox), and nothing new can overtake what was missed.
          */
-        const redeliverRecent = (state: Loaded["state"]) =>
+        const redeliverRecent = (state: Loaded["state"], after: string | undefined) =>
           Effect.gen(function* () {
             if (state.lastMsgId === undefined) return
             const now = yield* Clock.currentTimeMillis
-            if (decode(state.lastMsgId).millis < now - Duration.toMillis(config.resumeWindow)) return
+            const windowFloor = floorOf(state.lastMsgId, config.resumeWindow)
+            // After an unknown outcome, from the last position known to be handed over, if earlier.
+            const floor = after !== undefined && after < windowFloor ? after : windowFloor
+            if (after === undefined && decode(state.lastMsgId).millis < now - Duration.toMillis(config.resumeWindow)) {
+              return
+            }
             // The newest of the window: what a dead host may not have handed over is its newest
             // messages (a busy conversation may have more in the window than a hand-over should carry).
-            const recent = yield* store.newestAfter(id, floorOf(state.lastMsgId, config.resumeWindow), REDELIVER_MAX)
+            const recent = yield* store.newestAfter(id, floor, REDELIVER_MAX)
             if (recent.length === 0) return
             // Seqs are gapless in MsgId order: recent[i] has seq firstSeq + i. A member gets only
             // what was sent after it joined.
@@ -215,9 +376,11 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               const from = Math.max(0, joinedSeq - firstSeq + 1)
               if (from < recent.length) bySlice.set(from, [...(bySlice.get(from) ?? []), member])
             }
+            // Old by nature, so each gets the budget from now.
+            const deadline = (yield* Clock.currentTimeMillis) + budget
             for (const [from, members] of bySlice) {
-              undelivered++
-              Queue.offerUnsafe(deliveries, { members, messages: recent.slice(from) })
+              const messages = recent.slice(from)
+              yield* offer({ members, messages, bytes: sizeOf(messages), deadline })
             }
           })
 
@@ -229,11 +392,26 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
          * before the next one. The entity runs with fatal defects off, so the answer is final: the
          * cluster does not restart the entity and replay these requests (which, for a request that
          * can never succeed, went on forever and left the conversation answering nobody).
+         *
+         * The write may have committed all the same (the connection was lost after COMMIT). So the
+         * state is reloaded soon, whether or not another request comes (a database outage ends, and
+         * the sender may never retry), and everything after the last position known to be handed
+         * over goes to the members then: a message that exists reaches every member.
          */
         const failAll = (requests: ReadonlyArray<Request>, cause: Cause.Cause<unknown>) =>
           Effect.gen(function* () {
             if (Cause.hasInterruptsOnly(cause)) return yield* Effect.failCause(cause as Cause.Cause<never>)
+            if (loaded) unknownAfter ??= loaded.state.lastMsgId ?? ""
             loaded = undefined
+            if (unknownAfter !== undefined && !reloading) {
+              reloading = true
+              yield* Effect.sleep(RELOAD_AFTER).pipe(
+                Effect.andThen(lock.withPermit(load)),
+                Effect.retry({ schedule: Schedule.spaced(RELOAD_AFTER) }),
+                Effect.ensuring(Effect.sync(() => (reloading = false))),
+                Effect.forkIn(scope)
+              )
+            }
             yield* Effect.logError("conversation write failed", cause).pipe(Effect.annotateLogs({ conversationId: id }))
             const defect = Cause.die(Cause.squash(cause))
             for (const r of requests) yield* replier.failCause(r as any, defect as any)
@@ -355,11 +533,13 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                   Effect.annotateLogs(aboutMessages(id, rows.map((r) => r.msg_id)))
                 )
               }
-              undelivered++
               const span = tracing ? Option.getOrUndefined(yield* Effect.option(Effect.currentSpan)) : undefined
-              Queue.offerUnsafe(deliveries, {
+              const messages = rows.map(toMsgData)
+              yield* offer({
                 members: [...state.members.keys()],
-                messages: rows.map(toMsgData),
+                messages,
+                bytes: sizeOf(messages),
+                deadline: now + budget,
                 ...(span === undefined ? {} : { span })
               })
             }
@@ -452,23 +632,25 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
 
         return Queue.takeBetween(mailbox, 1, config.groupCommitMax).pipe(
           Effect.flatMap((batch) =>
-            Effect.gen(function* () {
-              let i = 0
-              while (i < batch.length) {
-                if (batch[i].tag === "Send") {
-                  let j = i
-                  while (j < batch.length && batch[j].tag === "Send") j++
-                  yield* handleSends(batch.slice(i, j) as Array<SendRequest>)
-                  i = j
-                } else {
-                  yield* handleOne(batch[i])
-                  i++
+            lock.withPermit(
+              Effect.gen(function* () {
+                let i = 0
+                while (i < batch.length) {
+                  if (batch[i].tag === "Send") {
+                    let j = i
+                    while (j < batch.length && batch[j].tag === "Send") j++
+                    yield* handleSends(batch.slice(i, j) as Array<SendRequest>)
+                    i = j
+                  } else {
+                    yield* handleOne(batch[i])
+                    i++
+                  }
                 }
-              }
-              // A defect no handler caught must not end the loop (with fatal defects off, nothing
-              // would restart it): whoever is still unanswered in the batch gets it (answers are
-              // given once, so the others are untouched).
-            }).pipe(Effect.catchCause((cause) => failAll(batch, cause)))
+                // A defect no handler caught must not end the loop (with fatal defects off, nothing
+                // would restart it): whoever is still unanswered in the batch gets it (answers are
+                // given once, so the others are untouched).
+              }).pipe(Effect.catchCause((cause) => failAll(batch, cause)))
+            )
           ),
           Effect.forever,
           Effect.orDie

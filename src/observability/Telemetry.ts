@@ -99,6 +99,12 @@ export const pollOverflows = Metric.counter("quickim_poll_overflows_total", {
   incremental: true
 })
 
+export const deliveryGaps = Metric.counter("quickim_delivery_gaps_total", {
+  description:
+    "Batches a conversation dropped instead of handing them over late (past two thirds of QUICKIM_RESUME_WINDOW, or past QUICKIM_DELIVERY_BACKLOG_BYTES); their members' connections replay",
+  incremental: true
+})
+
 export const queryDuration = (op: string) =>
   Metric.histogram("quickim_db_query_duration_seconds", {
     description: "Time a store operation took (a message append includes waiting for its group commit)",

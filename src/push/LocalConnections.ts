@@ -35,7 +35,7 @@ export class LocalConnections extends Context.Service<LocalConnections, {
    * Mailbox entities active in this process, by session. A Conversation entity on this node
    * delivers to them with a direct call instead of a cluster message (see ConversationEntity).
    */
-  readonly mailboxes: Map<string, (messages: ReadonlyArray<MsgData>) => void>
+  readonly mailboxes: Map<string, (messages: ReadonlyArray<MsgData>, gap?: boolean) => void>
   /** Open push connections by protocol (poll: requests waiting), for the cluster view. */
   readonly open: { ws: number; sse: number; poll: number }
   /** Active NodeInbox entities in this process (0 or 1), left out of the cluster view's conversation count. */

@@ -166,6 +166,12 @@ const entityLayer = (options: {
 
       /** Stops queueing live messages: a replay from the last answer brings them, and what was queued. */
       const detach = (state: PollState) => {
+        replayFromLast(state)
+        state.overflows++
+      }
+
+      /** From here on the platform reads from SQL, from its last answer on (see detach). */
+      const replayFromLast = (state: PollState) => {
         state.detached = true
         state.held = []
         state.heldBytes = 0
@@ -178,7 +184,6 @@ const entityLayer = (options: {
           state.pendingBytes = 0
           state.startFrom = null
         }
-        state.overflows++
       }
 
       const pushPoll = (state: PollState, message: MsgData) => {
@@ -306,7 +311,21 @@ const entityLayer = (options: {
         }
       }
 
-      const deliver = (messages: ReadonlyArray<MsgData>) => {
+      /**
+       * A conversation dropped messages for this session (they would have come too late, see
+       * ConversationEntity): every subscription ends, and the connection subscribes again and
+       * replays from its last message; each poll platform replays from its last answer.
+       */
+      const resync = () => {
+        for (const [id, connection] of connections) {
+          connections.delete(id)
+          connection.end()
+        }
+        for (const state of polls.values()) replayFromLast(state)
+      }
+
+      const deliver = (messages: ReadonlyArray<MsgData>, gap?: boolean) => {
+        if (gap === true) resync()
         let remote: Map<string, Array<string>> | undefined = undefined
         for (const [id, connection] of connections) {
           if (connection.inbox !== undefined) {
@@ -344,7 +363,7 @@ const entityLayer = (options: {
       )
 
       return Mailbox.of({
-        Deliver: ({ payload }) => Effect.sync(() => deliver(payload.messages)),
+        Deliver: ({ payload }) => Effect.sync(() => deliver(payload.messages, payload.gap)),
         Subscribe: ({ payload }) =>
           Rpc.fork(Stream.unwrap(Effect.gen(function* () {
             // One slot more than the buffer for the leading `Ready`.
@@ -363,8 +382,9 @@ const entityLayer = (options: {
             connections.set(payload.connectionId, connection)
             if (local !== undefined) {
               // Same process: messages go straight to the connection's queue; this stream only
-              // says `Ready` and lives as long as the connection (its end unregisters it).
-              return Stream.concat(Stream.succeed({ _tag: "Ready", incarnation } as const), Stream.never).pipe(
+              // says `Ready` (from the queue) and lives as long as the connection or until the
+              // mailbox ends it (`end`); its end unregisters it.
+              return Stream.fromQueue(queue).pipe(
                 Stream.ensuring(Effect.sync(() => {
                   // Only this subscription's registration: the connection may have subscribed again meanwhile.
                   if (connections.get(payload.connectionId) === connection) connections.delete(payload.connectionId)

@@ -9,9 +9,13 @@ import { ClusterSchema, Entity } from "effect/cluster"
 import { Rpc } from "effect/rpc"
 import { MsgData } from "../domain/Conversation.ts"
 
-/** Committed messages of one conversation, in commit order (fire-and-forget from the Conversation entity). */
+/**
+ * Committed messages of one conversation, in commit order. `gap`: the conversation dropped
+ * messages for this session before these (they came too late, see ConversationEntity): every
+ * connection subscribes again and replays, and each poll platform replays from its last answer.
+ */
 export const Deliver = Rpc.make("Deliver", {
-  payload: { messages: Schema.Array(MsgData) }
+  payload: { messages: Schema.Array(MsgData), gap: Schema.optionalKey(Schema.Boolean) }
 })
 
 /** `incarnation` names this activation of the mailbox; every batch it pushes carries it too (see Feed). */

@@ -4,6 +4,8 @@
  * node when theirs goes away, resuming by their last MsgId.
  */
 import { execFileSync } from "node:child_process"
+import * as Fs from "node:fs"
+import * as Path from "node:path"
 import type { MsgData } from "../../src/domain/Conversation.ts"
 import { freePort, type NodeProcess, spawnServer } from "./process.ts"
 import { connectSse, connectWs, type Protocol, sleep } from "./push.ts"
@@ -74,6 +76,12 @@ export const startCluster = async (
     kill,
     stop: async () => {
       await Promise.all(nodes.filter((n) => n.alive).map((n) => kill(n, "SIGKILL")))
+      // For a failure's post-mortem: each node's output in the directory QUICKIM_TEST_NODE_LOGS names.
+      const logs = process.env.QUICKIM_TEST_NODE_LOGS
+      if (logs) {
+        Fs.mkdirSync(logs, { recursive: true })
+        nodes.forEach((n, i) => Fs.writeFileSync(Path.join(logs, `${name}-node${i}.log`), n.output()))
+      }
       psql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${name}'`)
       psql(`DROP DATABASE IF EXISTS ${name}`)
     }

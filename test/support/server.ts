@@ -91,6 +91,8 @@ export interface TestServer {
   readonly post: (path: string, body: unknown, token?: string, headers?: Record<string, string>) => Promise<Reply>
   readonly raw: (path: string, init: RequestInit) => Promise<Reply>
   readonly token: (session: string, platform?: number) => Promise<string>
+  /** The node's services, for tests that act inside it. */
+  readonly context: Context.Context<any>
   readonly stop: () => Promise<void>
 }
 
@@ -133,6 +135,7 @@ export const startServer = async (settings: AppSettings): Promise<TestServer> =>
   return {
     url,
     settings,
+    context,
     ...clientFor(url),
     stop: () => Effect.runPromise(Scope.close(scope, Exit.void))
   }
