@@ -29,15 +29,18 @@ interface World {
   readonly conversations: Array<{ readonly id: string; readonly members: ReadonlyArray<number> }>
 }
 
-/** Sessions and conversations of three members each, created through every node in turn. */
-const world = async (cluster: TestCluster, sessions: number, conversations: number): Promise<World> => {
+/**
+ * Sessions and conversations of three members each, created through every node in turn;
+ * conversation c has sessions c·stride, c·stride+1 and c·stride+2 (modulo `sessions`).
+ */
+const world = async (cluster: TestCluster, sessions: number, conversations: number, stride = 1): Promise<World> => {
   const tag = crypto.randomUUID().slice(0, 6)
   const names = Array.from({ length: sessions }, (_, i) => `c-${tag}-${i}`)
   const nodes = cluster.live()
   const tokens = await Promise.all(names.map((s, i) => nodes[i % nodes.length].token(s, 1)))
   const convs = []
   for (let c = 0; c < conversations; c++) {
-    const members = [c % sessions, (c + 1) % sessions, (c + 2) % sessions]
+    const members = [0, 1, 2].map((m) => (c * stride + m) % sessions)
     const r = await nodes[c % nodes.length].post("/inner/create_conversation", {
       sessions: members.map((m) => names[m])
     })
@@ -341,4 +344,74 @@ describe("cluster", () => {
     await expectDelivered(w, acked, clients)
     for (const client of clients) await client.stop()
   })
+})
+
+describe("cluster graceful stop", () => {
+  it(
+    "SIGTERM of a node holding 36 push connections (ws, sse, poll) under traffic: it exits within 8 s, its clients move at once and miss nothing",
+    { timeout: 180_000 },
+    async () => {
+      const cluster = await start(3)
+      // 18 conversations over 36 sessions: every session is in one or two of them.
+      const w = await world(cluster, 36, 18, 2)
+      const leaving = cluster.nodes[1]
+      const protocols: Array<Protocol> = ["ws", "sse", "poll"]
+      // Every client starts on the node that stops (follow's `start` 1), then moves to the others.
+      const clients = w.sessions.map((_, i) => ({ session: i, ...follow(protocols[i % 3], cluster, w.tokens[i], 1) }))
+      // The node reports its connections every 2 s: wait until it counts them all (polls between requests aside).
+      const deadline = Date.now() + 15_000
+      for (;;) {
+        const view = (await leaving.raw("/inner/cluster", { method: "GET" })).body.data
+        const open = view.Nodes.find((n: any) => n.NodeId === view.Self).Connections
+        if (open.ws >= 12 && open.sse >= 12 && open.ws + open.sse + open.poll >= 30) break
+        if (Date.now() > deadline) assert.fail(`the node holds only ${JSON.stringify(open)}`)
+        await sleep(250)
+      }
+      // One sender per conversation until `running` ends; each send is acknowledged before the next.
+      let running = true
+      let stoppedAt = 0
+      const firstAfterStop = new Map<string, number>()
+      const acked = new Map<string, Array<string>>()
+      const senders = w.conversations.map(async (c, k) => {
+        const ids: Array<string> = []
+        acked.set(c.id, ids)
+        for (let i = 0; running; i++) {
+          const started = Date.now()
+          ids.push(await sendSurely(cluster, k + i, w.tokens[c.members[i % 3]], c.id, `g-${k}-${i}`))
+          if (stoppedAt > 0 && started >= stoppedAt && !firstAfterStop.has(c.id)) {
+            firstAfterStop.set(c.id, Date.now() - stoppedAt)
+          }
+          await sleep(100)
+        }
+      })
+      await sleep(2000)
+      stoppedAt = Date.now()
+      const exited = cluster.kill(leaving, "SIGTERM").then((exit) => ({ exit, ms: Date.now() - stoppedAt }))
+      // Every client's connection ends and it connects to another node.
+      let movedMs = -1
+      while (movedMs < 0 && Date.now() - stoppedAt < 30_000) {
+        if (clients.every((c) => c.reconnects() > 0)) movedMs = Date.now() - stoppedAt
+        else await sleep(50)
+      }
+      const { exit, ms: exitMs } = await exited
+      await sleep(4000)
+      running = false
+      await Promise.all(senders)
+      const handOver = Math.max(...firstAfterStop.values())
+      console.log(
+        `SIGTERM with ${clients.length} push connections: exit after ${exitMs} ms (${exit}), every client `
+          + `moved within ${movedMs} ms, every conversation took a send again within ${handOver} ms`
+      )
+      if (exitMs > 8_000) console.log(leaving.output().split("\n").slice(-60).join("\n"))
+      // Correctness bounds, not a benchmark (the goal is 3 s): without ending its push connections
+      // first the node waited out Effect's 20 s graceful shutdown timeout for them.
+      assert.isBelow(exitMs, 8_000)
+      assert.isAtLeast(movedMs, 0)
+      assert.isBelow(movedMs, 8_000)
+      assert.strictEqual(firstAfterStop.size, w.conversations.length)
+      assert.isBelow(handOver, 8_000)
+      await expectDelivered(w, acked, clients)
+      for (const client of clients) await client.stop()
+    }
+  )
 })

@@ -47,7 +47,8 @@ type Outcome = "lost" | "resync"
 
 export class Feed extends Context.Service<Feed, {
   /**
-   * Feeds `write` until the scope closes; fails with SlowConsumer, or when the mailbox stays unreachable.
+   * Feeds `write` until the scope closes or this node starts stopping (then it ends); fails with
+   * SlowConsumer, or when the mailbox stays unreachable.
    * Replays wait for `ready` before each slice (without it, a slice that does not fit cuts the connection).
    */
   readonly attach: (
@@ -71,9 +72,9 @@ export class Feed extends Context.Service<Feed, {
       const maxBytes = config.connectionBufferBytes ?? CONNECTION_BUFFER_BYTES
       // A replay writes at most this many messages at once, so that a slice fits a half-empty buffer.
       const slice = Math.max(1, Math.floor(buffer / 2))
-      // This node is stopping: a subscription that ends is not renewed (clients reconnect elsewhere).
-      let stopping = false
-      yield* Effect.addFinalizer(() => Effect.sync(() => (stopping = true)))
+      // This node is stopping: every connection's feed ends (its client resumes on another node) and
+      // none subscribes again (the mailboxes are moving away with the shards).
+      yield* Effect.addFinalizer(() => Effect.sync(() => Deferred.doneUnsafe(here.stopping, Exit.void)))
 
       const attach = Effect.fnUntraced(function* (
         session: string,
@@ -241,12 +242,15 @@ export class Feed extends Context.Service<Feed, {
           }))
 
         let from: string | undefined = cursor
-        for (;;) {
-          const outcome = yield* round(from)
-          if (outcome === "lost" && stopping) return
-          if (outcome === "lost") yield* Effect.logDebug("push subscription lost; subscribing again")
-          from = last
-        }
+        const rounds = Effect.gen(function* () {
+          for (;;) {
+            const outcome = yield* round(from)
+            if (outcome === "lost") yield* Effect.logDebug("push subscription lost; subscribing again")
+            from = last
+          }
+        })
+        // Ending, not failing: the transport tells its client to come back (to any node) with its cursor.
+        yield* Effect.raceFirst(rounds, Deferred.await(here.stopping))
       })
 
       return Feed.of({

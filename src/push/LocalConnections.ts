@@ -6,7 +6,7 @@
  * largest share of the group benchmark's CPU, and a queue plus stream stages per connection the
  * largest share of the pairs benchmark's delivery cost; the direct path is a few function calls.
  */
-import { Context, Effect, Layer, Option } from "effect"
+import { Context, Deferred, Effect, Exit, Layer, Option } from "effect"
 import { AppConfig } from "../Config.ts"
 import { randomUUID } from "node:crypto"
 import type { MsgData } from "../domain/Conversation.ts"
@@ -40,18 +40,29 @@ export class LocalConnections extends Context.Service<LocalConnections, {
   readonly open: { ws: number; sse: number; poll: number }
   /** Active NodeInbox entities in this process (0 or 1), left out of the cluster view's conversation count. */
   readonly inboxes: { active: number }
+  /**
+   * Done once this node starts stopping (its HTTP server closes, or at the latest when this layer
+   * is released): every push connection ends then, so that its client resumes on another node at
+   * once instead of holding the server's close open (WebSocketGateway, Feed, NotifyRoutes).
+   */
+  readonly stopping: Deferred.Deferred<void>
 }>()("quick-im/push/LocalConnections") {
   static readonly layer = Layer.effect(
     LocalConnections,
-    Effect.map(AppConfig, (config) =>
-      LocalConnections.of({
+    Effect.gen(function* () {
+      const config = yield* AppConfig
+      const stopping = Deferred.makeUnsafe<void>()
+      yield* Effect.addFinalizer(() => Effect.sync(() => Deferred.doneUnsafe(stopping, Exit.void)))
+      return LocalConnections.of({
         nodeId: randomUUID(),
         inbox: Option.getOrUndefined(Option.map(config.runnerPort, (port) => `${config.runnerHost}:${port}`)),
         buffer: config.connectionBuffer,
         sinks: new Map(),
         mailboxes: new Map(),
         open: { ws: 0, sse: 0, poll: 0 },
-        inboxes: { active: 0 }
-      }))
+        inboxes: { active: 0 },
+        stopping
+      })
+    })
   )
 }

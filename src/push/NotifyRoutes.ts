@@ -102,6 +102,8 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
                 Effect.fail(unavailable)
             }),
             Effect.raceFirst(Deferred.await(runnerLeft).pipe(Effect.andThen(Effect.fail(unavailable)))),
+            // This node is stopping: the client polls again, on another node, with its cursor.
+            Effect.raceFirst(Deferred.await(here.stopping).pipe(Effect.andThen(Effect.fail(unavailable)))),
             Effect.raceFirst(Deferred.await(tokenEnded)),
             Effect.ensuring(Effect.sync(() => {
               release()

@@ -7,7 +7,7 @@
  * `attach` routes `/notify` upgrades of the Node server to this module (the `ws` package, which
  * Effect uses underneath too) and every other upgrade to Effect as before.
  */
-import { Cause, Context, Duration, Effect, Exit, Fiber, Layer } from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer } from "effect"
 import type * as Http from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocket, WebSocketServer } from "ws"
@@ -49,7 +49,10 @@ const refuseUpgrade = (socket: Duplex, refusal: NotifyRefusal | LimitRefusal) =>
 }
 
 export class WebSocketGateway extends Context.Service<WebSocketGateway, {
-  /** Makes `server` send `/notify` upgrades here. Call before anything listens for `upgrade`. */
+  /**
+   * Makes `server` send `/notify` upgrades here, and end every push connection when it closes.
+   * Call before anything listens for `upgrade`.
+   */
   readonly attach: (server: Http.Server) => Http.Server
 }>()("quick-im/push/WebSocketGateway") {
   static readonly layer = Layer.effect(
@@ -69,14 +72,18 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
       const wss = new WebSocketServer({ noServer: true, perMessageDeflate: false, maxPayload: 4096 })
       const open = new Set<WebSocket>()
       // Stopping: every client is told to come back (to any node) and resume by cursor.
-      yield* Effect.addFinalizer(() =>
-        Effect.sync(() => {
-          for (const ws of open) ws.close(CloseCode.Restart, "server restarting: reconnect with last_msg_id")
-          wss.close()
-        })
-      )
+      const stop = () => {
+        Deferred.doneUnsafe(here.stopping, Exit.void)
+        for (const ws of open) ws.close(CloseCode.Restart, "server restarting: reconnect with last_msg_id")
+        wss.close()
+      }
+      yield* Effect.addFinalizer(() => Effect.sync(stop))
 
       const serve = (ws: WebSocket, notify: NotifyRequest) => {
+        // A handshake that completed as the node began stopping.
+        if (Deferred.isDoneUnsafe(here.stopping)) {
+          return ws.close(CloseCode.Restart, "server restarting: reconnect with last_msg_id")
+        }
         const { session, platform, cursor } = notify
         open.add(ws)
         here.open.ws++
@@ -165,7 +172,18 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
         )
       }
 
+      /**
+       * Also: closing `server` stops this node's push first. Node's `close` waits for every open
+       * connection, and Effect's HTTP server waits for it (up to its 20 s graceful shutdown timeout)
+       * before the node can exit: WebSockets and SSE streams, which never end by themselves, and
+       * polls waiting for a message would hold it that long while their clients get nothing new.
+       */
       const attach = (server: Http.Server) => {
+        const close = server.close.bind(server)
+        server.close = ((callback?: (error?: Error) => void) => {
+          stop()
+          return close(callback)
+        }) as typeof server.close
         const on = server.on.bind(server)
         const wrap = (event: string | symbol, listener: (...args: Array<any>) => void) =>
           event === "upgrade"
