@@ -35,6 +35,25 @@ const PAIRS_WARMUP = Number(process.env.BENCH_PAIRS_WARMUP ?? 2 * PAIRS)
 const GROUP_WARMUP = Number(process.env.BENCH_GROUP_WARMUP ?? 10)
 const IDLE = Number(process.env.BENCH_IDLE ?? 1000)
 const TICKS = 100 // Linux clock ticks per second for /proc/<pid>/stat
+/**
+ * BENCH_DB=embedded: the node on its embedded PostgreSQL (no DATABASE_URL, a fresh QUICKIM_DATA_DIR)
+ * instead of the machine's PostgreSQL; its server's processes count as the node's.
+ */
+const EMBEDDED = process.env.BENCH_DB === "embedded"
+
+/** The embedded PostgreSQL server's postmaster and its children (backends and helpers). */
+const embeddedServerPids = (dataDir: string): Array<number> => {
+  let postmaster: number
+  try {
+    postmaster = Number(Fs.readFileSync(Path.join(dataDir, "postgres", "postmaster.pid"), "utf8").split("\n")[0])
+  } catch {
+    return []
+  }
+  const children = Fs.readdirSync(`/proc/${postmaster}/task`).flatMap((task) =>
+    Fs.readFileSync(`/proc/${postmaster}/task/${task}/children`, "utf8").trim().split(/\s+/).filter(Boolean).map(Number)
+  )
+  return [postmaster, ...children]
+}
 
 type Proto = "ws" | "sse" | "poll"
 
@@ -113,14 +132,19 @@ const quickIm = async (
   const local = placement === "local"
   const stamp = `${process.pid}_${Date.now().toString(36)}`
   // Independent nodes each have a database of their own; a cluster's nodes share one.
-  const dbNames = Array.from({ length: independent ? nodes : 1 }, (_, i) => `quickim_bench_${stamp}_${i}`)
+  const dbNames = !EMBEDDED
+    ? Array.from({ length: independent ? nodes : 1 }, (_, i) => `quickim_bench_${stamp}_${i}`)
+    : []
   for (const dbName of dbNames) execFileSync("psql", [ADMIN, "-qAtc", `CREATE DATABASE ${dbName}`])
+  const dataDir = !EMBEDDED ? undefined : Fs.mkdtempSync(Path.join(Os.tmpdir(), "quickim-bench-"))
   const cluster = nodes > 1 && !independent
   const spawnNode = async (i: number) =>
     spawnServer({
       env: {
         ...(cluster ? { QUICKIM_RUNNER_HOST: "127.0.0.1", QUICKIM_RUNNER_PORT: String(await freePort()) } : {}),
-        DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${dbNames[independent ? i : 0]}`),
+        ...(dataDir === undefined
+          ? { DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${dbNames[independent ? i : 0]}`) }
+          : { QUICKIM_DATA_DIR: dataDir }),
         QUICKIM_JWT_SECRET: "bench-secret-bench-secret-bench-secret",
         QUICKIM_DB_POOL: "16",
         // BENCH_SERVER_V8_FLAGS tries V8 settings on the server alone (the driver keeps its own).
@@ -208,7 +232,10 @@ const quickIm = async (
       : nodes > 1
       ? `quick-im ${protocol}, ${nodes} nodes`
       : `quick-im ${protocol}`,
-    pids: servers.map((s) => s.child.pid!),
+    // An embedded PostgreSQL server's processes count as the node's.
+    get pids() {
+      return [...servers.map((s) => s.child.pid!), ...(dataDir === undefined ? [] : embeddedServerPids(dataDir))]
+    },
     connect: async (user, onMessage) => {
       const base = `${
         servers[independent || local ? homeOfUser.get(user)! : user % nodes].url.replace(

@@ -1,11 +1,11 @@
 /**
  * Send benchmark (not a test): 2,000 sends to one conversation from 32 concurrent clients, on
- * embedded PGlite and on PostgreSQL, each against a real server process. Checks that every send
+ * the embedded PostgreSQL and on the machine's PostgreSQL, each against a real server process. Checks that every send
  * was accepted and that history returns all of them in MsgId order; prints sends/s and latency
  * percentiles and appends the table to bench/RESULTS.md.
  *
  *   npm run bench            # both databases
- *   npm run bench -- pglite  # one
+ *   npm run bench -- embedded  # one
  */
 import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
@@ -30,7 +30,7 @@ interface Row {
   readonly inOrder: boolean
 }
 
-const run = async (db: "pglite" | "postgres"): Promise<Row> => {
+const run = async (db: "embedded" | "postgres"): Promise<Row> => {
   const dbName = `quickim_bench_${process.pid}_${Date.now().toString(36)}`
   const psql = (sql: string) => execFileSync("psql", [ADMIN, "-qAtc", sql], { stdio: "pipe" })
   const dataDir = Fs.mkdtempSync(Path.join(Os.tmpdir(), "quickim-bench-"))
@@ -121,9 +121,11 @@ const run = async (db: "pglite" | "postgres"): Promise<Row> => {
   }
 }
 
-const which = process.argv.slice(2).filter((a) => a === "pglite" || a === "postgres") as Array<"pglite" | "postgres">
+const which = process.argv.slice(2).filter((a) => a === "embedded" || a === "postgres") as Array<
+  "embedded" | "postgres"
+>
 const rows: Array<Row> = []
-for (const db of which.length > 0 ? which : (["pglite", "postgres"] as const)) rows.push(await run(db))
+for (const db of which.length > 0 ? which : (["embedded", "postgres"] as const)) rows.push(await run(db))
 
 const table = [
   `| database | sends | clients | accepted | sends/s | p50 ms | p99 ms | max ms | history complete and in order |`,

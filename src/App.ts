@@ -9,7 +9,7 @@ import { HttpRouter } from "effect/http"
 import { HttpApi, HttpApiBuilder } from "effect/http-api"
 import { createServer } from "node:http"
 import { Api, ConversationApi, InnerApi, MessageApi, SystemApi } from "./api/Api.ts"
-import { AppConfig, type AppSettings, defaultHttpTimeouts, isConfigured } from "./Config.ts"
+import { AppConfig, type AppSettings, defaultHttpTimeouts } from "./Config.ts"
 import { NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
 import { inboxGroup, NodeInboxLive } from "./cluster/NodeInbox.ts"
 import { NodeOutbox } from "./cluster/NodeOutbox.ts"
@@ -57,11 +57,6 @@ const ClusterLive = Layer.unwrap(Effect.gen(function* () {
   }
   if (Option.isNone(config.runnerPort)) {
     return SingleRunner.layer({ runnerStorage: "sql", shardingConfig: sharding })
-  }
-  if (!isConfigured(config.databaseUrl)) {
-    return yield* Effect.fail(
-      new Error("QUICKIM_RUNNER_PORT (multi-node mode) needs DATABASE_URL: a cluster's nodes share one PostgreSQL")
-    )
   }
   const port = config.runnerPort.value
   // The default group holds conversations and mailboxes; the node's own group holds only its

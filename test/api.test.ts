@@ -1,5 +1,5 @@
 /**
- * Every documented endpoint through a real HTTP server, once on embedded PGlite and once on
+ * Every documented endpoint through a real HTTP server, once on the embedded PostgreSQL and once on
  * PostgreSQL: fields, orders, page semantics, membership rules and the error envelope.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
@@ -8,7 +8,7 @@ import { type DbKind, settingsFor, startServer, type TestServer } from "./suppor
 
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
 
-describe.each<DbKind>(["pglite", "postgres"])("API on %s", (db) => {
+describe.each<DbKind>(["embedded", "postgres"])("API on %s", (db) => {
   let server: TestServer
   let alice: string
   let bob: string

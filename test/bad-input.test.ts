@@ -21,7 +21,7 @@ describe("bad input", () => {
   const me = `me-${crypto.randomUUID()}`
 
   beforeAll(async () => {
-    server = await startServer(settingsFor("pglite", { maxBodyBytes: 2048 }))
+    server = await startServer(settingsFor("embedded", { maxBodyBytes: 2048 }))
     token = await server.token(me)
     conversation = (await server.post("/inner/create_conversation", { sessions: [me] })).body.data.ConversationId
   })
@@ -169,7 +169,7 @@ describe("bad input", () => {
 
 describe("inner endpoint guard", () => {
   it("refuses callers outside QUICKIM_INNER_ALLOW with 10003", async () => {
-    const server = await startServer(settingsFor("pglite", { innerAllow: ["10.0.0.0/8"] }))
+    const server = await startServer(settingsFor("embedded", { innerAllow: ["10.0.0.0/8"] }))
     try {
       const reply = await server.post("/inner/get_token", { session: "s", platform: 1 })
       assert.strictEqual(reply.status, 403)
@@ -180,7 +180,7 @@ describe("inner endpoint guard", () => {
   })
 
   it("with QUICKIM_ADMIN_KEY set, requires the key as well", async () => {
-    const server = await startServer(settingsFor("pglite", { adminKey: Option.some(Redacted.make("k3y")) }))
+    const server = await startServer(settingsFor("embedded", { adminKey: Option.some(Redacted.make("k3y")) }))
     try {
       const body = { session: "s", platform: 1 }
       assert.strictEqual((await server.post("/inner/get_token", body)).body.code, 10003)

@@ -26,7 +26,7 @@ describe.skipIf(!hasChromium)("browser clients", () => {
   let site: Http.Server
   let settings: ReturnType<typeof settingsFor>
   beforeAll(async () => {
-    settings = settingsFor("pglite", { port: await freePort() })
+    settings = settingsFor("embedded", { port: await freePort() })
     server = await startServer(settings)
   })
   afterAll(async () => {

@@ -22,7 +22,7 @@ const rng = (seed: number) => () => {
 describe("churn", () => {
   it("random disconnects and resumes lose nothing and keep each conversation's order", async () => {
     const random = rng(20261125)
-    const server = await startServer(settingsFor("pglite"))
+    const server = await startServer(settingsFor("embedded"))
     try {
       const sessions = Array.from({ length: SESSIONS }, (_, i) => `churn-${i}-${crypto.randomUUID().slice(0, 6)}`)
       const tokens = await Promise.all(sessions.map((s, i) => server.token(s, 1 + (i % 3))))

@@ -12,8 +12,8 @@ import { LocalConnections } from "../src/push/LocalConnections.ts"
 import { conversationEntityLayer } from "./support/entity.ts"
 import { settingsFor } from "./support/server.ts"
 
-const TestLayer = conversationEntityLayer(settingsFor("pglite", { entityIdle: Duration.millis(300) }))
-const GapLayer = conversationEntityLayer(settingsFor("pglite", { resumeWindow: Duration.millis(600) }))
+const TestLayer = conversationEntityLayer(settingsFor("embedded", { entityIdle: Duration.millis(300) }))
+const GapLayer = conversationEntityLayer(settingsFor("embedded", { resumeWindow: Duration.millis(600) }))
 
 describe("Conversation entity", () => {
   it.live("concurrent sends get a gapless sequence and ids increasing in sequence order", () =>

@@ -15,7 +15,7 @@ import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 describe("delivery gap", () => {
   let server: TestServer
   beforeAll(async () => {
-    server = await startServer(settingsFor("pglite", { pollWait: Duration.seconds(2) }))
+    server = await startServer(settingsFor("embedded", { pollWait: Duration.seconds(2) }))
   })
   afterAll(() => server?.stop())
 

@@ -209,7 +209,7 @@ describe("edge answers", () => {
   it("a request the server interrupts (not the client) gets a 503 envelope, not an empty answer", async () => {
     const app = HttpRouter.toWebHandler(
       Layer.mergeAll(HttpRouter.add("POST", "/interrupted", () => Effect.interrupt), EdgeLive).pipe(
-        Layer.provide([AppConfig.make(settingsFor("pglite")), Telemetry.layer])
+        Layer.provide([AppConfig.make(settingsFor("embedded")), Telemetry.layer])
       ),
       { disableLogger: true }
     )

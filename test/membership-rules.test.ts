@@ -169,10 +169,10 @@ describe("membership rules on postgres", () => {
   })
 })
 
-describe("invite-only public joins (QUICKIM_PUBLIC_JOIN=invite) on pglite", () => {
+describe("invite-only public joins (QUICKIM_PUBLIC_JOIN=invite)", () => {
   let server: TestServer
   beforeAll(async () => {
-    server = await startServer(settingsFor("pglite", { publicJoin: "invite" }))
+    server = await startServer(settingsFor("embedded", { publicJoin: "invite" }))
   })
   afterAll(() => server?.stop())
   const { user, create, send, join, innerJoin, kick, history } = helpers(() => server)

@@ -166,7 +166,7 @@ const behindOne = (bounds: CommitBounds, prefix: string, appends: ReadonlyArray<
   })
 
 // The entity path on both databases (their errors differ); the batcher alone on PostgreSQL.
-for (const db of ["pglite", "postgres"] as const) {
+for (const db of ["embedded", "postgres"] as const) {
   describe(`poison rows below the edge (${db})`, () => {
     it.live("a send the database refuses fails alone, once; the others of its commit and later sends succeed", () =>
       Effect.gen(function* () {

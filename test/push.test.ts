@@ -24,7 +24,7 @@ const PROTOCOLS: ReadonlyArray<Protocol> = ["ws", "sse", "poll"]
 describe("push", () => {
   let server: TestServer
   beforeAll(async () => {
-    server = await startServer(settingsFor("pglite", { pollWait: Duration.seconds(2) }))
+    server = await startServer(settingsFor("embedded", { pollWait: Duration.seconds(2) }))
   })
   afterAll(() => server?.stop())
 
@@ -205,7 +205,7 @@ describe("push", () => {
 
 describe("slow consumers", () => {
   it("readers that stop reading are cut off with a reason; the sender and other members are not slowed", async () => {
-    const server = await startServer(settingsFor("pglite", { connectionBuffer: 50, wsMaxBufferedBytes: 256 * 1024 }))
+    const server = await startServer(settingsFor("embedded", { connectionBuffer: 50, wsMaxBufferedBytes: 256 * 1024 }))
     try {
       const sids = [unique("sender"), unique("fast"), unique("stalled")]
       const [sender, fast, stalled] = await Promise.all(sids.map((s) => server.token(s)))

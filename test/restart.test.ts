@@ -1,5 +1,5 @@
 /**
- * Durability across real process restarts, on PGlite and PostgreSQL: messages, memberships and
+ * Durability across real process restarts, on the embedded PostgreSQL and a configured one: messages, memberships and
  * MsgId order survive; start-up refuses unsafe configurations with a clear message.
  */
 import { assert, describe, it } from "@effect/vitest"
@@ -10,7 +10,7 @@ import { tempDir, testDatabaseUrl } from "./support/server.ts"
 
 const secret = "restart-test-secret-restart-test-secret"
 
-describe.each(["pglite", "postgres"] as const)("restart on %s", (db) => {
+describe.each(["embedded", "postgres"] as const)("restart on %s", (db) => {
   it("messages and memberships survive a process restart and new ids sort after old ones", async () => {
     const dataDir = tempDir()
     const env: Record<string, string> = db === "postgres"
@@ -36,7 +36,7 @@ describe.each(["pglite", "postgres"] as const)("restart on %s", (db) => {
       assert.include([0, "SIGTERM"], await first.stop(), first.output())
     }
     // A graceful stop ran its finalizers: the data directory lock is released.
-    if (db === "pglite") assert.isFalse(Fs.existsSync(Path.join(dataDir, "quick-im.lock")))
+    if (db === "embedded") assert.isFalse(Fs.existsSync(Path.join(dataDir, "quick-im.lock")))
 
     const second = await spawnServer({ env })
     try {

@@ -143,10 +143,26 @@ const signingKey = Effect.gen(function* () {
     })
   }
   const secret = randomBytes(32).toString("base64url")
-  yield* Effect.sync(() => {
+  const written = yield* Effect.sync(() => {
     Fs.mkdirSync(config.dataDir, { recursive: true })
-    Fs.writeFileSync(file, secret + "\n", { mode: 0o600 })
+    try {
+      Fs.writeFileSync(file, secret + "\n", { mode: 0o600, flag: "wx" })
+      return true
+    } catch (e) {
+      // Another node on this data directory (a cluster sharing its embedded PostgreSQL) was first.
+      if ((e as NodeJS.ErrnoException).code === "EEXIST") return false
+      throw e
+    }
   })
+  if (!written) {
+    // Its key, once it has finished writing it.
+    for (let i = 0; i < 100; i++) {
+      const theirs = yield* Effect.sync(() => Fs.readFileSync(file, "utf8").trim())
+      if (theirs.length >= MIN_KEY_BYTES) return new TextEncoder().encode(theirs)
+      yield* Effect.sleep("20 millis")
+    }
+    return yield* new StartupError({ message: `${file} stays empty: delete it to have a new key generated` })
+  }
   yield* Effect.logWarning(`QUICKIM_JWT_SECRET is not set: generated a signing key and saved it in ${file}`)
   return new TextEncoder().encode(secret)
 })

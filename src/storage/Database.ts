@@ -1,16 +1,16 @@
 /**
- * The SQL client of a node: PostgreSQL when `DATABASE_URL` is set, else embedded PGlite in
- * `QUICKIM_DATA_DIR` guarded by a lock file (PGlite does not lock its directory itself).
+ * The SQL client of a node: PostgreSQL when `DATABASE_URL` is set, else the embedded PostgreSQL
+ * server in `QUICKIM_DATA_DIR` (EmbeddedPostgres.ts): one driver, the same SQL, in every mode.
  * Migrations run before the layer is handed out.
  */
-import { PgliteClient } from "@effect/sql-pglite"
 import { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, Option } from "effect"
+import { Effect, Layer, Option, Redacted } from "effect"
 import { SqlClient } from "effect/sql"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { AppConfig, isConfigured } from "../Config.ts"
 import { StartupError } from "../server/Tokens.ts"
+import { embeddedPostgres } from "./EmbeddedPostgres.ts"
 import { migrate } from "./Migrations.ts"
 
 const processAlive = (pid: number) => {
@@ -60,10 +60,16 @@ const postgres = (url: Option.Option<import("effect").Redacted.Redacted>, poolSi
     applicationName: "quick-im"
   })
 
-const pglite = (dataDir: string) =>
+/**
+ * A PostgreSQL server of the node's own in the data directory. A single node holds the directory
+ * alone (a second one would be a second writer of every conversation); the nodes of a cluster
+ * (QUICKIM_RUNNER_PORT) on one machine may share it.
+ */
+const embeddedServer = (dataDir: string, poolSize: number, exclusive: boolean) =>
   Layer.unwrap(Effect.gen(function* () {
-    yield* dataDirLock(dataDir)
-    return PgliteClient.layer({ dataDir: Path.join(dataDir, "pglite") })
+    if (exclusive) yield* dataDirLock(dataDir)
+    const url = yield* embeddedPostgres(dataDir)
+    return postgres(Option.some(Redacted.make(url)), poolSize)
   }))
 
 /** SqlClient for this node's configuration, migrated. */
@@ -72,7 +78,7 @@ export const DatabaseLive: Layer.Layer<SqlClient.SqlClient, unknown, AppConfig> 
     const config = yield* AppConfig
     const client = isConfigured(config.databaseUrl)
       ? postgres(config.databaseUrl, config.dbPoolSize)
-      : pglite(config.dataDir)
+      : embeddedServer(config.dataDir, config.dbPoolSize, Option.isNone(config.runnerPort))
     const migrated = Layer.effectDiscard(
       Effect.gen(function* () {
         const applied = yield* migrate()

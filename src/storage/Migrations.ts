@@ -1,7 +1,6 @@
 /**
  * Applies the numbered `.sql` files of `schema/` in order, each once, inside a transaction
- * holding an advisory lock so nodes starting together do not race. Same files on PostgreSQL
- * and PGlite.
+ * holding an advisory lock so nodes starting together do not race.
  */
 import { Effect } from "effect"
 import { SqlClient } from "effect/sql"

@@ -17,7 +17,7 @@ import {
   defaultRateLimits
 } from "../../src/Config.ts"
 
-export type DbKind = "pglite" | "postgres"
+export type DbKind = "embedded" | "postgres"
 
 export const testDatabaseUrl = () => {
   const url = process.env.QUICKIM_TEST_DATABASE_URL
@@ -25,7 +25,9 @@ export const testDatabaseUrl = () => {
   return url
 }
 
-export const tempDir = (prefix = "quickim-") => Fs.mkdtempSync(Path.join(Os.tmpdir(), prefix))
+/** A new directory under this run's own (globalSetup), which stops any embedded PostgreSQL left there. */
+export const tempDir = (prefix = "quickim-") =>
+  Fs.mkdtempSync(Path.join(process.env.QUICKIM_TEST_TMP ?? Os.tmpdir(), prefix))
 
 const noRate = { perSecond: 0, burst: 1 }
 const noRates = { sends: noRate, creates: noRate, joins: noRate, connects: noRate, polls: noRate }
