@@ -61,7 +61,9 @@ describe("fuzz", () => {
   }
 
   beforeAll(async () => {
-    server = await startServer(settingsFor("postgres", { pollWait: Duration.millis(200) }))
+    // A database of its own: the model of who is a member of what covers every session the run
+    // names ("a", say), which other test files use too.
+    server = await startServer(settingsFor("embedded", { pollWait: Duration.millis(200) }))
     for (const s of sessions) tokens.push(await server.token(s))
     for (const group of [sessions.slice(0, 3), sessions.slice(2, 5), [sessions[5]]]) {
       const r = await server.post("/inner/create_conversation", { sessions: [...group, auditor] })

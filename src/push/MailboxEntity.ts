@@ -84,7 +84,8 @@ interface PollState {
   overflows: number
   /** Replaced by a poll with another cursor: a page still being read here goes to nobody. */
   retired: boolean
-  readonly waiters: Array<Deferred.Deferred<MsgData>>
+  /** Waiting polls (one, but for the moment a new poll supersedes the one before: see Poll). */
+  readonly waiters: Array<Deferred.Deferred<MsgData | null>>
   /** The last message answered. */
   last: string | undefined
   /**
@@ -412,6 +413,10 @@ const entityLayer = (options: {
               const state = existing === undefined || (payload.cursor !== undefined && payload.cursor !== existing.last)
                 ? yield* openPoll(payload.platform, payload.cursor)
                 : existing
+              // One poller per platform: a poll still waiting here belongs to a client that is polling
+              // again now. Its request was cut off, or the node it came through died and can neither
+              // cancel it nor pass an answer on: it ends (204, to nobody) and takes nothing more.
+              for (const stale of state.waiters.splice(0)) Deferred.doneUnsafe(stale, Effect.succeed(null))
               // Polling again: the previous answer arrived.
               if (state.acked !== state.last) {
                 state.acked = state.last
@@ -423,7 +428,7 @@ const entityLayer = (options: {
                 next = takeNext(state)
               }
               if (next !== undefined) return handOut(state, next)
-              const waiter = yield* Deferred.make<MsgData>()
+              const waiter = yield* Deferred.make<MsgData | null>()
               state.waiters.push(waiter)
               const got = yield* Deferred.await(waiter).pipe(
                 Effect.timeoutOption(payload.waitMs),
@@ -434,8 +439,8 @@ const entityLayer = (options: {
                     const i = state.waiters.indexOf(waiter)
                     if (i >= 0) state.waiters.splice(i, 1)
                     const reached = yield* Deferred.poll(waiter)
-                    if (Option.isSome(reached)) {
-                      const message = yield* reached.value
+                    const message = Option.isSome(reached) ? yield* reached.value : null
+                    if (message !== null) {
                       state.pending.unshift(message)
                       state.pendingBytes += messageSize(message)
                     }
@@ -447,9 +452,10 @@ const entityLayer = (options: {
                 if (i >= 0) state.waiters.splice(i, 1)
                 // Raced with a delivery that completed the waiter just now: hand it over all the same.
                 const late = yield* Deferred.poll(waiter)
-                return Option.isNone(late) ? null : handOut(state, yield* late.value)
+                const message = Option.isNone(late) ? null : yield* late.value
+                return message === null ? null : handOut(state, message)
               }
-              return handOut(state, got.value)
+              return got.value === null ? null : handOut(state, got.value)
             }).pipe(Effect.orDie)
           )
       })

@@ -138,6 +138,12 @@ export const embeddedPostgres = (dataDir: string) =>
     })
     yield* Effect.sync(() => Fs.mkdirSync(users, { recursive: true }))
     if (!Fs.existsSync(Path.join(dir, "PG_VERSION"))) {
+      if (Fs.existsSync(Path.join(dataDir, "pglite"))) {
+        yield* Effect.logWarning(
+          `${Path.join(dataDir, "pglite")} holds the PGlite data of an earlier quick-im: it is not read or `
+            + `migrated; the embedded PostgreSQL starts empty`
+        )
+      }
       yield* Effect.logInfo(`initialising the embedded PostgreSQL in ${dir}`)
       yield* initialise(bin, dir, passwordFile, owner)
     }

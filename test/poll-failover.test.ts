@@ -1,0 +1,62 @@
+/**
+ * Long-poll clients whose HTTP node dies while their Mailboxes live on other nodes: the poll each
+ * had waiting at its Mailbox belongs to nobody now (its node cannot answer or cancel it). Such a
+ * waiter must not take the next message: the client polls again on another node, and that poll,
+ * not the dead one, gets it.
+ */
+import { afterAll, assert, describe, it } from "vitest"
+import { follow, settled, startCluster, type TestCluster } from "./support/cluster.ts"
+import { dedupe, sleep } from "./support/push.ts"
+
+describe("poll failover", () => {
+  let cluster: TestCluster | undefined
+  afterAll(() => cluster?.stop())
+
+  it("a poll left waiting by a dead node takes nothing: every message reaches the client polling again elsewhere", {
+    timeout: 120_000
+  }, async () => {
+    cluster = await startCluster(3)
+    await settled(cluster, 3)
+    const [gateway, ...others] = cluster.nodes
+    const tag = crypto.randomUUID().slice(0, 6)
+    // Enough sessions that some have their Mailbox away from the node that dies.
+    const sessions = Array.from({ length: 12 }, (_, i) => `p-${tag}-${i}`)
+    const sender = `s-${tag}`
+    const senderToken = await others[0].token(sender)
+    const conversations: Array<string> = []
+    for (const s of sessions) {
+      const r = await others[0].post("/inner/create_conversation", { sessions: [s, sender] })
+      conversations.push(r.body.data.ConversationId)
+    }
+    // Each client polls through the node that will die (start = its index in the live list).
+    const clients = await Promise.all(sessions.map(async (s) => follow("poll", cluster!, await gateway.token(s, 3), 0)))
+    await sleep(1500) // every poll is waiting at its Mailbox
+    await cluster.kill(gateway)
+    await sleep(3000) // the clients poll again on the other nodes
+    const sent = new Map<string, Array<string>>()
+    for (let round = 0; round < 3; round++) {
+      for (const [i, id] of conversations.entries()) {
+        const r = await others[round % 2].post("/send_msg", { conversation_id: id, content: `m${round}` }, senderToken)
+        assert.strictEqual(r.body.code, 0, JSON.stringify(r.body))
+        sent.set(sessions[i], [...(sent.get(sessions[i]) ?? []), r.body.data.MsgID])
+      }
+      await sleep(300)
+    }
+    const deadline = Date.now() + 30_000
+    const missing = () =>
+      sessions.flatMap((s, i) => {
+        const got = new Set(clients[i].messages.map((m) => m.MsgId))
+        return sent.get(s)!.filter((id) => !got.has(id)).map((id) => `${s}:${id}`)
+      })
+    while (missing().length > 0 && Date.now() < deadline) await sleep(250)
+    assert.deepStrictEqual(
+      missing(),
+      [],
+      JSON.stringify(sessions.map((s, i) => ({ s, sent: sent.get(s), got: clients[i].messages.map((m) => m.MsgId) })))
+    )
+    for (const [i, s] of sessions.entries()) {
+      assert.deepStrictEqual(dedupe(clients[i].messages).map((m) => m.MsgId), sent.get(s))
+    }
+    await Promise.all(clients.map((c) => c.stop()))
+  })
+})
