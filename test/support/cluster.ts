@@ -101,16 +101,22 @@ export const settled = async (cluster: TestCluster, runners: number, timeoutMs =
 
 /**
  * A push client that, when its connection ends, reconnects to the next live node with the last
- * MsgId it received. `messages` holds everything received, across connections.
+ * MsgId it received. `messages` holds everything received, across connections. `nodes` is a
+ * cluster, or any list of nodes (one node: it reconnects to that one).
  */
-export const follow = (protocol: Protocol, cluster: TestCluster, token: string, start = 0) => {
+export const follow = (
+  protocol: Protocol,
+  nodes: { readonly live: () => ReadonlyArray<{ readonly url: string }> },
+  token: string,
+  start = 0
+) => {
   const messages: Array<MsgData> = []
   let stopped = false
   let closeCurrent: () => void = () => {}
   let reconnects = 0
   let turn = start
   const next = () => {
-    const live = cluster.live()
+    const live = nodes.live()
     return live.length === 0 ? undefined : live[turn++ % live.length].url
   }
   const done = (async () => {
@@ -130,7 +136,11 @@ export const follow = (protocol: Protocol, cluster: TestCluster, token: string, 
             const c = last ? `&last_msg_id=${last}` : ""
             const res = await fetch(`${url}/notify?protoc=poll&token=${token}${c}`, { signal: controller.signal })
             if (res.status === 200) messages.push(await res.json())
-            else await res.body?.cancel()
+            else {
+              await res.body?.cancel()
+              // A refusal (503 while the database is away) comes at once: wait before asking again.
+              if (res.status !== 204) await sleep(200)
+            }
           }
         } else {
           const client = protocol === "ws" ? await connectWs(url, token, cursor) : await connectSse(url, token, cursor)
