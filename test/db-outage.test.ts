@@ -7,6 +7,7 @@
  * PostgreSQL is back.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import * as Net from "node:net"
 import type { MsgData } from "../src/domain/Conversation.ts"
 import { follow, settled, startCluster } from "./support/cluster.ts"
 import { databaseUrlOn, type OwnPostgres, sql, startPostgres } from "./support/postgres.ts"
@@ -279,6 +280,44 @@ const runOutage = async (pg: OwnPostgres, scenario: Scenario) => {
   }
 }
 
+/**
+ * A TCP proxy to PostgreSQL on `port` that loses the answer to one statement: the first bytes from
+ * the node holding `marker` go through, and then that connection is cut before anything comes
+ * back, so the statement commits while the node learns nothing of it.
+ */
+const startAnswerLosingProxy = async (port: number, marker: string) => {
+  let armed = true
+  const server = Net.createServer((client) => {
+    const upstream = Net.connect(port, "127.0.0.1")
+    const cut = () => {
+      client.destroy()
+      upstream.destroy()
+    }
+    for (const socket of [client, upstream]) {
+      socket.on("error", cut)
+      socket.on("close", cut)
+    }
+    let muted = false
+    client.on("data", (data: Buffer) => {
+      upstream.write(data)
+      if (armed && data.includes(marker)) {
+        armed = false
+        muted = true
+        // Time enough for PostgreSQL to run and commit what it was sent.
+        setTimeout(cut, 500)
+      }
+    })
+    upstream.on("data", (data: Buffer) => {
+      if (!muted) client.write(data)
+    })
+  })
+  await new Promise<void>((resolve) => server.listen(0, "127.0.0.1", resolve))
+  return {
+    port: (server.address() as Net.AddressInfo).port,
+    close: () => new Promise<void>((resolve) => server.close(() => resolve()))
+  }
+}
+
 describe("database outage", () => {
   let pg: OwnPostgres
   beforeAll(async () => {
@@ -308,6 +347,53 @@ describe("database outage", () => {
       assert.strictEqual(node.child.exitCode, null, node.output())
     }, 90_000)
   })
+
+  it("a send whose commit lost its answer is answered 503, and its message still reaches push clients", async () => {
+    await sql(pg.adminUrl, "CREATE DATABASE outage_lost_answer")
+    const databaseUrl = databaseUrlOn(pg.adminUrl, "outage_lost_answer")
+    const marker = `lost-answer-${crypto.randomUUID()}`
+    const proxy = await startAnswerLosingProxy(pg.port, marker)
+    // A resume window shorter than the wait below: the hand-over of a reloaded conversation's
+    // recent messages cannot be what brings the message to the reader.
+    const node = await spawnServer({
+      env: {
+        DATABASE_URL: databaseUrl.replace(`:${pg.port}/`, `:${proxy.port}/`),
+        QUICKIM_JWT_SECRET: secret,
+        QUICKIM_RESUME_WINDOW: "1 second",
+        ...noRates
+      }
+    })
+    const reader = follow("ws", { live: () => [node] }, await node.token("reader"))
+    try {
+      const created = await node.post("/inner/create_conversation", { sessions: ["alice", "reader"] })
+      const conversation = created.body.data.ConversationId as string
+      const alice = await node.token("alice")
+      const send = (content: string, clientMsgId: string) =>
+        node.post("/send_msg", { conversation_id: conversation, content, client_msg_id: clientMsgId }, alice)
+      const first = (await send("first", "m0")).body.data.MsgID as string
+      await eventually("the reader subscribed", () => reader.messages.some((m) => m.MsgId === first))
+
+      const lost = await send(marker, "m1")
+      assert.deepStrictEqual([lost.status, lost.body.code], [503, 10006], JSON.stringify(lost.body))
+      // It did commit: the answer was what got lost.
+      const stored = await sql(databaseUrl, `SELECT msg_id FROM messages WHERE client_msg_id = 'm1'`)
+      assert.notStrictEqual(stored, "", "the statement whose answer was lost committed")
+      await sleep(2000)
+
+      const retried = await send(marker, "m1")
+      assert.strictEqual(retried.body.data?.MsgID, stored, JSON.stringify(retried.body))
+      const next = (await send("next", "m2")).body.data.MsgID as string
+      await eventually(
+        "the reader received the message whose answer was lost",
+        () => [stored, next].every((id) => reader.messages.some((m) => m.MsgId === id))
+      )
+      assert.deepStrictEqual(dedupe(reader.messages).map((m) => m.MsgId), [first, stored, next])
+    } finally {
+      await reader.stop()
+      await node.stop()
+      await proxy.close()
+    }
+  }, 60_000)
 
   it("two nodes: PostgreSQL restarted under send load, across nodes, nothing is lost", async () => {
     const cluster = await startCluster(2, { QUICKIM_JWT_SECRET: secret }, { adminUrl: pg.adminUrl })

@@ -52,7 +52,7 @@ interface Delivery {
 const HANDOVER_WAIT = "1 second"
 const DELIVER_ATTEMPT = "5 seconds"
 const DELIVER_DEADLINE = "30 seconds"
-/** The most messages a re-hosted conversation hands over again. */
+/** The most messages a conversation hands over again: when re-hosted, or after writes of unknown outcome. */
 const REDELIVER_MAX = 1000
 
 /** SQLSTATE class 22, data exception: the statement's data was refused, so nothing was written. */
@@ -182,14 +182,28 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       return (mailbox, replier) => {
         // undefined: not loaded yet (or dropped after a failed write); null: no such conversation.
         let loaded: Loaded | null | undefined = undefined
+        // The messages of writes whose outcome is unknown (the connection broke during the commit):
+        // when the state is loaded again, those that did commit are handed over before anything
+        // else. The resume-window hand-over below would miss them after an outage longer than the
+        // window, and their senders, retrying, get them back as duplicates, which push nothing.
+        let uncertain: Array<MessageRow> = []
 
         const load = Effect.gen(function* () {
           if (loaded !== undefined) return loaded
           const state = yield* store.load(id)
-          loaded = Option.match(state, {
+          const next = Option.match(state, {
             onNone: () => null,
             onSome: (s) => ({ state: { ...s }, clock: new MsgIdClock(id, s.conversationType, s.lastMsgId) })
           })
+          if (next !== null && uncertain.length > 0) {
+            const committed = yield* store.stored(id, uncertain.map((r) => r.msg_id))
+            if (committed.length > 0) {
+              undelivered++
+              Queue.offerUnsafe(deliveries, { members: [...next.state.members.keys()], messages: committed })
+            }
+          }
+          uncertain = []
+          loaded = next
           if (loaded !== null) yield* redeliverRecent(loaded.state)
           return loaded
         })
@@ -357,7 +371,15 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               answers.push([r, sent])
             }
             if (rows.length > 0) {
-              yield* store.appendMessages(id, rows)
+              yield* store.appendMessages(id, rows).pipe(
+                Effect.tapCause((cause) =>
+                  Effect.sync(() => {
+                    // Bounded like the resume-window hand-over: the newest, should a flapping database
+                    // leave many writes unknown before the state loads again.
+                    if (causeIsUnreachable(cause)) uncertain = [...uncertain, ...rows].slice(-REDELIVER_MAX)
+                  })
+                )
+              )
               const last = rows[rows.length - 1]
               state.lastSeq = last.seq
               state.lastMsgId = last.msg_id

@@ -111,6 +111,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
   readonly last: (id: string, count: number, desc: boolean) => Sql<ReadonlyArray<MsgData>>
   /** The newest `count` messages after `floor`, oldest first (a re-hosted conversation's hand-over). */
   readonly newestAfter: (id: string, floor: string, count: number) => Sql<ReadonlyArray<MsgData>>
+  /** Those of `msgIds` that are stored, oldest first (a write whose outcome was unknown). */
+  readonly stored: (id: string, msgIds: ReadonlyArray<string>) => Sql<ReadonlyArray<MsgData>>
   readonly ping: Sql<void>
 }>()("quick-im/ConversationStore") {
   /** With the node's DatabaseHealth, which the store's failures inform and the HTTP handlers consult. */
@@ -307,6 +309,9 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             AND msg_id > ${floor} ORDER BY msg_id DESC LIMIT ${count}`.pipe(
             Effect.map((rows) => ordered(rows, true, false))
           ),
+        stored: (id, msgIds) =>
+          sql<StoredMessage>`SELECT ${columns} FROM messages WHERE conversation_id = ${id}
+            AND ${sql.in("msg_id", msgIds)} ORDER BY msg_id`.pipe(Effect.map((rows) => rows.map(toMsgData))),
         ping: sql`SELECT 1`.pipe(Effect.asVoid)
       }, health)
     })
