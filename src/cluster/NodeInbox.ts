@@ -17,7 +17,13 @@ import { Cause, Effect, Option, Schema } from "effect"
 import { ClusterSchema, Entity } from "effect/cluster"
 import { Rpc } from "effect/rpc"
 import { Conversation, type SentMessage } from "../conversation/Protocol.ts"
-import { ConversationNotFound, type MsgData, NotMember, UnstorableMessage } from "../domain/Conversation.ts"
+import {
+  ConversationNotFound,
+  DatabaseUnavailable,
+  type MsgData,
+  NotMember,
+  UnstorableMessage
+} from "../domain/Conversation.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
 import { SlowConsumer } from "../push/Protocol.ts"
 import { ShardRoutes } from "./ShardRoutes.ts"
@@ -49,7 +55,10 @@ export interface SendItem {
 
 export type SendOutcome =
   | ({ readonly _tag: "Sent" } & SentMessage)
-  | { readonly _tag: "Refused"; readonly error: ConversationNotFound | NotMember | UnstorableMessage }
+  | {
+    readonly _tag: "Refused"
+    readonly error: ConversationNotFound | NotMember | UnstorableMessage | DatabaseUnavailable
+  }
   /** This node does not hold the conversation's shard (any more): the sender uses the entity message. */
   | { readonly _tag: "NotHere" }
   /** The conversation failed the write (a defect there); the sender answers with a defect too. */
@@ -130,6 +139,8 @@ export const decodeOutcomes = (encoded: ReadonlyArray<any>): Array<SendOutcome> 
         ? new NotMember({ conversationId: e.conversationId, session: e.session })
         : e._tag === "UnstorableMessage"
         ? new UnstorableMessage({ conversationId: e.conversationId })
+        : e._tag === "DatabaseUnavailable"
+        ? new DatabaseUnavailable()
         : new ConversationNotFound({ conversationId: e.conversationId })
     }
   })
@@ -157,7 +168,7 @@ export const NodeInboxLive = NodeInbox.toLayer(
             onFailure: (cause): SendOutcome => {
               const error = Option.getOrUndefined(Cause.findErrorOption(cause))
               return error instanceof ConversationNotFound || error instanceof NotMember
-                  || error instanceof UnstorableMessage
+                  || error instanceof UnstorableMessage || error instanceof DatabaseUnavailable
                 ? { _tag: "Refused", error }
                 : { _tag: "Failed", message: String(Cause.squash(cause)) }
             }

@@ -23,6 +23,7 @@ import { AppConfig } from "../Config.ts"
 import {
   ConversationNotFound,
   ConversationTypeOutOfRange,
+  DatabaseUnavailable,
   EmptyMembers,
   isConversationTypeInRange,
   JoinNeedsInvitation,
@@ -35,6 +36,7 @@ import { decode, MsgIdClock } from "../domain/MsgId.ts"
 import { floorOf } from "../storage/Replay.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
 import { type ConversationState, ConversationStore, type MessageRow, toMsgData } from "../storage/ConversationStore.ts"
+import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
 import { chunked } from "../cluster/NodeInbox.ts"
 import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
@@ -72,7 +74,7 @@ const DELIVER_ATTEMPT = "5 seconds"
 const DELIVERY_BACKLOG_BYTES = 4 * 1024 * 1024
 /** How soon a conversation reloads after a write whose outcome is unknown, and retries. */
 const RELOAD_AFTER = "1 second"
-/** The most messages a re-hosted conversation hands over again. */
+/** The most messages a conversation hands over again: when re-hosted, or after writes of unknown outcome. */
 const REDELIVER_MAX = 1000
 
 /** SQLSTATE class 22, data exception: the statement's data was refused, so nothing was written. */
@@ -388,8 +390,9 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         const fail = (request: Request, error: unknown) => replier.fail(request as any, error as any)
 
         /**
-         * A write whose outcome is unknown: answer with a defect (10002 at the edge) and reload state
-         * before the next one. The entity runs with fatal defects off, so the answer is final: the
+         * A write whose outcome is unknown: reload state before the next one, and answer
+         * DatabaseUnavailable (503 / 10006 at the edge: retry) when the database could not be reached
+         * or the connection broke, a defect (10002) for anything else. The entity runs with fatal defects off, so the answer is final: the
          * cluster does not restart the entity and replay these requests (which, for a request that
          * can never succeed, went on forever and left the conversation answering nobody).
          *
@@ -412,9 +415,16 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                 Effect.forkIn(scope)
               )
             }
-            yield* Effect.logError("conversation write failed", cause).pipe(Effect.annotateLogs({ conversationId: id }))
+            const unreachable = causeIsUnreachable(cause)
+            yield* (unreachable
+              ? Effect.logWarning("conversation write failed: database unreachable", cause)
+              : Effect.logError("conversation write failed", cause)).pipe(Effect.annotateLogs({ conversationId: id }))
             const defect = Cause.die(Cause.squash(cause))
-            for (const r of requests) yield* replier.failCause(r as any, defect as any)
+            for (const r of requests) {
+              // Redeliver declares no errors: it is retried by its next host whatever happens here.
+              if (unreachable && r.tag !== "Redeliver") yield* fail(r, new DatabaseUnavailable())
+              else yield* replier.failCause(r as any, defect as any)
+            }
           })
 
         /**

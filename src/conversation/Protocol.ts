@@ -8,6 +8,7 @@ import { Rpc } from "effect/rpc"
 import {
   ConversationNotFound,
   ConversationTypeOutOfRange,
+  DatabaseUnavailable,
   EmptyMembers,
   JoinNeedsInvitation,
   NotMember,
@@ -17,7 +18,7 @@ import {
 
 export const Create = Rpc.make("Create", {
   payload: { conversationType: Schema.Number, sessions: Schema.Array(Schema.String) },
-  error: Schema.Union([ConversationTypeOutOfRange, EmptyMembers])
+  error: Schema.Union([ConversationTypeOutOfRange, EmptyMembers, DatabaseUnavailable])
 })
 
 /**
@@ -28,7 +29,13 @@ export const Create = Rpc.make("Create", {
  */
 export const Join = Rpc.make("Join", {
   payload: { sessions: Schema.Array(Schema.String), byBackend: Schema.optionalKey(Schema.Boolean) },
-  error: Schema.Union([ConversationNotFound, EmptyMembers, RemovedFromConversation, JoinNeedsInvitation])
+  error: Schema.Union([
+    ConversationNotFound,
+    EmptyMembers,
+    RemovedFromConversation,
+    JoinNeedsInvitation,
+    DatabaseUnavailable
+  ])
 })
 
 /**
@@ -37,7 +44,7 @@ export const Join = Rpc.make("Join", {
  */
 export const Remove = Rpc.make("Remove", {
   payload: { sessions: Schema.Array(Schema.String), byBackend: Schema.optionalKey(Schema.Boolean) },
-  error: Schema.Union([ConversationNotFound, EmptyMembers])
+  error: Schema.Union([ConversationNotFound, EmptyMembers, DatabaseUnavailable])
 })
 
 export const SentMessage = Schema.Struct({
@@ -57,7 +64,7 @@ export const Send = Rpc.make("Send", {
     clientMsgId: Schema.optionalKey(Schema.String)
   },
   success: SentMessage,
-  error: Schema.Union([ConversationNotFound, NotMember, UnstorableMessage])
+  error: Schema.Union([ConversationNotFound, NotMember, UnstorableMessage, DatabaseUnavailable])
 })
 
 /**

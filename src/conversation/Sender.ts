@@ -9,7 +9,7 @@ import type { ClusterError } from "effect/cluster"
 import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import type { SendItem } from "../cluster/NodeInbox.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
-import type { ConversationNotFound, NotMember, UnstorableMessage } from "../domain/Conversation.ts"
+import type { ConversationNotFound, DatabaseUnavailable, NotMember, UnstorableMessage } from "../domain/Conversation.ts"
 import { Conversation, type SentMessage } from "./Protocol.ts"
 
 /** What the entity message itself may fail with: the conversation's refusals and the cluster's own errors. */
@@ -17,6 +17,7 @@ export type SendError =
   | ConversationNotFound
   | NotMember
   | UnstorableMessage
+  | DatabaseUnavailable
   | ClusterError.MailboxFull
   | ClusterError.AlreadyProcessingMessage
   | ClusterError.PersistenceError

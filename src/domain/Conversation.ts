@@ -101,3 +101,10 @@ export class UnstorableMessage extends Schema.TaggedError<UnstorableMessage>()("
 }) {}
 
 export class EmptyMembers extends Schema.TaggedError<EmptyMembers>()("EmptyMembers", {}) {}
+
+/**
+ * The database could not be reached, or the connection broke before a write's outcome was known
+ * (it may have committed): retry. A send retried with its client_msg_id is answered with its
+ * original MsgId if it did commit, and is never stored twice.
+ */
+export class DatabaseUnavailable extends Schema.TaggedError<DatabaseUnavailable>()("DatabaseUnavailable", {}) {}

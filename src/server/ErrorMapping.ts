@@ -1,6 +1,7 @@
 /** Domain and cluster failures → the wire errors of the contract. Anything unknown stays a defect (10002). */
 import { Effect, Predicate } from "effect"
 import { type ApiError, BadRequest, ErrorCode, Forbidden, NotFound, Unavailable } from "../api/Errors.ts"
+import { isDatabaseUnreachable } from "../storage/DatabaseHealth.ts"
 
 const tagOf = (e: unknown) => Predicate.hasProperty(e, "_tag") ? String(e._tag) : undefined
 
@@ -50,6 +51,14 @@ export const toApiError = (e: unknown): Effect.Effect<never, ApiError> => {
           error: "the message holds characters that cannot be stored (NUL or unpaired UTF-16 surrogates)"
         })
       )
+    case "DatabaseUnavailable":
+    // Effect cluster's own storage (its message and runner tables) failing: the database again.
+    case "PersistenceError":
+      return Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "database unavailable, retry" }))
+    case "SqlError":
+      return isDatabaseUnreachable(e)
+        ? Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "database unavailable, retry" }))
+        : Effect.die(e)
     case "MailboxFull":
       return Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "conversation is overloaded, retry" }))
     case "EntityNotAssignedToRunner":

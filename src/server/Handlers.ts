@@ -14,6 +14,7 @@ import { ConversationSender } from "../conversation/Sender.ts"
 import { KnownConversations } from "../conversation/KnownConversations.ts"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import { ConversationStore, PAGE } from "../storage/ConversationStore.ts"
+import { DatabaseHealth } from "../storage/DatabaseHealth.ts"
 import { AuthorizationLive, InnerGuardLive } from "./Access.ts"
 import { mapped, mappedFor } from "./ErrorMapping.ts"
 import { AppConfig, DEFAULT_MAX_CONTENT_BYTES } from "../Config.ts"
@@ -66,6 +67,7 @@ const ConversationHandlers = HttpApiBuilder.group(
     const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
     const store = yield* ConversationStore
     const conversations = yield* Conversation.client
+    const { whileReachable } = yield* DatabaseHealth
     const { exists, known, limits } = yield* boundsOf
     const guarded = bounded({
       join_conversation: (payload) => Effect.andThen(limits.guard("joins"), exists(payload)),
@@ -95,21 +97,23 @@ const ConversationHandlers = HttpApiBuilder.group(
       join_conversation: ({ payload }) =>
         Effect.gen(function* () {
           const { sid } = yield* CurrentSession
-          yield* conversations(payload.conversation_id).Join({ sessions: [sid], byBackend: false })
+          yield* whileReachable(conversations(payload.conversation_id).Join({ sessions: [sid], byBackend: false }))
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       create_conversation: ({ payload }) =>
         Effect.gen(function* () {
           const { sid } = yield* CurrentSession
           const id = randomUUID()
-          yield* conversations(id).Create({ conversationType: payload.conversation_type, sessions: [sid] })
+          yield* whileReachable(
+            conversations(id).Create({ conversationType: payload.conversation_type, sessions: [sid] })
+          )
           known.remember(id)
           return { code: 0 as const, data: { ConversationId: id } }
         }).pipe(mapped),
       leave_conversation: ({ payload }) =>
         Effect.gen(function* () {
           const { sid } = yield* CurrentSession
-          yield* conversations(payload.conversation_id).Remove({ sessions: [sid], byBackend: false })
+          yield* whileReachable(conversations(payload.conversation_id).Remove({ sessions: [sid], byBackend: false }))
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       get_lastone_msgid: ({ payload }) =>
@@ -128,6 +132,7 @@ const MessageHandlers = HttpApiBuilder.group(
     const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
     const store = yield* ConversationStore
     const sender = yield* ConversationSender
+    const { whileReachable } = yield* DatabaseHealth
     const { exists, limits } = yield* boundsOf
     const maxContent = (yield* AppConfig).maxContentBytes ?? DEFAULT_MAX_CONTENT_BYTES
     const tooLarge = new PayloadTooLarge({
@@ -150,14 +155,14 @@ const MessageHandlers = HttpApiBuilder.group(
       send_msg: ({ payload }) =>
         Effect.gen(function* () {
           const { sid } = yield* CurrentSession
-          const sent = yield* sender.send({
+          const sent = yield* whileReachable(sender.send({
             conversationId: payload.conversation_id,
             session: sid,
             status: payload.status,
             type: payload.type,
             content: payload.content,
             ...(payload.client_msg_id === undefined ? {} : { clientMsgId: payload.client_msg_id })
-          }).pipe(
+          })).pipe(
             Effect.onExit((exit) =>
               Metric.update(
                 sendsTotal(
@@ -198,6 +203,7 @@ const InnerHandlers = HttpApiBuilder.group(
     const store = yield* ConversationStore
     const tokens = yield* Tokens
     const conversations = yield* Conversation.client
+    const { whileReachable } = yield* DatabaseHealth
     const status = yield* NodeStatus
     const { exists, known } = yield* boundsOf
     const guarded = bounded({ kickout_conversation: exists, join_conversation: exists })
@@ -210,18 +216,24 @@ const InnerHandlers = HttpApiBuilder.group(
       create_conversation: ({ payload }) =>
         Effect.gen(function* () {
           const id = randomUUID()
-          yield* conversations(id).Create({ conversationType: payload.conversation_type, sessions: payload.sessions })
+          yield* whileReachable(
+            conversations(id).Create({ conversationType: payload.conversation_type, sessions: payload.sessions })
+          )
           known.remember(id)
           return { code: 0 as const, data: { ConversationId: id } }
         }).pipe(mapped),
       kickout_conversation: ({ payload }) =>
         Effect.gen(function* () {
-          yield* conversations(payload.conversation_id).Remove({ sessions: payload.sessions, byBackend: true })
+          yield* whileReachable(
+            conversations(payload.conversation_id).Remove({ sessions: payload.sessions, byBackend: true })
+          )
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       join_conversation: ({ payload }) =>
         Effect.gen(function* () {
-          yield* conversations(payload.conversation_id).Join({ sessions: payload.sessions, byBackend: true })
+          yield* whileReachable(
+            conversations(payload.conversation_id).Join({ sessions: payload.sessions, byBackend: true })
+          )
           return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       set_archive_conversations: ({ payload }) =>
@@ -233,7 +245,8 @@ const InnerHandlers = HttpApiBuilder.group(
         }).pipe(mapped),
       revoke_tokens: ({ payload }) =>
         revocations.revoke(payload.sessions, payload.platform).pipe(
-          Effect.map((at) => ({ code: 0 as const, data: { RevokedAt: new Date(at).toISOString() } }))
+          Effect.map((at) => ({ code: 0 as const, data: { RevokedAt: new Date(at).toISOString() } })),
+          mapped
         ),
       cluster: () =>
         status.view.pipe(

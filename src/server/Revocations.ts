@@ -15,7 +15,7 @@
  */
 import { PgClient } from "@effect/sql-pg"
 import { Clock, Context, Duration, Effect, Layer, Option, Queue, Schedule, Schema } from "effect"
-import { SqlClient } from "effect/sql"
+import { SqlClient, type SqlError } from "effect/sql"
 import { AppConfig, isConfigured } from "../Config.ts"
 
 /** What a verified token says, as push connections and revocations need it. */
@@ -71,7 +71,11 @@ export class Revocations extends Context.Service<Revocations, {
    * From now on refuses every token issued to `sessions` (on `platform`, or on every platform) up
    * to now, on every node; returns that moment (ms). Tokens issued after the call returns are valid.
    */
-  readonly revoke: (sessions: ReadonlyArray<string>, platform: number | undefined) => Effect.Effect<number>
+  /** Fails with the SqlError when the row could not be written: the handler tells "database down" (503) apart. */
+  readonly revoke: (
+    sessions: ReadonlyArray<string>,
+    platform: number | undefined
+  ) => Effect.Effect<number, SqlError.SqlError>
   readonly isRevoked: (sid: string, platform: number, issuedMs: number) => boolean
   /** Calls `end` once, when the token expires or is revoked; the function returned unregisters. */
   readonly watch: (claims: TokenClaims, end: (reason: TokenEnd) => void) => () => void
@@ -203,7 +207,7 @@ export class Revocations extends Context.Service<Revocations, {
         yield* sql`WITH added AS (
             INSERT INTO token_revocations (sessions, platform, revoked_at)
             VALUES (${JSON.stringify(unique)}::jsonb, ${platform ?? null}, ${revokedAt}) RETURNING 1)
-          SELECT pg_notify(${CHANNEL}, '') FROM added`.pipe(Effect.orDie)
+          SELECT pg_notify(${CHANNEL}, '') FROM added`
         apply(unique, platform ?? null, revokedAt)
         // A token is revoked when issued at or before `revokedAt`: answer only once this node's clock
         // is past it, so a token asked for after the answer is valid.

@@ -8,9 +8,10 @@
  * One conversation's bad rows never fail another's: a merged statement that fails is tried again
  * once per conversation, alone, and only what fails alone fails.
  */
-import { Cause, Deferred, Effect, Exit } from "effect"
+import { Deferred, Effect, Exit } from "effect"
 import type { SqlClient, SqlError } from "effect/sql"
 import type { MessageRow } from "./ConversationStore.ts"
+import { causeIsUnreachable } from "./DatabaseHealth.ts"
 
 interface Pending {
   readonly rows: ReadonlyArray<MessageRow>
@@ -41,8 +42,7 @@ const sizeOf = (rows: ReadonlyArray<MessageRow>) => {
 
 /** The database could not be reached: every statement would fail alike, so none is tried again. */
 const isUnreachable = (exit: Exit.Exit<unknown, SqlError.SqlError>) =>
-  Exit.isFailure(exit)
-  && exit.cause.reasons.some((r) => Cause.isFailReason(r) && r.error.reason._tag === "ConnectionError")
+  Exit.isFailure(exit) && causeIsUnreachable(exit.cause)
 
 /**
  * `inFlightMax`: commits in flight at once; further batches wait and are merged. One is the default:

@@ -2,11 +2,12 @@
  * SQL access for conversations, members and messages. Writes are called only by the owning
  * Conversation entity; reads serve the HTTP handlers directly.
  */
-import { Context, Effect, Layer, Option } from "effect"
+import { Context, Effect, Layer, type Metric, Option } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import { type ConversationDetail, ConversationNotFound, type MsgData } from "../domain/Conversation.ts"
 import { AppConfig, DEFAULT_MAX_HISTORY_BYTES } from "../Config.ts"
 import { defaultCommitBounds, makeCommitBatcher } from "./CommitBatcher.ts"
+import { DatabaseHealth } from "./DatabaseHealth.ts"
 import { queryDuration, storeOperation } from "../observability/Telemetry.ts"
 
 export interface ConversationState {
@@ -59,15 +60,23 @@ export const MESSAGE_OVERHEAD_BYTES = 160
 
 type Sql<A> = Effect.Effect<A, SqlError.SqlError>
 
-/** Every store operation timed into `quickim_db_query_duration_seconds{op}` and counted while in flight. */
-const timedStore = (store: ConversationStore["Service"]): ConversationStore["Service"] => {
+/**
+ * Every store operation timed into `quickim_db_query_duration_seconds{op}` and counted while in
+ * flight, and its failures shown to DatabaseHealth (one for want of the database marks it lost).
+ */
+const timedStore = (
+  store: ConversationStore["Service"],
+  health: DatabaseHealth["Service"]
+): ConversationStore["Service"] => {
   const out: Record<string, unknown> = {}
+  const watched = (metric: Metric.Metric<number, unknown>, effect: Effect.Effect<unknown, unknown>) =>
+    Effect.tapCause(storeOperation(metric, effect), health.observe)
   for (const [op, value] of Object.entries(store)) {
     const metric = queryDuration(op)
     out[op] = Effect.isEffect(value)
-      ? storeOperation(metric, value)
+      ? watched(metric, value)
       : (...args: Array<unknown>) =>
-        storeOperation(metric, (value as (...a: Array<unknown>) => Effect.Effect<unknown>)(...args))
+        watched(metric, (value as (...a: Array<unknown>) => Effect.Effect<unknown>)(...args))
   }
   return ConversationStore.of(out as unknown as ConversationStore["Service"])
 }
@@ -104,10 +113,12 @@ export class ConversationStore extends Context.Service<ConversationStore, {
   readonly newestAfter: (id: string, floor: string, count: number) => Sql<ReadonlyArray<MsgData>>
   readonly ping: Sql<void>
 }>()("quick-im/ConversationStore") {
+  /** With the node's DatabaseHealth, which the store's failures inform and the HTTP handlers consult. */
   static readonly layer = Layer.effect(
     ConversationStore,
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
+      const health = yield* DatabaseHealth
       const config = yield* AppConfig
       const batcher = makeCommitBatcher(sql, config.commitsInFlight, {
         maxRows: config.commitMaxRows ?? defaultCommitBounds.maxRows,
@@ -297,7 +308,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             Effect.map((rows) => ordered(rows, true, false))
           ),
         ping: sql`SELECT 1`.pipe(Effect.asVoid)
-      })
+      }, health)
     })
-  )
+  ).pipe(Layer.provideMerge(DatabaseHealth.layer))
 }

@@ -3,16 +3,13 @@
  * own (a cluster must not see the runners of other tests), and push clients that move to another
  * node when theirs goes away, resuming by their last MsgId.
  */
-import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import type { MsgData } from "../../src/domain/Conversation.ts"
 import { freePort, type NodeProcess, spawnServer } from "./process.ts"
+import { databaseUrlOn, pgAdminUrl, sql } from "./postgres.ts"
 import { connectSse, connectWs, type Protocol, sleep } from "./push.ts"
 import { testDatabaseUrl } from "./server.ts"
-
-const admin = process.env.QUICKIM_TEST_PG_ADMIN ?? "postgresql://postgres@127.0.0.1:5432/postgres"
-const psql = (sql: string) => execFileSync("psql", [admin, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { stdio: "pipe" })
 
 export interface ClusterNode extends NodeProcess {
   readonly runnerPort: number
@@ -30,15 +27,19 @@ export interface TestCluster {
 
 let clusters = 0
 
-/** `together`: the nodes start at the same moment (a cold start), not one after another. */
+/**
+ * `together`: the nodes start at the same moment (a cold start), not one after another.
+ * `adminUrl`: the PostgreSQL server to create the cluster's database on (by default the run's).
+ */
 export const startCluster = async (
   count: number,
   env: Record<string, string> = {},
-  options: { readonly together?: boolean } = {}
+  options: { readonly together?: boolean; readonly adminUrl?: string } = {}
 ): Promise<TestCluster> => {
+  const admin = options.adminUrl ?? pgAdminUrl()
   const name = `${testDatabaseUrl().replace(/.*\//, "")}_c${++clusters}`
-  psql(`CREATE DATABASE ${name}`)
-  const databaseUrl = admin.replace(/\/[^/]*$/, `/${name}`)
+  await sql(admin, `CREATE DATABASE ${name}`)
+  const databaseUrl = databaseUrlOn(admin, name)
   const nodes: Array<ClusterNode> = []
   const addNode = async () => {
     const runnerPort = await freePort()
@@ -82,8 +83,7 @@ export const startCluster = async (
         Fs.mkdirSync(logs, { recursive: true })
         nodes.forEach((n, i) => Fs.writeFileSync(Path.join(logs, `${name}-node${i}.log`), n.output()))
       }
-      psql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${name}'`)
-      psql(`DROP DATABASE IF EXISTS ${name}`)
+      await sql(admin, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
     }
   }
 }
@@ -109,16 +109,22 @@ export const settled = async (cluster: TestCluster, runners: number, timeoutMs =
 
 /**
  * A push client that, when its connection ends, reconnects to the next live node with the last
- * MsgId it received. `messages` holds everything received, across connections.
+ * MsgId it received. `messages` holds everything received, across connections. `nodes` is a
+ * cluster, or any list of nodes (one node: it reconnects to that one).
  */
-export const follow = (protocol: Protocol, cluster: TestCluster, token: string, start = 0) => {
+export const follow = (
+  protocol: Protocol,
+  nodes: { readonly live: () => ReadonlyArray<{ readonly url: string }> },
+  token: string,
+  start = 0
+) => {
   const messages: Array<MsgData> = []
   let stopped = false
   let closeCurrent: () => void = () => {}
   let reconnects = 0
   let turn = start
   const next = () => {
-    const live = cluster.live()
+    const live = nodes.live()
     return live.length === 0 ? undefined : live[turn++ % live.length].url
   }
   const done = (async () => {
@@ -138,7 +144,11 @@ export const follow = (protocol: Protocol, cluster: TestCluster, token: string, 
             const c = last ? `&last_msg_id=${last}` : ""
             const res = await fetch(`${url}/notify?protoc=poll&token=${token}${c}`, { signal: controller.signal })
             if (res.status === 200) messages.push(await res.json())
-            else await res.body?.cancel()
+            else {
+              await res.body?.cancel()
+              // A refusal (503 while the database is away) comes at once: wait before asking again.
+              if (res.status !== 204) await sleep(200)
+            }
           }
         } else {
           const client = protocol === "ws" ? await connectWs(url, token, cursor) : await connectSse(url, token, cursor)

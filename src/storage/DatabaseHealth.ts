@@ -1,0 +1,95 @@
+/**
+ * Whether this node can reach PostgreSQL now, so that requests during an outage are answered
+ * 503 / 10006 at once instead of waiting for the database to come back.
+ *
+ * Waiting is what they did otherwise: Effect cluster keeps its shard locks in the database, and
+ * while it cannot refresh them it holds no shard, so a request for a Conversation entity is retried
+ * by the cluster until the locks are taken again (measured: sends unanswered for the whole of a
+ * 30 s outage). A store operation that fails for want of the database, or a probe (`SELECT 1`,
+ * every second) that fails, marks the database lost; a probe that answers marks it back.
+ */
+import { Cause, Context, Deferred, Duration, Effect, Exit, Layer } from "effect"
+import { SqlClient } from "effect/sql"
+import { DatabaseUnavailable } from "../domain/Conversation.ts"
+
+/** How often a reachable database is probed, and how long a probe may take before it counts as lost. */
+const PROBE_EVERY = Duration.seconds(1)
+const PROBE_TIMEOUT = Duration.seconds(5)
+/** How often a lost database is probed: the node serves again within this of PostgreSQL's return. */
+const RETRY_EVERY = Duration.millis(250)
+
+/**
+ * SQLSTATE classes and codes meaning "no database here" rather than "this statement is wrong":
+ * 08 connection exceptions, 57P01–57P05 (shutdown, crash, not accepting connections yet,
+ * idle-session timeout), 53300 too many connections.
+ */
+const unreachableState = (code: string) => code.startsWith("08") || code.startsWith("57P") || code === "53300"
+
+/**
+ * Whether `error` is a SqlError saying the database could not be reached or the connection broke.
+ * For a write this also means its outcome is unknown: it may have committed.
+ */
+export const isDatabaseUnreachable = (error: unknown): boolean => {
+  const e = error as { _tag?: unknown; reason?: { _tag?: unknown; cause?: { code?: unknown } } }
+  if (e?._tag !== "SqlError") return false
+  if (e.reason?._tag === "ConnectionError") return true
+  const code = e.reason?.cause?.code
+  return typeof code === "string" && unreachableState(code)
+}
+
+/** Whether a failure's cause holds an unreachable-database error (see isDatabaseUnreachable). */
+export const causeIsUnreachable = (cause: Cause.Cause<unknown>) =>
+  cause.reasons.some((r) => Cause.isFailReason(r) && isDatabaseUnreachable(r.error))
+
+export class DatabaseHealth extends Context.Service<DatabaseHealth, {
+  readonly reachable: () => boolean
+  /** Takes note of a store operation's failure: one for want of the database marks it lost. */
+  readonly observe: (cause: Cause.Cause<unknown>) => Effect.Effect<void>
+  /**
+   * `effect`, unless the database is lost: then DatabaseUnavailable at once, and also as soon as
+   * the database is lost while `effect` runs (it is interrupted; its outcome is unknown, so a send
+   * retried with its client_msg_id is answered with its MsgId if it did commit).
+   */
+  readonly whileReachable: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | DatabaseUnavailable, R>
+}>()("quick-im/storage/DatabaseHealth") {
+  static readonly layer = Layer.effect(
+    DatabaseHealth,
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      let reachable = true
+      // Completed when the database is lost; a new one replaces it when the database is back.
+      let lost = Deferred.makeUnsafe<void>()
+      const unavailable = Effect.fail(new DatabaseUnavailable())
+      const markLost = (cause: Cause.Cause<unknown>) =>
+        Effect.suspend(() => {
+          if (!reachable) return Effect.void
+          reachable = false
+          Deferred.doneUnsafe(lost, Exit.void)
+          return Effect.logWarning("database unreachable: answering 503 until it answers again", cause)
+        })
+      const markBack = Effect.suspend(() => {
+        if (reachable) return Effect.void
+        reachable = true
+        lost = Deferred.makeUnsafe<void>()
+        return Effect.logInfo("database reachable again")
+      })
+      const probe = sql`SELECT 1`.pipe(
+        Effect.timeout(PROBE_TIMEOUT),
+        Effect.matchCauseEffect({ onSuccess: () => markBack, onFailure: markLost })
+      )
+      yield* probe.pipe(
+        Effect.andThen(Effect.suspend(() => Effect.sleep(reachable ? PROBE_EVERY : RETRY_EVERY))),
+        Effect.forever,
+        Effect.forkScoped
+      )
+      return DatabaseHealth.of({
+        reachable: () => reachable,
+        observe: (cause) => causeIsUnreachable(cause) ? markLost(cause) : Effect.void,
+        whileReachable: (effect) =>
+          Effect.suspend(() =>
+            reachable ? Effect.raceFirst(effect, Effect.andThen(Deferred.await(lost), unavailable)) : unavailable
+          )
+      })
+    })
+  )
+}
