@@ -1,8 +1,8 @@
 /**
- * Long-poll clients whose HTTP node dies while their Mailboxes live on other nodes: the poll each
- * had waiting at its Mailbox belongs to nobody now (its node cannot answer or cancel it). Such a
- * waiter must not take the next message: the client polls again on another node, and that poll,
- * not the dead one, gets it.
+ * Long-poll clients that have received nothing yet (no cursor to give) when the node they poll
+ * through dies, with it a third of their Mailboxes. A Mailbox's next host takes the first message
+ * after the death before the client's next poll reaches it: the platform's position, kept in SQL
+ * from its first poll on, makes that poll replay it instead of finding nothing to start from.
  */
 import { afterAll, assert, describe, it } from "vitest"
 import { follow, settled, startCluster, type TestCluster } from "./support/cluster.ts"
@@ -12,7 +12,7 @@ describe("poll failover", () => {
   let cluster: TestCluster | undefined
   afterAll(() => cluster?.stop())
 
-  it("a poll left waiting by a dead node takes nothing: every message reaches the client polling again elsewhere", {
+  it("clients with no cursor yet lose nothing when their node and a third of their Mailboxes die", {
     timeout: 120_000
   }, async () => {
     cluster = await startCluster(3)

@@ -84,8 +84,7 @@ interface PollState {
   overflows: number
   /** Replaced by a poll with another cursor: a page still being read here goes to nobody. */
   retired: boolean
-  /** Waiting polls (one, but for the moment a new poll supersedes the one before: see Poll). */
-  readonly waiters: Array<Deferred.Deferred<MsgData | null>>
+  readonly waiters: Array<Deferred.Deferred<MsgData>>
   /** The last message answered. */
   last: string | undefined
   /**
@@ -283,11 +282,22 @@ const entityLayer = (options: {
         let from = cursor ?? previous?.last
         if (from === undefined && previous === undefined) {
           state.fetching = true
-          const [row] = yield* sql<{ last_msg_id: string }>`
-            SELECT last_msg_id FROM poll_positions WHERE session_id = ${session} AND platform = ${platform}`.pipe(
-            Effect.ensuring(Effect.sync(() => (state.fetching = false)))
-          )
-          from = row?.last_msg_id
+          const known = yield* Effect.gen(function* () {
+            const [row] = yield* sql<{ last_msg_id: string }>`
+              SELECT last_msg_id FROM poll_positions WHERE session_id = ${session} AND platform = ${platform}`
+            if (row !== undefined) return row.last_msg_id
+            // The platform's first poll: its position starts now, and is kept in SQL at once, not at
+            // the next save. Should this node die before the client has received anything, the
+            // mailbox's next host replays from here for a client that has no cursor to give, instead
+            // of dropping what reached it before that client's next poll.
+            const start = encode({ millis: Date.now(), seq: 0, conversationType: 0, hash: 0 })
+            yield* sql`INSERT INTO poll_positions (session_id, platform, last_msg_id)
+              VALUES (${session}, ${platform}, ${start}) ON CONFLICT (session_id, platform) DO NOTHING`
+            state.last = start
+            state.acked = start
+            return undefined
+          }).pipe(Effect.ensuring(Effect.sync(() => (state.fetching = false))))
+          from = known
         }
         if (from !== undefined) {
           state.last = from
@@ -413,10 +423,6 @@ const entityLayer = (options: {
               const state = existing === undefined || (payload.cursor !== undefined && payload.cursor !== existing.last)
                 ? yield* openPoll(payload.platform, payload.cursor)
                 : existing
-              // One poller per platform: a poll still waiting here belongs to a client that is polling
-              // again now. Its request was cut off, or the node it came through died and can neither
-              // cancel it nor pass an answer on: it ends (204, to nobody) and takes nothing more.
-              for (const stale of state.waiters.splice(0)) Deferred.doneUnsafe(stale, Effect.succeed(null))
               // Polling again: the previous answer arrived.
               if (state.acked !== state.last) {
                 state.acked = state.last
@@ -428,7 +434,7 @@ const entityLayer = (options: {
                 next = takeNext(state)
               }
               if (next !== undefined) return handOut(state, next)
-              const waiter = yield* Deferred.make<MsgData | null>()
+              const waiter = yield* Deferred.make<MsgData>()
               state.waiters.push(waiter)
               const got = yield* Deferred.await(waiter).pipe(
                 Effect.timeoutOption(payload.waitMs),
@@ -439,8 +445,8 @@ const entityLayer = (options: {
                     const i = state.waiters.indexOf(waiter)
                     if (i >= 0) state.waiters.splice(i, 1)
                     const reached = yield* Deferred.poll(waiter)
-                    const message = Option.isSome(reached) ? yield* reached.value : null
-                    if (message !== null) {
+                    if (Option.isSome(reached)) {
+                      const message = yield* reached.value
                       state.pending.unshift(message)
                       state.pendingBytes += messageSize(message)
                     }
@@ -452,10 +458,9 @@ const entityLayer = (options: {
                 if (i >= 0) state.waiters.splice(i, 1)
                 // Raced with a delivery that completed the waiter just now: hand it over all the same.
                 const late = yield* Deferred.poll(waiter)
-                const message = Option.isNone(late) ? null : yield* late.value
-                return message === null ? null : handOut(state, message)
+                return Option.isNone(late) ? null : handOut(state, yield* late.value)
               }
-              return got.value === null ? null : handOut(state, got.value)
+              return handOut(state, got.value)
             }).pipe(Effect.orDie)
           )
       })
