@@ -16,8 +16,8 @@ afterEach(async () => {
   await Promise.all(clusters.splice(0).map((c) => c.stop()))
 })
 
-const start = async (count: number) => {
-  const cluster = await startCluster(count)
+const start = async (count: number, env: Record<string, string> = {}) => {
+  const cluster = await startCluster(count, env)
   clusters.push(cluster)
   await settled(cluster, count)
   return cluster
@@ -280,10 +280,12 @@ describe("cluster", () => {
     "a node joins while every session holds a push connection: no send waits out the 15 s entity termination timeout",
     { timeout: 120_000 },
     async () => {
-      const cluster = await start(1)
+      // Six shards per group: every shard that moves holds both conversations and mailboxes with a
+      // live subscription, so a send meets a shard waiting for such a mailbox in every run.
+      const cluster = await start(1, { QUICKIM_SHARDS_PER_GROUP: "6" })
       const w = await world(cluster, 24, 24)
-      // A live subscription on every session's mailbox, in shards all over: the shards that move
-      // to the newcomer hold mailboxes whose Subscribe never ends by itself.
+      // A live subscription on every session's mailbox: the shards that move to the newcomer hold
+      // mailboxes whose Subscribe never ends by itself.
       const clients = w.tokens.map((t, i) => ({ session: i, ...follow("ws", cluster, t, i) }))
       await sleep(1000)
       let running = true
@@ -307,8 +309,7 @@ describe("cluster", () => {
       running = false
       await Promise.all(senders)
       console.log(`while a node joined, the longest send took ${longest} ms`)
-      // Waiting out the termination timeout held sends 15 s or more (16-17 s in bench/failover.ts;
-      // here only when a send meets a moving shard: 1 of 3 runs without the fix).
+      // Waiting out the termination timeout held sends 15 s or more (16-17 s in bench/failover.ts).
       assert.isBelow(longest, 12_000)
       await expectDelivered(w, acked, clients)
       for (const client of clients) await client.stop()
