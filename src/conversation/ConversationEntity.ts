@@ -306,12 +306,20 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const multiNode = Option.isSome(config.runnerPort)
       yield* Effect.addFinalizer(() =>
         Effect.gen(function* () {
+          const stopping = Date.now()
           yield* Effect.sleep("5 millis").pipe(
             Effect.repeat({ until: () => undelivered === 0 && busy.size === 0 }),
             Effect.timeout(multiNode ? HANDOVER_WAIT : "3 seconds"),
             Effect.ignore
           )
-          if ((undelivered === 0 && busy.size === 0 && gapped.size === 0) || !multiNode) return
+          const waited = Date.now() - stopping
+          if ((undelivered === 0 && busy.size === 0 && gapped.size === 0) || !multiNode) {
+            if (debug) {
+              yield* Effect.logDebug("conversation stopped").pipe(Effect.annotateLogs({ conversationId: id, waited }))
+            }
+            return
+          }
+          const left = { undelivered, busy: busy.size, gapped: gapped.size }
           yield* self.Redeliver(undefined, { discard: true }).pipe(
             Effect.timeout("2 seconds"),
             Effect.catchCause((cause) =>
@@ -320,6 +328,11 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               )
             )
           )
+          if (debug) {
+            yield* Effect.logDebug("conversation stopped, its hand-overs left to the next host").pipe(
+              Effect.annotateLogs({ conversationId: id, waited, redelivery: Date.now() - stopping - waited, ...left })
+            )
+          }
         })
       )
 
