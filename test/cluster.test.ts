@@ -82,6 +82,39 @@ const sendSurely = async (
 }
 
 /**
+ * One sender per conversation (its members in turn) until `stop`, each send acknowledged before the
+ * next, `pauseMs` apart; `sent` sees each acknowledged send's conversation and start time. `stop`
+ * returns the acknowledged MsgIds per conversation, in order.
+ */
+const steadySenders = (
+  cluster: TestCluster,
+  w: World,
+  tag: string,
+  pauseMs: number,
+  sent: (conversation: string, started: number) => void
+) => {
+  let running = true
+  const acked = new Map<string, Array<string>>()
+  const done = Promise.all(w.conversations.map(async (c, k) => {
+    const ids: Array<string> = []
+    acked.set(c.id, ids)
+    for (let i = 0; running; i++) {
+      const started = Date.now()
+      ids.push(await sendSurely(cluster, k + i, w.tokens[c.members[i % c.members.length]], c.id, `${tag}-${k}-${i}`))
+      sent(c.id, started)
+      await sleep(pauseMs)
+    }
+  }))
+  return {
+    stop: async () => {
+      running = false
+      await done
+      return acked
+    }
+  }
+}
+
+/**
  * 8 s of sends, one sender per conversation, each send acknowledged before its conversation's
  * next one, so acknowledgement order is each conversation's order. `onTurn` runs before each send
  * (to kill or add a node mid-burst). Returns the acknowledged MsgIds per conversation.
@@ -288,26 +321,16 @@ describe("cluster", () => {
       // mailboxes whose Subscribe never ends by itself.
       const clients = w.tokens.map((t, i) => ({ session: i, ...follow("ws", cluster, t, i) }))
       await sleep(1000)
-      let running = true
       let longest = 0
-      const acked = new Map<string, Array<string>>()
-      const senders = w.conversations.map(async (c, k) => {
-        const ids: Array<string> = []
-        acked.set(c.id, ids)
-        for (let i = 0; running; i++) {
-          const started = Date.now()
-          ids.push(await sendSurely(cluster, k + i, w.tokens[c.members[0]], c.id, `s-${k}-${i}`))
-          longest = Math.max(longest, Date.now() - started)
-          await sleep(50)
-        }
+      const senders = steadySenders(cluster, w, "s", 50, (_, started) => {
+        longest = Math.max(longest, Date.now() - started)
       })
       await sleep(1000)
       await cluster.addNode()
       await settled(cluster, 2)
       // Sends go on long enough to overlap a hand-over that waits out the timeout.
       await sleep(20_000)
-      running = false
-      await Promise.all(senders)
+      const acked = await senders.stop()
       console.log(`while a node joined, the longest send took ${longest} ms`)
       // Waiting out the termination timeout held sends 15 s or more (16-17 s in bench/failover.ts).
       assert.isBelow(longest, 12_000)
@@ -368,21 +391,11 @@ describe("cluster graceful stop", () => {
         if (Date.now() > deadline) assert.fail(`the node holds only ${JSON.stringify(open)}`)
         await sleep(250)
       }
-      // One sender per conversation until `running` ends; each send is acknowledged before the next.
-      let running = true
       let stoppedAt = 0
       const firstAfterStop = new Map<string, number>()
-      const acked = new Map<string, Array<string>>()
-      const senders = w.conversations.map(async (c, k) => {
-        const ids: Array<string> = []
-        acked.set(c.id, ids)
-        for (let i = 0; running; i++) {
-          const started = Date.now()
-          ids.push(await sendSurely(cluster, k + i, w.tokens[c.members[i % 3]], c.id, `g-${k}-${i}`))
-          if (stoppedAt > 0 && started >= stoppedAt && !firstAfterStop.has(c.id)) {
-            firstAfterStop.set(c.id, Date.now() - stoppedAt)
-          }
-          await sleep(100)
+      const senders = steadySenders(cluster, w, "g", 100, (conversation, started) => {
+        if (stoppedAt > 0 && started >= stoppedAt && !firstAfterStop.has(conversation)) {
+          firstAfterStop.set(conversation, Date.now() - stoppedAt)
         }
       })
       await sleep(2000)
@@ -396,8 +409,7 @@ describe("cluster graceful stop", () => {
       }
       const { exit, ms: exitMs } = await exited
       await sleep(4000)
-      running = false
-      await Promise.all(senders)
+      const acked = await senders.stop()
       const handOver = Math.max(...firstAfterStop.values())
       console.log(
         `SIGTERM with ${clients.length} push connections: exit after ${exitMs} ms (${exit}), every client `

@@ -10,17 +10,8 @@ import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { AppConfig, isConfigured } from "../Config.ts"
 import { StartupError } from "../server/Tokens.ts"
-import { embeddedPostgres } from "./EmbeddedPostgres.ts"
+import { embeddedPostgres, processAlive } from "./EmbeddedPostgres.ts"
 import { migrate } from "./Migrations.ts"
-
-const processAlive = (pid: number) => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (e) {
-    return (e as NodeJS.ErrnoException).code === "EPERM"
-  }
-}
 
 /** Holds `<dir>/quick-im.lock` for the layer's lifetime; a live holder makes start-up fail. */
 export const dataDirLock = (dir: string) =>

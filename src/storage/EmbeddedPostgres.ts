@@ -38,7 +38,8 @@ const binaries = Effect.tryPromise({
     })
 })
 
-const alive = (pid: number) => {
+/** Whether process `pid` runs (EPERM: it does, as another user). */
+export const processAlive = (pid: number) => {
   try {
     process.kill(pid, 0)
     return true
@@ -57,7 +58,7 @@ const running = (dir: string): { readonly port: number; readonly ready: boolean 
   }
   const pid = Number(lines[0])
   const port = Number(lines[3])
-  if (!Number.isInteger(pid) || pid <= 0 || !alive(pid) || !Number.isInteger(port) || port <= 0) return undefined
+  if (!Number.isInteger(pid) || pid <= 0 || !processAlive(pid) || !Number.isInteger(port) || port <= 0) return undefined
   return { port, ready: lines[7]?.trim() === "ready" }
 }
 
@@ -188,7 +189,7 @@ const release = (bin: Binaries, dir: string, users: string, me: string, owner: R
     yield* Effect.sync(() => Fs.rmSync(me, { force: true }))
     const others = Fs.readdirSync(users).filter((name) => {
       const pid = Number(name)
-      if (Number.isInteger(pid) && alive(pid)) return true
+      if (Number.isInteger(pid) && processAlive(pid)) return true
       Fs.rmSync(Path.join(users, name), { force: true })
       return false
     })
