@@ -137,6 +137,19 @@ export const embeddedPostgres = (dataDir: string) =>
       try: runAs,
       catch: (e) => new StartupError({ message: `cannot run the embedded PostgreSQL as user ${USER}: ${String(e)}` })
     })
+    if (owner !== undefined) {
+      // As root the server runs as another user, who must be able to reach the binaries (under this
+      // checkout's node_modules) as well as the data directory.
+      yield* Effect.try({
+        try: () => execFileSync(bin.initdb, ["--version"], { ...owner, stdio: "pipe" }),
+        catch: (e) =>
+          new StartupError({
+            message: `the embedded PostgreSQL runs as user ${USER} (PostgreSQL refuses to run as root), who cannot `
+              + `run ${bin.initdb} (${(e as NodeJS.ErrnoException).code ?? String(e)}): let it reach that `
+              + `directory (chmod o+x on each directory above it) or set DATABASE_URL`
+          })
+      })
+    }
     yield* Effect.sync(() => Fs.mkdirSync(users, { recursive: true }))
     if (!Fs.existsSync(Path.join(dir, "PG_VERSION"))) {
       if (Fs.existsSync(Path.join(dataDir, "pglite"))) {
