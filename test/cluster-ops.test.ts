@@ -4,13 +4,14 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Duration } from "effect"
-import { execFile, execFileSync } from "node:child_process"
+import { execFile } from "node:child_process"
 import { formatClusterView } from "../src/cli/ClusterStatus.ts"
+import { sql } from "./support/postgres.ts"
 import { denoBin, root } from "./support/process.ts"
 import { sleep } from "./support/push.ts"
 import { settingsFor, startServer, testDatabaseUrl, type TestServer } from "./support/server.ts"
 
-const psql = (sql: string) => execFileSync("psql", [testDatabaseUrl(), "-qAtc", sql]).toString().trim()
+const psql = (text: string) => sql(testDatabaseUrl(), text)
 
 describe("cluster operations", () => {
   let server: TestServer
@@ -92,20 +93,20 @@ describe("cluster operations", () => {
     const snowflake = (ms: number) => (BigInt(ms - Date.UTC(2025, 0, 1)) << 22n).toString()
     const old = snowflake(Date.now() - 60_000)
     const recent = snowflake(Date.now() + 60_000)
-    psql(`INSERT INTO cluster_messages (id, shard_id, entity_type, entity_id, kind, processed, request_id)
+    await psql(`INSERT INTO cluster_messages (id, shard_id, entity_type, entity_id, kind, processed, request_id)
       VALUES (${old}, 'default:1', 'RetentionTest', 'x', 0, true, ${old}),
              (${recent}, 'default:1', 'RetentionTest', 'y', 0, true, ${recent})`)
-    psql(`INSERT INTO cluster_replies (id, kind, request_id, payload) VALUES (${old}, 0, ${old}, '{}')`)
+    await psql(`INSERT INTO cluster_replies (id, kind, request_id, payload) VALUES (${old}, 0, ${old}, '{}')`)
     let left = ""
     for (let i = 0; i < 60; i++) {
-      left = psql(
+      left = await psql(
         `SELECT string_agg(entity_id, ',' ORDER BY entity_id) FROM cluster_messages WHERE entity_type = 'RetentionTest'`
       )
       if (left === "y") break
       await sleep(250)
     }
     assert.strictEqual(left, "y")
-    assert.strictEqual(psql(`SELECT count(*) FROM cluster_replies WHERE request_id = ${old}`), "0")
-    psql(`DELETE FROM cluster_messages WHERE entity_type = 'RetentionTest'`)
+    assert.strictEqual(await psql(`SELECT count(*) FROM cluster_replies WHERE request_id = ${old}`), "0")
+    await psql(`DELETE FROM cluster_messages WHERE entity_type = 'RetentionTest'`)
   })
 })

@@ -4,13 +4,12 @@
  * invite-only, and set_archive_conversations changes every named conversation or none.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { execFileSync } from "node:child_process"
+import { sql } from "./support/postgres.ts"
 import { connectWs } from "./support/push.ts"
 import { type Reply, settingsFor, startServer, testDatabaseUrl, type TestServer } from "./support/server.ts"
 
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
-const psql = (sql: string) =>
-  execFileSync("psql", [testDatabaseUrl(), "-v", "ON_ERROR_STOP=1", "-qAtc", sql]).toString().trim()
+const psql = (text: string) => sql(testDatabaseUrl(), text)
 
 const ok = (reply: Reply) => {
   assert.strictEqual(reply.status, 200, JSON.stringify(reply.body))
@@ -110,7 +109,7 @@ describe("membership rules on postgres", () => {
     failed(await join(bob.token, id), 403, 90022)
     ok(await innerJoin(id, bob.sid))
     ok(await history(bob.token, id))
-    assert.strictEqual(psql(`SELECT count(*) FROM conversation_bans WHERE conversation_id = '${id}'`), "0")
+    assert.strictEqual(await psql(`SELECT count(*) FROM conversation_bans WHERE conversation_id = '${id}'`), "0")
   })
 
   it("set_archive_conversations: an unknown id anywhere in the list changes nothing", async () => {
@@ -143,9 +142,9 @@ describe("membership rules on postgres", () => {
       ok(await server.post("/get_conversation_detail", { conversation_id: id }, alice.token)).IsArchive as boolean
     // A real failure inside the database, on the last conversation only.
     const name = `refuse_archive_${crypto.randomUUID().replaceAll("-", "")}`
-    psql(`CREATE FUNCTION ${name}() RETURNS trigger LANGUAGE plpgsql AS $$
+    await psql(`CREATE FUNCTION ${name}() RETURNS trigger LANGUAGE plpgsql AS $$
       BEGIN RAISE EXCEPTION 'refused by the test'; END $$`)
-    psql(`CREATE TRIGGER ${name} BEFORE UPDATE OF is_archive ON conversations FOR EACH ROW
+    await psql(`CREATE TRIGGER ${name} BEFORE UPDATE OF is_archive ON conversations FOR EACH ROW
       WHEN (NEW.id = '${ids[2]}') EXECUTE FUNCTION ${name}()`)
     try {
       failed(
@@ -155,13 +154,13 @@ describe("membership rules on postgres", () => {
       )
       for (const id of ids) assert.isFalse(await archived(id), id)
     } finally {
-      psql(`DROP TRIGGER ${name} ON conversations; DROP FUNCTION ${name}()`)
+      await psql(`DROP TRIGGER ${name} ON conversations; DROP FUNCTION ${name}()`)
     }
     ok(await server.post("/inner/set_archive_conversations", { conversation_ids: ids, is_archive: true }))
     for (const id of ids) assert.isTrue(await archived(id), id)
     // No entity keeps a copy of the flag that a later request could trust: changed behind everyone's
     // back, the next request still writes what it asks for.
-    psql(`UPDATE conversations SET is_archive = false WHERE id = '${ids[0]}'`)
+    await psql(`UPDATE conversations SET is_archive = false WHERE id = '${ids[0]}'`)
     ok(await server.post("/inner/set_archive_conversations", { conversation_ids: [ids[0]], is_archive: true }))
     assert.isTrue(await archived(ids[0]))
     ok(await server.post("/inner/set_archive_conversations", { conversation_ids: ids, is_archive: false }))

@@ -5,13 +5,13 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { Duration, Option, Redacted } from "effect"
-import { execFileSync } from "node:child_process"
 import * as Http from "node:http"
 import * as Jose from "jose"
 import { runSubscription } from "../src/client/Push.ts"
 import { hasChromium, launchChromium } from "./support/browser.ts"
 import { settled, startCluster, type TestCluster } from "./support/cluster.ts"
 import { startCollector } from "./support/otlp.ts"
+import { pgAdminUrl, sql } from "./support/postgres.ts"
 import { spawnServer } from "./support/process.ts"
 import { connectSse, connectWs, sleep } from "./support/push.ts"
 import { settingsFor, startServer, testDatabaseUrl, type TestServer } from "./support/server.ts"
@@ -251,19 +251,18 @@ describe("revocation across nodes", () => {
   it("every node listens for revocations, and listens again when its connection is cut", async () => {
     const [one, two] = cluster.nodes
     const db = cluster.databaseUrl.replace(/.*\//, "")
-    const admin = process.env.QUICKIM_TEST_PG_ADMIN ?? "postgresql://postgres@127.0.0.1:5432/postgres"
-    const psql = (sql: string) => execFileSync("psql", [admin, "-qAtc", sql]).toString().trim()
+    const psql = (text: string) => sql(pgAdminUrl(), text)
     const listeners = `SELECT pid FROM pg_stat_activity WHERE datname = '${db}' AND query ILIKE 'LISTEN%'`
     const listening = async (count: number, except: ReadonlyArray<string>) => {
       for (let i = 0; i < 100; i++) {
-        const pids = psql(listeners).split("\n").filter((p) => p !== "" && !except.includes(p))
+        const pids = (await psql(listeners)).split("\n").filter((p) => p !== "" && !except.includes(p))
         if (pids.length >= count) return pids
         await sleep(100)
       }
-      throw new Error(`fewer than ${count} nodes listening: ${psql(listeners)}`)
+      throw new Error(`fewer than ${count} nodes listening: ${await psql(listeners)}`)
     }
     const before = await listening(2, [])
-    psql(`SELECT pg_terminate_backend(pid) FROM (${listeners}) AS l`)
+    await psql(`SELECT pg_terminate_backend(pid) FROM (${listeners}) AS l`)
     // Both nodes listen again, on new connections.
     await listening(2, before)
     const frank = unique("frank")

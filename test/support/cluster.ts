@@ -3,16 +3,13 @@
  * own (a cluster must not see the runners of other tests), and push clients that move to another
  * node when theirs goes away, resuming by their last MsgId.
  */
-import { execFileSync } from "node:child_process"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import type { MsgData } from "../../src/domain/Conversation.ts"
 import { freePort, type NodeProcess, spawnServer } from "./process.ts"
+import { databaseUrlOn, pgAdminUrl, sql } from "./postgres.ts"
 import { connectSse, connectWs, type Protocol, sleep } from "./push.ts"
 import { testDatabaseUrl } from "./server.ts"
-
-const admin = process.env.QUICKIM_TEST_PG_ADMIN ?? "postgresql://postgres@127.0.0.1:5432/postgres"
-const psql = (sql: string) => execFileSync("psql", [admin, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { stdio: "pipe" })
 
 export interface ClusterNode extends NodeProcess {
   readonly runnerPort: number
@@ -30,15 +27,19 @@ export interface TestCluster {
 
 let clusters = 0
 
-/** `together`: the nodes start at the same moment (a cold start), not one after another. */
+/**
+ * `together`: the nodes start at the same moment (a cold start), not one after another.
+ * `adminUrl`: the PostgreSQL server to create the cluster's database on (by default the run's).
+ */
 export const startCluster = async (
   count: number,
   env: Record<string, string> = {},
-  options: { readonly together?: boolean } = {}
+  options: { readonly together?: boolean; readonly adminUrl?: string } = {}
 ): Promise<TestCluster> => {
+  const admin = options.adminUrl ?? pgAdminUrl()
   const name = `${testDatabaseUrl().replace(/.*\//, "")}_c${++clusters}`
-  psql(`CREATE DATABASE ${name}`)
-  const databaseUrl = admin.replace(/\/[^/]*$/, `/${name}`)
+  await sql(admin, `CREATE DATABASE ${name}`)
+  const databaseUrl = databaseUrlOn(admin, name)
   const nodes: Array<ClusterNode> = []
   const addNode = async () => {
     const runnerPort = await freePort()
@@ -82,8 +83,7 @@ export const startCluster = async (
         Fs.mkdirSync(logs, { recursive: true })
         nodes.forEach((n, i) => Fs.writeFileSync(Path.join(logs, `${name}-node${i}.log`), n.output()))
       }
-      psql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${name}'`)
-      psql(`DROP DATABASE IF EXISTS ${name}`)
+      await sql(admin, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
     }
   }
 }

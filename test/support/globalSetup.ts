@@ -1,19 +1,30 @@
 /**
  * One uniquely named PostgreSQL database per test run, dropped afterwards. Its URL reaches
  * the test files through QUICKIM_TEST_DATABASE_URL.
+ *
+ * The server is the one QUICKIM_TEST_PG_ADMIN names, else the machine's on 127.0.0.1:5432; when
+ * neither is there (or QUICKIM_TEST_FORCE_OWN_PG=1), the run starts a server of its own
+ * (test/support/postgres.ts) and sets QUICKIM_TEST_PG_ADMIN to it for every test file.
  */
-import { execFileSync } from "node:child_process"
+import { answers } from "./ports.ts"
+import { databaseUrlOn, type OwnPostgres, pgAdminUrl, sql, startPostgres } from "./postgres.ts"
 
-const admin = process.env.QUICKIM_TEST_PG_ADMIN ?? "postgresql://postgres@127.0.0.1:5432/postgres"
-
-const psql = (sql: string) => execFileSync("psql", [admin, "-v", "ON_ERROR_STOP=1", "-qAtc", sql], { stdio: "pipe" })
-
-export default function setup() {
+export default async function setup() {
+  let own: OwnPostgres | undefined
+  const force = process.env.QUICKIM_TEST_FORCE_OWN_PG === "1"
+  if (force || (process.env.QUICKIM_TEST_PG_ADMIN === undefined && !(await answers(5432)))) {
+    own = await startPostgres()
+    process.env.QUICKIM_TEST_PG_ADMIN = own.adminUrl
+  }
+  const admin = pgAdminUrl()
   const name = `quickim_test_${process.pid}_${Date.now().toString(36)}`
-  psql(`CREATE DATABASE ${name}`)
-  process.env.QUICKIM_TEST_DATABASE_URL = admin.replace(/\/[^/]*$/, `/${name}`)
-  return () => {
-    psql(`SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '${name}' AND pid <> pg_backend_pid()`)
-    psql(`DROP DATABASE IF EXISTS ${name}`)
+  await sql(admin, `CREATE DATABASE ${name}`)
+  process.env.QUICKIM_TEST_DATABASE_URL = databaseUrlOn(admin, name)
+  return async () => {
+    try {
+      await sql(admin, `DROP DATABASE IF EXISTS ${name} WITH (FORCE)`)
+    } finally {
+      await own?.dispose()
+    }
   }
 }

@@ -1,34 +1,13 @@
 /** Runs quick-im as a real child process (Deno by default, or a given Node) and waits until it serves. */
 import { type ChildProcess, spawn } from "node:child_process"
-import * as Net from "node:net"
 import * as Path from "node:path"
+import { freePort } from "./ports.ts"
 import { clientFor } from "./server.ts"
+
+export { freePort }
 
 export const root = Path.resolve(import.meta.dirname ?? ".", "../..")
 export const denoBin = Path.join(root, "node_modules/.bin/deno")
-
-const handedOut = new Set<number>()
-
-/**
- * A port free right now and not handed out before by this process: a port is free again as soon
- * as it is probed, so two calls before either is bound (a runner port, then an HTTP port) could
- * otherwise get the same one.
- */
-export const freePort = async (): Promise<number> => {
-  for (;;) {
-    const port = await new Promise<number>((resolve, reject) => {
-      const srv = Net.createServer()
-      srv.once("error", reject)
-      srv.listen(0, "127.0.0.1", () => {
-        const port = (srv.address() as Net.AddressInfo).port
-        srv.close(() => resolve(port))
-      })
-    })
-    if (handedOut.has(port)) continue
-    handedOut.add(port)
-    return port
-  }
-}
 
 export interface NodeProcess extends ReturnType<typeof clientFor> {
   readonly url: string
