@@ -53,6 +53,8 @@ export interface Send {
   readonly started: number
   readonly acked: number
   readonly attempts: number
+  /** The node that acknowledged it. */
+  readonly node: string
   /** Each failed attempt: when it ended, which node slot took it, and why it failed. */
   readonly failed: ReadonlyArray<{ readonly at: number; readonly node: string; readonly failure: string }>
 }
@@ -131,6 +133,8 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosRun> => {
     say(`${now().toFixed(1)} s: ${what}${node === undefined ? "" : ` node ${node}`}`)
   }
   const clients: Array<ChaosClient> = []
+  const sends: Array<Send> = []
+  let findings: ChaosFindings | undefined
   let sampler: ReturnType<typeof cpuSampler> | undefined
   try {
     for (let slot = 0; slot < 3; slot++) await spawn(slot, await freePort())
@@ -155,7 +159,6 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosRun> => {
       return r.body.data.ConversationId as string
     })
 
-    const sends: Array<Send> = []
     const failures: Record<string, number> = {}
     let abandoned = 0
     let turn = 0
@@ -187,7 +190,15 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosRun> => {
               // cut off mid-answer by a dying node: retried like any failure
             }
             if (body?.code === 0 && body.data?.MsgID !== undefined) {
-              const send = { conversation: c, id: body.data.MsgID, started, acked: now(), attempts: attempt, failed }
+              const send = {
+                conversation: c,
+                id: body.data.MsgID,
+                started,
+                acked: now(),
+                attempts: attempt,
+                node: node.name,
+                failed
+              }
               sends.push(send)
               return send
             }
@@ -217,6 +228,7 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosRun> => {
         token: tokens[i],
         live: () => live().map((n) => n.process.url),
         random,
+        now,
         churnMeanMs: options.churnMeanSeconds * 1000,
         history
       }))
@@ -319,7 +331,7 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosRun> => {
     await Promise.all(clients.map((c) => c.stop()))
 
     const history = await sql(databaseUrl, "SELECT conversation_id, msg_id, client_msg_id FROM messages")
-    const findings = check({
+    findings = check({
       conversations,
       members,
       acked,
@@ -345,7 +357,13 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosRun> => {
       Fs.mkdirSync(options.logs, { recursive: true })
       for (const o of outputs) Fs.writeFileSync(Path.join(options.logs, `${o.name}.log`), o.output())
       Fs.writeFileSync(Path.join(options.logs, "postgres.log"), pg.log())
-      Fs.writeFileSync(Path.join(options.logs, "events.json"), JSON.stringify(events, null, 1))
+      Fs.writeFileSync(
+        Path.join(options.logs, "run.json"),
+        JSON.stringify({ startedAt: new Date(Date.now() - now() * 1000).toISOString(), events, sends }, null, 1)
+      )
+      for (const i of findings?.failing ?? []) {
+        Fs.writeFileSync(Path.join(options.logs, `client${i}.trace`), clients[i].trace.join("\n"))
+      }
     }
     await pg.dispose()
   }

@@ -36,6 +36,8 @@ export interface ChaosFindings {
     /** Stored messages no send was acknowledged with. */
     readonly unacknowledged: number
   }
+  /** Clients (by session index) that lost, duplicated, reordered or got a foreign message. */
+  readonly failing: ReadonlyArray<number>
   /** The first few of each kind of failure, for the report. */
   readonly examples: ReadonlyArray<string>
 }
@@ -71,6 +73,7 @@ export const check = (input: CheckInput): ChaosFindings => {
     foreign: 0
   })
   const byProtocol = { ws: empty(), sse: empty(), poll: empty() }
+  const failing: Array<number> = []
   input.clients.forEach((client, session) => {
     const f = byProtocol[client.protocol]
     const name = `${client.protocol} client ${session}`
@@ -78,6 +81,7 @@ export const check = (input: CheckInput): ChaosFindings => {
     f.churned += client.churned()
     f.dropped += client.dropped()
     f.received += client.ids.length
+    const before = f.lost + f.duplicates + f.foreign
     const mine = new Set(input.conversations.filter((_, c) => input.members[c].includes(session)))
     const seen = new Set<string>()
     const last = new Map<string, number>()
@@ -109,6 +113,7 @@ export const check = (input: CheckInput): ChaosFindings => {
         example(`${name} never received ${id} of ${conversation}`)
       }
     }
+    if (disordered.size > 0 || f.lost + f.duplicates + f.foreign > before) failing.push(session)
   })
 
   const stored = new Map<string, number>()
@@ -136,7 +141,7 @@ export const check = (input: CheckInput): ChaosFindings => {
     example(`history holds client_msg_id ${key} under ${[...ids].join(", ")}`)
   }
   const unacknowledged = [...stored.keys()].filter((id) => !position.has(id)).length
-  return { byProtocol, history: { missing, repeated, unacknowledged }, examples }
+  return { byProtocol, history: { missing, repeated, unacknowledged }, failing, examples }
 }
 
 /** Whether a run lost, duplicated or reordered anything. */

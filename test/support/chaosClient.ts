@@ -19,6 +19,8 @@ export interface ChaosClient {
   readonly dropped: () => number
   /** Whether a connection is open right now (for poll: a request was answered since the last connect). */
   readonly connected: () => boolean
+  /** The client's recent doings (connects, answers, closes), newest last, for a failure's post-mortem. */
+  readonly trace: ReadonlyArray<string>
   /** Stops the random closes; the client stays connected and still reconnects when cut off. */
   readonly calm: () => void
   readonly stop: () => Promise<void>
@@ -32,6 +34,8 @@ export interface ChaosClientOptions {
   readonly random: () => number
   /** Mean time between random closes (exponentially distributed). */
   readonly churnMeanMs: number
+  /** The harness's clock, for the trace. */
+  readonly now: () => number
   /** What the client holds before connecting (its conversations' history), oldest first. */
   readonly history: ReadonlyArray<{ readonly id: string; readonly conversation: string }>
 }
@@ -40,15 +44,23 @@ export const chaosClient = (options: ChaosClientOptions): ChaosClient => {
   const { protocol, token, random } = options
   const ids = options.history.map((m) => m.id)
   const conversations = options.history.map((m) => m.conversation)
+  const trace: Array<string> = []
+  const note = (line: string) => {
+    if (trace.length >= 600) trace.splice(0, 200)
+    trace.push(`${options.now().toFixed(2)} ${line}`)
+  }
   const receive = (id: string, conversation: string) => {
     ids.push(id)
     conversations.push(conversation)
+    note(`got ${id} ${conversation}`)
   }
   let stopped = false
   let churning = true
   let open = false
   let churned = 0
   let dropped = 0
+  // Set by a random close so that the end of that connection is not counted as a drop.
+  let closing = false
   let closeCurrent: (() => void) | undefined
   let churnTimer: ReturnType<typeof setTimeout> | undefined
   const scheduleChurn = () => {
@@ -57,17 +69,17 @@ export const chaosClient = (options: ChaosClientOptions): ChaosClient => {
       if (closeCurrent !== undefined) {
         churned++
         closing = true
+        note("random close")
         closeCurrent()
       }
       scheduleChurn()
     }, -Math.log(1 - random()) * options.churnMeanMs)
   }
-  // Set by a random close so that the end of that connection is not counted as a drop.
-  let closing = false
 
   /** One connection to `base`; resolves when it ends, however it ends. */
   const session = (base: string): Promise<void> => {
     const cursor = ids.at(-1)
+    note(`connect ${base} cursor ${cursor}`)
     if (protocol === "ws") {
       return new Promise((resolve) => {
         const ws = new WebSocket(
@@ -80,7 +92,10 @@ export const chaosClient = (options: ChaosClientOptions): ChaosClient => {
           receive(m.MsgId, m.ConversationID)
         }
         ws.onerror = () => {}
-        ws.onclose = () => resolve()
+        ws.onclose = (e) => {
+          note(`closed ${e.code}`)
+          resolve()
+        }
       })
     }
     const controller = new AbortController()
@@ -91,6 +106,7 @@ export const chaosClient = (options: ChaosClientOptions): ChaosClient => {
           headers: cursor ? { "last-event-id": cursor } : {},
           signal: controller.signal
         })
+        note(`status ${res.status}`)
         if (res.status !== 200) return void (await res.body?.cancel())
         open = true
         await readSseEvents(res.body!, ({ event, data }) => {
@@ -104,6 +120,7 @@ export const chaosClient = (options: ChaosClientOptions): ChaosClient => {
       // One request at a time, each with the MsgId of the last answer (README, "Resume": poll).
       while (!controller.signal.aborted) {
         const last = ids.at(-1)
+        note(`poll ${last}`)
         const res = await fetch(`${base}/notify?protoc=poll&token=${token}${last ? `&last_msg_id=${last}` : ""}`, {
           signal: controller.signal
         })
@@ -116,11 +133,12 @@ export const chaosClient = (options: ChaosClientOptions): ChaosClient => {
           await res.body?.cancel()
         } else {
           // 503 (the node is stopping, or the database is away) or a refusal: try elsewhere.
+          note(`status ${res.status}`)
           await res.body?.cancel()
           return
         }
       }
-    })().catch(() => {})
+    })().catch((e) => note(`failed ${String(e).slice(0, 100)}`))
   }
 
   const done = (async () => {
@@ -149,6 +167,7 @@ export const chaosClient = (options: ChaosClientOptions): ChaosClient => {
     churned: () => churned,
     dropped: () => dropped,
     connected: () => open,
+    trace,
     calm: () => {
       churning = false
       clearTimeout(churnTimer)
