@@ -72,6 +72,8 @@ export interface ChaosRun {
   readonly findings: ChaosFindings
   /** Set when the cluster did not come back to three settled nodes after the faults. */
   readonly unsettled?: string
+  /** Warnings and errors the nodes logged, by message, over every process of the run. */
+  readonly logged: Record<string, number>
 }
 
 const SECRET = "chaos-harness-secret-chaos-harness-secret"
@@ -338,8 +340,16 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosRun> => {
       clients,
       history: history === "" ? [] : history.split("\n").map((line) => line.split("|") as [string, string, string])
     })
+    const logged: Record<string, number> = {}
+    for (const o of outputs) {
+      for (const line of o.output().split("\n")) {
+        const m = /^\{"message":"([^"]{0,80})[^"]*","level":"(WARN|ERROR|FATAL)"/.exec(line)
+        if (m !== null) logged[`${m[2]} ${m[1]}`] = (logged[`${m[2]} ${m[1]}`] ?? 0) + 1
+      }
+    }
     return {
       options,
+      logged,
       protocols: { ws: count(clients, "ws"), sse: count(clients, "sse"), poll: count(clients, "poll") },
       events,
       sends,

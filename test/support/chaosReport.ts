@@ -104,6 +104,9 @@ export const summary = (run: ChaosRun): Array<string> => {
       run.events.map((e) => `${e.what}${e.node === undefined ? "" : ` ${e.node}`} @${e.at.toFixed(1)}`).join(", ")
     }`,
     ...(run.unsettled === undefined ? [] : [`NOT SETTLED after the faults: ${run.unsettled}`]),
+    `node warnings and errors: ${
+      Object.entries(run.logged).sort((a, b) => b[1] - a[1]).map(([k, v]) => `${k}: ${v}`).join("; ") || "none"
+    }`,
     `failed attempts: ${Object.entries(run.failures).map(([k, v]) => `${k}: ${v}`).join(", ") || "none"}`,
     "| protocol | clients | random closes | drops | received | raw repeats | lost | duplicates after dedupe | conversations out of order | foreign |",
     "|---|---|---|---|---|---|---|---|---|---|",
