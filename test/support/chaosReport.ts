@@ -99,7 +99,7 @@ export const summary = (run: ChaosRun): Array<string> => {
   return [
     `${run.options.seconds} s of faults, ${run.options.clients} clients (ws ${run.protocols.ws}, sse ${run.protocols.sse}, `
     + `poll ${run.protocols.poll}), ${run.options.conversations} conversations, ${run.sends.length} sends acknowledged `
-    + `(${s(run.sends.length / run.options.seconds)}/s), ${run.abandoned} abandoned`,
+    + `(${s(run.sends.length / run.options.seconds)}/s), ${run.abandoned} abandoned; seed ${run.options.seed}`,
     `faults: ${
       run.events.map((e) => `${e.what}${e.node === undefined ? "" : ` ${e.node}`} @${e.at.toFixed(1)}`).join(", ")
     }`,
