@@ -98,9 +98,9 @@ interface PollState {
   readonly marks: Map<string, string>
 }
 
-/** A poll waiting for a message, and the cursor it came with. */
+/** A poll waiting for a message (null: end empty), and the cursor it came with. */
 interface Waiter {
-  readonly deferred: Deferred.Deferred<MsgData>
+  readonly deferred: Deferred.Deferred<MsgData | null>
   readonly cursor: string | undefined
 }
 
@@ -190,6 +190,9 @@ const entityLayer = (options: {
           state.pendingBytes = 0
           state.startFrom = null
         }
+        // Only a poll reads the replay: one waiting now ends empty, so that its client's next poll
+        // reads it rather than after the wait (QUICKIM_POLL_WAIT, 30 s).
+        for (const waiter of state.waiters.splice(0)) Deferred.doneUnsafe(waiter.deferred, Effect.succeed(null))
       }
 
       const pushPoll = (state: PollState, message: MsgData) => {
@@ -437,7 +440,7 @@ const entityLayer = (options: {
                 next = takeNext(state)
               }
               if (next !== undefined) return handOut(state, next)
-              const waiter = yield* Deferred.make<MsgData>()
+              const waiter = yield* Deferred.make<MsgData | null>()
               const forget = () => {
                 const i = state.waiters.findIndex((w) => w.deferred === waiter)
                 if (i >= 0) state.waiters.splice(i, 1)
@@ -451,8 +454,8 @@ const entityLayer = (options: {
                   Effect.gen(function* () {
                     forget()
                     const reached = yield* Deferred.poll(waiter)
-                    if (Option.isSome(reached)) {
-                      const message = yield* reached.value
+                    const message = Option.isSome(reached) ? yield* reached.value : null
+                    if (message !== null) {
                       state.pending.unshift(message)
                       state.pendingBytes += messageSize(message)
                       // A poll waiting meanwhile takes it now rather than with the next delivery.
@@ -464,10 +467,11 @@ const entityLayer = (options: {
               if (Option.isNone(got)) {
                 forget()
                 // Raced with a delivery that completed the waiter just now: hand it over all the same.
-                const late = yield* Deferred.poll(waiter)
-                return Option.isNone(late) ? null : handOut(state, yield* late.value)
+                const done = yield* Deferred.poll(waiter)
+                const late = Option.isNone(done) ? null : yield* done.value
+                return late === null ? null : handOut(state, late)
               }
-              return handOut(state, got.value)
+              return got.value === null ? null : handOut(state, got.value)
             }).pipe(Effect.orDie)
           )
       })
