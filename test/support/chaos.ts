@@ -243,7 +243,7 @@ export const runChaos = async (options: ChaosOptions): Promise<ChaosRun> => {
     sends.length = 0 // the seeds are history, not part of the run's figures
     t0 = performance.now()
     sampler = cpuSampler({
-      nodePids: () => live().map((n) => n.process.child.pid!).filter((p) => p !== undefined),
+      nodePids: () => live().flatMap((n) => n.process.child.pid ?? []),
       postgresPort: pg.port
     })
     const endsAt = options.seconds
