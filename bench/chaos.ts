@@ -48,7 +48,7 @@ if (process.env.CHAOS_RESULTS === "1") {
     Os.cpus()[0]?.model ?? "cpu"
   }`
   const o = run.options
-  const note = `${row.replace(/ \|$/, "")}; ${machine}; seed ${o.seed}, churn mean ${o.churnMeanSeconds} s, `
+  const note = `${row} ${machine}; seed ${o.seed}, churn mean ${o.churnMeanSeconds} s, `
     + `rate ${o.rate}/s, node down ${o.nodeDownSeconds} s, PG down ${o.postgresDownSeconds} s |`
   if (!text.includes(heading)) {
     Fs.appendFileSync(
@@ -64,7 +64,7 @@ if (process.env.CHAOS_RESULTS === "1") {
         + "send took from first attempt to acknowledgement; it is counted against a fault when it overlaps the "
         + "fault up to 10 s after its node (or PostgreSQL) was back. The driver, the nodes and PostgreSQL share "
         + "the machine's cores.\n\n"
-        + [...resultsHeader.map((l, i) => i === 0 ? l.replace(/ \|$/, " machine, parameters |") : `${l}---|`), note]
+        + [...resultsHeader.map((l, i) => i === 0 ? `${l} machine, parameters |` : `${l}---|`), note]
           .join("\n")
         + "\n"
     )
