@@ -66,3 +66,38 @@ describe("delivery gap", () => {
     }
   })
 })
+
+describe("delivery gap, long polls", () => {
+  let server: TestServer
+  beforeAll(async () => {
+    server = await startServer(settingsFor("embedded", { pollWait: Duration.seconds(30) }))
+  })
+  afterAll(() => server?.stop())
+
+  it("a poll waiting when its mailbox is told of a gap ends at once, and the next poll brings what was dropped", async () => {
+    const [a, b] = ["gap-long-a", "gap-long-b"]
+    const aToken = await server.token(a)
+    const id = (await server.post("/inner/create_conversation", { sessions: [a, b] })).body.data
+      .ConversationId as string
+    const first = (await server.post("/send_msg", { conversation_id: id, content: "first" }, aToken)).body.data
+      .MsgID as string
+    const poller = connectPoll(server.url, await server.token(b), first)
+    try {
+      await sleep(400) // the poll waits at the mailbox
+      const sql = Context.get(server.context, SqlClient.SqlClient)
+      const millis = Date.now()
+      const dropped = encode({ millis, seq: 2, conversationType: 0, hash: conversationHash(id) })
+      await Effect.runPromise(sql`
+        INSERT INTO messages (conversation_id, msg_id, seq, from_session, send_time, status, type, content)
+        VALUES (${id}, ${dropped}, 2, ${a}, ${new Date(millis).toISOString()}, 0, 1, 'dropped')`.pipe(
+        Effect.andThen(sql`UPDATE conversations SET last_msg_id = ${dropped}, last_seq = 2 WHERE id = ${id}`)
+      ))
+      Context.get(server.context, LocalConnections).mailboxes.get(b)!([], true)
+      // Without ending the waiting poll, the replay came with the poll after it: 30 s later.
+      await poller.until((m) => m.length >= 1, 5_000)
+      assert.deepStrictEqual(poller.messages.map((m) => m.MsgId), [dropped])
+    } finally {
+      poller.close()
+    }
+  })
+})

@@ -84,7 +84,7 @@ interface PollState {
   overflows: number
   /** Replaced by a poll with another cursor: a page still being read here goes to nobody. */
   retired: boolean
-  readonly waiters: Array<Deferred.Deferred<MsgData>>
+  readonly waiters: Array<Waiter>
   /** The last message answered. */
   last: string | undefined
   /**
@@ -96,6 +96,12 @@ interface PollState {
   dirty: boolean
   /** Newest MsgId handed out per conversation: anything at or below it is a repeat and is skipped. */
   readonly marks: Map<string, string>
+}
+
+/** A poll waiting for a message (null: end empty), and the cursor it came with. */
+interface Waiter {
+  readonly deferred: Deferred.Deferred<MsgData | null>
+  readonly cursor: string | undefined
 }
 
 const replaying = (state: PollState) => state.replay !== undefined || state.startFrom !== undefined
@@ -127,7 +133,7 @@ const serveWaiters = (state: PollState) => {
   while (state.waiters.length > 0 && state.pending.length > 0) {
     const next = takeNext(state)
     if (next === undefined) return
-    Deferred.doneUnsafe(state.waiters.shift()!, Effect.succeed(next))
+    Deferred.doneUnsafe(state.waiters.shift()!.deferred, Effect.succeed(next))
   }
 }
 
@@ -184,6 +190,9 @@ const entityLayer = (options: {
           state.pendingBytes = 0
           state.startFrom = null
         }
+        // Only a poll reads the replay: one waiting now ends empty, so that its client's next poll
+        // reads it rather than after the wait (QUICKIM_POLL_WAIT, 30 s).
+        for (const waiter of state.waiters.splice(0)) Deferred.doneUnsafe(waiter.deferred, Effect.succeed(null))
       }
 
       const pushPoll = (state: PollState, message: MsgData) => {
@@ -423,6 +432,14 @@ const entityLayer = (options: {
               const state = existing === undefined || (payload.cursor !== undefined && payload.cursor !== existing.last)
                 ? yield* openPoll(payload.platform, payload.cursor)
                 : existing
+              // A waiting poll with this cursor got no answer, and its client is polling again: that
+              // request is gone, though its end may reach this mailbox only later (from another node,
+              // under load, seconds later). It takes nothing more (it ends empty at its wait's end):
+              // an answer to it would be lost, and the next poll's cursor, equal to the newest
+              // answer, would not tell.
+              for (let i = state.waiters.length - 1; i >= 0; i--) {
+                if (state.waiters[i].cursor === payload.cursor) state.waiters.splice(i, 1)
+              }
               // Polling again: the previous answer arrived.
               if (state.acked !== state.last) {
                 state.acked = state.last
@@ -434,33 +451,38 @@ const entityLayer = (options: {
                 next = takeNext(state)
               }
               if (next !== undefined) return handOut(state, next)
-              const waiter = yield* Deferred.make<MsgData>()
-              state.waiters.push(waiter)
+              const waiter = yield* Deferred.make<MsgData | null>()
+              const forget = () => {
+                const i = state.waiters.findIndex((w) => w.deferred === waiter)
+                if (i >= 0) state.waiters.splice(i, 1)
+              }
+              state.waiters.push({ deferred: waiter, cursor: payload.cursor })
               const got = yield* Deferred.await(waiter).pipe(
                 Effect.timeoutOption(payload.waitMs),
                 // The poller went away (its HTTP request was aborted): forget its waiter, and if a
                 // message reached it in the meantime, keep that message for the next poll.
                 Effect.onInterrupt(() =>
                   Effect.gen(function* () {
-                    const i = state.waiters.indexOf(waiter)
-                    if (i >= 0) state.waiters.splice(i, 1)
+                    forget()
                     const reached = yield* Deferred.poll(waiter)
-                    if (Option.isSome(reached)) {
-                      const message = yield* reached.value
+                    const message = Option.isSome(reached) ? yield* reached.value : null
+                    if (message !== null) {
                       state.pending.unshift(message)
                       state.pendingBytes += messageSize(message)
+                      // A poll waiting meanwhile takes it now rather than with the next delivery.
+                      if (!state.fetching) serveWaiters(state)
                     }
                   })
                 )
               )
               if (Option.isNone(got)) {
-                const i = state.waiters.indexOf(waiter)
-                if (i >= 0) state.waiters.splice(i, 1)
+                forget()
                 // Raced with a delivery that completed the waiter just now: hand it over all the same.
-                const late = yield* Deferred.poll(waiter)
-                return Option.isNone(late) ? null : handOut(state, yield* late.value)
+                const done = yield* Deferred.poll(waiter)
+                const late = Option.isNone(done) ? null : yield* done.value
+                return late === null ? null : handOut(state, late)
               }
-              return handOut(state, got.value)
+              return got.value === null ? null : handOut(state, got.value)
             }).pipe(Effect.orDie)
           )
       })

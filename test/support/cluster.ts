@@ -89,7 +89,11 @@ export const startCluster = async (
 }
 
 /** Waits until every live node's cluster view shows `runners` healthy runners holding all shards. */
-export const settled = async (cluster: TestCluster, runners: number, timeoutMs = 30_000) => {
+export const settled = async (
+  cluster: { readonly live: () => ReadonlyArray<Pick<NodeProcess, "raw">> },
+  runners: number,
+  timeoutMs = 30_000
+) => {
   const deadline = Date.now() + timeoutMs
   for (;;) {
     const views = await Promise.all(cluster.live().map((n) => n.raw("/inner/cluster", { method: "GET" })))
