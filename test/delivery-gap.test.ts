@@ -12,6 +12,22 @@ import { LocalConnections } from "../src/push/LocalConnections.ts"
 import { connectPoll, connectSse, connectWs, sleep } from "./support/push.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 
+/**
+ * The second message of conversation `id` (from `from`), committed but never handed over, as a
+ * dropped batch is: written behind the conversation entity's back, so nothing pushes it.
+ */
+const writeDropped = async (server: TestServer, id: string, from: string) => {
+  const sql = Context.get(server.context, SqlClient.SqlClient)
+  const millis = Date.now()
+  const dropped = encode({ millis, seq: 2, conversationType: 0, hash: conversationHash(id) })
+  await Effect.runPromise(sql`
+    INSERT INTO messages (conversation_id, msg_id, seq, from_session, send_time, status, type, content)
+    VALUES (${id}, ${dropped}, 2, ${from}, ${new Date(millis).toISOString()}, 0, 1, 'dropped')`.pipe(
+    Effect.andThen(sql`UPDATE conversations SET last_msg_id = ${dropped}, last_seq = 2 WHERE id = ${id}`)
+  ))
+  return dropped
+}
+
 describe("delivery gap", () => {
   let server: TestServer
   beforeAll(async () => {
@@ -39,16 +55,7 @@ describe("delivery gap", () => {
     try {
       const first = await send("first")
       for (const c of clients) await c.until((m) => m.length >= 1)
-      // A message committed but never handed over (as a dropped batch is): written behind the
-      // conversation entity's back, so nothing pushes it.
-      const sql = Context.get(server.context, SqlClient.SqlClient)
-      const millis = Date.now()
-      const dropped = encode({ millis, seq: 2, conversationType: 0, hash: conversationHash(id) })
-      await Effect.runPromise(sql`
-        INSERT INTO messages (conversation_id, msg_id, seq, from_session, send_time, status, type, content)
-        VALUES (${id}, ${dropped}, 2, ${a}, ${new Date(millis).toISOString()}, 0, 1, 'dropped')`.pipe(
-        Effect.andThen(sql`UPDATE conversations SET last_msg_id = ${dropped}, last_seq = 2 WHERE id = ${id}`)
-      ))
+      const dropped = await writeDropped(server, id, a)
       await sleep(300)
       for (const c of clients) assert.deepStrictEqual(c.messages.map((m) => m.MsgId), [first])
       // The gap alone, as the conversation hands it over when nothing follows the dropped batch.
@@ -84,14 +91,7 @@ describe("delivery gap, long polls", () => {
     const poller = connectPoll(server.url, await server.token(b), first)
     try {
       await sleep(400) // the poll waits at the mailbox
-      const sql = Context.get(server.context, SqlClient.SqlClient)
-      const millis = Date.now()
-      const dropped = encode({ millis, seq: 2, conversationType: 0, hash: conversationHash(id) })
-      await Effect.runPromise(sql`
-        INSERT INTO messages (conversation_id, msg_id, seq, from_session, send_time, status, type, content)
-        VALUES (${id}, ${dropped}, 2, ${a}, ${new Date(millis).toISOString()}, 0, 1, 'dropped')`.pipe(
-        Effect.andThen(sql`UPDATE conversations SET last_msg_id = ${dropped}, last_seq = 2 WHERE id = ${id}`)
-      ))
+      const dropped = await writeDropped(server, id, a)
       Context.get(server.context, LocalConnections).mailboxes.get(b)!([], true)
       // Without ending the waiting poll, the replay came with the poll after it: 30 s later.
       await poller.until((m) => m.length >= 1, 5_000)
