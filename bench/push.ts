@@ -100,7 +100,7 @@ const sseConnect = async (url: string, onData: (data: string) => void) => {
   const res = await fetch(url, { signal: controller.signal })
   readSseEvents(res.body!, (e) => {
     if (e.event === "message") onData(e.data)
-  })
+  }, controller.signal)
   return () => controller.abort()
 }
 

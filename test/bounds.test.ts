@@ -225,6 +225,47 @@ describe("bounds: entities, connections, sizes, timeouts", () => {
     assert.strictEqual(status, 101, "a place is free again once a connection closed")
   })
 
+  it("SSE clients that leave while messages flow free their places at once, time after time", async () => {
+    // Two places each, no heartbeat to reveal a dead connection: four sessions connect twenty
+    // times each, one connection at a time, and leave while messages keep coming. A place a
+    // closed connection kept would soon refuse the next one.
+    const own = await startServer(
+      settingsFor("embedded", { maxConnectionsPerSession: 2, sseHeartbeat: Duration.minutes(5) })
+    )
+    let sending = true
+    try {
+      const sessions = Array.from({ length: 4 }, () => session("sse-again"))
+      const tokens = await Promise.all(sessions.map((s) => own.token(s)))
+      const c = (await own.post("/inner/create_conversation", { sessions })).body.data.ConversationId
+      const sender = (async () => {
+        while (sending) {
+          assert.strictEqual(
+            (await own.post("/send_msg", { conversation_id: c, content: "m" }, tokens[0])).body.code,
+            0
+          )
+          await sleep(20)
+        }
+      })()
+      await Promise.all(tokens.map(async (t, s) => {
+        for (let i = 0; i < 20; i++) {
+          let client: Awaited<ReturnType<typeof connectSse>> | undefined
+          for (let attempt = 0; attempt < 10 && client === undefined; attempt++) {
+            client = await connectSse(own.url, t).catch(() => sleep(100).then(() => undefined))
+          }
+          assert.isDefined(client, `session ${s}: connection ${i + 1} admitted within 1 s`)
+          await sleep(Math.random() * 300)
+          client!.close()
+          await sleep(Math.random() * 100)
+        }
+      }))
+      sending = false
+      await sender
+    } finally {
+      sending = false
+      await own.stop()
+    }
+  })
+
   it("history answers stop at QUICKIM_MAX_HISTORY_BYTES on a message boundary, at least one message", async () => {
     const me = session("history")
     const t = await server.token(me)

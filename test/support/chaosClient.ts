@@ -113,7 +113,7 @@ export const chaosClient = (options: ChaosClientOptions): ChaosClient => {
           if (event !== "message") return
           const m = JSON.parse(data)
           receive(m.MsgId, m.ConversationID)
-        })
+        }, controller.signal)
       })().catch(() => {})
     }
     return (async () => {

@@ -55,9 +55,20 @@ export interface SseEvent {
   readonly data: string
 }
 
-/** Reads an event stream until it ends or is aborted, calling `onEvent` for each event block. */
-export const readSseEvents = async (body: ReadableStream<Uint8Array>, onEvent: (e: SseEvent) => void) => {
+/**
+ * Reads an event stream until it ends or `signal` aborts it, calling `onEvent` for each event block.
+ * The abort cancels the body too: Deno's fetch keeps the connection open when only its signal
+ * aborts once the body is being read, and the server then rightly counts it as still connected.
+ */
+export const readSseEvents = async (
+  body: ReadableStream<Uint8Array>,
+  onEvent: (e: SseEvent) => void,
+  signal?: AbortSignal
+) => {
   const reader = body.getReader()
+  const cancel = () => void reader.cancel().catch(() => {})
+  if (signal?.aborted) cancel()
+  signal?.addEventListener("abort", cancel, { once: true })
   const decoder = new TextDecoder()
   let buffer = ""
   try {
@@ -102,7 +113,7 @@ export const connectSse = async (base: string, token: string, cursor?: string): 
       messages.push(m)
       for (const l of [...listeners]) l()
     } else if (event === "error") errors.push(data)
-  }).then(() => ({}))
+  }, controller.signal).then(() => ({}))
   return { messages, errors, closed, close: () => controller.abort(), until: waiter(messages, listeners) }
 }
 
