@@ -210,8 +210,10 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         if (messages.length === 0) gapQueued = false
         if (Date.now() >= deadline) {
           // Waited out its budget in the queue (behind a slow relay): too late to be resumed safely.
+          // Its members hear of the gap with the next delivery, queued now if none follows.
           for (const member of members) gapped.add(member)
           yield* Metric.update(deliveryGaps, 1)
+          queueGap()
           return
         }
         // A delivery of nothing is the gap alone, for whoever still waits for it.
