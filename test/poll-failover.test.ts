@@ -6,6 +6,7 @@
  */
 import { afterAll, assert, describe, it } from "vitest"
 import { follow, settled, startCluster, type TestCluster } from "./support/cluster.ts"
+import { sql } from "./support/postgres.ts"
 import { dedupe, sleep } from "./support/push.ts"
 
 describe("poll failover", () => {
@@ -30,7 +31,15 @@ describe("poll failover", () => {
     }
     // Each client polls through the node that will die (start = its index in the live list).
     const clients = await Promise.all(sessions.map(async (s) => follow("poll", cluster!, await gateway.token(s, 3), 0)))
-    await sleep(1500) // every poll is waiting at its Mailbox
+    // Every first poll has reached its Mailbox: each platform's position is in SQL.
+    const positions = () =>
+      sql(
+        cluster!.databaseUrl,
+        `SELECT count(*) FROM poll_positions WHERE platform = 3 AND session_id LIKE 'p-${tag}-%'`
+      ).then((n) => Number(n.trim()))
+    for (let i = 0; i < 100 && (await positions()) < sessions.length; i++) await sleep(200)
+    assert.strictEqual(await positions(), sessions.length, "every first poll reached its Mailbox")
+    await sleep(300) // and waits there
     await cluster.kill(gateway)
     await sleep(3000) // the clients poll again on the other nodes
     const sent = new Map<string, Array<string>>()
