@@ -132,6 +132,16 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const busy = new Set<string>()
       /** A delivery of nothing but the gap is queued. */
       let gapQueued = false
+      /** The newest MsgId of the batches handOver has dealt with (handed, relayed, sent on, or dropped). */
+      let processedThrough: string | undefined = undefined
+      /**
+       * Every member was handed everything up to this MsgId, or told of the gap: with hand-overs
+       * outstanding when the conversation stops, its next host hands over everything after it.
+       */
+      let handedThrough: string | undefined = undefined
+      const settledUpTo = () => {
+        if (busy.size === 0 && gapped.size === 0 && processedThrough !== undefined) handedThrough = processedThrough
+      }
       // Closed after the hand-over wait below (scopes close last-in first-out): deliveries on their
       // way get that wait too.
       const scope = yield* Scope.fork(yield* Scope.Scope)
@@ -196,6 +206,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             // Interrupted (the conversation stops): the batch is left to the next host (Redeliver).
             if (!settled) gapped.add(member)
             else if (gapped.has(member)) queueGap()
+            else settledUpTo()
           })),
           Effect.forkIn(scope)
         )
@@ -208,6 +219,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const handOver = Effect.fnUntraced(function* ({ members, messages, deadline, bytes }: Delivery) {
         backlogBytes -= bytes
         if (messages.length === 0) gapQueued = false
+        else processedThrough = messages[messages.length - 1].MsgId
         if (Date.now() >= deadline) {
           // Waited out its budget in the queue (behind a slow relay): too late to be resumed safely.
           // Its members hear of the gap with the next delivery, queued now if none follows.
@@ -267,6 +279,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         }
         for (const member of entityMessage) yield* deliverToEntity(member, parts, gapped.has(member), deadline)
         queueGap()
+        settledUpTo()
       })
       const offer = Effect.fnUntraced(function* (delivery: Delivery) {
         if (backlogBytes + delivery.bytes > backlogMax && Queue.sizeUnsafe(deliveries) > 0) {
@@ -321,7 +334,19 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             }
             return
           }
-          const left = { undelivered, busy: busy.size, gapped: gapped.size }
+          const left = { undelivered, busy: busy.size, gapped: gapped.size, handedThrough }
+          // The next host may start later than the resume window covers: it hands over everything
+          // after this position however old (read when it loads), before anything new.
+          if (handedThrough !== undefined) {
+            yield* store.markRedeliverAfter(id, handedThrough).pipe(
+              Effect.timeout("2 seconds"),
+              Effect.catchCause((cause) =>
+                Effect.logWarning("could not record how far hand-overs went", cause).pipe(
+                  Effect.annotateLogs({ conversationId: id })
+                )
+              )
+            )
+          }
           yield* self.Redeliver(undefined, { discard: true }).pipe(
             Effect.timeout("2 seconds"),
             Effect.catchCause((cause) =>
@@ -359,7 +384,14 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             onSome: (s) => ({ state: { ...s }, clock: new MsgIdClock(id, s.conversationType, s.lastMsgId) })
           })
           // Loaded only once the hand-over is queued: a failure here leaves the next load to do it.
-          if (next !== null) yield* redeliverRecent(next.state, unknownAfter)
+          if (next !== null) {
+            // After an unknown outcome here, or a previous host's stop with hand-overs outstanding,
+            // from the earlier of the two positions.
+            const marks = [unknownAfter, next.state.redeliverAfter].filter((m) => m !== undefined).sort()
+            const from = yield* redeliverRecent(next.state, marks[0])
+            processedThrough = undefined
+            handedThrough = from ?? next.state.lastMsgId ?? ""
+          }
           loaded = next
           unknownAfter = undefined
           return next
@@ -369,22 +401,23 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
          * The previous host of this conversation may have died between a commit and its hand-over
          * to the members' mailboxes. So a conversation that had messages within the resume window
          * hands those over again before anything new, in order; connections drop what they already
-         * have by MsgId (Feed, Mailbox), and nothing new can overtake what was missed.
+         * have by MsgId (Feed, Mailbox), and nothing new can overtake what was missed. With `after`
+         * (the last position known to be handed over), from there if earlier, however old.
+         * Returns the position it hands over from, if it hands over anything.
          */
         const redeliverRecent = (state: Loaded["state"], after: string | undefined) =>
           Effect.gen(function* () {
-            if (state.lastMsgId === undefined) return
+            if (state.lastMsgId === undefined) return undefined
             const now = yield* Clock.currentTimeMillis
             const windowFloor = floorOf(state.lastMsgId, config.resumeWindow)
-            // After an unknown outcome, from the last position known to be handed over, if earlier.
             const floor = after !== undefined && after < windowFloor ? after : windowFloor
             if (after === undefined && decode(state.lastMsgId).millis < now - Duration.toMillis(config.resumeWindow)) {
-              return
+              return undefined
             }
             // The newest of the window: what a dead host may not have handed over is its newest
             // messages (a busy conversation may have more in the window than a hand-over should carry).
             const recent = yield* store.newestAfter(id, floor, REDELIVER_MAX)
-            if (recent.length === 0) return
+            if (recent.length === 0) return undefined
             // Seqs are gapless in MsgId order: recent[i] has seq firstSeq + i. A member gets only
             // what was sent after it joined.
             const firstSeq = state.lastSeq - recent.length + 1
@@ -399,6 +432,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               const messages = recent.slice(from)
               yield* offer({ members, messages, bytes: sizeOf(messages), deadline })
             }
+            return floor
           })
 
         const reply = (request: Request, value: unknown) => replier.succeed(request as any, value as any)
@@ -599,9 +633,12 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                     conversationType: payload.conversationType,
                     lastMsgId: undefined,
                     lastSeq: 0,
-                    members: new Map(sessions.map((s) => [s, 0] as const))
+                    members: new Map(sessions.map((s) => [s, 0] as const)),
+                    redeliverAfter: undefined
                   }
                   loaded = { state, clock: new MsgIdClock(id, state.conversationType, undefined) }
+                  processedThrough = undefined
+                  handedThrough = ""
                 }
                 return yield* reply(request, undefined)
               }

@@ -80,7 +80,7 @@ export const makeCommitBatcher = (
           from_session text, send_time text, status integer, type integer, content text, client_msg_id text)
         RETURNING 1)
       UPDATE conversations c SET last_msg_id = v.last_msg_id, last_send_time = v.last_send_time,
-        last_send_session = v.last_send_session, last_seq = v.last_seq
+        last_send_session = v.last_send_session, last_seq = v.last_seq, redeliver_after = NULL
       FROM jsonb_to_recordset(${JSON.stringify(lasts)}::jsonb) AS v(id text, last_msg_id text, last_send_time text,
         last_send_session text, last_seq bigint)
       WHERE c.id = v.id`

@@ -15,6 +15,8 @@ export interface ConversationState {
   readonly lastMsgId: string | undefined
   readonly lastSeq: number
   readonly members: Map<string, number>
+  /** Set by a host that stopped with hand-overs outstanding: everything after it is handed over again. */
+  readonly redeliverAfter: string | undefined
 }
 
 export interface MessageRow {
@@ -105,6 +107,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
   readonly joined: (session: string) => Sql<ReadonlyArray<string>>
   readonly detail: (id: string) => Sql<Option.Option<ConversationDetail>>
   readonly lastMsgId: (id: string) => Sql<string | null>
+  /** Records how far a stopping host handed everything over (cleared by the next commit). */
+  readonly markRedeliverAfter: (id: string, after: string) => Sql<void>
   readonly range: (id: string, start: string, end: string, desc: boolean) => Sql<ReadonlyArray<MsgData>>
   readonly before: (id: string, anchor: string, desc: boolean) => Sql<ReadonlyArray<MsgData>>
   readonly after: (id: string, anchor: string, desc: boolean) => Sql<ReadonlyArray<MsgData>>
@@ -161,7 +165,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
               conversation_type: string
               last_msg_id: string | null
               last_seq: string
-            }>`SELECT conversation_type, last_msg_id, last_seq FROM conversations WHERE id = ${id}`
+              redeliver_after: string | null
+            }>`SELECT conversation_type, last_msg_id, last_seq, redeliver_after FROM conversations WHERE id = ${id}`
             if (rows.length === 0) return Option.none()
             const members = yield* sql<{ session_id: string; joined_seq: string }>`
               SELECT session_id, joined_seq FROM conversation_members WHERE conversation_id = ${id}`
@@ -170,7 +175,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
               conversationType: Number(row.conversation_type),
               lastMsgId: row.last_msg_id ?? undefined,
               lastSeq: Number(row.last_seq),
-              members: new Map(members.map((m) => [m.session_id, Number(m.joined_seq)]))
+              members: new Map(members.map((m) => [m.session_id, Number(m.joined_seq)])),
+              redeliverAfter: row.redeliver_after ?? undefined
             })
           }),
         create: (id, conversationType, sessions) =>
@@ -282,6 +288,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
               }))
             )
           ),
+        markRedeliverAfter: (id, after) =>
+          Effect.asVoid(sql`UPDATE conversations SET redeliver_after = ${after} WHERE id = ${id}`),
         lastMsgId: (id) =>
           sql<{ last_msg_id: string | null }>`SELECT last_msg_id FROM conversations WHERE id = ${id}`.pipe(
             Effect.map((rows) => rows[0]?.last_msg_id ?? null)

@@ -81,9 +81,26 @@ export const stalls = (run: ChaosRun) => {
     node: stallOf(by("node")),
     postgres: stallOf(by("postgres")),
     quiet: stallOf(by("quiet")),
-    perFault: windows.map((w) => ({ label: w.label, longest: stallOf(run.sends.filter((s) => overlaps(s, w))).max }))
+    perFault: windows.map((w) => ({ label: w.label, longest: stallOf(run.sends.filter((s) => overlaps(s, w))).max })),
+    afterRejoin: afterRejoin(run)
   }
 }
+
+/**
+ * Per kill, the longest a send waited after the killed node was back (its process started again
+ * and listening), until this kill's window ends: what the rejoin itself held up, apart from the time
+ * the node was away (its shards' locks have not expired then, so nobody else serves them).
+ */
+const afterRejoin = (run: ChaosRun) =>
+  run.events.flatMap((e, i) => {
+    if (e.what !== "kill") return []
+    const up = run.events.slice(i + 1).find((x) => x.what === "up" && x.node === e.node)
+    if (up === undefined) return []
+    const waited = run.sends
+      .filter((s) => s.acked > up.at && s.started <= up.at + AFTERMATH_S)
+      .map((s) => s.acked - Math.max(s.started, up.at))
+    return [{ node: e.node, up: up.at, longest: Math.max(0, ...waited) }]
+  })
 
 const protocols: ReadonlyArray<Protocol> = ["ws", "sse", "poll"]
 const s = (x: number) => x.toFixed(2)
@@ -124,6 +141,9 @@ export const summary = (run: ChaosRun): Array<string> => {
     }, `
     + `p99 ${s(st.quiet.p99)} (${st.quiet.sends} sends)`,
     `longest send per fault: ${st.perFault.map((x) => `${x.label}: ${s(x.longest)} s`).join("; ")}`,
+    `longest wait after a killed node was back: max ${s(Math.max(0, ...st.afterRejoin.map((x) => x.longest)))} s (${
+      st.afterRejoin.map((x) => `node ${x.node} up at ${x.up.toFixed(0)} s: ${s(x.longest)}`).join("; ")
+    })`,
     ...[...run.sends].sort((a, b) => (b.acked - b.started) - (a.acked - a.started)).slice(0, 5).map((x) =>
       `slow send ${x.id} (conversation ${x.conversation}): ${s(x.started)} → ${s(x.acked)} s, attempts: `
       + x.failed.map((a) => `${a.failure} from ${a.node} at ${s(a.at)}`).join("; ")
