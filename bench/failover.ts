@@ -237,7 +237,8 @@ Fs.appendFileSync(
     + `with one sender each (a send every 50 ms, retried on another node with the same client_msg_id); after a SIGKILL `
     + `the node comes back on its runner address, after a SIGTERM a new node joins. "Unavailable" is the longest time `
     + `from the event to a conversation's first acknowledged send after it; "longest send" is the longest time one `
-    + `send took (first attempt to acknowledgement) while the node joined (shard lock expiration 5 s, refresh 0.5 s, `
-    + `runner health check 2 s).\n\n${summary}\n`
+    + `send took (first attempt to acknowledgement) while the node joined (shard lock expiration 5 s, lock refresh `
+    + `${process.env.QUICKIM_SHARD_LOCK_REFRESH ?? "1500 millis"}, assignments re-read every `
+    + `${process.env.QUICKIM_ASSIGNMENTS_REFRESH ?? "500 millis"}, runner health check 2 s).\n\n${summary}\n`
 )
 if (missing > 0) process.exit(1)

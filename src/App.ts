@@ -53,7 +53,7 @@ const ClusterLive = Layer.unwrap(Effect.gen(function* () {
     shardLockExpiration: config.shardLockExpiration,
     shardLockRefreshInterval: config.shardLockRefresh,
     runnerHealthCheckInterval: config.runnerHealthCheck,
-    refreshAssignmentsInterval: config.shardLockRefresh
+    refreshAssignmentsInterval: config.assignmentsRefresh ?? Duration.millis(500)
   }
   if (Option.isNone(config.runnerPort)) {
     return SingleRunner.layer({ runnerStorage: "sql", shardingConfig: sharding })

@@ -120,7 +120,13 @@ export interface AppSettings {
   readonly shardsPerGroup: number
   /** A dead node's shards are taken over after this long without its lock refresh. */
   readonly shardLockExpiration: Duration.Duration
+  /**
+   * How often a node renews its shard locks, and how long each lock operation may take: one that
+   * takes longer makes Effect cluster release all of the node's shards.
+   */
   readonly shardLockRefresh: Duration.Duration
+  /** How often a node re-reads the runners and shard assignments (how soon it takes freed shards). */
+  readonly assignmentsRefresh?: Duration.Duration
   readonly runnerHealthCheck: Duration.Duration
   /** This node's HTTP base URL as clients reach it, shown in the cluster view (default from HOST/PORT). */
   readonly publicUrl: string | undefined
@@ -216,7 +222,8 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
   shardLockExpiration: Config.Duration("QUICKIM_SHARD_LOCK_EXPIRATION").pipe(
     Config.withDefault(Duration.seconds(5))
   ),
-  shardLockRefresh: Config.Duration("QUICKIM_SHARD_LOCK_REFRESH").pipe(Config.withDefault(Duration.millis(500))),
+  shardLockRefresh: Config.Duration("QUICKIM_SHARD_LOCK_REFRESH").pipe(Config.withDefault(Duration.millis(1500))),
+  assignmentsRefresh: Config.Duration("QUICKIM_ASSIGNMENTS_REFRESH").pipe(Config.withDefault(Duration.millis(500))),
   runnerHealthCheck: Config.Duration("QUICKIM_RUNNER_HEALTH_CHECK").pipe(Config.withDefault(Duration.seconds(2))),
   publicUrl: Config.String("QUICKIM_PUBLIC_URL").pipe(Config.withDefault(undefined)),
   clusterRetention: Config.Duration("QUICKIM_CLUSTER_RETENTION").pipe(Config.withDefault(Duration.hours(1))),

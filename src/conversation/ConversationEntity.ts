@@ -336,18 +336,17 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
           }
           const left = { undelivered, busy: busy.size, gapped: gapped.size, handedThrough }
           // The next host may start later than the resume window covers: it hands over everything
-          // after this position however old (read when it loads), before anything new.
-          if (handedThrough !== undefined) {
-            yield* store.markRedeliverAfter(id, handedThrough).pipe(
-              Effect.timeout("2 seconds"),
-              Effect.catchCause((cause) =>
-                Effect.logWarning("could not record how far hand-overs went", cause).pipe(
-                  Effect.annotateLogs({ conversationId: id })
-                )
+          // after this position however old (read when it loads), before anything new. Both writes
+          // at once: the shard (and so the next host's start) waits for this finalizer.
+          const record = handedThrough === undefined ? Effect.void : store.markRedeliverAfter(id, handedThrough).pipe(
+            Effect.timeout("2 seconds"),
+            Effect.catchCause((cause) =>
+              Effect.logWarning("could not record how far hand-overs went", cause).pipe(
+                Effect.annotateLogs({ conversationId: id })
               )
             )
-          }
-          yield* self.Redeliver(undefined, { discard: true }).pipe(
+          )
+          const redeliver = self.Redeliver(undefined, { discard: true }).pipe(
             Effect.timeout("2 seconds"),
             Effect.catchCause((cause) =>
               Effect.logWarning("could not leave a redelivery for the next host", cause).pipe(
@@ -355,6 +354,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               )
             )
           )
+          yield* Effect.all([record, redeliver], { concurrency: 2, discard: true })
           if (debug) {
             yield* Effect.logDebug("conversation stopped, its hand-overs left to the next host").pipe(
               Effect.annotateLogs({ conversationId: id, waited, redelivery: Date.now() - stopping - waited, ...left })
