@@ -50,7 +50,11 @@ const addNode = async (runnerPort?: number) => {
       QUICKIM_JWT_SECRET: "failover-bench-secret-failover-bench",
       QUICKIM_RUNNER_HOST: "127.0.0.1",
       QUICKIM_RUNNER_PORT: String(port),
-      QUICKIM_DB_POOL: "6"
+      QUICKIM_DB_POOL: "6",
+      // All senders share one session: its rate limit (50 sends/s per node) would hold the retries
+      // of a failover, and the figures would measure the limiter instead of the failover.
+      QUICKIM_RATE_SENDS: "0",
+      QUICKIM_RATE_SENDS_PER_ADDRESS: "0"
     }
   })
   const node = { process: process_, http: makeHttpClient(process_.url), alive: true, runnerPort: port }
@@ -239,6 +243,7 @@ Fs.appendFileSync(
     + `from the event to a conversation's first acknowledged send after it; "longest send" is the longest time one `
     + `send took (first attempt to acknowledgement) while the node joined (shard lock expiration 5 s, lock refresh `
     + `${process.env.QUICKIM_SHARD_LOCK_REFRESH ?? "1500 millis"}, assignments re-read every `
-    + `${process.env.QUICKIM_ASSIGNMENTS_REFRESH ?? "500 millis"}, runner health check 2 s).\n\n${summary}\n`
+    + `${process.env.QUICKIM_ASSIGNMENTS_REFRESH ?? "500 millis"}, runner health check 2 s; send rate limits off).\n\n`
+    + `${summary}\n`
 )
 if (missing > 0) process.exit(1)
