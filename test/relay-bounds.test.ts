@@ -1,9 +1,14 @@
 /**
  * Relays between nodes stay well below the 16 MB frame Effect cluster's runner transport accepts
  * (a larger one breaks the connection it came on): batches are split by a bound of their size.
+ * A relay that gets no answer is given up (its contents go as entity messages) after 5 s, or as
+ * soon as its node is known to be gone or restarted.
  */
 import { assert, describe, it } from "@effect/vitest"
+import { Duration, Effect } from "effect"
+import { TestClock } from "effect/testing"
 import { boundBytes, chunked, ITEM_BYTES } from "../src/cluster/NodeInbox.ts"
+import { relayWatchdog } from "../src/cluster/NodeOutbox.ts"
 import type { MsgData } from "../src/domain/Conversation.ts"
 
 const message = (i: number, content: string): MsgData => ({
@@ -40,4 +45,48 @@ describe("relay bounds", () => {
     const parts = chunked([message(1, "a"), huge, message(4, "b")])
     assert.deepStrictEqual(parts.map((p) => p.map((m) => m.MsgId)), [["m000001"], ["m000003"], ["m000004"]])
   })
+})
+
+describe("relay watchdog", () => {
+  /** Runs the watchdog against routes whose state the test sets, in the test clock's time. */
+  const watch = (routes: { gone: boolean; incarnation: string | undefined }) =>
+    Effect.gen(function* () {
+      const fiber = yield* relayWatchdog("127.0.0.1:9", {
+        gone: () => routes.gone,
+        incarnation: () => routes.incarnation
+      }).pipe(Effect.forkChild)
+      /** Whether the watchdog has given up on the relay after `millis` more of the test clock. */
+      const after = (millis: number) =>
+        TestClock.adjust(Duration.millis(millis)).pipe(
+          Effect.andThen(Effect.sync(() => fiber.pollUnsafe() !== undefined))
+        )
+      return after
+    })
+
+  it.effect("a relay to a node that came back on the same address is given up at once, not after 5 s", () =>
+    Effect.gen(function* () {
+      const routes = { gone: false, incarnation: "process-1" as string | undefined }
+      const after = yield* watch(routes)
+      assert.isFalse(yield* after(1000))
+      // The node was killed and started again: its heartbeat never went stale, but another process
+      // reports from its address now.
+      routes.incarnation = "process-2"
+      assert.isTrue(yield* after(250))
+    }))
+
+  it.effect("without any change the relay gets 5 s, and a node that left ends it sooner", () =>
+    Effect.gen(function* () {
+      const steady = yield* watch({ gone: false, incarnation: "process-1" })
+      assert.isFalse(yield* steady(4750))
+      assert.isTrue(yield* steady(250))
+      // A first report arriving (nothing known when the relay went out) is not a restart.
+      const fresh = { gone: false, incarnation: undefined as string | undefined }
+      const first = yield* watch(fresh)
+      fresh.incarnation = "process-1"
+      assert.isFalse(yield* first(2000))
+      const leaving = { gone: false, incarnation: "process-1" as string | undefined }
+      const left = yield* watch(leaving)
+      leaving.gone = true
+      assert.isTrue(yield* left(250))
+    }))
 })

@@ -36,6 +36,27 @@ const idsBytes = (ids: ReadonlyArray<string>) => {
 /** How long one relay may take before its contents take the slow, sure way: 20 checks 250 ms apart. */
 const RELAY_CHECKS = 20
 
+/**
+ * Fails after 5 s, or sooner (checked every 250 ms) once the node at `inbox` has left the cluster,
+ * or once another process reports from its address: a node killed and started again on the same
+ * address within seconds never looks gone (its heartbeat goes on), yet the process this relay went
+ * to is dead and will never answer it.
+ */
+export const relayWatchdog = (inbox: string, routes: Pick<ShardRoutes["Service"], "gone" | "incarnation">) =>
+  Effect.suspend(() => {
+    let checks = 0
+    const sentTo = routes.incarnation(inbox)
+    const restarted = () => {
+      if (sentTo === undefined) return false
+      const now = routes.incarnation(inbox)
+      return now !== undefined && now !== sentTo
+    }
+    return Effect.sleep("250 millis").pipe(
+      Effect.repeat({ until: () => routes.gone(inbox) || restarted() || ++checks >= RELAY_CHECKS }),
+      Effect.andThen(Effect.fail(new Error(`no answer from node ${inbox}`)))
+    )
+  })
+
 interface PushEntry {
   readonly _tag: "push"
   readonly bytes: number
@@ -102,14 +123,7 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
       const running = new Set<Fiber.Fiber<void>>()
       yield* Effect.addFinalizer(() => Fiber.interruptAll(running))
 
-      /** Fails after 5 s, or sooner once the node at `inbox` has left the cluster (checked every 250 ms). */
-      const watchdog = (inbox: string) => {
-        let checks = 0
-        return Effect.sleep("250 millis").pipe(
-          Effect.repeat({ until: () => routes.gone(inbox) || ++checks >= RELAY_CHECKS }),
-          Effect.andThen(Effect.fail(new Error(`no answer from node ${inbox}`)))
-        )
-      }
+      const watchdog = (inbox: string) => relayWatchdog(inbox, routes)
 
       /** Per target node, at most one relay in flight, carrying everything queued meanwhile. */
       const lanes = new Map<string, Lane>()

@@ -34,6 +34,12 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
   readonly avoid: (inbox: string) => void
   /** The node at `inbox` was seen in the cluster and has left it (its runner stopped beating or was removed). */
   readonly gone: (inbox: string) => boolean
+  /**
+   * The process that last reported from `inbox` (its `node_id`), or undefined before any report. It
+   * changes when a node comes back on the same runner address: the old process is dead then,
+   * however fresh the address's heartbeat looks.
+   */
+  readonly incarnation: (inbox: string) => string | undefined
   /** Whether this node holds `entityId`'s shard now (what Effect cluster checks for an incoming request). */
   readonly holds: (entityId: string) => boolean
 }>()("quick-im/cluster/ShardRoutes") {
@@ -47,9 +53,16 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
       const runners = yield* RunnerWatch
       const holds = (entityId: string) => sharding.hasShardId(sharding.getShardId(entityId as any, "default"))
       if (Option.isNone(config.runnerPort)) {
-        return ShardRoutes.of({ nodeOf: () => undefined, avoid: () => {}, gone: () => false, holds })
+        return ShardRoutes.of({
+          nodeOf: () => undefined,
+          avoid: () => {},
+          gone: () => false,
+          incarnation: () => undefined,
+          holds
+        })
       }
       let routes = new Map<number, string>()
+      let incarnations = new Map<string, string>()
       const avoided = new Map<string, number>()
       /** Runners seen beating: one that stops is gone. */
       const seen = new Set<string>()
@@ -57,14 +70,16 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
 
       yield* Effect.gen(function* () {
         for (const address of runners.ages().keys()) if (live(address)) seen.add(address)
-        const rows = yield* sql<{ runner_address: string; shard_ids: string }>`
-          SELECT runner_address, shard_ids FROM quickim_nodes
+        const rows = yield* sql<{ node_id: string; runner_address: string; shard_ids: string }>`
+          SELECT node_id, runner_address, shard_ids FROM quickim_nodes
           WHERE runner_address IS NOT NULL AND updated_at > now() - make_interval(secs => ${REPORT_FRESH_SECONDS})
           ORDER BY updated_at`
         const now = Date.now()
         const next = new Map<number, string>()
+        const processes = new Map<string, string>()
         // Newest report last: while a shard moves, the node that took it most recently wins.
         for (const row of rows) {
+          processes.set(row.runner_address, row.node_id)
           if (!live(row.runner_address)) continue
           if (row.runner_address === here.inbox) continue
           const until = avoided.get(row.runner_address)
@@ -75,6 +90,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
           for (const id of row.shard_ids.split(",")) if (id !== "") next.set(Number(id), row.runner_address)
         }
         routes = next
+        incarnations = processes
       }).pipe(
         Effect.catchCause((cause) => Effect.logDebug("could not read shard routes", cause)),
         Effect.repeat(Schedule.spaced("1 second")),
@@ -94,6 +110,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
           routes = next
         },
         gone: (inbox) => seen.has(inbox) && !live(inbox),
+        incarnation: (inbox) => incarnations.get(inbox),
         holds
       })
     })
