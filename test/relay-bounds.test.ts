@@ -5,7 +5,7 @@
  * soon as its node is known to be gone or restarted.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Duration, Effect } from "effect"
+import { Clock, Duration, Effect } from "effect"
 import { TestClock } from "effect/testing"
 import { boundBytes, chunked, ITEM_BYTES } from "../src/cluster/NodeInbox.ts"
 import { relayWatchdog } from "../src/cluster/NodeOutbox.ts"
@@ -49,12 +49,13 @@ describe("relay bounds", () => {
 
 describe("relay watchdog", () => {
   /** Runs the watchdog against routes whose state the test sets, in the test clock's time. */
-  const watch = (routes: { gone: boolean; incarnation: string | undefined }) =>
+  const watch = (routes: { gone: boolean; startedAt: number | undefined }) =>
     Effect.gen(function* () {
       const fiber = yield* relayWatchdog("127.0.0.1:9", {
         gone: () => routes.gone,
-        incarnation: () => routes.incarnation
+        startedAt: () => routes.startedAt
       }).pipe(Effect.forkChild)
+      yield* Effect.yieldNow
       /** Whether the watchdog has given up on the relay after `millis` more of the test clock. */
       const after = (millis: number) =>
         TestClock.adjust(Duration.millis(millis)).pipe(
@@ -62,29 +63,31 @@ describe("relay watchdog", () => {
         )
       return after
     })
+  const now = Clock.currentTimeMillis
 
   it.effect("a relay to a node that came back on the same address is given up at once, not after 5 s", () =>
     Effect.gen(function* () {
-      const routes = { gone: false, incarnation: "process-1" as string | undefined }
+      const routes = { gone: false, startedAt: (yield* now) - 60_000 as number | undefined }
       const after = yield* watch(routes)
       assert.isFalse(yield* after(1000))
-      // The node was killed and started again: its heartbeat never went stale, but another process
-      // reports from its address now.
-      routes.incarnation = "process-2"
+      // The node was killed and started again: its heartbeat never went stale, but a process that
+      // started after the relay went out reports from its address now.
+      routes.startedAt = yield* now
       assert.isTrue(yield* after(250))
     }))
 
   it.effect("without any change the relay gets 5 s, and a node that left ends it sooner", () =>
     Effect.gen(function* () {
-      const steady = yield* watch({ gone: false, incarnation: "process-1" })
+      const steady = yield* watch({ gone: false, startedAt: (yield* now) - 60_000 })
       assert.isFalse(yield* steady(4750))
       assert.isTrue(yield* steady(250))
-      // A first report arriving (nothing known when the relay went out) is not a restart.
-      const fresh = { gone: false, incarnation: undefined as string | undefined }
+      // A first report arriving late, from a process that was already running when the relay went
+      // out (it may well answer), is no reason to give up.
+      const fresh = { gone: false, startedAt: undefined as number | undefined }
       const first = yield* watch(fresh)
-      fresh.incarnation = "process-1"
+      fresh.startedAt = (yield* now) - 1
       assert.isFalse(yield* first(2000))
-      const leaving = { gone: false, incarnation: "process-1" as string | undefined }
+      const leaving = { gone: false, startedAt: (yield* now) - 60_000 as number | undefined }
       const left = yield* watch(leaving)
       leaving.gone = true
       assert.isTrue(yield* left(250))

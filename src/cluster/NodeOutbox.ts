@@ -10,7 +10,7 @@
  * from their last MsgId), and hands its deliveries and sends back to their callers, which send
  * them again as ordinary entity messages; those wait for the shard's new home.
  */
-import { Context, Effect, Fiber, Layer } from "effect"
+import { Clock, Context, Effect, Fiber, Layer } from "effect"
 import type { MsgData } from "../domain/Conversation.ts"
 import {
   boundBytes,
@@ -38,20 +38,18 @@ const RELAY_CHECKS = 20
 
 /**
  * Fails after 5 s, or sooner (checked every 250 ms) once the node at `inbox` has left the cluster,
- * or once another process reports from its address: a node killed and started again on the same
- * address within seconds never looks gone (its heartbeat goes on), yet the process this relay went
- * to is dead and will never answer it.
+ * or once a process that started after this relay was sent reports from its address: a node killed
+ * and started again on the same address within seconds never looks gone (its heartbeat goes on),
+ * yet the process this relay went to is dead and will not answer it. (A relay sent while the
+ * address had no process at all may still reach the new one; its sends then also go as entity
+ * messages, which their `client_msg_id` makes harmless, as after any relay given up.)
  */
-export const relayWatchdog = (inbox: string, routes: Pick<ShardRoutes["Service"], "gone" | "incarnation">) =>
-  Effect.suspend(() => {
+export const relayWatchdog = (inbox: string, routes: Pick<ShardRoutes["Service"], "gone" | "startedAt">) =>
+  Effect.gen(function* () {
     let checks = 0
-    const sentTo = routes.incarnation(inbox)
-    const restarted = () => {
-      if (sentTo === undefined) return false
-      const now = routes.incarnation(inbox)
-      return now !== undefined && now !== sentTo
-    }
-    return Effect.sleep("250 millis").pipe(
+    const sentAt = yield* Clock.currentTimeMillis
+    const restarted = () => (routes.startedAt(inbox) ?? -Infinity) > sentAt
+    return yield* Effect.sleep("250 millis").pipe(
       Effect.repeat({ until: () => routes.gone(inbox) || restarted() || ++checks >= RELAY_CHECKS }),
       Effect.andThen(Effect.fail(new Error(`no answer from node ${inbox}`)))
     )

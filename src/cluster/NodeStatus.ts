@@ -156,16 +156,20 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
   const host = config.host === "0.0.0.0" || config.host === "::" ? config.runnerHost : config.host
   const url = config.publicUrl ?? `http://${host}:${"port" in bound ? bound.port : config.port}`
 
+  // When this process started (not its first report): what others compare a relay's start with (NodeOutbox).
+  const processStart = Math.floor(performance.timeOrigin)
   const report = Effect.gen(function* () {
     const held = heldShards(sharding, config.shardsPerGroup)
     const shards = held.length
     const shardIds = held.join(",")
     const { conversations, mailboxes } = yield* activeEntities(sharding, here)
     yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, shards, shard_ids, conversations, mailboxes, ws, sse, poll,
-            relays, relayed, handed_back)
+            relays, relayed, handed_back, started_at)
           VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${shardIds}, ${conversations}, ${mailboxes},
             ${here.open.ws}, ${here.open.sse}, ${here.open.poll},
-            ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack})
+            ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack}, to_timestamp(${
+      processStart / 1000
+    }))
           ON CONFLICT (node_id) DO UPDATE SET shards = EXCLUDED.shards, shard_ids = EXCLUDED.shard_ids,
             conversations = EXCLUDED.conversations, mailboxes = EXCLUDED.mailboxes, ws = EXCLUDED.ws, sse = EXCLUDED.sse,
             poll = EXCLUDED.poll, relays = EXCLUDED.relays, relayed = EXCLUDED.relayed,

@@ -35,11 +35,11 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
   /** The node at `inbox` was seen in the cluster and has left it (its runner stopped beating or was removed). */
   readonly gone: (inbox: string) => boolean
   /**
-   * The process that last reported from `inbox` (its `node_id`), or undefined before any report. It
-   * changes when a node comes back on the same runner address: the old process is dead then,
-   * however fresh the address's heartbeat looks.
+   * When the process that last reported from `inbox` started (epoch ms), or undefined before any
+   * report. It moves on when a node comes back on the same runner address: a relay sent before
+   * that went to a process that is dead now, however fresh the address's heartbeat looks.
    */
-  readonly incarnation: (inbox: string) => string | undefined
+  readonly startedAt: (inbox: string) => number | undefined
   /** Whether this node holds `entityId`'s shard now (what Effect cluster checks for an incoming request). */
   readonly holds: (entityId: string) => boolean
 }>()("quick-im/cluster/ShardRoutes") {
@@ -57,12 +57,12 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
           nodeOf: () => undefined,
           avoid: () => {},
           gone: () => false,
-          incarnation: () => undefined,
+          startedAt: () => undefined,
           holds
         })
       }
       let routes = new Map<number, string>()
-      let incarnations = new Map<string, string>()
+      let started = new Map<string, number>()
       const avoided = new Map<string, number>()
       /** Runners seen beating: one that stops is gone. */
       const seen = new Set<string>()
@@ -70,16 +70,17 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
 
       yield* Effect.gen(function* () {
         for (const address of runners.ages().keys()) if (live(address)) seen.add(address)
-        const rows = yield* sql<{ node_id: string; runner_address: string; shard_ids: string }>`
-          SELECT node_id, runner_address, shard_ids FROM quickim_nodes
+        const rows = yield* sql<{ runner_address: string; shard_ids: string; started_ms: number }>`
+          SELECT runner_address, shard_ids, extract(epoch FROM started_at)::float8 * 1000 AS started_ms
+          FROM quickim_nodes
           WHERE runner_address IS NOT NULL AND updated_at > now() - make_interval(secs => ${REPORT_FRESH_SECONDS})
           ORDER BY updated_at`
         const now = Date.now()
         const next = new Map<number, string>()
-        const processes = new Map<string, string>()
+        const processes = new Map<string, number>()
         // Newest report last: while a shard moves, the node that took it most recently wins.
         for (const row of rows) {
-          processes.set(row.runner_address, row.node_id)
+          processes.set(row.runner_address, Number(row.started_ms))
           if (!live(row.runner_address)) continue
           if (row.runner_address === here.inbox) continue
           const until = avoided.get(row.runner_address)
@@ -90,7 +91,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
           for (const id of row.shard_ids.split(",")) if (id !== "") next.set(Number(id), row.runner_address)
         }
         routes = next
-        incarnations = processes
+        started = processes
       }).pipe(
         Effect.catchCause((cause) => Effect.logDebug("could not read shard routes", cause)),
         Effect.repeat(Schedule.spaced("1 second")),
@@ -110,7 +111,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
           routes = next
         },
         gone: (inbox) => seen.has(inbox) && !live(inbox),
-        incarnation: (inbox) => incarnations.get(inbox),
+        startedAt: (inbox) => started.get(inbox),
         holds
       })
     })
