@@ -3,7 +3,7 @@
  * single-writer sequencing, membership rules and state rebuilt after passivation.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Layer, Option } from "effect"
+import { Clock, Duration, Effect, Layer, Logger, Option, References } from "effect"
 import { TestRunner } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { Conversation } from "../src/conversation/Protocol.ts"
@@ -22,6 +22,25 @@ const ClusteredLayer = conversationEntityLayer(
     runnerPort: Option.some(34999)
   })
 )
+/** The debug lines of conversations that stopped, with their annotations (how long the stop waited, what it left). */
+const stops: Array<Record<string, unknown>> = []
+const captureStops = Logger.layer([
+  Logger.make((options) => {
+    const text = [options.message].flat().join(" ")
+    if (text.startsWith("conversation stopped")) {
+      stops.push({ text, ...options.fiber.getRef(References.CurrentLogAnnotations) })
+    }
+  })
+], { mergeWithExisting: false })
+/** Across nodes, with a delivery budget (20 s) far longer than a stop. */
+const MovingLayer = conversationEntityLayer(
+  settingsFor("embedded", {
+    resumeWindow: Duration.seconds(30),
+    entityIdle: Duration.millis(300),
+    runnerPort: Option.some(34997),
+    logLevel: "Debug"
+  })
+).pipe(Layer.provide(Layer.merge(captureStops, Layer.succeed(References.MinimumLogLevel, "Debug"))))
 const ShortLayer = conversationEntityLayer(
   settingsFor("embedded", { resumeWindow: Duration.millis(600), entityIdle: Duration.millis(300) })
 )
@@ -197,4 +216,23 @@ describe("Conversation entity", () => {
       // Once live, once from the next host (for `b`'s sake; `a`'s connections drop the repeat).
       assert.deepStrictEqual(got, [m0, m0])
     }).pipe(Effect.provide(ClusteredLayer)))
+
+  it.live("a conversation that stops does not wait for a delivery its member's mailbox cannot take yet; its next host hands it over", () =>
+    Effect.gen(function* () {
+      const here = yield* LocalConnections
+      const got: Array<string> = []
+      here.mailboxes.set("a", (messages) => got.push(...messages.map((m) => m.MsgId)))
+      // `b`'s mailbox answers nobody, as one on a node that died or takes this shard over: its
+      // delivery stays on its way for the whole budget (20 s).
+      const client = (yield* Conversation.client)("conv-moving")
+      yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
+      const m0 = (yield* client.Send({ session: "a", status: 0, type: 0, content: "m0" })).msgId
+      for (let i = 0; i < 300 && got.length < 2; i++) yield* Effect.sleep("100 millis")
+      assert.deepStrictEqual(got, [m0, m0])
+      const stop = stops.find((s) => s.conversationId === "conv-moving")
+      assert.isDefined(stop, JSON.stringify(stops))
+      // It stopped with b's delivery still on its way, without waiting for it (the hand-over wait is 1 s).
+      assert.strictEqual(stop!.busy, 1, JSON.stringify(stop))
+      assert.isBelow(Number(stop!.waited), 1000, JSON.stringify(stop))
+    }).pipe(Effect.provide(MovingLayer)))
 })

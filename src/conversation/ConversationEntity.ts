@@ -9,6 +9,7 @@ import {
   Clock,
   Duration,
   Effect,
+  Fiber,
   Layer,
   Metric,
   Option,
@@ -145,6 +146,20 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       // Closed after the hand-over wait below (scopes close last-in first-out): deliveries on their
       // way get that wait too.
       const scope = yield* Scope.fork(yield* Scope.Scope)
+      /**
+       * Entity-message deliveries on their way. When the conversation stops they are interrupted
+       * without waiting for them: interrupting a call to a mailbox whose node died or is moving
+       * waits for the cluster to tell that node, seconds in which the shard could not move. What
+       * they carried is owed to the next host (the stop records how far hand-overs went).
+       */
+      const inFlight = new Set<Fiber.Fiber<void>>()
+      yield* Scope.addFinalizer(
+        scope,
+        Effect.sync(() => {
+          for (const fiber of inFlight) fiber.interruptUnsafe()
+          inFlight.clear()
+        })
+      )
 
       /** Queues a delivery of nothing but `gap` for the gapped members that can take it now. */
       const queueGap = () => {
@@ -208,7 +223,11 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             else if (gapped.has(member)) queueGap()
             else settledUpTo()
           })),
-          Effect.forkIn(scope)
+          Effect.forkDetach,
+          Effect.map((fiber) => {
+            inFlight.add(fiber)
+            fiber.addObserver(() => inFlight.delete(fiber))
+          })
         )
       }
 
@@ -322,8 +341,11 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       yield* Effect.addFinalizer(() =>
         Effect.gen(function* () {
           const stopping = Date.now()
+          // Across nodes, entity-message deliveries still on their way are not waited for: they
+          // wait for a mailbox whose node died or is moving (often the node this shard moves to,
+          // which cannot serve it before this stop ends), and the next host hands them over again.
           yield* Effect.sleep("5 millis").pipe(
-            Effect.repeat({ until: () => undelivered === 0 && busy.size === 0 }),
+            Effect.repeat({ until: () => undelivered === 0 && (multiNode || busy.size === 0) }),
             Effect.timeout(multiNode ? HANDOVER_WAIT : "3 seconds"),
             Effect.ignore
           )
