@@ -243,7 +243,8 @@ Fs.appendFileSync(
     + `from the event to a conversation's first acknowledged send after it; "longest send" is the longest time one `
     + `send took (first attempt to acknowledgement) while the node joined (shard lock expiration 5 s, lock refresh `
     + `${process.env.QUICKIM_SHARD_LOCK_REFRESH ?? "1500 millis"}, assignments re-read every `
-    + `${process.env.QUICKIM_ASSIGNMENTS_REFRESH ?? "500 millis"}, runner health check 2 s; send rate limits off).\n\n`
+    + `${process.env.QUICKIM_ASSIGNMENTS_REFRESH ?? "500 millis"}, runner health check 2 s; send rate limits off)`
+    + `${PUSH ? "; every conversation's peer holds a ws push connection (BENCH_FAILOVER_PUSH=1)" : ""}.\n\n`
     + `${summary}\n`
 )
 if (missing > 0) process.exit(1)
