@@ -157,7 +157,7 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
   const url = config.publicUrl ?? `http://${host}:${"port" in bound ? bound.port : config.port}`
 
   // When this process started (not its first report): what others compare a relay's start with (NodeOutbox).
-  const processStart = Math.floor(performance.timeOrigin)
+  const startedAt = performance.timeOrigin / 1000
   const report = Effect.gen(function* () {
     const held = heldShards(sharding, config.shardsPerGroup)
     const shards = held.length
@@ -167,9 +167,7 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
             relays, relayed, handed_back, started_at)
           VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${shardIds}, ${conversations}, ${mailboxes},
             ${here.open.ws}, ${here.open.sse}, ${here.open.poll},
-            ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack}, to_timestamp(${
-      processStart / 1000
-    }))
+            ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack}, to_timestamp(${startedAt}))
           ON CONFLICT (node_id) DO UPDATE SET shards = EXCLUDED.shards, shard_ids = EXCLUDED.shard_ids,
             conversations = EXCLUDED.conversations, mailboxes = EXCLUDED.mailboxes, ws = EXCLUDED.ws, sse = EXCLUDED.sse,
             poll = EXCLUDED.poll, relays = EXCLUDED.relays, relayed = EXCLUDED.relayed,

@@ -143,8 +143,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const settledUpTo = () => {
         if (busy.size === 0 && gapped.size === 0 && processedThrough !== undefined) handedThrough = processedThrough
       }
-      // Closed after the hand-over wait below (scopes close last-in first-out): deliveries on their
-      // way get that wait too.
+      // Closed after the hand-over wait below (scopes close last-in first-out).
       const scope = yield* Scope.fork(yield* Scope.Scope)
       /**
        * Entity-message deliveries on their way. When the conversation stops they are interrupted
