@@ -9,7 +9,7 @@ import { HttpRouter } from "effect/http"
 import { HttpApi, HttpApiBuilder } from "effect/http-api"
 import { createServer } from "node:http"
 import { Api, ConversationApi, InnerApi, MessageApi, SystemApi } from "./api/Api.ts"
-import { AppConfig, type AppSettings, defaultHttpTimeouts } from "./Config.ts"
+import { AppConfig, type AppSettings, DEFAULT_ASSIGNMENTS_REFRESH, defaultHttpTimeouts } from "./Config.ts"
 import { NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
 import { inboxGroup, NodeInboxLive } from "./cluster/NodeInbox.ts"
 import { NodeOutbox } from "./cluster/NodeOutbox.ts"
@@ -53,7 +53,7 @@ const ClusterLive = Layer.unwrap(Effect.gen(function* () {
     shardLockExpiration: config.shardLockExpiration,
     shardLockRefreshInterval: config.shardLockRefresh,
     runnerHealthCheckInterval: config.runnerHealthCheck,
-    refreshAssignmentsInterval: config.assignmentsRefresh ?? Duration.millis(500)
+    refreshAssignmentsInterval: config.assignmentsRefresh ?? DEFAULT_ASSIGNMENTS_REFRESH
   }
   if (Option.isNone(config.runnerPort)) {
     return SingleRunner.layer({ runnerStorage: "sql", shardingConfig: sharding })

@@ -24,6 +24,9 @@ export interface RateLimitSettings {
   readonly maxKeys: number
 }
 
+/** Default of `QUICKIM_ASSIGNMENTS_REFRESH`. */
+export const DEFAULT_ASSIGNMENTS_REFRESH = Duration.millis(500)
+
 export const defaultRateLimits: RateLimitSettings = {
   perSession: {
     sends: { perSecond: 50, burst: 100 },
@@ -125,7 +128,7 @@ export interface AppSettings {
    * takes longer makes Effect cluster release all of the node's shards.
    */
   readonly shardLockRefresh: Duration.Duration
-  /** How often a node re-reads the runners and shard assignments (how soon it takes freed shards). */
+  /** How often a node re-reads the runners and shard assignments (how soon it takes freed shards); default DEFAULT_ASSIGNMENTS_REFRESH. */
   readonly assignmentsRefresh?: Duration.Duration
   readonly runnerHealthCheck: Duration.Duration
   /** This node's HTTP base URL as clients reach it, shown in the cluster view (default from HOST/PORT). */
@@ -223,7 +226,9 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
     Config.withDefault(Duration.seconds(5))
   ),
   shardLockRefresh: Config.Duration("QUICKIM_SHARD_LOCK_REFRESH").pipe(Config.withDefault(Duration.millis(1500))),
-  assignmentsRefresh: Config.Duration("QUICKIM_ASSIGNMENTS_REFRESH").pipe(Config.withDefault(Duration.millis(500))),
+  assignmentsRefresh: Config.Duration("QUICKIM_ASSIGNMENTS_REFRESH").pipe(
+    Config.withDefault(DEFAULT_ASSIGNMENTS_REFRESH)
+  ),
   runnerHealthCheck: Config.Duration("QUICKIM_RUNNER_HEALTH_CHECK").pipe(Config.withDefault(Duration.seconds(2))),
   publicUrl: Config.String("QUICKIM_PUBLIC_URL").pipe(Config.withDefault(undefined)),
   clusterRetention: Config.Duration("QUICKIM_CLUSTER_RETENTION").pipe(Config.withDefault(Duration.hours(1))),

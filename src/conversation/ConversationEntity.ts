@@ -143,6 +143,11 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const settledUpTo = () => {
         if (busy.size === 0 && gapped.size === 0 && processedThrough !== undefined) handedThrough = processedThrough
       }
+      /** A fresh start of the hand-overs (load, create): everything up to `position` counts as handed over. */
+      const handedFrom = (position: string) => {
+        processedThrough = undefined
+        handedThrough = position
+      }
       // Closed after the hand-over wait below (scopes close last-in first-out).
       const scope = yield* Scope.fork(yield* Scope.Scope)
       /**
@@ -410,8 +415,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             // from the earlier of the two positions.
             const marks = [unknownAfter, next.state.redeliverAfter].filter((m) => m !== undefined).sort()
             const from = yield* redeliverRecent(next.state, marks[0])
-            processedThrough = undefined
-            handedThrough = from ?? next.state.lastMsgId ?? ""
+            handedFrom(from ?? next.state.lastMsgId ?? "")
           }
           loaded = next
           unknownAfter = undefined
@@ -658,8 +662,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                     redeliverAfter: undefined
                   }
                   loaded = { state, clock: new MsgIdClock(id, state.conversationType, undefined) }
-                  processedThrough = undefined
-                  handedThrough = ""
+                  handedFrom("")
                 }
                 return yield* reply(request, undefined)
               }
