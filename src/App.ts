@@ -4,15 +4,25 @@
  */
 import { NodeClusterSocket, NodeCrypto, NodeHttpServer } from "@effect/platform-node"
 import { Duration, Effect, Layer, Option, Redacted } from "effect"
-import { RunnerAddress, ShardingConfig, SingleRunner } from "effect/cluster"
+import {
+  RunnerAddress,
+  Runners,
+  ShardingConfig,
+  SingleRunner,
+  SocketRunner,
+  SqlMessageStorage,
+  SqlRunnerStorage
+} from "effect/cluster"
+import { RpcSerialization } from "effect/rpc"
 import { HttpRouter } from "effect/http"
 import { HttpApi, HttpApiBuilder } from "effect/http-api"
 import { createServer } from "node:http"
 import { Api, ConversationApi, InnerApi, MessageApi, SystemApi } from "./api/Api.ts"
 import { AppConfig, type AppSettings, DEFAULT_ASSIGNMENTS_REFRESH, defaultHttpTimeouts } from "./Config.ts"
-import { NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
+import { NodeAnnouncementLive, NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
 import { inboxGroup, NodeInboxLive } from "./cluster/NodeInbox.ts"
 import { NodeOutbox } from "./cluster/NodeOutbox.ts"
+import { RunnerHealthCheckLive } from "./cluster/RunnerHealthCheck.ts"
 import { RunnerWatch } from "./cluster/RunnerWatch.ts"
 import { ShardRoutes } from "./cluster/ShardRoutes.ts"
 import { ConversationEntityLive } from "./conversation/ConversationEntity.ts"
@@ -64,19 +74,30 @@ const ClusterLive = Layer.unwrap(Effect.gen(function* () {
   // own group list, so per-node groups would collide there: shard locks live in the cluster_locks
   // table instead, keyed by shard id (expiring after QUICKIM_SHARD_LOCK_EXPIRATION).
   const groups = ["default", inboxGroup(`${config.runnerHost}:${port}`)]
-  return NodeClusterSocket.layer({
-    storage: "sql",
-    shardingConfig: {
-      ...sharding,
-      availableShardGroups: groups,
-      assignedShardGroups: groups,
-      shardLockDisableAdvisory: true,
-      runnerAddress: Option.some(RunnerAddress.make(config.runnerHost, port)),
-      runnerListenAddress: Option.some(
-        RunnerAddress.make(Option.getOrElse(config.runnerListenHost, () => config.runnerHost), port)
-      )
-    }
-  })
+  // What `NodeClusterSocket.layer({ storage: "sql" })` builds, with health checks that know when a
+  // runner's process started (RunnerHealthCheck).
+  return Layer.provide(SocketRunner.layer, [NodeClusterSocket.layerSocketServer, NodeClusterSocket.layerClientProtocol])
+    .pipe(
+      Layer.provide(
+        RunnerHealthCheckLive.pipe(
+          Layer.provide(Runners.layerRpc),
+          Layer.provide(NodeClusterSocket.layerClientProtocol)
+        )
+      ),
+      Layer.provideMerge(SqlMessageStorage.layer),
+      Layer.provide(Layer.orDie(SqlRunnerStorage.layer)),
+      Layer.provide(ShardingConfig.layerFromEnv({
+        ...sharding,
+        availableShardGroups: groups,
+        assignedShardGroups: groups,
+        shardLockDisableAdvisory: true,
+        runnerAddress: Option.some(RunnerAddress.make(config.runnerHost, port)),
+        runnerListenAddress: Option.some(
+          RunnerAddress.make(Option.getOrElse(config.runnerListenHost, () => config.runnerHost), port)
+        )
+      })),
+      Layer.provide(RpcSerialization.layerSchemaBinary())
+    )
 })).pipe(Layer.provide(NodeCrypto.layerDigest))
 
 const CoreLive = Layer.mergeAll(ConversationStore.layer, Replay.layer, Tokens.layer).pipe(
@@ -175,9 +196,10 @@ export const AppLive = NodeReporterLive.pipe(
   Layer.provideMerge(ConversationSender.layer),
   Layer.provideMerge(NodeOutbox.layer),
   Layer.provideMerge(ShardRoutes.layer),
-  Layer.provideMerge(LocalConnections.layer),
   Layer.provideMerge(RunnerWatch.layer),
   Layer.provideMerge(ClusterLive),
+  Layer.provideMerge(NodeAnnouncementLive),
+  Layer.provideMerge(LocalConnections.layer),
   Layer.provideMerge(Layer.mergeAll(KnownConversations.layer, RateLimits.layer)),
   Layer.provideMerge(CoreLive),
   Layer.provide(TracingLive),

@@ -51,7 +51,11 @@ export const relayWatchdog = (inbox: string, routes: Pick<ShardRoutes["Service"]
     const restarted = () => (routes.startedAt(inbox) ?? -Infinity) > sentAt
     return yield* Effect.sleep("250 millis").pipe(
       Effect.repeat({ until: () => routes.gone(inbox) || restarted() || ++checks >= RELAY_CHECKS }),
-      Effect.andThen(Effect.fail(new Error(`no answer from node ${inbox}`)))
+      Effect.andThen(Clock.currentTimeMillis),
+      Effect.flatMap((now) => {
+        const why = routes.gone(inbox) ? "it left the cluster" : restarted() ? "its process restarted" : "no answer"
+        return Effect.fail(new Error(`no answer from node ${inbox} after ${now - sentAt} ms: ${why}`))
+      })
     )
   })
 

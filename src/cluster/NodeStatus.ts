@@ -59,6 +59,15 @@ const iso = (value: unknown) => value instanceof Date ? value.toISOString() : St
 const runnerOf = (config: AppSettings) =>
   Option.match(config.runnerPort, { onNone: () => null, onSome: (port) => `${config.runnerHost}:${port}` })
 
+/** The URL this node serves on, given the port it listens on. */
+const urlOf = (config: AppSettings, port: number) => {
+  const host = config.host === "0.0.0.0" || config.host === "::" ? config.runnerHost : config.host
+  return config.publicUrl ?? `http://${host}:${port}`
+}
+
+/** When this process started (not its first report), in epoch seconds: what others compare a relay's start with (NodeOutbox). */
+const processStartedAt = performance.timeOrigin / 1000
+
 export class NodeStatus extends Context.Service<NodeStatus, {
   /** The cluster as the nodes' reports and Effect cluster's runner table show it. */
   readonly view: Effect.Effect<ClusterView, unknown>
@@ -142,6 +151,28 @@ const activeEntities = (sharding: Sharding.Sharding["Service"], here: LocalConne
   })
 
 /**
+ * Multi-node mode: this process's row of `quickim_nodes`, written as soon as the database is up,
+ * before the runner joins the cluster (App.ts puts it below ClusterLive), with no shards and the
+ * process's start time. A node killed and started again on the same runner address never looks
+ * gone, so relays other nodes sent to the dead process are given up only when they read that a
+ * newer process reports from the address (relayWatchdog); the first full report comes only once
+ * the node serves HTTP, which in the chaos run was up to 2.7 s later than this row.
+ */
+export const NodeAnnouncementLive = Layer.effectDiscard(Effect.gen(function* () {
+  const config = yield* AppConfig
+  const here = yield* LocalConnections
+  const sql = yield* SqlClient.SqlClient
+  const runner = runnerOf(config)
+  if (runner === null) return
+  yield* Effect.addFinalizer(() => sql`DELETE FROM quickim_nodes WHERE node_id = ${here.nodeId}`.pipe(Effect.ignore))
+  yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, started_at)
+        VALUES (${here.nodeId}, ${runner}, ${urlOf(config, config.port)}, to_timestamp(${processStartedAt}))
+        ON CONFLICT (node_id) DO NOTHING`.pipe(
+    Effect.catchCause((cause) => Effect.logWarning("could not announce this node", cause))
+  )
+}))
+
+/**
  * This node's report every 2 s, and the retention singleton. It needs the HTTP server (the URL
  * it really serves on), so App.ts puts it above the gateway.
  */
@@ -153,11 +184,8 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
   const sql = yield* SqlClient.SqlClient
   const bound = (yield* HttpServer.HttpServer).address
   const runner = runnerOf(config)
-  const host = config.host === "0.0.0.0" || config.host === "::" ? config.runnerHost : config.host
-  const url = config.publicUrl ?? `http://${host}:${"port" in bound ? bound.port : config.port}`
+  const url = urlOf(config, "port" in bound ? bound.port : config.port)
 
-  // When this process started (not its first report): what others compare a relay's start with (NodeOutbox).
-  const startedAt = performance.timeOrigin / 1000
   const report = Effect.gen(function* () {
     const held = heldShards(sharding, config.shardsPerGroup)
     const shards = held.length
@@ -167,8 +195,8 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
             relays, relayed, handed_back, started_at)
           VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${shardIds}, ${conversations}, ${mailboxes},
             ${here.open.ws}, ${here.open.sse}, ${here.open.poll},
-            ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack}, to_timestamp(${startedAt}))
-          ON CONFLICT (node_id) DO UPDATE SET shards = EXCLUDED.shards, shard_ids = EXCLUDED.shard_ids,
+            ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack}, to_timestamp(${processStartedAt}))
+          ON CONFLICT (node_id) DO UPDATE SET http_url = EXCLUDED.http_url, shards = EXCLUDED.shards, shard_ids = EXCLUDED.shard_ids,
             conversations = EXCLUDED.conversations, mailboxes = EXCLUDED.mailboxes, ws = EXCLUDED.ws, sse = EXCLUDED.sse,
             poll = EXCLUDED.poll, relays = EXCLUDED.relays, relayed = EXCLUDED.relayed,
             handed_back = EXCLUDED.handed_back, updated_at = now()`

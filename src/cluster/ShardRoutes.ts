@@ -7,7 +7,7 @@
  * costs a second hop, never a wrong delivery.
  *
  * Each node writes the default-group shards it holds into its `quickim_nodes` report (every 2 s,
- * NodeStatus); every node reads the reports once a second and keeps those of nodes whose runner
+ * NodeStatus); every node reads the reports twice a second and keeps those of nodes whose runner
  * beats (RunnerWatch).
  */
 import { Context, Effect, Layer, Option, Schedule } from "effect"
@@ -21,6 +21,8 @@ import { RunnerWatch } from "./RunnerWatch.ts"
 const HEARTBEAT_FRESH_SECONDS = 4
 /** A report older than this is not routed by (nodes report every 2 s). */
 const REPORT_FRESH_SECONDS = 5
+/** How often the reports are read: a relay to a process that died waits for the read that shows its successor. */
+const READ_EVERY = "500 millis"
 /** After a relay to a node failed, it is not routed to for this long: entity messages find the shard's new home. */
 const AVOID_MILLIS = 10_000
 
@@ -70,18 +72,22 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
 
       yield* Effect.gen(function* () {
         for (const address of runners.ages().keys()) if (live(address)) seen.add(address)
-        const rows = yield* sql<{ runner_address: string; shard_ids: string; started_ms: number }>`
-          SELECT runner_address, shard_ids, extract(epoch FROM started_at)::float8 * 1000 AS started_ms
-          FROM quickim_nodes
-          WHERE runner_address IS NOT NULL AND updated_at > now() - make_interval(secs => ${REPORT_FRESH_SECONDS})
-          ORDER BY updated_at`
+        const rows = yield* sql<{ runner_address: string; shard_ids: string; started_ms: number; fresh: boolean }>`
+          SELECT runner_address, shard_ids, extract(epoch FROM started_at)::float8 * 1000 AS started_ms,
+            updated_at > now() - make_interval(secs => ${REPORT_FRESH_SECONDS}) AS fresh
+          FROM quickim_nodes WHERE runner_address IS NOT NULL ORDER BY updated_at`
         const now = Date.now()
         const next = new Map<number, string>()
         const processes = new Map<string, number>()
-        // Newest report last: while a shard moves, the node that took it most recently wins.
+        // The newest process on each address, however long ago it reported (a new one may still be starting).
         for (const row of rows) {
-          processes.set(row.runner_address, Number(row.started_ms))
-          if (!live(row.runner_address)) continue
+          processes.set(row.runner_address, Math.max(processes.get(row.runner_address) ?? 0, Number(row.started_ms)))
+        }
+        // Newest report last: while a shard moves, the node that took it most recently wins. A dead
+        // process's shards are not its successor's until the successor reports them.
+        for (const row of rows) {
+          if (!row.fresh || !live(row.runner_address)) continue
+          if (Number(row.started_ms) < processes.get(row.runner_address)!) continue
           if (row.runner_address === here.inbox) continue
           const until = avoided.get(row.runner_address)
           if (until !== undefined) {
@@ -94,7 +100,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
         started = processes
       }).pipe(
         Effect.catchCause((cause) => Effect.logDebug("could not read shard routes", cause)),
-        Effect.repeat(Schedule.spaced("1 second")),
+        Effect.repeat(Schedule.spaced(READ_EVERY)),
         Effect.forkScoped
       )
 

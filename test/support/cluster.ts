@@ -20,7 +20,8 @@ export interface TestCluster {
   readonly nodes: Array<ClusterNode>
   readonly databaseUrl: string
   readonly live: () => Array<ClusterNode>
-  readonly addNode: () => Promise<ClusterNode>
+  /** Starts another node, on `runnerPort` if given (a node coming back on its address). */
+  readonly addNode: (runnerPort?: number) => Promise<ClusterNode>
   readonly kill: (node: ClusterNode, signal?: NodeJS.Signals) => Promise<number | string | null>
   readonly stop: () => Promise<void>
 }
@@ -41,8 +42,8 @@ export const startCluster = async (
   await sql(admin, `CREATE DATABASE ${name}`)
   const databaseUrl = databaseUrlOn(admin, name)
   const nodes: Array<ClusterNode> = []
-  const addNode = async () => {
-    const runnerPort = await freePort()
+  const addNode = async (port?: number) => {
+    const runnerPort = port ?? await freePort()
     const server = await spawnServer({
       env: {
         DATABASE_URL: databaseUrl,
@@ -63,7 +64,7 @@ export const startCluster = async (
     nodes.push(node)
     return node
   }
-  if (options.together === true) await Promise.all(Array.from({ length: count }, addNode))
+  if (options.together === true) await Promise.all(Array.from({ length: count }, () => addNode()))
   else for (let i = 0; i < count; i++) await addNode()
   const kill = async (node: ClusterNode, signal: NodeJS.Signals = "SIGKILL") => {
     node.alive = false
