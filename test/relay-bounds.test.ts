@@ -54,7 +54,7 @@ describe("relay watchdog", () => {
       const fiber = yield* relayWatchdog("127.0.0.1:9", {
         gone: () => routes.gone,
         startedAt: () => routes.startedAt
-      }).pipe(Effect.forkChild)
+      }, yield* Clock.currentTimeMillis).pipe(Effect.forkChild)
       yield* Effect.yieldNow
       /** Whether the watchdog has given up on the relay after `millis` more of the test clock. */
       const after = (millis: number) =>

@@ -103,8 +103,19 @@ export const chunked = (messages: ReadonlyArray<MsgData>): ReadonlyArray<Readonl
   return out
 }
 
+/**
+ * When this process started (epoch ms). A relay sent before it (`RelayBody.sentAt`) was meant for
+ * a process that died on this address, and its sender gives it up as soon as it reads this
+ * process's start (`relayWatchdog`); so it is not served here, whatever Effect cluster's retries
+ * brought it: its sends would otherwise be stored here and again as the entity messages the sender
+ * sends instead (a duplicate for a send without `client_msg_id`).
+ */
+export const processStartedAt = performance.timeOrigin
+
 /** What one relay carries from one node to another: everything queued for it since the last one. */
 export interface RelayBody {
+  /** When the sender sent it (epoch ms, the sender's clock, as `relayWatchdog` compares it). */
+  readonly sentAt: number
   readonly pushes: ReadonlyArray<PushItem>
   readonly delivers: ReadonlyArray<DeliverItem>
   readonly sends: ReadonlyArray<SendItem>
@@ -152,66 +163,77 @@ const notHere: SendOutcome = { _tag: "NotHere" }
 /**
  * Serves what other nodes relay. Pushes and deliveries are handed over at once, in order (each
  * sender has one relay in flight at a time); the answer waits for the sends' commits, and relays
- * from several nodes are served side by side.
+ * from several nodes are served side by side. A relay sent before this process started is answered
+ * with nothing served (see `processStartedAt`).
  */
+export const relayHandler = Effect.gen(function* () {
+  const here = yield* LocalConnections
+  const routes = yield* ShardRoutes
+  const conversations = yield* Conversation.client
+  const buffer = here.buffer
+  const send = ({ conversationId, ...payload }: SendItem): Effect.Effect<SendOutcome> =>
+    routes.holds(conversationId)
+      ? conversations(conversationId).Send(payload).pipe(
+        Effect.matchCause({
+          onSuccess: (sent): SendOutcome => ({ _tag: "Sent", ...sent }),
+          onFailure: (cause): SendOutcome => {
+            const error = Option.getOrUndefined(Cause.findErrorOption(cause))
+            return error instanceof ConversationNotFound || error instanceof NotMember
+                || error instanceof UnstorableMessage || error instanceof DatabaseUnavailable
+              ? { _tag: "Refused", error }
+              : { _tag: "Failed", message: String(Cause.squash(cause)) }
+          }
+        })
+      )
+      : Effect.succeed(notHere)
+  return (body: string) =>
+    Effect.suspend(() => {
+      const { sentAt, pushes, delivers, sends } = JSON.parse(body) as RelayBody
+      if (!(sentAt >= processStartedAt)) {
+        return Effect.succeed(JSON.stringify({
+          missing: delivers.map((item) => item.sessions),
+          outcomes: sends.map(() => notHere)
+        }))
+      }
+      for (const item of pushes) {
+        for (const id of item.connections) {
+          const sink = here.sinks.get(id)
+          if (sink === undefined) continue // closed meanwhile: its mailbox forgets it when its stream ends
+          let taken = false
+          try {
+            taken = sink.push(item.messages, item.incarnation)
+          } catch {
+            // a transport that throws is treated like a full one
+          }
+          if (!taken) sink.fail(new SlowConsumer({ buffered: buffer }))
+        }
+      }
+      const missing = delivers.map((item) => {
+        const missing: Array<string> = []
+        for (const session of item.sessions) {
+          // A mailbox active here on a shard this node holds takes the messages by a direct call,
+          // as from a conversation on this node; any other goes back for the entity message, which
+          // also wakes a passivated mailbox.
+          const direct = routes.holds(session) ? here.mailboxes.get(session) : undefined
+          if (direct === undefined) missing.push(session)
+          else direct(item.messages)
+        }
+        return missing
+      })
+      if (sends.length === 0) return Effect.succeed(JSON.stringify({ missing, outcomes: [] }))
+      return Effect.forEach(sends, send, { concurrency: "unbounded" }).pipe(
+        Effect.map((outcomes) => JSON.stringify({ missing, outcomes: encodeOutcomes(outcomes) }))
+      )
+    })
+})
+
 export const NodeInboxLive = NodeInbox.toLayer(
   Effect.gen(function* () {
     const here = yield* LocalConnections
-    const routes = yield* ShardRoutes
-    const conversations = yield* Conversation.client
-    const buffer = here.buffer
-    const send = ({ conversationId, ...payload }: SendItem): Effect.Effect<SendOutcome> =>
-      routes.holds(conversationId)
-        ? conversations(conversationId).Send(payload).pipe(
-          Effect.matchCause({
-            onSuccess: (sent): SendOutcome => ({ _tag: "Sent", ...sent }),
-            onFailure: (cause): SendOutcome => {
-              const error = Option.getOrUndefined(Cause.findErrorOption(cause))
-              return error instanceof ConversationNotFound || error instanceof NotMember
-                  || error instanceof UnstorableMessage || error instanceof DatabaseUnavailable
-                ? { _tag: "Refused", error }
-                : { _tag: "Failed", message: String(Cause.squash(cause)) }
-            }
-          })
-        )
-        : Effect.succeed(notHere)
+    const relay = yield* relayHandler
     here.inboxes.active++
     yield* Effect.addFinalizer(() => Effect.sync(() => here.inboxes.active--))
-    return NodeInbox.of({
-      Relay: ({ payload }) =>
-        Effect.suspend(() => {
-          const { pushes, delivers, sends } = JSON.parse(payload.body) as RelayBody
-          for (const item of pushes) {
-            for (const id of item.connections) {
-              const sink = here.sinks.get(id)
-              if (sink === undefined) continue // closed meanwhile: its mailbox forgets it when its stream ends
-              let taken = false
-              try {
-                taken = sink.push(item.messages, item.incarnation)
-              } catch {
-                // a transport that throws is treated like a full one
-              }
-              if (!taken) sink.fail(new SlowConsumer({ buffered: buffer }))
-            }
-          }
-          const missing = delivers.map((item) => {
-            const missing: Array<string> = []
-            for (const session of item.sessions) {
-              // A mailbox active here on a shard this node holds takes the messages by a direct call,
-              // as from a conversation on this node; any other goes back for the entity message, which
-              // also wakes a passivated mailbox.
-              const direct = routes.holds(session) ? here.mailboxes.get(session) : undefined
-              if (direct === undefined) missing.push(session)
-              else direct(item.messages)
-            }
-            return missing
-          })
-          if (sends.length === 0) return Effect.succeed(JSON.stringify({ missing, outcomes: [] }))
-          return Effect.forEach(sends, send, { concurrency: "unbounded" }).pipe(
-            Effect.map((outcomes) => JSON.stringify({ missing, outcomes: encodeOutcomes(outcomes) }))
-          )
-        })
-    })
+    return NodeInbox.of({ Relay: ({ payload }) => relay(payload.body) })
   }),
   { concurrency: "unbounded" }
 )

@@ -41,13 +41,18 @@ const RELAY_CHECKS = 20
  * or once a process that started after this relay was sent reports from its address: a node killed
  * and started again on the same address within seconds never looks gone (its heartbeat goes on),
  * yet the process this relay went to is dead and will not answer it. (A relay sent while the
- * address had no process at all may still reach the new one; its sends then also go as entity
- * messages, which their `client_msg_id` makes harmless, as after any relay given up.)
+ * address had no process at all may still reach the new one through Effect cluster's retries: the
+ * new process answers it with nothing served, as its `sentAt` is older than its own start, so its
+ * sends are stored only once, as the entity messages sent instead.) `sentAt`: when the relay went
+ * out, as its body says.
  */
-export const relayWatchdog = (inbox: string, routes: Pick<ShardRoutes["Service"], "gone" | "startedAt">) =>
+export const relayWatchdog = (
+  inbox: string,
+  routes: Pick<ShardRoutes["Service"], "gone" | "startedAt">,
+  sentAt: number
+) =>
   Effect.gen(function* () {
     let checks = 0
-    const sentAt = yield* Clock.currentTimeMillis
     const restarted = () => (routes.startedAt(inbox) ?? -Infinity) > sentAt
     return yield* Effect.sleep("250 millis").pipe(
       Effect.repeat({ until: () => routes.gone(inbox) || restarted() || ++checks >= RELAY_CHECKS }),
@@ -125,8 +130,6 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
       const running = new Set<Fiber.Fiber<void>>()
       yield* Effect.addFinalizer(() => Fiber.interruptAll(running))
 
-      const watchdog = (inbox: string) => relayWatchdog(inbox, routes)
-
       /** Per target node, at most one relay in flight, carrying everything queued meanwhile. */
       const lanes = new Map<string, Lane>()
       const stats = { relays: 0, relayed: 0, handedBack: 0 }
@@ -142,7 +145,10 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
         }
         stats.relays++
         stats.relayed += batch.length
+        // The receiver serves it only if its process was running by then (NodeInbox `processStartedAt`).
+        const sentAt = Date.now()
         const body = JSON.stringify({
+          sentAt,
           pushes: pushes.map((p) => ({ connections: p.connections, incarnation: p.incarnation, messages: p.messages })),
           delivers: delivers.map((d) => ({ sessions: d.sessions, messages: d.messages })),
           sends: sends.map((s) => s.item)
@@ -150,7 +156,7 @@ export class NodeOutbox extends Context.Service<NodeOutbox, {
         return inboxes(inbox).Relay({ body }).pipe(
           // A node that died or stopped is noticed by its runner's heartbeat (ShardRoutes) well before
           // the timeout; either way the relay's contents take the sure way.
-          Effect.raceFirst(watchdog(inbox)),
+          Effect.raceFirst(relayWatchdog(inbox, routes, sentAt)),
           Effect.matchCauseEffect({
             onSuccess: (reply) =>
               Effect.sync(() => {

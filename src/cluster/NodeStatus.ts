@@ -16,6 +16,7 @@ import { SqlClient } from "effect/sql"
 import { HttpServer } from "effect/http"
 import { AppConfig, type AppSettings } from "../Config.ts"
 import { LocalConnections } from "../push/LocalConnections.ts"
+import { processStartedAt } from "./NodeInbox.ts"
 import { NodeOutbox } from "./NodeOutbox.ts"
 
 export interface RunnerView {
@@ -64,9 +65,6 @@ const urlOf = (config: AppSettings, port: number) => {
   const host = config.host === "0.0.0.0" || config.host === "::" ? config.runnerHost : config.host
   return config.publicUrl ?? `http://${host}:${port}`
 }
-
-/** When this process started (not its first report), in epoch seconds: what others compare a relay's start with (NodeOutbox). */
-const processStartedAt = performance.timeOrigin / 1000
 
 export class NodeStatus extends Context.Service<NodeStatus, {
   /** The cluster as the nodes' reports and Effect cluster's runner table show it. */
@@ -166,7 +164,7 @@ export const NodeAnnouncementLive = Layer.effectDiscard(Effect.gen(function* () 
   if (runner === null) return
   yield* Effect.addFinalizer(() => sql`DELETE FROM quickim_nodes WHERE node_id = ${here.nodeId}`.pipe(Effect.ignore))
   yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, started_at)
-        VALUES (${here.nodeId}, ${runner}, ${urlOf(config, config.port)}, to_timestamp(${processStartedAt}))
+        VALUES (${here.nodeId}, ${runner}, ${urlOf(config, config.port)}, to_timestamp(${processStartedAt / 1000}))
         ON CONFLICT (node_id) DO NOTHING`.pipe(
     Effect.catchCause((cause) => Effect.logWarning("could not announce this node", cause))
   )
@@ -195,7 +193,9 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
             relays, relayed, handed_back, started_at)
           VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${shardIds}, ${conversations}, ${mailboxes},
             ${here.open.ws}, ${here.open.sse}, ${here.open.poll},
-            ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack}, to_timestamp(${processStartedAt}))
+            ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack}, to_timestamp(${
+      processStartedAt / 1000
+    }))
           ON CONFLICT (node_id) DO UPDATE SET http_url = EXCLUDED.http_url, shards = EXCLUDED.shards, shard_ids = EXCLUDED.shard_ids,
             conversations = EXCLUDED.conversations, mailboxes = EXCLUDED.mailboxes, ws = EXCLUDED.ws, sse = EXCLUDED.sse,
             poll = EXCLUDED.poll, relays = EXCLUDED.relays, relayed = EXCLUDED.relayed,
