@@ -67,6 +67,25 @@ const StaleLayer = conversationEntityLayer(settingsFor("embedded", { resumeWindo
   Layer.provide(behind)
 )
 
+/**
+ * Sessions `a` (a mailbox on this node, recording what it is handed) and `b` (whose mailbox answers
+ * nobody: no Mailbox entity on this runner) in `conversationId`; `a` sends m0. The conversation
+ * stops (idle) with `b` still owed m0, and its next host hands m0 over again: `a` is handed it
+ * once live and once from the next host (its connections drop the repeat).
+ */
+const owedByStop = (conversationId: string) =>
+  Effect.gen(function* () {
+    const here = yield* LocalConnections
+    const got: Array<string> = []
+    here.mailboxes.set("a", (messages) => got.push(...messages.map((m) => m.MsgId)))
+    const client = (yield* Conversation.client)(conversationId)
+    yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
+    const m0 = (yield* client.Send({ session: "a", status: 0, type: 0, content: "m0" })).msgId
+    // About 6 s here (the cluster's reaper has a 5 s resolution); a loaded CI machine needs more.
+    for (let i = 0; i < 300 && got.length < 2; i++) yield* Effect.sleep("100 millis")
+    assert.deepStrictEqual(got, [m0, m0])
+  })
+
 describe("Conversation entity", () => {
   it.live("concurrent sends get a gapless sequence and ids increasing in sequence order", () =>
     Effect.gen(function* () {
@@ -202,33 +221,14 @@ describe("Conversation entity", () => {
     }).pipe(Effect.provide(ShortLayer)))
 
   it.live("a conversation that stops while a member is still owed a message leaves it to its next host, however late", () =>
-    Effect.gen(function* () {
-      const here = yield* LocalConnections
-      const got: Array<string> = []
-      here.mailboxes.set("a", (messages) => got.push(...messages.map((m) => m.MsgId)))
-      // `b`'s mailbox answers nobody (no Mailbox entity on this runner): it is owed m0 when the
-      // conversation passivates, long past the resume window.
-      const client = (yield* Conversation.client)("conv-owed")
-      yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
-      const m0 = (yield* client.Send({ session: "a", status: 0, type: 0, content: "m0" })).msgId
-      // About 6 s here (the cluster's reaper has a 5 s resolution); a loaded CI machine needs more.
-      for (let i = 0; i < 300 && got.length < 2; i++) yield* Effect.sleep("100 millis")
-      // Once live, once from the next host (for `b`'s sake; `a`'s connections drop the repeat).
-      assert.deepStrictEqual(got, [m0, m0])
-    }).pipe(Effect.provide(ClusteredLayer)))
+    // `b` is owed m0 when the conversation passivates, long past the resume window.
+    owedByStop("conv-owed").pipe(Effect.provide(ClusteredLayer)))
 
   it.live("a conversation that stops does not wait for a delivery its member's mailbox cannot take yet; its next host hands it over", () =>
     Effect.gen(function* () {
-      const here = yield* LocalConnections
-      const got: Array<string> = []
-      here.mailboxes.set("a", (messages) => got.push(...messages.map((m) => m.MsgId)))
-      // `b`'s mailbox answers nobody, as one on a node that died or takes this shard over: its
-      // delivery stays on its way for the whole budget (20 s).
-      const client = (yield* Conversation.client)("conv-moving")
-      yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
-      const m0 = (yield* client.Send({ session: "a", status: 0, type: 0, content: "m0" })).msgId
-      for (let i = 0; i < 300 && got.length < 2; i++) yield* Effect.sleep("100 millis")
-      assert.deepStrictEqual(got, [m0, m0])
+      // As one on a node that died or takes this shard over, `b`'s delivery stays on its way for the
+      // whole budget (20 s).
+      yield* owedByStop("conv-moving")
       const stop = stops.find((s) => s.conversationId === "conv-moving")
       assert.isDefined(stop, JSON.stringify(stops))
       // It stopped with b's delivery still on its way, without waiting for it (the hand-over wait is 1 s).

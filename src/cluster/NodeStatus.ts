@@ -154,15 +154,18 @@ const activeEntities = (sharding: Sharding.Sharding["Service"], here: LocalConne
  * process's start time. A node killed and started again on the same runner address never looks
  * gone, so relays other nodes sent to the dead process are given up only when they read that a
  * newer process reports from the address (relayWatchdog); the first full report comes only once
- * the node serves HTTP, which in the chaos run was up to 2.7 s later than this row.
+ * the node serves HTTP, which in the chaos run was up to 2.7 s later than this row. In every mode
+ * this layer deletes the node's row when it stops.
  */
 export const NodeAnnouncementLive = Layer.effectDiscard(Effect.gen(function* () {
   const config = yield* AppConfig
   const here = yield* LocalConnections
   const sql = yield* SqlClient.SqlClient
   const runner = runnerOf(config)
-  if (runner === null) return
+  // This node's row goes when the node stops, in every mode: released after the reporter above has
+  // stopped, so no report in flight writes it again.
   yield* Effect.addFinalizer(() => sql`DELETE FROM quickim_nodes WHERE node_id = ${here.nodeId}`.pipe(Effect.ignore))
+  if (runner === null) return
   yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, started_at)
         VALUES (${here.nodeId}, ${runner}, ${urlOf(config, config.port)}, to_timestamp(${processStartedAt / 1000}))
         ON CONFLICT (node_id) DO NOTHING`.pipe(
@@ -202,8 +205,8 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
             handed_back = EXCLUDED.handed_back, updated_at = now()`
   }).pipe(Effect.catchCause((cause) => Effect.logWarning("could not report node status", cause)))
 
+  // Its row is deleted when the node stops by NodeAnnouncementLive, below this layer.
   yield* report.pipe(Effect.repeat(Schedule.spaced(REPORT_EVERY)), Effect.forkScoped)
-  yield* Effect.addFinalizer(() => sql`DELETE FROM quickim_nodes WHERE node_id = ${here.nodeId}`.pipe(Effect.ignore))
 
   const retain = Effect.gen(function* () {
     const now = yield* Effect.clockWith((clock) => clock.currentTimeMillis)
