@@ -27,6 +27,7 @@ import { RunnerWatch } from "./cluster/RunnerWatch.ts"
 import { ShardRoutes } from "./cluster/ShardRoutes.ts"
 import { ConversationEntityLive } from "./conversation/ConversationEntity.ts"
 import { ConversationSender } from "./conversation/Sender.ts"
+import { Delivery } from "./push/Delivery.ts"
 import { Feed } from "./push/Feed.ts"
 import { LocalConnections } from "./push/LocalConnections.ts"
 import { MailboxEntityLive } from "./push/MailboxEntity.ts"
@@ -193,7 +194,7 @@ export const AppLive = NodeReporterLive.pipe(
   Layer.provideMerge(Layer.mergeAll(HttpLive, ConversationEntityLive, MailboxEntityLive, InboxLive)),
   Layer.provideMerge(NodeStatus.layer),
   Layer.provideMerge(PushLive),
-  Layer.provideMerge(ConversationSender.layer),
+  Layer.provideMerge(Layer.mergeAll(ConversationSender.layer, Delivery.layer)),
   Layer.provideMerge(NodeOutbox.layer),
   Layer.provideMerge(ShardRoutes.layer),
   Layer.provideMerge(RunnerWatch.layer),

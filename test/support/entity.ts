@@ -7,12 +7,14 @@ import { RunnerWatch } from "../../src/cluster/RunnerWatch.ts"
 import { ShardRoutes } from "../../src/cluster/ShardRoutes.ts"
 import { AppConfig, type AppSettings } from "../../src/Config.ts"
 import { ConversationEntityLive } from "../../src/conversation/ConversationEntity.ts"
+import { Delivery } from "../../src/push/Delivery.ts"
 import { LocalConnections } from "../../src/push/LocalConnections.ts"
 import { ConversationStore } from "../../src/storage/ConversationStore.ts"
 import { DatabaseLive } from "../../src/storage/Database.ts"
 
 export const conversationEntityLayer = (settings: AppSettings) =>
   ConversationEntityLive.pipe(
+    Layer.provideMerge(Delivery.layer),
     Layer.provideMerge(NodeOutbox.layer),
     Layer.provideMerge(ShardRoutes.layer),
     Layer.provideMerge(RunnerWatch.layer),

@@ -1,0 +1,108 @@
+/**
+ * One group commit: the sends a Conversation entity took from its mailbox together are checked,
+ * numbered and written in one append, and each is answered from the outcome. A send repeating a
+ * `client_msg_id` of its session gets the stored message back (`duplicate`), whether it was stored
+ * long ago or earlier in the same batch.
+ */
+import { Cause, Effect } from "effect"
+import type { Rpc } from "effect/rpc"
+import { NotMember } from "../domain/Conversation.ts"
+import type { MsgIdClock } from "../domain/MsgId.ts"
+import { formatSendTime } from "../domain/SendTime.ts"
+import type { ConversationStore, MessageRow } from "../storage/ConversationStore.ts"
+import type { Send, SentMessage } from "./Protocol.ts"
+
+export type SendPayload = Rpc.Payload<typeof Send>
+
+/** What the commit needs of the conversation's state; `lastSeq` and `lastMsgId` advance with it. */
+export interface Sequence {
+  readonly members: ReadonlyMap<string, number>
+  lastSeq: number
+  lastMsgId: string | undefined
+}
+
+export interface Committed {
+  /** Per send, in order: the message (new or the duplicate's original), or the refusal. */
+  readonly answers: ReadonlyArray<SentMessage | NotMember>
+  /** The rows written, in MsgId order (empty: nothing new). */
+  readonly rows: ReadonlyArray<MessageRow>
+}
+
+const dedupeKey = (session: string, clientMsgId: string) => `${session}\u0000${clientMsgId}`
+
+/** SQLSTATE class 22, data exception: the statement's data was refused, so nothing was written. */
+export const isInvalidData = (cause: Cause.Cause<unknown>) =>
+  cause.reasons.some((r) => {
+    if (!Cause.isFailReason(r)) return false
+    const e = r.error as { _tag?: unknown; reason?: { cause?: { code?: unknown } } }
+    return e._tag === "SqlError" && String(e.reason?.cause?.code ?? "").startsWith("22")
+  })
+
+/**
+ * Numbers and stores `sends` of conversation `id` at wall-clock time `now`. The state advances only
+ * once the append committed; a failure leaves it as it was (the caller reloads it: the outcome of a
+ * failed append is unknown).
+ */
+export const commitSends = Effect.fnUntraced(function* (
+  store: ConversationStore["Service"],
+  id: string,
+  state: Sequence,
+  clock: MsgIdClock,
+  sends: ReadonlyArray<SendPayload>,
+  now: number
+) {
+  const known = new Map<string, SentMessage>()
+  const withClientId = sends.filter((p) => p.clientMsgId !== undefined && state.members.has(p.session))
+  if (withClientId.length > 0) {
+    const found = yield* store.findByClientIds(
+      id,
+      withClientId.map((p) => ({ session: p.session, clientMsgId: p.clientMsgId! }))
+    )
+    for (const f of found) {
+      known.set(dedupeKey(f.session, f.clientMsgId), {
+        msgId: f.msgId,
+        seq: f.seq,
+        sendTime: f.sendTime,
+        duplicate: true
+      })
+    }
+  }
+  const sendTime = formatSendTime(now)
+  const rows: Array<MessageRow> = []
+  const answers: Array<SentMessage | NotMember> = []
+  let seq = state.lastSeq
+  for (const p of sends) {
+    if (!state.members.has(p.session)) {
+      answers.push(new NotMember({ conversationId: id, session: p.session }))
+      continue
+    }
+    const key = p.clientMsgId === undefined ? undefined : dedupeKey(p.session, p.clientMsgId)
+    const earlier = key === undefined ? undefined : known.get(key)
+    if (earlier !== undefined) {
+      answers.push({ ...earlier, duplicate: true })
+      continue
+    }
+    seq++
+    const sent: SentMessage = { msgId: clock.next(now), seq, sendTime, duplicate: false }
+    if (key !== undefined) known.set(key, sent)
+    rows.push({
+      conversation_id: id,
+      msg_id: sent.msgId,
+      seq,
+      from_session: p.session,
+      send_time: sendTime,
+      status: p.status,
+      type: p.type,
+      content: p.content,
+      client_msg_id: p.clientMsgId ?? null
+    })
+    answers.push(sent)
+  }
+  if (rows.length > 0) {
+    yield* store.appendMessages(id, rows)
+    const last = rows[rows.length - 1]
+    state.lastSeq = last.seq
+    state.lastMsgId = last.msg_id
+  }
+  return { answers, rows } satisfies Committed
+})

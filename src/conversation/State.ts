@@ -1,0 +1,113 @@
+/**
+ * A Conversation entity's state: loaded from SQL when first needed, dropped after a failed write
+ * and loaded again. Each load hands over again what a previous host, or a write of unknown outcome
+ * here, may have left undelivered (Delivery `again`) before anything new is committed.
+ */
+import { Clock, Duration, Effect, Option } from "effect"
+import type { SqlError } from "effect/sql"
+import { decode, MsgIdClock } from "../domain/MsgId.ts"
+import type { Handovers } from "../push/Delivery.ts"
+import type { ConversationState, ConversationStore } from "../storage/ConversationStore.ts"
+import { floorOf } from "../storage/Replay.ts"
+
+export interface Loaded {
+  readonly state: ConversationState & { lastSeq: number; lastMsgId: string | undefined }
+  readonly clock: MsgIdClock
+}
+
+/** The most messages a conversation hands over again: when re-hosted, or after writes of unknown outcome. */
+const REDELIVER_MAX = 1000
+
+export interface StateHolder {
+  /** The state; null: no such conversation. */
+  readonly load: Effect.Effect<Loaded | null, SqlError.SqlError>
+  /** The state of a conversation just created here: the whole state, with nothing to hand over. */
+  readonly created: (conversationType: number, sessions: ReadonlyArray<string>) => void
+  /**
+   * Drops the state; `outcomeUnknown`: a write failed that may have committed, so the next load
+   * hands over everything after the last message known now, however old. Returns whether such a
+   * load is owed (the caller schedules one).
+   */
+  readonly drop: (outcomeUnknown: boolean) => boolean
+}
+
+export const makeStateHolder = (
+  id: string,
+  store: ConversationStore["Service"],
+  resumeWindow: Duration.Duration,
+  handovers: Handovers
+): StateHolder => {
+  // undefined: not loaded yet (or dropped after a failed write); null: no such conversation.
+  let loaded: Loaded | null | undefined = undefined
+  /**
+   * After a write whose outcome is unknown: the last MsgId known to be handed over ("": none).
+   * The next load hands over everything after it, however old: that write may have committed.
+   */
+  let unknownAfter: string | undefined = undefined
+
+  const load = Effect.gen(function* () {
+    if (loaded !== undefined) return loaded
+    const found = yield* store.load(id)
+    const next = Option.isNone(found) ? null : {
+      state: { ...found.value },
+      clock: new MsgIdClock(id, found.value.conversationType, found.value.lastMsgId)
+    }
+    // Loaded only once the hand-over is queued: a failure here leaves the next load to do it.
+    if (next !== null) {
+      // After an unknown outcome here, or a previous host's stop with hand-overs outstanding,
+      // from the earlier of the two positions.
+      const marks = [unknownAfter, next.state.redeliverAfter].filter((m) => m !== undefined).sort()
+      const from = yield* redeliverRecent(next.state, marks[0])
+      handovers.handedFrom(from ?? next.state.lastMsgId ?? "")
+    }
+    loaded = next
+    unknownAfter = undefined
+    return next
+  })
+
+  /**
+   * The previous host of this conversation may have died between a commit and its hand-over
+   * to the members' mailboxes. So a conversation that had messages within the resume window
+   * hands those over again before anything new, in order; connections drop what they already
+   * have by MsgId (Feed, Mailbox), and nothing new can overtake what was missed. With `after`
+   * (the last position known to be handed over), from there if earlier, however old.
+   * Returns the position it hands over from, if it hands over anything.
+   */
+  const redeliverRecent = (state: Loaded["state"], after: string | undefined) =>
+    Effect.gen(function* () {
+      if (state.lastMsgId === undefined) return undefined
+      const now = yield* Clock.currentTimeMillis
+      const windowFloor = floorOf(state.lastMsgId, resumeWindow)
+      const floor = after !== undefined && after < windowFloor ? after : windowFloor
+      if (after === undefined && decode(state.lastMsgId).millis < now - Duration.toMillis(resumeWindow)) {
+        return undefined
+      }
+      // The newest of the window: what a dead host may not have handed over is its newest
+      // messages (a busy conversation may have more in the window than a hand-over should carry).
+      const recent = yield* store.newestAfter(id, floor, REDELIVER_MAX)
+      if (recent.length === 0) return undefined
+      // Old by nature, so each gets the budget from now; a member only what followed its join.
+      yield* handovers.again(state.members, recent, state.lastSeq, now)
+      return floor
+    })
+
+  return {
+    load,
+    created: (conversationType, sessions) => {
+      const state = {
+        conversationType,
+        lastMsgId: undefined,
+        lastSeq: 0,
+        members: new Map(sessions.map((s) => [s, 0] as const)),
+        redeliverAfter: undefined
+      }
+      loaded = { state, clock: new MsgIdClock(id, conversationType, undefined) }
+      handovers.handedFrom("")
+    },
+    drop: (outcomeUnknown) => {
+      if (outcomeUnknown && loaded) unknownAfter ??= loaded.state.lastMsgId ?? ""
+      loaded = undefined
+      return unknownAfter !== undefined
+    }
+  }
+}

@@ -1,0 +1,403 @@
+/**
+ * Delivery: how a conversation's committed messages reach its members' mailboxes. The Conversation
+ * entity opens one `Handovers` per activation and offers it each committed batch; one fiber hands
+ * the batches over in commit order, off the send path, so each mailbox sees the conversation's
+ * messages in commit order. A slow or absent member never delays the sender, nor the other members:
+ * a member whose previous batch is still on its way (an entity message waiting for its mailbox's
+ * new home) skips the next ones and is told so with the one after (`gap`).
+ *
+ * Resume covers a message only if it reached the mailbox within the resume window of its commit
+ * (docs/architecture.md, "Why resume loses nothing"), so every hand-over is bounded by `budget`, two
+ * thirds of the window from the commit (the rest is margin for clock skew between nodes). A batch
+ * that waited longer, or that does not fit the conversation's backlog
+ * (QUICKIM_DELIVERY_BACKLOG_BYTES), is dropped, and its members are told of the gap instead: their
+ * mailbox ends every subscription, and each connection replays from its last message.
+ */
+import { Context, Duration, Effect, Fiber, Layer, Metric, Option, Queue, Schedule, Scope, type Tracer } from "effect"
+import { AppConfig } from "../Config.ts"
+import type { MsgData } from "../domain/Conversation.ts"
+import { chunked } from "../cluster/NodeInbox.ts"
+import { NodeOutbox } from "../cluster/NodeOutbox.ts"
+import { ShardRoutes } from "../cluster/ShardRoutes.ts"
+import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
+import { deliveryGaps } from "../observability/Telemetry.ts"
+import { messageSize } from "./Frames.ts"
+import { LocalConnections } from "./LocalConnections.ts"
+import { Mailbox } from "./Protocol.ts"
+
+interface Batch {
+  readonly members: ReadonlyArray<string>
+  /** Empty: the delivery of a gap alone, to the gapped members. */
+  readonly messages: ReadonlyArray<MsgData>
+  /** Estimated JSON bytes of `messages` (the backlog's bound). */
+  readonly bytes: number
+  /** When the hand-over is given up (epoch millis): the budget after the commit. */
+  readonly deadline: number
+  /** The commit's span, when tracing: the hand-over continues its trace. */
+  readonly span?: Tracer.Span
+}
+
+/** What a stopping conversation's hand-overs left undone. */
+export interface Unsettled {
+  /** How long the stop waited for them (ms). */
+  readonly waited: number
+  /** Batches queued or being handed over, members with an entity message on its way, members owed a gap. */
+  readonly undelivered: number
+  readonly busy: number
+  readonly gapped: number
+  /**
+   * Every member was handed everything up to this MsgId, or told of the gap: the conversation's next
+   * host hands over everything after it.
+   */
+  readonly handedThrough: string | undefined
+}
+
+/** One conversation activation's hand-overs. */
+export interface Handovers {
+  /** Two thirds of the resume window (ms): how long after its commit a batch may still be handed over. */
+  readonly budget: number
+  /** Queues a committed batch for `members`; never waits. */
+  readonly offer: (
+    members: ReadonlyArray<string>,
+    messages: ReadonlyArray<MsgData>,
+    deadline: number,
+    span?: Tracer.Span
+  ) => Effect.Effect<void>
+  /** A fresh start of the hand-overs (load, create): everything up to `position` counts as handed over. */
+  readonly handedFrom: (position: string) => void
+  /**
+   * Hands `recent` (the conversation's newest messages, in order, the last with seq `lastSeq`) over
+   * again, each member only what was sent after it joined (`members`: session → the seq it joined
+   * after), with the budget from `now`.
+   */
+  readonly again: (
+    members: ReadonlyMap<string, number>,
+    recent: ReadonlyArray<MsgData>,
+    lastSeq: number,
+    now: number
+  ) => Effect.Effect<void>
+}
+
+/**
+ * How a stopping conversation leaves unsettled hand-overs to its next host: it gets everything
+ * after `handedThrough` handed over again (see `Unsettled`).
+ */
+export type Owe = (left: Unsettled) => Effect.Effect<void>
+
+const DELIVER_ATTEMPT = "5 seconds"
+/** How long a stopping conversation waits for its hand-overs before leaving them to its next host. */
+const HANDOVER_WAIT = "1 second"
+/** Default of `QUICKIM_DELIVERY_BACKLOG_BYTES`. */
+const DELIVERY_BACKLOG_BYTES = 4 * 1024 * 1024
+
+export const sizeOf = (messages: ReadonlyArray<MsgData>) => {
+  let bytes = 0
+  for (const m of messages) bytes += messageSize(m)
+  return bytes
+}
+
+export class Delivery extends Context.Service<Delivery, {
+  /**
+   * The hand-overs of `conversationId`, until the scope closes (the entity stops). Closing waits a
+   * little for the hand-overs under way; in multi-node mode what is left then goes to `owe`.
+   */
+  readonly open: (conversationId: string, owe: Owe) => Effect.Effect<Handovers, never, Scope.Scope>
+}>()("quick-im/push/Delivery") {
+  static readonly layer = Layer.effect(
+    Delivery,
+    Effect.gen(function* () {
+      const config = yield* AppConfig
+      const mailboxes = yield* Mailbox.client
+      const here = yield* LocalConnections
+      const routes = yield* ShardRoutes
+      const outbox = yield* NodeOutbox
+      const tracing = config.otlpEndpoint !== undefined
+      const budget = Math.max(1, Math.floor((Duration.toMillis(config.resumeWindow) * 2) / 3))
+      const backlogMax = config.deliveryBacklogBytes ?? DELIVERY_BACKLOG_BYTES
+
+      const multiNode = Option.isSome(config.runnerPort)
+      const debug = debugEnabled(config.logLevel)
+
+      const open = Effect.fnUntraced(function* (id: string, owe: Owe) {
+        const batches = yield* Queue.unbounded<Batch>()
+        let undelivered = 0 // batches queued or being handed over
+        let backlogBytes = 0 // of the batches queued
+        /** Members that missed a batch: their next delivery carries `gap`. */
+        const gapped = new Set<string>()
+        /** Members with an entity-message delivery on its way: they skip batches until it settles. */
+        const busy = new Set<string>()
+        /** A delivery of nothing but the gap is queued. */
+        let gapQueued = false
+        /** The newest MsgId of the batches handOver has dealt with (handed, relayed, sent on, or dropped). */
+        let processedThrough: string | undefined = undefined
+        /** See `Unsettled.handedThrough`. */
+        let handedThrough: string | undefined = undefined
+        const settledUpTo = () => {
+          if (busy.size === 0 && gapped.size === 0 && processedThrough !== undefined) handedThrough = processedThrough
+        }
+        const scope = yield* Scope.fork(yield* Scope.Scope)
+        /**
+         * Entity-message deliveries on their way. When the conversation stops they are interrupted
+         * without waiting for them: interrupting a call to a mailbox whose node died or is moving
+         * waits for the cluster to tell that node, seconds in which the shard could not move. What
+         * they carried is owed to the next host (the stop records how far hand-overs went).
+         */
+        const inFlight = new Set<Fiber.Fiber<void>>()
+        yield* Scope.addFinalizer(
+          scope,
+          Effect.sync(() => {
+            for (const fiber of inFlight) fiber.interruptUnsafe()
+            inFlight.clear()
+          })
+        )
+
+        /** Queues a delivery of nothing but `gap` for the gapped members that can take it now. */
+        const queueGap = () => {
+          if (gapQueued) return
+          let waiting = false
+          for (const member of gapped) {
+            if (!busy.has(member)) {
+              waiting = true
+              break
+            }
+          }
+          if (!waiting) return
+          gapQueued = true
+          undelivered++
+          Queue.offerUnsafe(batches, { members: [], messages: [], bytes: 0, deadline: Date.now() + budget })
+        }
+
+        /**
+         * Hands `parts` (a batch in consecutive parts) to one member's Mailbox entity, in the
+         * background: a mailbox whose node died or that is moving answers nobody until it is hosted
+         * again, so each attempt is bounded and retried until `deadline`. Missed: the member is gapped.
+         */
+        const deliverToEntity = (
+          member: string,
+          parts: ReadonlyArray<ReadonlyArray<MsgData>>,
+          gap: boolean,
+          deadline: number
+        ) => {
+          busy.add(member)
+          // Carried from here on; owed again if this delivery fails. A batch skipped meanwhile (see
+          // handOver) owes a new one.
+          if (gap) gapped.delete(member)
+          let settled = false
+          const client = mailboxes(member)
+          return Effect.forEach(
+            parts,
+            (messages, i) => client.Deliver(i === 0 && gap ? { messages, gap: true } : { messages }),
+            { discard: true }
+          ).pipe(
+            Effect.timeout(DELIVER_ATTEMPT),
+            Effect.retry({ schedule: Schedule.spaced("250 millis") }),
+            Effect.timeout(Duration.millis(Math.max(0, deadline - Date.now()))),
+            Effect.matchCauseEffect({
+              onSuccess: () =>
+                Effect.sync(() => {
+                  settled = true
+                }),
+              onFailure: (cause) =>
+                Effect.sync(() => {
+                  settled = true
+                  gapped.add(member)
+                }).pipe(
+                  Effect.andThen(Effect.logWarning("push to mailbox failed; its connections replay", cause)),
+                  Effect.annotateLogs({ conversationId: id, session: member })
+                )
+            }),
+            Effect.ensuring(Effect.sync(() => {
+              busy.delete(member)
+              // Interrupted (the conversation stops): the batch is left to the next host (Redeliver).
+              if (!settled) gapped.add(member)
+              else if (gapped.has(member)) queueGap()
+              else settledUpTo()
+            })),
+            Effect.forkDetach,
+            Effect.map((fiber) => {
+              inFlight.add(fiber)
+              fiber.addObserver(() => inFlight.delete(fiber))
+            })
+          )
+        }
+
+        // A member's mailbox active in this process is called directly; mailboxes on another node
+        // take the batch in that node's relay (NodeOutbox: one cluster message for many
+        // conversations), and any the relay did not serve, or whose node is unknown, or that is told
+        // of a gap, an entity message in the background (deliverToEntity).
+        const handOver = Effect.fnUntraced(function* ({ members, messages, deadline, bytes }: Batch) {
+          backlogBytes -= bytes
+          if (messages.length === 0) gapQueued = false
+          else processedThrough = messages[messages.length - 1].MsgId
+          if (Date.now() >= deadline) {
+            // Waited out its budget in the queue (behind a slow relay): too late to be resumed safely.
+            // Its members hear of the gap with the next delivery, queued now if none follows.
+            for (const member of members) gapped.add(member)
+            yield* Metric.update(deliveryGaps, 1)
+            queueGap()
+            return
+          }
+          // A delivery of nothing is the gap alone, for whoever still waits for it.
+          const targets = messages.length === 0 ? [...gapped] : members
+          const entityMessage: Array<string> = []
+          let byNode: Map<string, Array<string>> | undefined = undefined
+          for (const member of targets) {
+            if (busy.has(member)) {
+              // Its previous batch is still on its way: this one must not overtake it.
+              gapped.add(member)
+              continue
+            }
+            const gap = gapped.has(member)
+            const direct = here.mailboxes.get(member)
+            if (direct !== undefined) {
+              if (tracing) {
+                yield* Effect.sync(() => direct(messages, gap)).pipe(
+                  Effect.withSpan("Mailbox.deliver", { attributes: { session: member } })
+                )
+              } else direct(messages, gap)
+              if (gap) gapped.delete(member)
+              continue
+            }
+            const node = gap ? undefined : routes.nodeOf(member)
+            if (node === undefined) {
+              entityMessage.push(member)
+              continue
+            }
+            byNode ??= new Map()
+            const group = byNode.get(node)
+            if (group === undefined) byNode.set(node, [member])
+            else group.push(member)
+          }
+          // Relays first (they answer in one round trip), then entity messages for whatever they did
+          // not serve and for mailboxes whose node is unknown. A large batch goes in parts, each whole
+          // before the next, so no cluster message grows past what the runner transport accepts.
+          const parts = byNode === undefined && entityMessage.length === 0 ? [] : chunked(messages)
+          for (let i = 0; byNode !== undefined && i < parts.length; i++) {
+            const notServed = yield* outbox.deliver(byNode, parts[i])
+            if (notServed.length === 0) continue
+            // Not served by the relay: this part and the rest go to them as entity messages.
+            const rest = parts.slice(i)
+            for (const member of notServed) yield* deliverToEntity(member, rest, false, deadline)
+            const left = new Set(notServed)
+            const remaining = new Map<string, Array<string>>()
+            for (const [node, group] of byNode) {
+              const still = group.filter((m) => !left.has(m))
+              if (still.length > 0) remaining.set(node, still)
+            }
+            byNode = remaining.size === 0 ? undefined : remaining
+          }
+          for (const member of entityMessage) yield* deliverToEntity(member, parts, gapped.has(member), deadline)
+          queueGap()
+          settledUpTo()
+        })
+
+        const offer = Effect.fnUntraced(function* (
+          members: ReadonlyArray<string>,
+          messages: ReadonlyArray<MsgData>,
+          deadline: number,
+          span?: Tracer.Span
+        ) {
+          const bytes = sizeOf(messages)
+          if (backlogBytes + bytes > backlogMax && Queue.sizeUnsafe(batches) > 0) {
+            // The backlog is full (its hand-overs are slower than the conversation's commits): what is
+            // queued is dropped, and its members told of the gap with their next delivery.
+            for (const dropped of yield* Queue.clear(batches)) {
+              undelivered--
+              backlogBytes -= dropped.bytes
+              if (dropped.messages.length === 0) gapQueued = false
+              for (const member of dropped.members) gapped.add(member)
+            }
+            yield* Metric.update(deliveryGaps, 1)
+          }
+          undelivered++
+          backlogBytes += bytes
+          Queue.offerUnsafe(
+            batches,
+            span === undefined ? { members, messages, bytes, deadline } : {
+              members,
+              messages,
+              bytes,
+              deadline,
+              span
+            }
+          )
+        })
+
+        yield* Queue.take(batches).pipe(
+          Effect.flatMap((batch) =>
+            (batch.span === undefined ? handOver(batch) : handOver(batch).pipe(
+              Effect.withSpan("Conversation.deliver", {
+                parent: batch.span,
+                attributes: {
+                  ...aboutMessages(id, batch.messages.map((m) => m.MsgId)),
+                  members: batch.members.length
+                }
+              })
+            )).pipe(Effect.ensuring(Effect.sync(() => undelivered--)))
+          ),
+          Effect.forever,
+          Effect.forkScoped
+        )
+
+        // Passivation or a shard moving to another node (join, graceful stop): hand over what is
+        // committed before the conversation stops, so connected members miss nothing. Across nodes
+        // the wait is short and leaves out entity-message deliveries: a Mailbox on this node's shards
+        // moves with it and cannot take anything until this node has stopped; what is left goes to
+        // the next host (`owe`). Registered after the hand-over fiber and the in-flight deliveries'
+        // scope, so it runs before either stops (finalizers run last-in first-out).
+        yield* Effect.addFinalizer(() =>
+          Effect.gen(function* () {
+            const started = Date.now()
+            yield* Effect.sleep("5 millis").pipe(
+              Effect.repeat({ until: () => undelivered === 0 && (multiNode || busy.size === 0) }),
+              Effect.timeout(multiNode ? HANDOVER_WAIT : "3 seconds"),
+              Effect.ignore
+            )
+            const waited = Date.now() - started
+            if ((undelivered === 0 && busy.size === 0 && gapped.size === 0) || !multiNode) {
+              if (debug) {
+                yield* Effect.logDebug("conversation stopped").pipe(Effect.annotateLogs({ conversationId: id, waited }))
+              }
+              return
+            }
+            const left = { waited, undelivered, busy: busy.size, gapped: gapped.size, handedThrough }
+            yield* owe(left)
+            if (debug) {
+              yield* Effect.logDebug("conversation stopped, its hand-overs left to the next host").pipe(
+                Effect.annotateLogs({ conversationId: id, redelivery: Date.now() - started - waited, ...left })
+              )
+            }
+          })
+        )
+
+        const again = Effect.fnUntraced(function* (
+          members: ReadonlyMap<string, number>,
+          recent: ReadonlyArray<MsgData>,
+          lastSeq: number,
+          now: number
+        ) {
+          // Seqs are gapless in MsgId order: recent[i] has seq firstSeq + i.
+          const firstSeq = lastSeq - recent.length + 1
+          const bySlice = new Map<number, Array<string>>()
+          for (const [member, joinedSeq] of members) {
+            const from = Math.max(0, joinedSeq - firstSeq + 1)
+            if (from < recent.length) bySlice.set(from, [...(bySlice.get(from) ?? []), member])
+          }
+          for (const [from, sessions] of bySlice) yield* offer(sessions, recent.slice(from), now + budget)
+        })
+
+        return {
+          budget,
+          offer,
+          handedFrom: (position) => {
+            processedThrough = undefined
+            handedThrough = position
+          },
+          again
+        } satisfies Handovers
+      })
+
+      return Delivery.of({ open })
+    })
+  )
+}
