@@ -20,8 +20,8 @@ import { createServer } from "node:http"
 import { Api, ConversationApi, InnerApi, MessageApi, SystemApi } from "./api/Api.ts"
 import { AppConfig, type AppSettings, DEFAULT_ASSIGNMENTS_REFRESH, defaultHttpTimeouts } from "./Config.ts"
 import { NodeAnnouncementLive, NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
-import { inboxGroup, NodeInboxLive } from "./cluster/NodeInbox.ts"
-import { NodeOutbox } from "./cluster/NodeOutbox.ts"
+import { NodeIdentity } from "./cluster/NodeIdentity.ts"
+import { inboxGroup, NodeInboxLive, NodeLink } from "./cluster/NodeLink.ts"
 import { RunnerHealthCheckLive } from "./cluster/RunnerHealthCheck.ts"
 import { RunnerWatch } from "./cluster/RunnerWatch.ts"
 import { ShardRoutes } from "./cluster/ShardRoutes.ts"
@@ -29,7 +29,9 @@ import { ConversationEntityLive } from "./conversation/ConversationEntity.ts"
 import { ConversationSender } from "./conversation/Sender.ts"
 import { Delivery } from "./push/Delivery.ts"
 import { Feed } from "./push/Feed.ts"
-import { LocalConnections } from "./push/LocalConnections.ts"
+import { Connections } from "./push/Connections.ts"
+import { LocalMailboxes } from "./push/LocalMailboxes.ts"
+import { MailboxRelay } from "./push/MailboxRelay.ts"
 import { MailboxEntityLive } from "./push/MailboxEntity.ts"
 import { NotifyRoutes } from "./push/NotifyRoutes.ts"
 import { WebSocketGateway } from "./push/WebSocketGateway.ts"
@@ -195,12 +197,13 @@ export const AppLive = NodeReporterLive.pipe(
   Layer.provideMerge(NodeStatus.layer),
   Layer.provideMerge(PushLive),
   Layer.provideMerge(Layer.mergeAll(ConversationSender.layer, Delivery.layer)),
-  Layer.provideMerge(NodeOutbox.layer),
+  Layer.provideMerge(MailboxRelay.layer),
+  Layer.provideMerge(Layer.mergeAll(NodeLink.layer, Connections.layer, LocalMailboxes.layer)),
   Layer.provideMerge(ShardRoutes.layer),
   Layer.provideMerge(RunnerWatch.layer),
   Layer.provideMerge(ClusterLive),
   Layer.provideMerge(NodeAnnouncementLive),
-  Layer.provideMerge(LocalConnections.layer),
+  Layer.provideMerge(NodeIdentity.layer),
   Layer.provideMerge(Layer.mergeAll(KnownConversations.layer, RateLimits.layer)),
   Layer.provideMerge(CoreLive),
   Layer.provide(TracingLive),

@@ -8,7 +8,7 @@ import { TestRunner } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { Conversation } from "../src/conversation/Protocol.ts"
 import type { MsgData } from "../src/domain/Conversation.ts"
-import { LocalConnections } from "../src/push/LocalConnections.ts"
+import { LocalMailboxes } from "../src/push/LocalMailboxes.ts"
 import { conversationEntityLayer } from "./support/entity.ts"
 import { settingsFor } from "./support/server.ts"
 
@@ -75,9 +75,9 @@ const StaleLayer = conversationEntityLayer(settingsFor("embedded", { resumeWindo
  */
 const owedByStop = (conversationId: string) =>
   Effect.gen(function* () {
-    const here = yield* LocalConnections
+    const here = yield* LocalMailboxes
     const got: Array<string> = []
-    here.mailboxes.set("a", (messages) => got.push(...messages.map((m) => m.MsgId)))
+    here.add("a", (messages) => got.push(...messages.map((m) => m.MsgId)))
     const client = (yield* Conversation.client)(conversationId)
     yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
     const m0 = (yield* client.Send({ session: "a", status: 0, type: 0, content: "m0" })).msgId
@@ -151,14 +151,14 @@ describe("Conversation entity", () => {
 
   it.live("a member whose mailbox is not reached within the delivery budget is told of the gap; the others get every batch", () =>
     Effect.gen(function* () {
-      const here = yield* LocalConnections
+      const here = yield* LocalMailboxes
       const got: Record<string, Array<{ readonly ids: Array<string>; readonly gap: boolean }>> = { a: [], b: [] }
       const mailbox = (session: string) => (messages: ReadonlyArray<MsgData>, gap?: boolean) => {
         got[session].push({ ids: messages.map((m) => m.MsgId), gap: gap === true })
       }
       // `a` is active here; `b`'s mailbox answers nobody (no Mailbox entity on this runner) until it
       // appears here too, well after the budget (two thirds of the 600 ms resume window).
-      here.mailboxes.set("a", mailbox("a"))
+      here.add("a", mailbox("a"))
       const client = (yield* Conversation.client)("conv-gap")
       yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
       const sent: Array<string> = []
@@ -166,7 +166,7 @@ describe("Conversation entity", () => {
         sent.push((yield* client.Send({ session: "a", status: 0, type: 0, content: `m${i}` })).msgId)
       }
       yield* Effect.sleep("1500 millis")
-      here.mailboxes.set("b", mailbox("b"))
+      here.add("b", mailbox("b"))
       for (let i = 0; i < 100 && !got.b.some((d) => d.gap); i++) yield* Effect.sleep("100 millis")
       assert.deepStrictEqual(got.a.flatMap((d) => d.ids), sent)
       assert.isFalse(got.a.some((d) => d.gap))
@@ -181,9 +181,9 @@ describe("Conversation entity", () => {
 
   it.live("a batch too old to hand over is dropped, and its members hear of the gap without waiting for another", () =>
     Effect.gen(function* () {
-      const here = yield* LocalConnections
+      const here = yield* LocalMailboxes
       const got: Array<{ readonly ids: Array<string>; readonly gap: boolean }> = []
-      here.mailboxes.set("a", (messages, gap) => got.push({ ids: messages.map((m) => m.MsgId), gap: gap === true }))
+      here.add("a", (messages, gap) => got.push({ ids: messages.map((m) => m.MsgId), gap: gap === true }))
       const client = (yield* Conversation.client)("conv-stale")
       yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
       yield* client.Send({ session: "b", status: 0, type: 0, content: "late" })
@@ -194,10 +194,10 @@ describe("Conversation entity", () => {
 
   it.live("a host that stopped with hand-overs outstanding leaves a position; the next hands over all after it, however old", () =>
     Effect.gen(function* () {
-      const here = yield* LocalConnections
+      const here = yield* LocalMailboxes
       const sql = yield* SqlClient.SqlClient
       const got: Array<string> = []
-      here.mailboxes.set("a", (messages) => got.push(...messages.map((m) => m.MsgId)))
+      here.add("a", (messages) => got.push(...messages.map((m) => m.MsgId)))
       const client = (yield* Conversation.client)("conv-after")
       yield* client.Create({ conversationType: 0, sessions: ["a"] })
       const sent: Array<string> = []

@@ -8,7 +8,7 @@ import { SqlClient } from "effect/sql"
 import { Effect } from "effect"
 import { afterAll, assert, beforeAll, describe, it } from "vitest"
 import { conversationHash, encode } from "../src/domain/MsgId.ts"
-import { LocalConnections } from "../src/push/LocalConnections.ts"
+import { LocalMailboxes } from "../src/push/LocalMailboxes.ts"
 import { connectPoll, connectSse, connectWs, sleep } from "./support/push.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 
@@ -59,7 +59,7 @@ describe("delivery gap", () => {
       await sleep(300)
       for (const c of clients) assert.deepStrictEqual(c.messages.map((m) => m.MsgId), [first])
       // The gap alone, as the conversation hands it over when nothing follows the dropped batch.
-      const mailbox = Context.get(server.context, LocalConnections).mailboxes.get(b)
+      const mailbox = Context.get(server.context, LocalMailboxes).get(b)
       assert.isDefined(mailbox)
       mailbox!([], true)
       for (const c of clients) await c.until((m) => m.length >= 2)
@@ -92,7 +92,7 @@ describe("delivery gap, long polls", () => {
     try {
       await sleep(400) // the poll waits at the mailbox
       const dropped = await writeDropped(server, id, a)
-      Context.get(server.context, LocalConnections).mailboxes.get(b)!([], true)
+      Context.get(server.context, LocalMailboxes).get(b)!([], true)
       // Without ending the waiting poll, the replay came with the poll after it: 30 s later.
       await poller.until((m) => m.length >= 1, 5_000)
       assert.deepStrictEqual(poller.messages.map((m) => m.MsgId), [dropped])

@@ -7,8 +7,8 @@
 import { assert, describe, it } from "@effect/vitest"
 import { Clock, Duration, Effect } from "effect"
 import { TestClock } from "effect/testing"
-import { boundBytes, chunked, ITEM_BYTES } from "../src/cluster/NodeInbox.ts"
-import { relayWatchdog } from "../src/cluster/NodeOutbox.ts"
+import { relayWatchdog } from "../src/cluster/NodeLink.ts"
+import { boundBytes, chunked, ITEM_BYTES } from "../src/push/MailboxRelay.ts"
 import type { MsgData } from "../src/domain/Conversation.ts"
 
 const message = (i: number, content: string): MsgData => ({

@@ -15,9 +15,8 @@ import { MachineId, ShardId, Sharding, Snowflake } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { HttpServer } from "effect/http"
 import { AppConfig, type AppSettings } from "../Config.ts"
-import { LocalConnections } from "../push/LocalConnections.ts"
-import { processStartedAt } from "./NodeInbox.ts"
-import { NodeOutbox } from "./NodeOutbox.ts"
+import { Telemetry } from "../observability/Telemetry.ts"
+import { NodeIdentity } from "./NodeIdentity.ts"
 
 export interface RunnerView {
   readonly Address: string
@@ -74,7 +73,7 @@ export class NodeStatus extends Context.Service<NodeStatus, {
     NodeStatus,
     Effect.gen(function* () {
       const config = yield* AppConfig
-      const here = yield* LocalConnections
+      const identity = yield* NodeIdentity
       const sql = yield* SqlClient.SqlClient
       const runner = runnerOf(config)
 
@@ -104,7 +103,7 @@ export class NodeStatus extends Context.Service<NodeStatus, {
           FROM quickim_nodes ORDER BY runner_address NULLS FIRST, http_url`
         return {
           Mode: runner === null ? "single" as const : "cluster" as const,
-          Self: here.nodeId,
+          Self: identity.nodeId,
           ShardsPerGroup: config.shardsPerGroup,
           Runners: runners.map((r) => ({
             Address: r.address,
@@ -142,11 +141,11 @@ export const heldShards = (sharding: Sharding.Sharding["Service"], shardsPerGrou
 }
 
 /** Conversation and Mailbox entities active on this node (the NodeInbox left out). */
-const activeEntities = (sharding: Sharding.Sharding["Service"], here: LocalConnections["Service"]) =>
-  Effect.map(sharding.activeEntityCount, (entities) => {
-    const mailboxes = here.mailboxes.size
-    return { conversations: Math.max(0, entities - mailboxes - here.inboxes.active), mailboxes }
-  })
+const activeEntities = (sharding: Sharding.Sharding["Service"], active: Telemetry["Service"]["active"]) =>
+  Effect.map(sharding.activeEntityCount, (entities) => ({
+    conversations: Math.max(0, entities - active.mailboxes - active.inboxes),
+    mailboxes: active.mailboxes
+  }))
 
 /**
  * Multi-node mode: this process's row of `quickim_nodes`, written as soon as the database is up,
@@ -159,15 +158,19 @@ const activeEntities = (sharding: Sharding.Sharding["Service"], here: LocalConne
  */
 export const NodeAnnouncementLive = Layer.effectDiscard(Effect.gen(function* () {
   const config = yield* AppConfig
-  const here = yield* LocalConnections
+  const identity = yield* NodeIdentity
   const sql = yield* SqlClient.SqlClient
   const runner = runnerOf(config)
   // This node's row goes when the node stops, in every mode: released after the reporter above has
   // stopped, so no report in flight writes it again.
-  yield* Effect.addFinalizer(() => sql`DELETE FROM quickim_nodes WHERE node_id = ${here.nodeId}`.pipe(Effect.ignore))
+  yield* Effect.addFinalizer(() =>
+    sql`DELETE FROM quickim_nodes WHERE node_id = ${identity.nodeId}`.pipe(Effect.ignore)
+  )
   if (runner === null) return
   yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, started_at)
-        VALUES (${here.nodeId}, ${runner}, ${urlOf(config, config.port)}, to_timestamp(${processStartedAt / 1000}))
+        VALUES (${identity.nodeId}, ${runner}, ${urlOf(config, config.port)}, to_timestamp(${
+    identity.startedAt / 1000
+  }))
         ON CONFLICT (node_id) DO NOTHING`.pipe(
     Effect.catchCause((cause) => Effect.logWarning("could not announce this node", cause))
   )
@@ -180,8 +183,9 @@ export const NodeAnnouncementLive = Layer.effectDiscard(Effect.gen(function* () 
 export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
   const config = yield* AppConfig
   const sharding = yield* Sharding.Sharding
-  const here = yield* LocalConnections
-  const outbox = yield* NodeOutbox
+  const identity = yield* NodeIdentity
+  const telemetry = yield* Telemetry
+  const { connections: open, relays } = telemetry
   const sql = yield* SqlClient.SqlClient
   const bound = (yield* HttpServer.HttpServer).address
   const runner = runnerOf(config)
@@ -191,14 +195,12 @@ export const NodeReporterLive = Layer.effectDiscard(Effect.gen(function* () {
     const held = heldShards(sharding, config.shardsPerGroup)
     const shards = held.length
     const shardIds = held.join(",")
-    const { conversations, mailboxes } = yield* activeEntities(sharding, here)
+    const { conversations, mailboxes } = yield* activeEntities(sharding, telemetry.active)
     yield* sql`INSERT INTO quickim_nodes (node_id, runner_address, http_url, shards, shard_ids, conversations, mailboxes, ws, sse, poll,
             relays, relayed, handed_back, started_at)
-          VALUES (${here.nodeId}, ${runner}, ${url}, ${shards}, ${shardIds}, ${conversations}, ${mailboxes},
-            ${here.open.ws}, ${here.open.sse}, ${here.open.poll},
-            ${outbox.stats.relays}, ${outbox.stats.relayed}, ${outbox.stats.handedBack}, to_timestamp(${
-      processStartedAt / 1000
-    }))
+          VALUES (${identity.nodeId}, ${runner}, ${url}, ${shards}, ${shardIds}, ${conversations}, ${mailboxes},
+            ${open.ws}, ${open.sse}, ${open.poll},
+            ${relays.sent}, ${relays.carried}, ${relays.handedBack}, to_timestamp(${identity.startedAt / 1000}))
           ON CONFLICT (node_id) DO UPDATE SET http_url = EXCLUDED.http_url, shards = EXCLUDED.shards, shard_ids = EXCLUDED.shard_ids,
             conversations = EXCLUDED.conversations, mailboxes = EXCLUDED.mailboxes, ws = EXCLUDED.ws, sse = EXCLUDED.sse,
             poll = EXCLUDED.poll, relays = EXCLUDED.relays, relayed = EXCLUDED.relayed,

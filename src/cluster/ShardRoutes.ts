@@ -14,7 +14,7 @@ import { Context, Effect, Layer, Option, Schedule } from "effect"
 import { Sharding } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { AppConfig } from "../Config.ts"
-import { LocalConnections } from "../push/LocalConnections.ts"
+import { NodeIdentity } from "./NodeIdentity.ts"
 import { RunnerWatch } from "./RunnerWatch.ts"
 
 /** A runner whose heartbeat is older than this is not routed to (runners beat about once a second). */
@@ -50,7 +50,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
     Effect.gen(function* () {
       const config = yield* AppConfig
       const sharding = yield* Sharding.Sharding
-      const here = yield* LocalConnections
+      const identity = yield* NodeIdentity
       const sql = yield* SqlClient.SqlClient
       const runners = yield* RunnerWatch
       const holds = (entityId: string) => sharding.hasShardId(sharding.getShardId(entityId as any, "default"))
@@ -88,7 +88,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
         for (const row of rows) {
           if (!row.fresh || !live(row.runner_address)) continue
           if (Number(row.started_ms) < processes.get(row.runner_address)!) continue
-          if (row.runner_address === here.inbox) continue
+          if (row.runner_address === identity.runner) continue
           const until = avoided.get(row.runner_address)
           if (until !== undefined) {
             if (until > now) continue

@@ -1,27 +1,62 @@
 /**
  * How a gateway hands a send to its conversation. The Conversation entity is the single writer,
- * wherever it lives; this only picks the way there: on a conversation hosted by another node
- * (by the nodes' reports, ShardRoutes), the send joins that node's batched `Relay` (NodeOutbox),
- * and whatever that node no longer holds, or a relay that failed, takes the entity message.
+ * wherever it lives; this only picks the way there: on a conversation hosted by another node (by
+ * the nodes' reports, ShardRoutes), the send joins that node's batched relay (NodeLink, kind
+ * "send"), and whatever that node no longer holds, or a relay that failed, takes the entity message.
+ * The receiving side of those relays is registered here too.
  */
-import { Context, Effect, Layer } from "effect"
+import { Cause, Context, Effect, Layer, Option } from "effect"
 import type { ClusterError } from "effect/cluster"
-import { NodeOutbox } from "../cluster/NodeOutbox.ts"
-import type { SendItem } from "../cluster/NodeInbox.ts"
+import { boundText, NodeLink } from "../cluster/NodeLink.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
-import type { ConversationNotFound, DatabaseUnavailable, NotMember, UnstorableMessage } from "../domain/Conversation.ts"
+import { ConversationNotFound, DatabaseUnavailable, NotMember, UnstorableMessage } from "../domain/Conversation.ts"
 import { Conversation, type SentMessage } from "./Protocol.ts"
+
+export interface SendItem {
+  readonly conversationId: string
+  readonly session: string
+  readonly status: number
+  readonly type: number
+  readonly content: string
+  readonly clientMsgId?: string
+}
+
+type Refusal = ConversationNotFound | NotMember | UnstorableMessage | DatabaseUnavailable
+
+export type SendOutcome =
+  | ({ readonly _tag: "Sent" } & SentMessage)
+  | { readonly _tag: "Refused"; readonly error: Refusal }
+  /** This node does not hold the conversation's shard (any more): the sender uses the entity message. */
+  | { readonly _tag: "NotHere" }
+  /** The conversation failed the write (a defect there); the sender answers with a defect too. */
+  | { readonly _tag: "Failed"; readonly message: string }
 
 /** What the entity message itself may fail with: the conversation's refusals and the cluster's own errors. */
 export type SendError =
-  | ConversationNotFound
-  | NotMember
-  | UnstorableMessage
-  | DatabaseUnavailable
+  | Refusal
   | ClusterError.MailboxFull
   | ClusterError.AlreadyProcessingMessage
   | ClusterError.PersistenceError
   | ClusterError.EntityNotAssignedToRunner
+
+const encodeOutcome = (o: SendOutcome) => o._tag === "Refused" ? { _tag: "Refused", error: { ...o.error } } : o
+
+const decodeOutcome = (o: any): SendOutcome => {
+  if (o._tag !== "Refused") return o
+  const e = o.error
+  return {
+    _tag: "Refused",
+    error: e._tag === "NotMember"
+      ? new NotMember({ conversationId: e.conversationId, session: e.session })
+      : e._tag === "UnstorableMessage"
+      ? new UnstorableMessage({ conversationId: e.conversationId })
+      : e._tag === "DatabaseUnavailable"
+      ? new DatabaseUnavailable()
+      : new ConversationNotFound({ conversationId: e.conversationId })
+  }
+}
+
+const notHere: SendOutcome = { _tag: "NotHere" }
 
 export class ConversationSender extends Context.Service<ConversationSender, {
   readonly send: (item: SendItem) => Effect.Effect<SentMessage, SendError>
@@ -31,13 +66,44 @@ export class ConversationSender extends Context.Service<ConversationSender, {
     Effect.gen(function* () {
       const conversations = yield* Conversation.client
       const routes = yield* ShardRoutes
-      const outbox = yield* NodeOutbox
+      const link = yield* NodeLink
       const direct = ({ conversationId, ...send }: SendItem) => conversations(conversationId).Send(send)
+
+      // Sends relayed here: answered once committed, each with its outcome.
+      const serve = (item: SendItem): Effect.Effect<unknown> =>
+        routes.holds(item.conversationId)
+          ? direct(item).pipe(
+            Effect.matchCause({
+              onSuccess: (sent) => ({ _tag: "Sent", ...sent }),
+              onFailure: (cause) => {
+                const error = Option.getOrUndefined(Cause.findErrorOption(cause))
+                return encodeOutcome(
+                  error instanceof ConversationNotFound || error instanceof NotMember
+                    || error instanceof UnstorableMessage || error instanceof DatabaseUnavailable
+                    ? { _tag: "Refused", error }
+                    : { _tag: "Failed", message: String(Cause.squash(cause)) }
+                )
+              }
+            })
+          )
+          : Effect.succeed(notHere)
+      link.register(
+        "send",
+        (items) => Effect.forEach(items as ReadonlyArray<SendItem>, serve, { concurrency: "unbounded" })
+      )
+
+      const relayed = (node: string, item: SendItem) =>
+        Effect.callback<SendOutcome | undefined>((resume) => {
+          const bytes = boundText(item.content) + boundText(item.session) + boundText(item.conversationId) + 256
+          link.post(node, "send", item, bytes, (answer) =>
+            resume(Effect.succeed(answer === undefined ? undefined : decodeOutcome(answer))))
+        })
+
       return ConversationSender.of({
         send: (item) => {
-          const inbox = routes.nodeOf(item.conversationId)
-          if (inbox === undefined) return direct(item)
-          return Effect.flatMap(outbox.send(inbox, item), (outcome) => {
+          const node = routes.nodeOf(item.conversationId)
+          if (node === undefined) return direct(item)
+          return Effect.flatMap(relayed(node, item), (outcome) => {
             switch (outcome?._tag) {
               case "Sent": {
                 const { _tag, ...sent } = outcome

@@ -9,8 +9,6 @@ import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { AppConfig } from "../Config.ts"
 import { heldShards } from "../cluster/NodeStatus.ts"
-import { NodeOutbox } from "../cluster/NodeOutbox.ts"
-import { LocalConnections } from "../push/LocalConnections.ts"
 import { makeInnerCheck } from "../server/Access.ts"
 import { type PushProtocol, storeActivity, Telemetry } from "./Telemetry.ts"
 
@@ -25,8 +23,6 @@ const gauge = (name: string, description: string, attributes: Record<string, str
 export const MetricsRoute = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const telemetry = yield* Telemetry
-  const here = yield* LocalConnections
-  const outbox = yield* NodeOutbox
   const sharding = yield* Sharding.Sharding
   const check = yield* makeInnerCheck
 
@@ -63,19 +59,19 @@ export const MetricsRoute = Layer.unwrap(Effect.gen(function* () {
       )
       yield* set(
         gauge("quickim_connections", "Open push connections (poll: requests waiting)", { protocol }),
-        here.open[protocol]
+        telemetry.connections[protocol]
       )
     }
-    yield* fold("relays", counter("quickim_relays_total", "Batched relays sent to other nodes"), outbox.stats.relays)
+    yield* fold("relays", counter("quickim_relays_total", "Batched relays sent to other nodes"), telemetry.relays.sent)
     yield* fold(
       "relayed",
       counter("quickim_relayed_messages_total", "Entity messages those relays carried"),
-      outbox.stats.relayed
+      telemetry.relays.carried
     )
     yield* fold(
       "handedBack",
       counter("quickim_relay_handed_back_total", "Relayed entity messages handed back to go as entity messages"),
-      outbox.stats.handedBack
+      telemetry.relays.handedBack
     )
     yield* set(
       gauge("quickim_shards", "Conversation and Mailbox shards this node holds"),

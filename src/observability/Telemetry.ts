@@ -35,6 +35,15 @@ export class Telemetry extends Context.Service<Telemetry, {
   readonly deliveries: Record<PushProtocol, number>
   /** Connections cut off as slow consumers. */
   readonly slowConsumers: Record<PushProtocol, number>
+  /** Open push connections by protocol (poll: requests waiting), kept by the transports. */
+  readonly connections: Record<PushProtocol, number>
+  /** Entities active in this process that are not conversations, kept by their owners. */
+  readonly active: { mailboxes: number; inboxes: number }
+  /**
+   * Batched relays this node sent to others (NodeLink) since it started: how many, the items they
+   * carried, and those not served (their senders took the sure way).
+   */
+  readonly relays: { sent: number; carried: number; handedBack: number }
   readonly request: (url: string, status: number) => void
 }>()("quick-im/observability/Telemetry") {
   static readonly layer = Layer.sync(Telemetry, () => {
@@ -43,6 +52,9 @@ export class Telemetry extends Context.Service<Telemetry, {
       requests,
       deliveries: { ws: 0, sse: 0, poll: 0 },
       slowConsumers: { ws: 0, sse: 0, poll: 0 },
+      connections: { ws: 0, sse: 0, poll: 0 },
+      active: { mailboxes: 0, inboxes: 0 },
+      relays: { sent: 0, carried: 0, handedBack: 0 },
       request: (url, status) => {
         const key = `${routeOf(url)}|${status}`
         requests.set(key, (requests.get(key) ?? 0) + 1)

@@ -16,13 +16,12 @@
 import { Context, Duration, Effect, Fiber, Layer, Metric, Option, Queue, Schedule, Scope, type Tracer } from "effect"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
-import { chunked } from "../cluster/NodeInbox.ts"
-import { NodeOutbox } from "../cluster/NodeOutbox.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { deliveryGaps } from "../observability/Telemetry.ts"
 import { messageSize } from "./Frames.ts"
-import { LocalConnections } from "./LocalConnections.ts"
+import { LocalMailboxes } from "./LocalMailboxes.ts"
+import { chunked, MailboxRelay } from "./MailboxRelay.ts"
 import { Mailbox } from "./Protocol.ts"
 
 interface Batch {
@@ -108,9 +107,9 @@ export class Delivery extends Context.Service<Delivery, {
     Effect.gen(function* () {
       const config = yield* AppConfig
       const mailboxes = yield* Mailbox.client
-      const here = yield* LocalConnections
+      const local = yield* LocalMailboxes
       const routes = yield* ShardRoutes
-      const outbox = yield* NodeOutbox
+      const relay = yield* MailboxRelay
       const tracing = config.otlpEndpoint !== undefined
       const budget = Math.max(1, Math.floor((Duration.toMillis(config.resumeWindow) * 2) / 3))
       const backlogMax = config.deliveryBacklogBytes ?? DELIVERY_BACKLOG_BYTES
@@ -222,7 +221,7 @@ export class Delivery extends Context.Service<Delivery, {
         }
 
         // A member's mailbox active in this process is called directly; mailboxes on another node
-        // take the batch in that node's relay (NodeOutbox: one cluster message for many
+        // take the batch in that node's relay (MailboxRelay: one cluster message for many
         // conversations), and any the relay did not serve, or whose node is unknown, or that is told
         // of a gap, an entity message in the background (deliverToEntity).
         const handOver = Effect.fnUntraced(function* ({ members, messages, deadline, bytes }: Batch) {
@@ -248,7 +247,7 @@ export class Delivery extends Context.Service<Delivery, {
               continue
             }
             const gap = gapped.has(member)
-            const direct = here.mailboxes.get(member)
+            const direct = local.get(member)
             if (direct !== undefined) {
               if (tracing) {
                 yield* Effect.sync(() => direct(messages, gap)).pipe(
@@ -273,7 +272,7 @@ export class Delivery extends Context.Service<Delivery, {
           // before the next, so no cluster message grows past what the runner transport accepts.
           const parts = byNode === undefined && entityMessage.length === 0 ? [] : chunked(messages)
           for (let i = 0; byNode !== undefined && i < parts.length; i++) {
-            const notServed = yield* outbox.deliver(byNode, parts[i])
+            const notServed = yield* relay.deliver(byNode, parts[i])
             if (notServed.length === 0) continue
             // Not served by the relay: this part and the rest go to them as entity messages.
             const rest = parts.slice(i)

@@ -26,7 +26,8 @@ import type { MsgData } from "../domain/Conversation.ts"
 import { encode } from "../domain/MsgId.ts"
 import { Replay } from "../storage/Replay.ts"
 import { AppConfig } from "../Config.ts"
-import { type ConnectionSink, LocalConnections } from "./LocalConnections.ts"
+import { NodeIdentity } from "../cluster/NodeIdentity.ts"
+import { Connections, type ConnectionSink } from "./Connections.ts"
 import { Mailbox, SlowConsumer } from "./Protocol.ts"
 import { recordReplay } from "../observability/Telemetry.ts"
 import { messageSize } from "./Frames.ts"
@@ -65,7 +66,8 @@ export class Feed extends Context.Service<Feed, {
     Effect.gen(function* () {
       const mailboxes = yield* Mailbox.client
       const replay = yield* Replay
-      const here = yield* LocalConnections
+      const identity = yield* NodeIdentity
+      const connections = yield* Connections
       const watch = yield* RunnerWatch
       const config = yield* AppConfig
       const buffer = config.connectionBuffer
@@ -74,7 +76,7 @@ export class Feed extends Context.Service<Feed, {
       const slice = Math.max(1, Math.floor(buffer / 2))
       // This node is stopping: every connection's feed ends (its client resumes on another node) and
       // none subscribes again (the mailboxes are moving away with the shards).
-      yield* Effect.addFinalizer(() => Effect.sync(() => Deferred.doneUnsafe(here.stopping, Exit.void)))
+      yield* Effect.addFinalizer(() => Effect.sync(() => Deferred.doneUnsafe(connections.stopping, Exit.void)))
 
       const attach = Effect.fnUntraced(function* (
         session: string,
@@ -157,11 +159,11 @@ export class Feed extends Context.Service<Feed, {
             resync()
           }
         }
-        const subscription = here.inbox === undefined
-          ? { connectionId, platform, nodeId: here.nodeId }
-          : { connectionId, platform, nodeId: here.nodeId, inbox: here.inbox }
-        here.sinks.set(connectionId, sink)
-        yield* Effect.addFinalizer(() => Effect.sync(() => here.sinks.delete(connectionId)))
+        const subscription = identity.runner === undefined
+          ? { connectionId, platform, nodeId: identity.nodeId }
+          : { connectionId, platform, nodeId: identity.nodeId, inbox: identity.runner }
+        const remove = connections.add(connectionId, sink)
+        yield* Effect.addFinalizer(() => Effect.sync(remove))
 
         /** Replays from `from`, a page at a time, each written in slices as the transport has room. */
         const catchUp = Effect.fnUntraced(function* (from: string) {
@@ -250,7 +252,7 @@ export class Feed extends Context.Service<Feed, {
           }
         })
         // Ending, not failing: the transport tells its client to come back (to any node) with its cursor.
-        yield* Effect.raceFirst(rounds, Deferred.await(here.stopping))
+        yield* Effect.raceFirst(rounds, Deferred.await(connections.stopping))
       })
 
       return Feed.of({

@@ -19,16 +19,24 @@ import { Replay, type ReplayPosition } from "../storage/Replay.ts"
 import { decode, encode } from "../domain/MsgId.ts"
 import { messageSize } from "./Frames.ts"
 import { CONNECTION_BUFFER_BYTES } from "./Feed.ts"
-import { type ConnectionSink, LocalConnections } from "./LocalConnections.ts"
-import { NodeOutbox } from "../cluster/NodeOutbox.ts"
+import { Connections, type ConnectionSink } from "./Connections.ts"
+import { LocalMailboxes } from "./LocalMailboxes.ts"
+import { MailboxRelay } from "./MailboxRelay.ts"
+import { NodeIdentity } from "../cluster/NodeIdentity.ts"
 import { Mailbox, type PushEvent, SlowConsumer } from "./Protocol.ts"
-import { entityActivations, pollOverflows, replayMessages, replaysTotal } from "../observability/Telemetry.ts"
+import {
+  entityActivations,
+  pollOverflows,
+  replayMessages,
+  replaysTotal,
+  Telemetry
+} from "../observability/Telemetry.ts"
 
 interface Connection {
   readonly platform: number
   /** Takes messages directly (this node) or into the Subscribe stream (another node, no inbox). */
   readonly sink: ConnectionSink | undefined
-  /** Another node's NodeInbox: messages go through NodeOutbox. */
+  /** Another node's runner address: messages go through MailboxRelay. */
   readonly inbox: string | undefined
   /** Ends the subscription: the connection subscribes again and replays. */
   readonly end: () => void
@@ -153,8 +161,11 @@ const entityLayer = (options: {
       // This activation: connections write only what the mailbox they subscribed to pushes (Feed).
       const incarnation = randomUUID()
       const replay = yield* Replay
-      const here = yield* LocalConnections
-      const outbox = yield* NodeOutbox
+      const identity = yield* NodeIdentity
+      const localConnections = yield* Connections
+      const active = yield* LocalMailboxes
+      const relay = yield* MailboxRelay
+      const telemetry = yield* Telemetry
       const sql = yield* SqlClient.SqlClient
       const connections = new Map<string, Connection>()
       const polls = new Map<number, PollState>()
@@ -368,17 +379,19 @@ const entityLayer = (options: {
           }
         }
         if (remote !== undefined) {
-          for (const [inbox, ids] of remote) outbox.push(inbox, ids, incarnation, messages, cutOff(inbox, ids))
+          for (const [inbox, ids] of remote) relay.push(inbox, ids, incarnation, messages, cutOff(inbox, ids))
         }
         for (const state of polls.values()) {
           for (const message of messages) pushPoll(state, message)
         }
       }
       // Registered for direct calls from Conversation entities in this process, until passivation.
-      here.mailboxes.set(session, deliver)
+      const unregister = active.add(session, deliver)
+      telemetry.active.mailboxes++
       yield* Effect.addFinalizer(() =>
         Effect.sync(() => {
-          if (here.mailboxes.get(session) === deliver) here.mailboxes.delete(session)
+          unregister()
+          telemetry.active.mailboxes--
         })
       )
 
@@ -389,7 +402,7 @@ const entityLayer = (options: {
             // One slot more than the buffer for the leading `Ready`.
             const queue = yield* Queue.bounded<PushEvent, SlowConsumer | Cause.Done>(options.buffer + 1)
             Queue.offerUnsafe(queue, { _tag: "Ready", incarnation })
-            const local = payload.nodeId === here.nodeId ? here.sinks.get(payload.connectionId) : undefined
+            const local = payload.nodeId === identity.nodeId ? localConnections.get(payload.connectionId) : undefined
             const inbox = local === undefined ? payload.inbox : undefined
             const bytes = { queued: 0, max: options.bufferBytes }
             const sink = local ?? (inbox === undefined ? queueSink(queue, bytes) : undefined)

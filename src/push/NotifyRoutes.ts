@@ -13,7 +13,7 @@ import type { MsgData } from "../domain/Conversation.ts"
 import { RunnerWatch } from "../cluster/RunnerWatch.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { Feed } from "./Feed.ts"
-import { LocalConnections } from "./LocalConnections.ts"
+import { Connections } from "./Connections.ts"
 import { messageJson } from "./Frames.ts"
 import { type NotifyRequest, parseNotify } from "./Notify.ts"
 import { Revocations, TokenEnded } from "../server/Revocations.ts"
@@ -48,7 +48,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const feed = yield* Feed
   const mailboxes = yield* Mailbox.client
-  const here = yield* LocalConnections
+  const connections = yield* Connections
   const telemetry = yield* Telemetry
   const watch = yield* RunnerWatch
   const limits = yield* RateLimits
@@ -81,7 +81,7 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
           }, { status: 426, headers: { upgrade: "websocket" } })
         case "poll": {
           const release = yield* limits.admitPush("polls", notify.session, remoteAddressOf(request))
-          here.open.poll++
+          telemetry.connections.poll++
           // A runner leaving may have taken the session's mailbox with it, and a call to it is
           // answered by nobody: answer 503 then, and the client polls again with its cursor.
           const runnerLeft = yield* Deferred.make<void>()
@@ -103,11 +103,11 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
             }),
             Effect.raceFirst(Deferred.await(runnerLeft).pipe(Effect.andThen(Effect.fail(unavailable)))),
             // This node is stopping: the client polls again, on another node, with its cursor.
-            Effect.raceFirst(Deferred.await(here.stopping).pipe(Effect.andThen(Effect.fail(unavailable)))),
+            Effect.raceFirst(Deferred.await(connections.stopping).pipe(Effect.andThen(Effect.fail(unavailable)))),
             Effect.raceFirst(Deferred.await(tokenEnded)),
             Effect.ensuring(Effect.sync(() => {
               release()
-              here.open.poll--
+              telemetry.connections.poll--
               unwatch()
               unwatchToken()
             }))
@@ -128,9 +128,9 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
           const events = feed.open(notify.session, notify.platform, notify.cursor).pipe(
             Stream.ensuring(Effect.sync(release)),
             Stream.onStart(Effect.sync(() =>
-              here.open.sse++
+              telemetry.connections.sse++
             )),
-            Stream.ensuring(Effect.sync(() => here.open.sse--)),
+            Stream.ensuring(Effect.sync(() => telemetry.connections.sse--)),
             Stream.chunks,
             Stream.map((messages) => {
               telemetry.deliveries.sse += messages.length

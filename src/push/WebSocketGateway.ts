@@ -14,7 +14,7 @@ import { WebSocket, WebSocketServer } from "ws"
 import { AppConfig } from "../Config.ts"
 import { Feed } from "./Feed.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
-import { LocalConnections } from "./LocalConnections.ts"
+import { Connections } from "./Connections.ts"
 import { messageJson } from "./Frames.ts"
 import { isNotifyPath, type NotifyRefusal, type NotifyRequest, parseNotify } from "./Notify.ts"
 import { type LimitRefusal, RateLimits } from "../server/RateLimits.ts"
@@ -61,7 +61,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
       const context = yield* Effect.context<Feed | AppConfig | import("../server/Tokens.ts").Tokens>()
       const feed = yield* Feed
       const revocations = yield* Revocations
-      const here = yield* LocalConnections
+      const connections = yield* Connections
       const telemetry = yield* Telemetry
       const config = yield* AppConfig
       const limits = yield* RateLimits
@@ -73,7 +73,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
       const open = new Set<WebSocket>()
       // Stopping: every client is told to come back (to any node) and resume by cursor.
       const stop = () => {
-        Deferred.doneUnsafe(here.stopping, Exit.void)
+        Deferred.doneUnsafe(connections.stopping, Exit.void)
         for (const ws of open) ws.close(CloseCode.Restart, "server restarting: reconnect with last_msg_id")
         wss.close()
       }
@@ -81,12 +81,12 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
 
       const serve = (ws: WebSocket, notify: NotifyRequest) => {
         // A handshake that completed as the node began stopping.
-        if (Deferred.isDoneUnsafe(here.stopping)) {
+        if (Deferred.isDoneUnsafe(connections.stopping)) {
           return ws.close(CloseCode.Restart, "server restarting: reconnect with last_msg_id")
         }
         const { session, platform, cursor } = notify
         open.add(ws)
-        here.open.ws++
+        telemetry.connections.ws++
         let alive = true
         const ping = setInterval(() => {
           if (!alive) return ws.terminate()
@@ -127,7 +127,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
         ws.on("message", () => close(CloseCode.PolicyViolation, "/notify is one-way: clients send no data frames"))
         ws.on("close", () => {
           open.delete(ws)
-          here.open.ws--
+          telemetry.connections.ws--
           clearInterval(ping)
           unwatchToken()
           run(Fiber.interrupt(fiber))

@@ -2,24 +2,30 @@
 import { NodeCrypto } from "@effect/platform-node"
 import { Layer } from "effect"
 import { TestRunner } from "effect/cluster"
-import { NodeOutbox } from "../../src/cluster/NodeOutbox.ts"
+import { NodeIdentity } from "../../src/cluster/NodeIdentity.ts"
+import { NodeLink } from "../../src/cluster/NodeLink.ts"
 import { RunnerWatch } from "../../src/cluster/RunnerWatch.ts"
 import { ShardRoutes } from "../../src/cluster/ShardRoutes.ts"
 import { AppConfig, type AppSettings } from "../../src/Config.ts"
 import { ConversationEntityLive } from "../../src/conversation/ConversationEntity.ts"
 import { Delivery } from "../../src/push/Delivery.ts"
-import { LocalConnections } from "../../src/push/LocalConnections.ts"
+import { ConversationSender } from "../../src/conversation/Sender.ts"
+import { Telemetry } from "../../src/observability/Telemetry.ts"
+import { Connections } from "../../src/push/Connections.ts"
+import { LocalMailboxes } from "../../src/push/LocalMailboxes.ts"
+import { MailboxRelay } from "../../src/push/MailboxRelay.ts"
 import { ConversationStore } from "../../src/storage/ConversationStore.ts"
 import { DatabaseLive } from "../../src/storage/Database.ts"
 
 export const conversationEntityLayer = (settings: AppSettings) =>
   ConversationEntityLive.pipe(
-    Layer.provideMerge(Delivery.layer),
-    Layer.provideMerge(NodeOutbox.layer),
+    Layer.provideMerge(Layer.mergeAll(Delivery.layer, ConversationSender.layer)),
+    Layer.provideMerge(MailboxRelay.layer),
+    Layer.provideMerge(Layer.mergeAll(NodeLink.layer, Connections.layer, LocalMailboxes.layer)),
     Layer.provideMerge(ShardRoutes.layer),
     Layer.provideMerge(RunnerWatch.layer),
     Layer.provideMerge(TestRunner.layer),
-    Layer.provideMerge(LocalConnections.layer),
+    Layer.provideMerge(Layer.mergeAll(NodeIdentity.layer, Telemetry.layer)),
     Layer.provideMerge(ConversationStore.layer),
     Layer.provideMerge(DatabaseLive),
     Layer.provideMerge(AppConfig.make(settings)),
