@@ -190,7 +190,7 @@ describe("client SDK", () => {
     }
   })
 
-  it("the README's echo bot answers a member's message", async () => {
+  it("the echo bot of docs/api.md answers a member's message", async () => {
     const bot = spawn(denoBin, ["run", "-A", Path.join(root, "test/fixtures/echo-bot.ts")], {
       cwd: root,
       env: { ...process.env, QUICKIM_URL: server.url },

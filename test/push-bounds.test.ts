@@ -25,7 +25,7 @@ const metric = async (server: TestServer, name: string, le?: string) => {
   return sum
 }
 
-/** Polls one message at a time, always sending the last answer as its cursor (as README asks). */
+/** Polls one message at a time, always sending the last answer as its cursor (as docs/api.md asks). */
 const poller = (server: TestServer, token: string, cursor: string | undefined) => {
   const messages: Array<MsgData> = []
   let last = cursor

@@ -1,5 +1,5 @@
 /**
- * The HTTP contract of gateway-api.zh.md, declared once: the server, the OpenAPI document
+ * The HTTP contract (docs/api.md), declared once: the server, the OpenAPI document
  * and typed clients all derive from it. Every body is the `{code, error, data}` envelope.
  */
 import { Effect, Schema } from "effect"

@@ -1,6 +1,6 @@
 /**
  * The error side of the wire contract: `{code, error}` bodies with the HTTP status telling
- * the class of failure. Codes are listed once here and in README; a number never changes meaning.
+ * the class of failure. Codes are listed once here and in docs/api.md; a number never changes meaning.
  */
 import { Schema } from "effect"
 

@@ -2,7 +2,7 @@
  * The client side of `/notify`: one logical subscription that survives disconnects. It connects
  * over ws, sse or poll with the platform's own `WebSocket` and `fetch` (Deno, Node ≥ 22,
  * browsers), reconnects with capped exponential backoff and jitter, resumes from the last MsgId it
- * delivered (README, "Resume"), and drops repeats by MsgId, so the caller sees every message of its
+ * delivered (docs/api.md, "Resume"), and drops repeats by MsgId, so the caller sees every message of its
  * conversations once, per conversation in order. The token travels in the `Authorization` header
  * on sse and poll (fetch); only ws, whose browser API sets no headers, puts it in the URL. A token
  * that expires or is revoked ends the subscription with PushRefused (status 401).

@@ -1,6 +1,6 @@
 /**
  * Resume by cursor: every message of a session's current conversations that a client holding
- * MsgId `cursor` may not have seen, per conversation in order. README ("Why resume loses
+ * MsgId `cursor` may not have seen, per conversation in order. docs/architecture.md ("Why resume loses
  * nothing") gives the argument for the window.
  *
  * A replay is read in pages bounded in rows and in bytes (`QUICKIM_REPLAY_PAGE_BYTES`), and its
