@@ -80,7 +80,9 @@ const client = Effect.gen(function* () {
 })
 
 const serve = Command.make("serve", {}, () => Layer.launch(MainLive)).pipe(
-  Command.withDescription("Run a node (the default with no command): settings from the environment (docs/operations.md)")
+  Command.withDescription(
+    "Run a node (the default with no command): settings from the environment (docs/operations.md)"
+  )
 )
 
 const migrate = Command.make("migrate", {}, () =>
