@@ -2,7 +2,7 @@
  * Every setting of a node, read from the environment in one place. Runner (cluster) settings
  * are passed to Effect cluster explicitly so unprefixed variables such as `PORT` never move a runner.
  */
-import { Config, Context, Duration, Effect, Layer, type LogLevel, Option, Redacted } from "effect"
+import { Config, Context, Duration, Effect, Layer, type LogLevel, Option, Redacted, Schema } from "effect"
 
 /** A token bucket: `perSecond` refilled, up to `burst` at once; `perSecond` 0 turns the limit off. */
 export interface Rate {
@@ -10,7 +10,7 @@ export interface Rate {
   readonly burst: number
 }
 
-/** What clients may do at a bounded rate (src/server/RateLimits.ts). */
+/** What clients may do at a bounded rate (src/access/RateLimits.ts). */
 export type RateKind = "sends" | "creates" | "joins" | "connects" | "polls"
 
 export interface RateLimitSettings {
@@ -254,6 +254,9 @@ export const settingsConfig: Config.Config<AppSettings> = Config.all({
     idle: duration("QUICKIM_HTTP_IDLE_TIMEOUT", defaultHttpTimeouts.idle)
   })
 })
+
+/** A node cannot start: a setting or its environment is unusable (the message says what to change). */
+export class StartupError extends Schema.TaggedError<StartupError>()("StartupError", { message: Schema.String }) {}
 
 export class AppConfig extends Context.Service<AppConfig, AppSettings>()("quick-im/Config") {
   static readonly layer = Layer.effect(AppConfig, settingsConfig)

@@ -68,9 +68,11 @@ describe("cluster operations", () => {
   it("formats runners and nodes as aligned tables", () => {
     const text = formatClusterView({
       Mode: "cluster",
+      Self: "n1",
       ShardsPerGroup: 300,
       Runners: [{ Address: "10.0.0.11:34431", Healthy: false, LastHeartbeat: "2026-11-26T00:00:00.000Z" }],
       Nodes: [{
+        NodeId: "n1",
         Runner: "10.0.0.11:34431",
         Url: "http://10.0.0.11:8080",
         Alive: false,
@@ -79,6 +81,7 @@ describe("cluster operations", () => {
         Mailboxes: 4,
         Connections: { ws: 5, sse: 6, poll: 7 },
         Relays: { Sent: 8, Carried: 90, HandedBack: 1 },
+        StartedAt: "2026-11-25T00:00:00.000Z",
         UpdatedAt: "2026-11-26T00:00:00.000Z"
       }]
     })

@@ -13,6 +13,7 @@ import {
   MsgData,
   SessionId
 } from "../domain/Conversation.ts"
+import { ClusterView } from "../domain/ClusterView.ts"
 import { MsgId } from "../domain/MsgId.ts"
 import { ApiErrors } from "./Errors.ts"
 import { Authorization, InnerGuard } from "./Security.ts"
@@ -74,29 +75,6 @@ export class MessageApi extends HttpApiGroup.make("message")
     post("get_conversation_lastone_msg", { ...Conversation, ...Desc }, Messages)
   )
   .middleware(Authorization) {}
-
-const ClusterView = Schema.Struct({
-  Mode: Schema.Literals(["single", "cluster"]),
-  Self: Schema.String,
-  ShardsPerGroup: Schema.Number,
-  Runners: Schema.Array(
-    Schema.Struct({ Address: Schema.String, Healthy: Schema.Boolean, LastHeartbeat: Schema.String })
-  ),
-  Nodes: Schema.Array(Schema.Struct({
-    NodeId: Schema.String,
-    Runner: Schema.NullOr(Schema.String),
-    Url: Schema.String,
-    Alive: Schema.Boolean,
-    Shards: Schema.Number,
-    Conversations: Schema.Number,
-    Mailboxes: Schema.Number,
-    Connections: Schema.Struct({ ws: Schema.Number, sse: Schema.Number, poll: Schema.Number }),
-    /** Batched relays to other nodes since start: sent, entity messages carried, handed back to go as entity messages. */
-    Relays: Schema.Struct({ Sent: Schema.Number, Carried: Schema.Number, HandedBack: Schema.Number }),
-    StartedAt: Schema.String,
-    UpdatedAt: Schema.String
-  }))
-})
 
 const innerPost = <const Name extends string, P extends Schema.Struct.Fields, S extends Schema.Top>(
   name: Name,

@@ -1,32 +1,16 @@
 /**
  * The text of `quick-im cluster status` (Cli.ts): the cluster as `GET /inner/cluster` of one node
  * reports it (runners and their health, shards, live entities, push connections and relays per
- * node: RELAYS is sent/carried/handed back, see NodeOutbox).
+ * node: RELAYS is sent/carried/handed back, see NodeLink).
  */
-
-interface View {
-  readonly Mode: string
-  readonly ShardsPerGroup: number
-  readonly Runners: ReadonlyArray<{ Address: string; Healthy: boolean; LastHeartbeat: string }>
-  readonly Nodes: ReadonlyArray<{
-    Runner: string | null
-    Url: string
-    Alive: boolean
-    Shards: number
-    Conversations: number
-    Mailboxes: number
-    Connections: { ws: number; sse: number; poll: number }
-    Relays?: { Sent: number; Carried: number; HandedBack: number }
-    UpdatedAt: string
-  }>
-}
+import type { ClusterView } from "../domain/ClusterView.ts"
 
 const table = (rows: ReadonlyArray<ReadonlyArray<string>>) => {
   const widths = rows[0].map((_, i) => Math.max(...rows.map((r) => r[i].length)))
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i])).join("  ").trimEnd()).join("\n")
 }
 
-export const formatClusterView = (view: View) => {
+export const formatClusterView = (view: ClusterView) => {
   const runners = view.Runners.length === 0 ? "(none)" : table([
     ["RUNNER", "HEALTHY", "LAST HEARTBEAT"],
     ...view.Runners.map((r) => [r.Address, r.Healthy ? "yes" : "no", r.LastHeartbeat])

@@ -15,40 +15,9 @@ import { MachineId, ShardId, Sharding, Snowflake } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { HttpServer } from "effect/http"
 import { AppConfig, type AppSettings } from "../Config.ts"
+import type { ClusterView } from "../domain/ClusterView.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { NodeIdentity } from "./NodeIdentity.ts"
-
-export interface RunnerView {
-  readonly Address: string
-  readonly Healthy: boolean
-  readonly LastHeartbeat: string
-}
-
-export interface NodeView {
-  readonly NodeId: string
-  readonly Runner: string | null
-  readonly Url: string
-  readonly Alive: boolean
-  readonly Shards: number
-  readonly Conversations: number
-  readonly Mailboxes: number
-  readonly Connections: { readonly ws: number; readonly sse: number; readonly poll: number }
-  /**
-   * Batched relays this node sent to others since it started: how many, the entity messages they
-   * carried, and those handed back to go as ordinary entity messages.
-   */
-  readonly Relays: { readonly Sent: number; readonly Carried: number; readonly HandedBack: number }
-  readonly StartedAt: string
-  readonly UpdatedAt: string
-}
-
-export interface ClusterView {
-  readonly Mode: "single" | "cluster"
-  readonly Self: string
-  readonly ShardsPerGroup: number
-  readonly Runners: ReadonlyArray<RunnerView>
-  readonly Nodes: ReadonlyArray<NodeView>
-}
 
 /** A report older than this marks its node as not alive. */
 const STALE_AFTER_SECONDS = 10

@@ -2,7 +2,7 @@
  * `GET /console`: the web console, three static files read once at start and served as they are
  * (no build step). The page calls the documented API from the browser; it signs in with a pasted
  * token, or mints one through `inner/get_token` when QUICKIM_CONSOLE_SIGN_IN lets the page call
- * it (src/server/Access.ts).
+ * it (src/access/Access.ts).
  */
 import { Layer } from "effect"
 import { HttpRouter, HttpServerResponse } from "effect/http"

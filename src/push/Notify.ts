@@ -5,8 +5,8 @@
 import { Effect } from "effect"
 import { ErrorCode } from "../api/Errors.ts"
 import { MsgIdPattern } from "../domain/MsgId.ts"
-import type { TokenClaims } from "../server/Revocations.ts"
-import { Tokens } from "../server/Tokens.ts"
+import type { TokenClaims } from "../access/Revocations.ts"
+import { Tokens } from "../access/Tokens.ts"
 
 export const PROTOCOLS = ["ws", "sse", "poll"] as const
 export type Protocol = (typeof PROTOCOLS)[number]

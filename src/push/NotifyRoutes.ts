@@ -16,10 +16,10 @@ import { Feed } from "./Feed.ts"
 import { Connections } from "./Connections.ts"
 import { messageJson } from "./Frames.ts"
 import { type NotifyRequest, parseNotify } from "./Notify.ts"
-import { Revocations, TokenEnded } from "../server/Revocations.ts"
+import { Revocations, TokenEnded } from "../access/Revocations.ts"
 import { Mailbox } from "./Protocol.ts"
-import { RateLimits } from "../server/RateLimits.ts"
-import { remoteAddressOf } from "../server/Access.ts"
+import { RateLimits } from "../access/RateLimits.ts"
+import { remoteAddressOf } from "../access/Access.ts"
 
 const encoder = new TextEncoder()
 

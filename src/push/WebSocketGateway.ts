@@ -17,8 +17,8 @@ import { Telemetry } from "../observability/Telemetry.ts"
 import { Connections } from "./Connections.ts"
 import { messageJson } from "./Frames.ts"
 import { isNotifyPath, type NotifyRefusal, type NotifyRequest, parseNotify } from "./Notify.ts"
-import { type LimitRefusal, RateLimits } from "../server/RateLimits.ts"
-import { Revocations } from "../server/Revocations.ts"
+import { type LimitRefusal, RateLimits } from "../access/RateLimits.ts"
+import { Revocations } from "../access/Revocations.ts"
 
 const TEXT = { binary: false } as const
 
@@ -58,7 +58,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
   static readonly layer = Layer.effect(
     WebSocketGateway,
     Effect.gen(function* () {
-      const context = yield* Effect.context<Feed | AppConfig | import("../server/Tokens.ts").Tokens>()
+      const context = yield* Effect.context<Feed | AppConfig | import("../access/Tokens.ts").Tokens>()
       const feed = yield* Feed
       const revocations = yield* Revocations
       const connections = yield* Connections

@@ -19,7 +19,7 @@ import { HttpApiError } from "effect/http-api"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
-import { pathOf } from "./Access.ts"
+import { pathOf } from "../access/Access.ts"
 
 const envelope = (status: number, code: number, error: string) =>
   HttpServerResponse.jsonUnsafe({ code, error }, { status })

@@ -15,14 +15,14 @@ import { KnownConversations } from "../conversation/KnownConversations.ts"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import { ConversationStore, PAGE } from "../storage/ConversationStore.ts"
 import { DatabaseHealth } from "../storage/DatabaseHealth.ts"
-import { AuthorizationLive, InnerGuardLive } from "./Access.ts"
+import { AuthorizationLive, InnerGuardLive } from "../access/Access.ts"
 import { mapped, mappedFor } from "./ErrorMapping.ts"
 import { AppConfig, DEFAULT_MAX_CONTENT_BYTES } from "../Config.ts"
 import type { HttpServerRequest } from "effect/http"
-import { RateLimits } from "./RateLimits.ts"
+import { RateLimits } from "../access/RateLimits.ts"
 import { sendDuration, sendsTotal, timed } from "../observability/Telemetry.ts"
-import { Tokens } from "./Tokens.ts"
-import { Revocations } from "./Revocations.ts"
+import { Tokens } from "../access/Tokens.ts"
+import { Revocations } from "../access/Revocations.ts"
 
 /** Reads are for current members only; a non-member learns whether the conversation exists. */
 const requireMember = Effect.fnUntraced(function* (conversationId: string) {

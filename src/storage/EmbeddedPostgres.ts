@@ -19,7 +19,7 @@ import * as Fs from "node:fs"
 import * as Net from "node:net"
 import * as Os from "node:os"
 import * as Path from "node:path"
-import { StartupError } from "../server/Tokens.ts"
+import { StartupError } from "../Config.ts"
 
 const USER = "postgres"
 

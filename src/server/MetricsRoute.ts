@@ -9,8 +9,8 @@ import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { AppConfig } from "../Config.ts"
 import { heldShards } from "../cluster/NodeStatus.ts"
-import { makeInnerCheck } from "../server/Access.ts"
-import { type PushProtocol, storeActivity, Telemetry } from "./Telemetry.ts"
+import { makeInnerCheck } from "../access/Access.ts"
+import { type PushProtocol, storeActivity, Telemetry } from "../observability/Telemetry.ts"
 
 const PROTOCOLS: ReadonlyArray<PushProtocol> = ["ws", "sse", "poll"]
 

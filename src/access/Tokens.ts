@@ -9,7 +9,7 @@ import * as Jose from "jose"
 import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
-import { AppConfig, isConfigured } from "../Config.ts"
+import { AppConfig, isConfigured, StartupError } from "../Config.ts"
 import { Revocations, type TokenClaims } from "./Revocations.ts"
 
 /** The shortest signing key accepted: HS256 wants a key at least as long as its 256-bit hash. */
@@ -17,8 +17,6 @@ export const MIN_KEY_BYTES = 32
 import { isStorableText } from "../domain/Conversation.ts"
 
 export class TokenInvalid extends Schema.TaggedError<TokenInvalid>()("TokenInvalid", { reason: Schema.String }) {}
-
-export class StartupError extends Schema.TaggedError<StartupError>()("StartupError", { message: Schema.String }) {}
 
 export class Tokens extends Context.Service<Tokens, {
   readonly issue: (sid: string, platform: number) => Effect.Effect<string>
