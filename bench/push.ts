@@ -31,6 +31,11 @@ const PAIRS_MESSAGES = Number(process.env.BENCH_PAIRS_MESSAGES ?? 20_000)
 const PAIRS_SENDERS = Number(process.env.BENCH_PAIRS_SENDERS ?? 64)
 const GROUP = Number(process.env.BENCH_GROUP ?? 500)
 const GROUP_MESSAGES = Number(process.env.BENCH_GROUP_MESSAGES ?? 200)
+/**
+ * BENCH_GROUP_OFFLINE=9500: the group also has this many members that never connect (a large
+ * group with few members online); deliveries are counted for the connected ones only.
+ */
+const GROUP_OFFLINE = Number(process.env.BENCH_GROUP_OFFLINE ?? 0)
 const PAIRS_WARMUP = Number(process.env.BENCH_PAIRS_WARMUP ?? 2 * PAIRS)
 const GROUP_WARMUP = Number(process.env.BENCH_GROUP_WARMUP ?? 10)
 const IDLE = Number(process.env.BENCH_IDLE ?? 1000)
@@ -126,7 +131,8 @@ const quickIm = async (
   users: number,
   conversations: Array<ReadonlyArray<number>>,
   nodes = 1,
-  placement: "spread" | "independent" | "local" = "spread"
+  placement: "spread" | "independent" | "local" = "spread",
+  offline = 0
 ) => {
   const independent = placement === "independent"
   const local = placement === "local"
@@ -213,7 +219,7 @@ const quickIm = async (
   for (const [c, members] of conversations.entries()) {
     for (;;) {
       const r = await servers[homeOfConversation(c)].post("/inner/create_conversation", {
-        sessions: members.map((m) => names[m])
+        sessions: [...members.map((m) => names[m]), ...Array.from({ length: offline }, (_, i) => `offline-${c}-${i}`)]
       })
       const id: string = r.body.data.ConversationId
       // Local placement: created again until its shard is on the members' node (the others stay idle).
@@ -524,7 +530,7 @@ for (const protocol of protocols) {
       await p.stop()
     }
     if (workloads.includes("group") && !independent) {
-      const g = await quickIm(protocol, GROUP, group, nodes)
+      const g = await quickIm(protocol, GROUP, group, nodes, "spread", GROUP_OFFLINE)
       results.push(await runWorkload("group", g, GROUP, group, GROUP_MESSAGES, 4, GROUP_WARMUP))
       await g.stop()
     }
@@ -575,7 +581,9 @@ Fs.appendFileSync(
         : ""
     }), PostgreSQL 15, every message persisted; driver (Deno) on the same cores. `
     + `pairs: ${PAIRS} conversations × 2 members, ${PAIRS_MESSAGES} messages, ${PAIRS_SENDERS} senders (each message is delivered to both members); `
-    + `group: ${GROUP} members, ${GROUP_MESSAGES} messages. "× ceiling" is sends/s (pairs) or deliveries/s (group) over the plain ws broadcast's.\n\n`
+    + `group: ${GROUP} members${
+      GROUP_OFFLINE > 0 ? ` online and ${GROUP_OFFLINE} more that never connect` : ""
+    }, ${GROUP_MESSAGES} messages. "× ceiling" is sends/s (pairs) or deliveries/s (group) over the plain ws broadcast's.\n\n`
     + summary
 )
 if (results.some((r) => r.lost > 0)) process.exit(1)

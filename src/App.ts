@@ -32,9 +32,12 @@ import { Feed } from "./push/Feed.ts"
 import { Connections } from "./push/Connections.ts"
 import { LocalMailboxes } from "./push/LocalMailboxes.ts"
 import { MailboxRelay } from "./push/MailboxRelay.ts"
+import { PollPlatforms } from "./push/PollPlatforms.ts"
 import { MailboxEntityLive } from "./push/MailboxEntity.ts"
 import { NotifyRoutes } from "./push/NotifyRoutes.ts"
-import { WebSocketGateway } from "./push/WebSocketGateway.ts"
+import { PollTransport } from "./push/PollTransport.ts"
+import { SseTransport } from "./push/SseTransport.ts"
+import { WebSocketTransport } from "./push/WebSocketTransport.ts"
 import { CorsLive, EdgeLive } from "./server/Edge.ts"
 import { watchConnections } from "./server/ConnectionWatch.ts"
 import { isLoopbackHost } from "./access/Access.ts"
@@ -44,6 +47,7 @@ import { KnownConversations } from "./conversation/KnownConversations.ts"
 import { Tokens } from "./access/Tokens.ts"
 import { ConversationStore } from "./storage/ConversationStore.ts"
 import { DatabaseLive } from "./storage/Database.ts"
+import { PollPositions } from "./storage/PollPositions.ts"
 import { Replay } from "./storage/Replay.ts"
 import { ConsoleRoutes } from "./console/ConsoleRoutes.ts"
 import { LoggingLive } from "./observability/Logging.ts"
@@ -103,7 +107,7 @@ const ClusterLive = Layer.unwrap(Effect.gen(function* () {
     )
 })).pipe(Layer.provide(NodeCrypto.layerDigest))
 
-const CoreLive = Layer.mergeAll(ConversationStore.layer, Replay.layer, Tokens.layer).pipe(
+const CoreLive = Layer.mergeAll(ConversationStore.layer, Replay.layer, PollPositions.layer, Tokens.layer).pipe(
   Layer.provideMerge(DatabaseLive),
   Layer.provideMerge(Telemetry.layer)
 )
@@ -154,7 +158,7 @@ const httpServer = (settings: AppSettings) => {
 
 const HttpLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
-  const gateway = yield* WebSocketGateway
+  const gateway = yield* WebSocketTransport
   const exposure = innerExposure(config)
   if (exposure !== undefined) yield* Effect.logWarning(exposure)
   const publicServer = NodeHttpServer.layer(() => gateway.attach(httpServer(config)), {
@@ -185,7 +189,9 @@ const HttpLive = Layer.unwrap(Effect.gen(function* () {
   }).pipe(Layer.provideMerge(publicServer), Layer.merge(inner))
 }))
 
-const PushLive = WebSocketGateway.layer.pipe(Layer.provideMerge(Feed.layer))
+const PushLive = Layer.mergeAll(WebSocketTransport.layer, SseTransport.layer, PollTransport.layer).pipe(
+  Layer.provideMerge(Feed.layer)
+)
 
 /** Multi-node mode: this node's NodeInbox, through which other nodes' mailboxes reach its connections. */
 const InboxLive = Layer.unwrap(
@@ -198,7 +204,7 @@ export const AppLive = NodeReporterLive.pipe(
   Layer.provideMerge(PushLive),
   Layer.provideMerge(Layer.mergeAll(ConversationSender.layer, Delivery.layer)),
   Layer.provideMerge(MailboxRelay.layer),
-  Layer.provideMerge(Layer.mergeAll(NodeLink.layer, Connections.layer, LocalMailboxes.layer)),
+  Layer.provideMerge(Layer.mergeAll(NodeLink.layer, Connections.layer, LocalMailboxes.layer, PollPlatforms.layer)),
   Layer.provideMerge(ShardRoutes.layer),
   Layer.provideMerge(RunnerWatch.layer),
   Layer.provideMerge(ClusterLive),

@@ -28,16 +28,14 @@ import {
   isConversationTypeInRange,
   UnstorableMessage
 } from "../domain/Conversation.ts"
-import { decode, MsgIdClock } from "../domain/MsgId.ts"
 import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { entityActivations } from "../observability/Telemetry.ts"
 import { Delivery } from "../push/Delivery.ts"
-import { makeStateHolder } from "./State.ts"
-import { type ConversationState, ConversationStore, toMsgData } from "../storage/ConversationStore.ts"
+import { ConversationStore, toMsgData } from "../storage/ConversationStore.ts"
 import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
-import { floorOf } from "../storage/Replay.ts"
 import { commitSends, isInvalidData } from "./GroupCommit.ts"
 import * as Membership from "./Membership.ts"
+import { makeStateHolder } from "./State.ts"
 import { Conversation, type Send } from "./Protocol.ts"
 
 type Request = Envelope.Request<any>

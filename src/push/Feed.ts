@@ -31,6 +31,7 @@ import { Connections, type ConnectionSink } from "./Connections.ts"
 import { Mailbox, SlowConsumer } from "./Protocol.ts"
 import { recordReplay } from "../observability/Telemetry.ts"
 import { messageSize } from "./Frames.ts"
+import { Seen } from "./Seen.ts"
 
 /** Writes messages to a transport; false when its buffer is full (the connection is then cut as a slow consumer). */
 export type Write = (messages: ReadonlyArray<MsgData>) => boolean
@@ -88,23 +89,11 @@ export class Feed extends Context.Service<Feed, {
         const connectionId = randomUUID()
         const ended = yield* Deferred.make<never, unknown>()
         const slow = () => Deferred.doneUnsafe(ended, Exit.fail(new SlowConsumer({ buffered: buffer })))
-        // Newest MsgId written per conversation, and the last one written at all (the resync cursor).
-        const marks = new Map<string, string>()
+        // What was written (dedupe by MsgId), and the last message written at all (the resync cursor).
+        const seen = new Seen()
         let last = cursor ?? encode({ millis: Date.now(), seq: 0, conversationType: 0, hash: 0 })
         const emit = (messages: ReadonlyArray<MsgData>) => {
-          // The common case, nothing repeated, passes the batch on as it is.
-          let fresh: Array<MsgData> | undefined = undefined
-          for (let i = 0; i < messages.length; i++) {
-            const m = messages[i]
-            const mark = marks.get(m.ConversationID)
-            if (mark !== undefined && m.MsgId <= mark) {
-              fresh ??= messages.slice(0, i)
-              continue
-            }
-            marks.set(m.ConversationID, m.MsgId)
-            fresh?.push(m)
-          }
-          const out = fresh ?? messages
+          const out = seen.fresh(messages)
           if (out.length === 0) return true
           last = out[out.length - 1].MsgId
           return write(out)

@@ -2,7 +2,9 @@
  * `GET /notify` shared parts: who is connecting (token from the `Authorization` header or
  * `?token=`), which protocol, and from which cursor (`Last-Event-ID` or `?last_msg_id=`).
  */
-import { Effect } from "effect"
+import { Effect, Schema } from "effect"
+import { HttpServerResponse } from "effect/http"
+import type { LimitRefusal } from "../access/RateLimits.ts"
 import { ErrorCode } from "../api/Errors.ts"
 import { MsgIdPattern } from "../domain/MsgId.ts"
 import type { TokenClaims } from "../access/Revocations.ts"
@@ -20,15 +22,35 @@ export interface NotifyRequest {
   readonly claims: TokenClaims
 }
 
-/** A refusal before any streaming starts: answered as the envelope with this status. */
-export interface NotifyRefusal {
-  readonly status: number
-  readonly code: number
-  readonly error: string
-}
+/**
+ * A refusal before any streaming starts, or a poll that ends without an answer: the envelope with
+ * this status (and `Retry-After` when set).
+ */
+export class NotifyRefused extends Schema.TaggedError<NotifyRefused>()("NotifyRefused", {
+  status: Schema.Number,
+  code: Schema.Number,
+  error: Schema.String,
+  retryAfter: Schema.optionalKey(Schema.Number)
+}) {}
 
-const refuse = (status: number, code: number, error: string): Effect.Effect<never, NotifyRefusal> =>
-  Effect.fail({ status, code, error })
+const refuse = (status: number, code: number, error: string): Effect.Effect<never, NotifyRefused> =>
+  Effect.fail(new NotifyRefused({ status, code, error }))
+
+/** A rate limit's refusal, as the transports answer it. */
+export const limited = (refusal: LimitRefusal) =>
+  new NotifyRefused({
+    status: refusal.status,
+    code: refusal.code,
+    error: refusal.error,
+    retryAfter: refusal.retryAfter
+  })
+
+/** The envelope of a refusal, as an HTTP response (SSE and poll; a WebSocket upgrade writes it to its socket). */
+export const refusedResponse = (refused: NotifyRefused) =>
+  HttpServerResponse.jsonUnsafe({ code: refused.code, error: refused.error }, {
+    status: refused.status,
+    ...(refused.retryAfter === undefined ? {} : { headers: { "retry-after": String(refused.retryAfter) } })
+  })
 
 export const parseNotify = Effect.fnUntraced(function* (
   url: string,

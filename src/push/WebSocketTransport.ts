@@ -11,13 +11,15 @@ import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer } from "
 import type * as Http from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocket, WebSocketServer } from "ws"
+import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
 import { Feed } from "./Feed.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { Connections } from "./Connections.ts"
 import { messageJson } from "./Frames.ts"
-import { isNotifyPath, type NotifyRefusal, type NotifyRequest, parseNotify } from "./Notify.ts"
-import { type LimitRefusal, RateLimits } from "../access/RateLimits.ts"
+import { isNotifyPath, limited, NotifyRefused, type NotifyRequest, parseNotify } from "./Notify.ts"
+import { RateLimits } from "../access/RateLimits.ts"
+import { SlowConsumer } from "./Protocol.ts"
 import { Revocations } from "../access/Revocations.ts"
 
 const TEXT = { binary: false } as const
@@ -37,26 +39,26 @@ export const CloseCode = {
 
 const reasons: Record<number, string> = { 401: "Unauthorized", 429: "Too Many Requests" }
 
-const refuseUpgrade = (socket: Duplex, refusal: NotifyRefusal | LimitRefusal) => {
+const refuseUpgrade = (socket: Duplex, refusal: NotifyRefused) => {
   const body = JSON.stringify({ code: refusal.code, error: refusal.error })
   socket.end(
     `HTTP/1.1 ${refusal.status} ${reasons[refusal.status] ?? "Bad Request"}\r\n`
-      + ("retryAfter" in refusal ? `Retry-After: ${refusal.retryAfter}\r\n` : "")
+      + (refusal.retryAfter === undefined ? "" : `Retry-After: ${refusal.retryAfter}\r\n`)
       + `Content-Type: application/json\r\nContent-Length: ${
         Buffer.byteLength(body)
       }\r\nConnection: close\r\n\r\n${body}`
   )
 }
 
-export class WebSocketGateway extends Context.Service<WebSocketGateway, {
+export class WebSocketTransport extends Context.Service<WebSocketTransport, {
   /**
    * Makes `server` send `/notify` upgrades here, and end every push connection when it closes.
    * Call before anything listens for `upgrade`.
    */
   readonly attach: (server: Http.Server) => Http.Server
-}>()("quick-im/push/WebSocketGateway") {
+}>()("quick-im/push/WebSocketTransport") {
   static readonly layer = Layer.effect(
-    WebSocketGateway,
+    WebSocketTransport,
     Effect.gen(function* () {
       const context = yield* Effect.context<Feed | AppConfig | import("../access/Tokens.ts").Tokens>()
       const feed = yield* Feed
@@ -112,7 +114,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
         )
         fiber.addObserver((exit) => {
           if (Exit.isSuccess(exit)) return close(CloseCode.Restart, "stream ended: reconnect with last_msg_id")
-          const slow = exit.cause.reasons.some((r) => r._tag === "Fail" && (r.error as any)?._tag === "SlowConsumer")
+          const slow = exit.cause.reasons.some((r) => r._tag === "Fail" && r.error instanceof SlowConsumer)
           if (slow) telemetry.slowConsumers.ws++
           if (slow) return close(CloseCode.SlowConsumer, "slow consumer: reconnect with last_msg_id")
           if (Cause.hasInterruptsOnly(exit.cause)) {
@@ -136,20 +138,23 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
       }
 
       const handle = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
-        const refuse = (refusal: NotifyRefusal | LimitRefusal) => Effect.sync(() => refuseUpgrade(socket, refusal))
+        const refuse = (refusal: NotifyRefused) => Effect.sync(() => refuseUpgrade(socket, refusal))
         run(
           parseNotify(request.url ?? "/", request.headers).pipe(
             Effect.matchEffect({
               onFailure: refuse,
               onSuccess: (notify) => {
                 if (notify.protocol !== "ws") {
-                  return refuse({
-                    status: 400,
-                    code: 90013,
-                    error: `a WebSocket upgrade needs protoc=ws (got ${notify.protocol})`
-                  })
+                  return refuse(
+                    new NotifyRefused({
+                      status: 400,
+                      code: ErrorCode.UnsupportedProtocol,
+                      error: `a WebSocket upgrade needs protoc=ws (got ${notify.protocol})`
+                    })
+                  )
                 }
                 return limits.admitPush("connects", notify.session, request.socket.remoteAddress).pipe(
+                  Effect.mapError(limited),
                   Effect.matchEffect({
                     onFailure: refuse,
                     onSuccess: (release) =>
@@ -198,7 +203,7 @@ export class WebSocketGateway extends Context.Service<WebSocketGateway, {
         return server
       }
 
-      return WebSocketGateway.of({ attach })
+      return WebSocketTransport.of({ attach })
     })
   )
 }
