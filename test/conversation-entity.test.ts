@@ -3,7 +3,7 @@
  * single-writer sequencing, membership rules and state rebuilt after passivation.
  */
 import { assert, describe, it } from "@effect/vitest"
-import { Clock, Duration, Effect, Layer, Logger, Option, References } from "effect"
+import { Clock, Deferred, Duration, Effect, Fiber, Layer, Logger, Option, References } from "effect"
 import { TestRunner } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { Conversation } from "../src/conversation/Protocol.ts"
@@ -13,14 +13,19 @@ import { conversationEntityLayer } from "./support/entity.ts"
 import { settingsFor } from "./support/server.ts"
 
 const TestLayer = conversationEntityLayer(settingsFor("embedded", { entityIdle: Duration.millis(300) }))
-const GapLayer = conversationEntityLayer(settingsFor("embedded", { resumeWindow: Duration.millis(600) }))
+/** As a node of a cluster, with `b`'s Mailbox on a node that does not answer. */
+const GapLayer = conversationEntityLayer(
+  settingsFor("embedded", { resumeWindow: Duration.millis(600), runnerPort: Option.some(34998) }),
+  ["b"]
+)
 /** As a node of a cluster: a conversation stopping with hand-overs outstanding leaves them to its next host. */
 const ClusteredLayer = conversationEntityLayer(
   settingsFor("embedded", {
     resumeWindow: Duration.millis(600),
     entityIdle: Duration.millis(300),
     runnerPort: Option.some(34999)
-  })
+  }),
+  ["b"]
 )
 /** The debug lines of conversations that stopped, with their annotations (how long the stop waited, what it left). */
 const stops: Array<Record<string, unknown>> = []
@@ -39,7 +44,8 @@ const MovingLayer = conversationEntityLayer(
     entityIdle: Duration.millis(300),
     runnerPort: Option.some(34997),
     logLevel: "Debug"
-  })
+  }),
+  ["b"]
 ).pipe(Layer.provide(Layer.merge(captureStops, Layer.succeed(References.MinimumLogLevel, "Debug"))))
 const ShortLayer = conversationEntityLayer(
   settingsFor("embedded", { resumeWindow: Duration.millis(600), entityIdle: Duration.millis(300) })
@@ -68,12 +74,12 @@ const StaleLayer = conversationEntityLayer(settingsFor("embedded", { resumeWindo
 )
 
 /**
- * Sessions `a` (a mailbox on this node, recording what it is handed) and `b` (whose mailbox answers
- * nobody: no Mailbox entity on this runner) in `conversationId`; `a` sends m0. The conversation
+ * Sessions `a` (a mailbox on this node, recording what it is handed) and `b` (whose mailbox is on a
+ * node that answers nobody) in `conversationId`; `a` sends m0. The conversation
  * stops (idle) with `b` still owed m0, and its next host hands m0 over again: `a` is handed it
  * once live and once from the next host (its connections drop the repeat).
  */
-const owedByStop = (conversationId: string) =>
+const owedByStop = (conversationId: string, afterSend: Effect.Effect<void, never, SqlClient.SqlClient> = Effect.void) =>
   Effect.gen(function* () {
     const here = yield* LocalMailboxes
     const got: Array<string> = []
@@ -81,6 +87,7 @@ const owedByStop = (conversationId: string) =>
     const client = (yield* Conversation.client)(conversationId)
     yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
     const m0 = (yield* client.Send({ session: "a", status: 0, type: 0, content: "m0" })).msgId
+    yield* afterSend
     // About 6 s here (the cluster's reaper has a 5 s resolution); a loaded CI machine needs more.
     for (let i = 0; i < 300 && got.length < 2; i++) yield* Effect.sleep("100 millis")
     assert.deepStrictEqual(got, [m0, m0])
@@ -223,6 +230,28 @@ describe("Conversation entity", () => {
   it.live("a conversation that stops while a member is still owed a message leaves it to its next host, however late", () =>
     // `b` is owed m0 when the conversation passivates, long past the resume window.
     owedByStop("conv-owed").pipe(Effect.provide(ClusteredLayer)))
+
+  it.live("a stop writes how far hand-overs went before it starts the next host, which reads it even when the write is slow", () =>
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      // The stop's write of the position waits for this lock (half a second once it waits), while
+      // reads go on: a next host started meanwhile would load no position, and hand nothing over.
+      const slowWrite = sql.withTransaction(Effect.gen(function* () {
+        yield* sql`SELECT id FROM conversations WHERE id = 'conv-slow-write' FOR UPDATE`
+        for (let i = 0; i < 600; i++) {
+          const waiting = yield* sql<{ n: number }>`SELECT count(*)::int AS n FROM pg_locks WHERE NOT granted`
+          if (waiting[0].n > 0) break
+          yield* Effect.sleep("50 millis")
+        }
+        yield* Effect.sleep("500 millis")
+      }))
+      const lock = yield* Deferred.make<Fiber.Fiber<void, unknown>>()
+      yield* owedByStop(
+        "conv-slow-write",
+        Effect.flatMap(Effect.forkDetach(slowWrite), (fiber) => Deferred.succeed(lock, fiber)).pipe(Effect.asVoid)
+      )
+      yield* Fiber.interrupt(yield* Deferred.await(lock))
+    }).pipe(Effect.provide(ClusteredLayer)))
 
   it.live("a conversation that stops does not wait for a delivery its member's mailbox cannot take yet; its next host hands it over", () =>
     Effect.gen(function* () {

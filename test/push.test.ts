@@ -3,8 +3,9 @@
  * after a forced disconnect mid-burst, and slow consumers.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
-import { Duration } from "effect"
+import { Context, Duration } from "effect"
 import type { MsgData } from "../src/domain/Conversation.ts"
+import { LocalMailboxes } from "../src/push/LocalMailboxes.ts"
 import {
   connect,
   connectPoll,
@@ -137,6 +138,27 @@ describe("push", () => {
       cClient.close()
     }
   })
+
+  for (const protocol of PROTOCOLS) {
+    it(`${protocol}: a member with no live connection is handed nothing (no Mailbox starts for it) and replays what it missed when it connects`, async () => {
+      const a = await session()
+      const b = await session(2)
+      const id = await conversationOf(a.sid, b.sid)
+      const local = Context.get(server.context, LocalMailboxes)
+      const m0 = await send(a.token, id, "before")
+      const missed = [await send(a.token, id, "one"), await send(a.token, id, "two")]
+      await sleep(300)
+      assert.isUndefined(local.get(b.sid), "no Mailbox was started for the offline member")
+      const client = await connect(protocol, server.url, b.token, m0)
+      try {
+        await client.until((m) => m.length >= 2)
+        await sleep(200)
+        assert.deepStrictEqual(client.messages.map((m) => m.MsgId), missed)
+      } finally {
+        client.close()
+      }
+    })
+  }
 
   it("poll: what arrives between polls comes with the next poll, in order", async () => {
     const a = await session()

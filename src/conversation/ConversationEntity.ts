@@ -63,11 +63,12 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const self = (yield* Conversation.client)(id)
       // Hand-overs left undone when this conversation stops go to its next host: it hands over
       // everything after the position recorded here, however old (read when it loads), before
-      // anything new. Both writes at once: the shard (and so the next host's start) waits for this.
+      // anything new. The position is written first: the Redeliver starts the next host, which may
+      // be this node at once (a conversation passivating here), and it reads the position as it loads.
       const warn = (what: string) => (cause: Cause.Cause<unknown>) =>
         Effect.logWarning(what, cause).pipe(Effect.annotateLogs({ conversationId: id }))
       const handovers = yield* (yield* Delivery).open(id, ({ handedThrough }) =>
-        Effect.all([
+        Effect.andThen(
           handedThrough === undefined ? Effect.void : store.markRedeliverAfter(id, handedThrough).pipe(
             Effect.timeout("2 seconds"),
             Effect.catchCause(warn("could not record how far hand-overs went"))
@@ -76,7 +77,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             Effect.timeout("2 seconds"),
             Effect.catchCause(warn("could not leave a redelivery for the next host"))
           )
-        ], { concurrency: 2, discard: true }))
+        ))
 
       return (mailbox, replier) => {
         const holder = makeStateHolder(id, store, config.resumeWindow, handovers)
@@ -167,7 +168,8 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               }
               const span = tracing ? Option.getOrUndefined(yield* Effect.option(Effect.currentSpan)) : undefined
               yield* handovers.offer(
-                [...current.state.members.keys()],
+                current.state.members,
+                rows[rows.length - 1].seq,
                 rows.map(toMsgData),
                 now + handovers.budget,
                 span

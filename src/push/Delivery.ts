@@ -12,6 +12,13 @@
  * that waited longer, or that does not fit the conversation's backlog
  * (QUICKIM_DELIVERY_BACKLOG_BYTES), is dropped, and its members are told of the gap instead: their
  * mailbox ends every subscription, and each connection replays from its last message.
+ *
+ * Offline members cost nothing: only a member whose Mailbox is active (it has a live connection or
+ * a poll under way) is handed anything. A session with no active Mailbox has nothing to be handed
+ * to, and whatever it connects with next replays from SQL (docs/architecture.md, "Why resume loses
+ * nothing"): its Mailbox becomes active before the connection's replay reads, and the replay reads
+ * what was committed before. On one node the hand-over visits the active Mailboxes of the group,
+ * never the others; across nodes each node answers for the Mailboxes it holds.
  */
 import { Context, Duration, Effect, Fiber, Layer, Metric, Option, Queue, Schedule, Scope, type Tracer } from "effect"
 import { AppConfig } from "../Config.ts"
@@ -20,12 +27,18 @@ import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { deliveryGaps } from "../observability/Telemetry.ts"
 import { messageSize } from "./Frames.ts"
-import { LocalMailboxes } from "./LocalMailboxes.ts"
+import { type Deliver, LocalMailboxes } from "./LocalMailboxes.ts"
 import { chunked, MailboxRelay } from "./MailboxRelay.ts"
 import { Mailbox } from "./Protocol.ts"
 
 interface Batch {
-  readonly members: ReadonlyArray<string>
+  /**
+   * Who the batch is for: the conversation's members (session → the seq of the last message before
+   * it joined), read when the batch is handed over; those that joined after `lastSeq` are left out.
+   */
+  readonly audience: ReadonlyMap<string, number>
+  /** The seq of the batch's last message. */
+  readonly lastSeq: number
   /** Empty: the delivery of a gap alone, to the gapped members. */
   readonly messages: ReadonlyArray<MsgData>
   /** Estimated JSON bytes of `messages` (the backlog's bound). */
@@ -55,9 +68,14 @@ export interface Unsettled {
 export interface Handovers {
   /** Two thirds of the resume window (ms): how long after its commit a batch may still be handed over. */
   readonly budget: number
-  /** Queues a committed batch for `members`; never waits. */
+  /**
+   * Queues a committed batch for the members of `audience` that joined before its last message
+   * (`lastSeq`); never waits. `audience` is read when the batch is handed over: a member that left
+   * meanwhile is not handed it.
+   */
   readonly offer: (
-    members: ReadonlyArray<string>,
+    audience: ReadonlyMap<string, number>,
+    lastSeq: number,
     messages: ReadonlyArray<MsgData>,
     deadline: number,
     span?: Tracer.Span
@@ -84,6 +102,8 @@ export interface Handovers {
 export type Owe = (left: Unsettled) => Effect.Effect<void>
 
 const DELIVER_ATTEMPT = "5 seconds"
+/** The audience of a delivery of nothing but the gap (its targets are the gapped members). */
+const nobody: ReadonlyMap<string, number> = new Map()
 /** How long a stopping conversation waits for its hand-overs before leaving them to its next host. */
 const HANDOVER_WAIT = "1 second"
 /** Default of `QUICKIM_DELIVERY_BACKLOG_BYTES`. */
@@ -163,7 +183,13 @@ export class Delivery extends Context.Service<Delivery, {
           if (!waiting) return
           gapQueued = true
           undelivered++
-          Queue.offerUnsafe(batches, { members: [], messages: [], bytes: 0, deadline: Date.now() + budget })
+          Queue.offerUnsafe(batches, {
+            audience: nobody,
+            lastSeq: 0,
+            messages: [],
+            bytes: 0,
+            deadline: Date.now() + budget
+          })
         }
 
         /**
@@ -224,48 +250,68 @@ export class Delivery extends Context.Service<Delivery, {
         // take the batch in that node's relay (MailboxRelay: one cluster message for many
         // conversations), and any the relay did not serve, or whose node is unknown, or that is told
         // of a gap, an entity message in the background (deliverToEntity).
-        const handOver = Effect.fnUntraced(function* ({ members, messages, deadline, bytes }: Batch) {
+        const handOver = Effect.fnUntraced(function* ({ audience, lastSeq, messages, deadline, bytes }: Batch) {
           backlogBytes -= bytes
           if (messages.length === 0) gapQueued = false
           else processedThrough = messages[messages.length - 1].MsgId
           if (Date.now() >= deadline) {
             // Waited out its budget in the queue (behind a slow relay): too late to be resumed safely.
             // Its members hear of the gap with the next delivery, queued now if none follows.
-            for (const member of members) gapped.add(member)
+            gapAll(audience, lastSeq)
             yield* Metric.update(deliveryGaps, 1)
             queueGap()
             return
           }
-          // A delivery of nothing is the gap alone, for whoever still waits for it.
-          const targets = messages.length === 0 ? [...gapped] : members
           const entityMessage: Array<string> = []
           let byNode: Map<string, Array<string>> | undefined = undefined
-          for (const member of targets) {
+          const visit = (member: string) => {
             if (busy.has(member)) {
               // Its previous batch is still on its way: this one must not overtake it.
               gapped.add(member)
-              continue
+              return
             }
             const gap = gapped.has(member)
             const direct = local.get(member)
             if (direct !== undefined) {
-              if (tracing) {
-                yield* Effect.sync(() => direct(messages, gap)).pipe(
-                  Effect.withSpan("Mailbox.deliver", { attributes: { session: member } })
-                )
-              } else direct(messages, gap)
+              if (tracing) traced.push([member, direct, gap])
+              else direct(messages, gap)
               if (gap) gapped.delete(member)
-              continue
+              return
+            }
+            if (!multiNode || routes.holds(member)) {
+              // Its Mailbox would be active here: the session is offline, and will replay.
+              gapped.delete(member)
+              return
             }
             const node = gap ? undefined : routes.nodeOf(member)
             if (node === undefined) {
               entityMessage.push(member)
-              continue
+              return
             }
             byNode ??= new Map()
             const group = byNode.get(node)
             if (group === undefined) byNode.set(node, [member])
             else group.push(member)
+          }
+          const traced: Array<readonly [string, Deliver, boolean]> = []
+          if (messages.length === 0) {
+            // A delivery of nothing is the gap alone, for whoever still waits for it.
+            for (const member of [...gapped]) visit(member)
+          } else if (!multiNode && local.size() < audience.size) {
+            // One node, a group larger than the active Mailboxes here: visit those, not the members.
+            for (const member of local.sessions()) {
+              const joined = audience.get(member)
+              if (joined !== undefined && joined < lastSeq) visit(member)
+            }
+            // Members owed a gap that are not active: their next connection replays anyway.
+            for (const member of gapped) if (local.get(member) === undefined) gapped.delete(member)
+          } else {
+            for (const [member, joined] of audience) if (joined < lastSeq) visit(member)
+          }
+          for (const [member, direct, gap] of traced) {
+            yield* Effect.sync(() => direct(messages, gap)).pipe(
+              Effect.withSpan("Mailbox.deliver", { attributes: { session: member } })
+            )
           }
           // Relays first (they answer in one round trip), then entity messages for whatever they did
           // not serve and for mailboxes whose node is unknown. A large batch goes in parts, each whole
@@ -290,8 +336,14 @@ export class Delivery extends Context.Service<Delivery, {
           settledUpTo()
         })
 
+        /** Every member the batch was for is owed a gap. */
+        const gapAll = (audience: ReadonlyMap<string, number>, lastSeq: number) => {
+          for (const [member, joined] of audience) if (joined < lastSeq) gapped.add(member)
+        }
+
         const offer = Effect.fnUntraced(function* (
-          members: ReadonlyArray<string>,
+          audience: ReadonlyMap<string, number>,
+          lastSeq: number,
           messages: ReadonlyArray<MsgData>,
           deadline: number,
           span?: Tracer.Span
@@ -304,7 +356,7 @@ export class Delivery extends Context.Service<Delivery, {
               undelivered--
               backlogBytes -= dropped.bytes
               if (dropped.messages.length === 0) gapQueued = false
-              for (const member of dropped.members) gapped.add(member)
+              gapAll(dropped.audience, dropped.lastSeq)
             }
             yield* Metric.update(deliveryGaps, 1)
           }
@@ -312,8 +364,9 @@ export class Delivery extends Context.Service<Delivery, {
           backlogBytes += bytes
           Queue.offerUnsafe(
             batches,
-            span === undefined ? { members, messages, bytes, deadline } : {
-              members,
+            span === undefined ? { audience, lastSeq, messages, bytes, deadline } : {
+              audience,
+              lastSeq,
               messages,
               bytes,
               deadline,
@@ -329,7 +382,7 @@ export class Delivery extends Context.Service<Delivery, {
                 parent: batch.span,
                 attributes: {
                   ...aboutMessages(id, batch.messages.map((m) => m.MsgId)),
-                  members: batch.members.length
+                  members: batch.audience.size
                 }
               })
             )).pipe(Effect.ensuring(Effect.sync(() => undelivered--)))
@@ -377,12 +430,15 @@ export class Delivery extends Context.Service<Delivery, {
         ) {
           // Seqs are gapless in MsgId order: recent[i] has seq firstSeq + i.
           const firstSeq = lastSeq - recent.length + 1
-          const bySlice = new Map<number, Array<string>>()
+          const bySlice = new Map<number, Map<string, number>>()
           for (const [member, joinedSeq] of members) {
             const from = Math.max(0, joinedSeq - firstSeq + 1)
-            if (from < recent.length) bySlice.set(from, [...(bySlice.get(from) ?? []), member])
+            if (from >= recent.length) continue
+            const slice = bySlice.get(from)
+            if (slice === undefined) bySlice.set(from, new Map([[member, joinedSeq]]))
+            else slice.set(member, joinedSeq)
           }
-          for (const [from, sessions] of bySlice) yield* offer(sessions, recent.slice(from), now + budget)
+          for (const [from, audience] of bySlice) yield* offer(audience, lastSeq, recent.slice(from), now + budget)
         })
 
         return {

@@ -14,6 +14,8 @@ export class LocalMailboxes extends Context.Service<LocalMailboxes, {
   readonly add: (session: string, deliver: Deliver) => () => void
   readonly get: (session: string) => Deliver | undefined
   readonly size: () => number
+  /** The sessions whose Mailbox is active here. */
+  readonly sessions: () => Iterable<string>
 }>()("quick-im/push/LocalMailboxes") {
   static readonly layer = Layer.sync(LocalMailboxes, () => {
     const active = new Map<string, Deliver>()
@@ -25,7 +27,8 @@ export class LocalMailboxes extends Context.Service<LocalMailboxes, {
         }
       },
       get: (session) => active.get(session),
-      size: () => active.size
+      size: () => active.size,
+      sessions: () => active.keys()
     })
   })
 }

@@ -113,16 +113,19 @@ export class MailboxRelay extends Context.Service<MailboxRelay, {
         }))
 
       // A mailbox active here on a shard this node holds takes the messages by a direct call, as from
-      // a conversation on this node; any other goes back for the entity message, which also wakes a
-      // passivated mailbox. The answer per item: the sessions not served.
+      // a conversation on this node; one not active here is offline (its next connection replays),
+      // so nothing is owed to it. A session whose shard this node does not hold goes back for the
+      // entity message. The answer per item: the sessions not served.
       link.register("deliver", (items) =>
         Effect.sync(() =>
           (items as ReadonlyArray<DeliverItem>).map((item) => {
             const missing: Array<string> = []
             for (const session of item.sessions) {
-              const direct = routes.holds(session) ? mailboxes.get(session) : undefined
-              if (direct === undefined) missing.push(session)
-              else direct(item.messages)
+              if (!routes.holds(session)) {
+                missing.push(session)
+                continue
+              }
+              mailboxes.get(session)?.(item.messages)
             }
             return missing
           })

@@ -1,6 +1,6 @@
 /** The Conversation entity on Effect cluster's in-memory TestRunner, over a real database. */
 import { NodeCrypto } from "@effect/platform-node"
-import { Layer } from "effect"
+import { Effect, Layer } from "effect"
 import { TestRunner } from "effect/cluster"
 import { NodeIdentity } from "../../src/cluster/NodeIdentity.ts"
 import { NodeLink } from "../../src/cluster/NodeLink.ts"
@@ -17,12 +17,26 @@ import { MailboxRelay } from "../../src/push/MailboxRelay.ts"
 import { ConversationStore } from "../../src/storage/ConversationStore.ts"
 import { DatabaseLive } from "../../src/storage/Database.ts"
 
-export const conversationEntityLayer = (settings: AppSettings) =>
+/**
+ * The shard routes of this runner, except that the sessions in `elsewhere` have their Mailbox's
+ * shard on a node that is not there: as a node that died or is taking the shard over, it answers
+ * nobody (the TestRunner has no Mailbox entity), so their deliveries stay on their way.
+ */
+const routesWith = (elsewhere: ReadonlyArray<string>) =>
+  Layer.effect(
+    ShardRoutes,
+    Effect.gen(function* () {
+      const routes = yield* ShardRoutes
+      return ShardRoutes.of({ ...routes, holds: (id) => !elsewhere.includes(id) && routes.holds(id) })
+    })
+  ).pipe(Layer.provide(ShardRoutes.layer))
+
+export const conversationEntityLayer = (settings: AppSettings, elsewhere: ReadonlyArray<string> = []) =>
   ConversationEntityLive.pipe(
     Layer.provideMerge(Layer.mergeAll(Delivery.layer, ConversationSender.layer)),
     Layer.provideMerge(MailboxRelay.layer),
     Layer.provideMerge(Layer.mergeAll(NodeLink.layer, Connections.layer, LocalMailboxes.layer)),
-    Layer.provideMerge(ShardRoutes.layer),
+    Layer.provideMerge(routesWith(elsewhere)),
     Layer.provideMerge(RunnerWatch.layer),
     Layer.provideMerge(TestRunner.layer),
     Layer.provideMerge(Layer.mergeAll(NodeIdentity.layer, Telemetry.layer)),
