@@ -3,9 +3,9 @@
  *
  * Effect's fibers capture a `node:async_hooks` AsyncResource each time they suspend, so that
  * AsyncLocalStorage values follow them across suspensions. quick-im reads no AsyncLocalStorage,
- * and under Deno every captured resource stays reachable from the next one: measured on the send
- * path, about 5 resources and 2.5 KB retained per request, a heap that never stops growing and
- * full-GC pauses of 120–260 ms after 40,000 sends. Under Node it costs CPU on every suspension.
+ * and under Deno every captured resource stays reachable from the next one: on the send path a few
+ * kilobytes retained per request, a heap that never stops growing and long full-GC pauses
+ * (docs/operations.md, "Runtimes"). Under Node it costs CPU on every suspension.
  * Effect looks the class up once, while its module is evaluated, through
  * `process.getBuiltinModule`; until `restore` is called that lookup finds no async_hooks.
  */

@@ -4,20 +4,7 @@
  * so that sends arriving together share one transaction (GroupCommit), answers a send only after
  * its commit, and hands each committed batch to Delivery (push/), which takes it to the members.
  */
-import {
-  Cause,
-  Clock,
-  Duration,
-  Effect,
-  Layer,
-  Metric,
-  Option,
-  Queue,
-  Schedule,
-  Scope,
-  Semaphore,
-  Tracer
-} from "effect"
+import { Cause, Clock, Duration, Effect, Layer, Metric, Option, Queue, Schedule, Scope, Semaphore } from "effect"
 import { Entity, type Envelope } from "effect/cluster"
 import { AppConfig } from "../Config.ts"
 import {
@@ -33,7 +20,7 @@ import { entityActivations } from "../observability/Telemetry.ts"
 import { Delivery } from "../push/Delivery.ts"
 import { ConversationStore, toMsgData } from "../storage/ConversationStore.ts"
 import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
-import { commitSends, isInvalidData } from "./GroupCommit.ts"
+import { commitSends, isInvalidData, traced } from "./GroupCommit.ts"
 import * as Membership from "./Membership.ts"
 import { makeStateHolder } from "./State.ts"
 import { Conversation, type Send } from "./Protocol.ts"
@@ -43,12 +30,6 @@ type SendRequest = Envelope.Request<typeof Send>
 
 /** How soon a conversation reloads after a write whose outcome is unknown, and retries. */
 const RELOAD_AFTER = "1 second"
-
-/** The span a request came with (its sender's trace), if any. */
-const spanOf = (request: Request) =>
-  request.traceId !== undefined && request.spanId !== undefined
-    ? Tracer.externalSpan({ traceId: request.traceId, spanId: request.spanId, sampled: request.sampled ?? true })
-    : undefined
 
 const entityLayer = (maxIdleTime: Duration.Duration) =>
   Conversation.toLayerQueue(
@@ -186,22 +167,8 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             )
           )
 
-        /** One group commit, traced as a child of the first send's span (the others are linked). */
-        const handleSends = (requests: ReadonlyArray<SendRequest>) => {
-          if (!tracing) return sendBatch(requests)
-          const parent = spanOf(requests[0])
-          const links = requests.slice(1).flatMap((r) => {
-            const span = spanOf(r)
-            return span === undefined ? [] : [{ span, attributes: {} }]
-          })
-          return sendBatch(requests).pipe(
-            Effect.withSpan("Conversation.commit", {
-              ...(parent === undefined ? {} : { parent }),
-              links,
-              attributes: { conversationId: id, sends: requests.length }
-            })
-          )
-        }
+        const handleSends = (requests: ReadonlyArray<SendRequest>) =>
+          tracing ? traced(id, requests, sendBatch(requests)) : sendBatch(requests)
 
         const handleOne = (request: Request) =>
           Effect.gen(function* () {

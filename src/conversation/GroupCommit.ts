@@ -4,7 +4,8 @@
  * `client_msg_id` of its session gets the stored message back (`duplicate`), whether it was stored
  * long ago or earlier in the same batch.
  */
-import { Cause, Effect } from "effect"
+import { Cause, Effect, Tracer } from "effect"
+import type { Envelope } from "effect/cluster"
 import type { Rpc } from "effect/rpc"
 import { NotMember } from "../domain/Conversation.ts"
 import type { MsgIdClock } from "../domain/MsgId.ts"
@@ -29,6 +30,32 @@ export interface Committed {
 }
 
 const dedupeKey = (session: string, clientMsgId: string) => `${session}\u0000${clientMsgId}`
+
+/** The span a request came with (its sender's trace), if any. */
+const spanOf = (request: Envelope.Request<any>) =>
+  request.traceId !== undefined && request.spanId !== undefined
+    ? Tracer.externalSpan({ traceId: request.traceId, spanId: request.spanId, sampled: request.sampled ?? true })
+    : undefined
+
+/** `commit` traced as a child of the first send's span (the others are linked), when tracing. */
+export const traced = <A, E, R>(
+  conversationId: string,
+  requests: ReadonlyArray<Envelope.Request<any>>,
+  commit: Effect.Effect<A, E, R>
+) => {
+  const parent = spanOf(requests[0])
+  const links = requests.slice(1).flatMap((r) => {
+    const span = spanOf(r)
+    return span === undefined ? [] : [{ span, attributes: {} }]
+  })
+  return commit.pipe(
+    Effect.withSpan("Conversation.commit", {
+      ...(parent === undefined ? {} : { parent }),
+      links,
+      attributes: { conversationId, sends: requests.length }
+    })
+  )
+}
 
 /** SQLSTATE class 22, data exception: the statement's data was refused, so nothing was written. */
 export const isInvalidData = (cause: Cause.Cause<unknown>) =>

@@ -39,15 +39,16 @@ const fromCause = (cause: Cause.Cause<unknown>, tooLarge: string) =>
       if (HttpApiError.HttpApiPayloadTooLarge.is(value)) {
         return envelope(413, ErrorCode.BodyTooLarge, tooLarge)
       }
-      const tag = (value as any)?._tag
-      const reasonTag = (value as any)?.reason?._tag
-      if (tag === "HttpServerError" && reasonTag === "RouteNotFound") {
-        return envelope(404, ErrorCode.UnknownPath, "unknown path or method")
-      }
-      if (tag === "HttpServerError" && reasonTag === "RequestParseError") {
-        return (value as any).reason.reason === "BodyTooLarge"
-          ? envelope(413, ErrorCode.BodyTooLarge, tooLarge)
-          : envelope(400, ErrorCode.InvalidParameter, "request body could not be read")
+      if (HttpServerError.isHttpServerError(value)) {
+        const why = value.reason
+        if (why instanceof HttpServerError.RouteNotFound) {
+          return envelope(404, ErrorCode.UnknownPath, "unknown path or method")
+        }
+        if (why instanceof HttpServerError.RequestParseError) {
+          return why.reason === "BodyTooLarge"
+            ? envelope(413, ErrorCode.BodyTooLarge, tooLarge)
+            : envelope(400, ErrorCode.InvalidParameter, "request body could not be read")
+        }
       }
     }
     if (Cause.hasInterruptsOnly(cause)) {

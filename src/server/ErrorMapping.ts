@@ -1,73 +1,103 @@
-/** Domain and cluster failures → the wire errors of the contract. Anything unknown stays a defect (10002). */
+/**
+ * Domain and cluster failures → the wire errors of the contract, by tag: one entry per failure a
+ * handler may meet. Anything else stays a defect (10002, logged with its cause).
+ */
 import { Effect, Predicate } from "effect"
-import { type ApiError, BadRequest, ErrorCode, Forbidden, NotFound, Unavailable } from "../api/Errors.ts"
+import type { ClusterError } from "effect/cluster"
+import type { SqlError } from "effect/sql"
+import {
+  type ApiError,
+  BadRequest,
+  ErrorCode,
+  Forbidden,
+  NotFound,
+  PayloadTooLarge,
+  TooManyRequests,
+  Unavailable
+} from "../api/Errors.ts"
+import type {
+  ConversationNotFound,
+  ConversationTypeOutOfRange,
+  DatabaseUnavailable,
+  EmptyMembers,
+  JoinNeedsInvitation,
+  NotMember,
+  RemovedFromConversation,
+  UnstorableMessage
+} from "../domain/Conversation.ts"
 import { isDatabaseUnreachable } from "../storage/DatabaseHealth.ts"
 
-const tagOf = (e: unknown) => Predicate.hasProperty(e, "_tag") ? String(e._tag) : undefined
+/** Every failure with a wire error of its own. */
+type Mapped =
+  | ConversationNotFound
+  | NotMember
+  | RemovedFromConversation
+  | JoinNeedsInvitation
+  | ConversationTypeOutOfRange
+  | EmptyMembers
+  | UnstorableMessage
+  | DatabaseUnavailable
+  | SqlError.SqlError
+  | ClusterError.PersistenceError
+  | ClusterError.MailboxFull
+  | ClusterError.EntityNotAssignedToRunner
+  | ClusterError.RunnerUnavailable
+  | ClusterError.RunnerNotRegistered
+
+type Mapping = {
+  readonly [Tag in Mapped["_tag"]]: (e: Extract<Mapped, { readonly _tag: Tag }>) => ApiError | undefined
+}
+
+const databaseUnavailable = () => new Unavailable({ code: ErrorCode.Unavailable, error: "database unavailable, retry" })
+const moving = () => new Unavailable({ code: ErrorCode.Unavailable, error: "conversation is moving, retry" })
+
+/** undefined: no wire error, a defect. */
+const mapping: Mapping = {
+  ConversationNotFound: (e) =>
+    new NotFound({ code: ErrorCode.ConversationNotFound, error: `conversation ${e.conversationId} not found` }),
+  NotMember: (e) =>
+    new Forbidden({ code: ErrorCode.NotMember, error: `not a member of conversation ${e.conversationId}` }),
+  RemovedFromConversation: (e) =>
+    new Forbidden({
+      code: ErrorCode.RemovedFromConversation,
+      error: `removed from conversation ${e.conversationId}: only the backend can add this session again`
+    }),
+  JoinNeedsInvitation: (e) =>
+    new Forbidden({
+      code: ErrorCode.JoinNeedsInvitation,
+      error: `joining conversation ${e.conversationId} needs an invitation from the backend`
+    }),
+  ConversationTypeOutOfRange: (e) =>
+    new BadRequest({
+      code: ErrorCode.ConversationTypeOutOfRange,
+      error: `conversation_type ${e.conversationType} is out of range 0..15`
+    }),
+  EmptyMembers: () => new BadRequest({ code: ErrorCode.EmptyMembers, error: "sessions must name at least one member" }),
+  UnstorableMessage: () =>
+    new BadRequest({
+      code: ErrorCode.InvalidParameter,
+      error: "the message holds characters that cannot be stored (NUL or unpaired UTF-16 surrogates)"
+    }),
+  DatabaseUnavailable: databaseUnavailable,
+  // Effect cluster's own storage (its message and runner tables) failing: the database again.
+  PersistenceError: databaseUnavailable,
+  SqlError: (e) => isDatabaseUnreachable(e) ? databaseUnavailable() : undefined,
+  MailboxFull: () => new Unavailable({ code: ErrorCode.Unavailable, error: "conversation is overloaded, retry" }),
+  EntityNotAssignedToRunner: moving,
+  RunnerUnavailable: moving,
+  RunnerNotRegistered: moving
+}
+
+const isMapped = (e: unknown): e is Mapped =>
+  Predicate.hasProperty(e, "_tag") && typeof e._tag === "string" && Object.hasOwn(mapping, e._tag)
 
 export const toApiError = (e: unknown): Effect.Effect<never, ApiError> => {
-  const x = e as any
-  switch (tagOf(e)) {
-    case "ConversationNotFound":
-      return Effect.fail(
-        new NotFound({ code: ErrorCode.ConversationNotFound, error: `conversation ${x.conversationId} not found` })
-      )
-    case "NotMember":
-      return Effect.fail(
-        new Forbidden({ code: ErrorCode.NotMember, error: `not a member of conversation ${x.conversationId}` })
-      )
-    case "RemovedFromConversation":
-      return Effect.fail(
-        new Forbidden({
-          code: ErrorCode.RemovedFromConversation,
-          error: `removed from conversation ${x.conversationId}: only the backend can add this session again`
-        })
-      )
-    case "JoinNeedsInvitation":
-      return Effect.fail(
-        new Forbidden({
-          code: ErrorCode.JoinNeedsInvitation,
-          error: `joining conversation ${x.conversationId} needs an invitation from the backend`
-        })
-      )
-    case "ConversationTypeOutOfRange":
-      return Effect.fail(
-        new BadRequest({
-          code: ErrorCode.ConversationTypeOutOfRange,
-          error: `conversation_type ${x.conversationType} is out of range 0..15`
-        })
-      )
-    case "EmptyMembers":
-      return Effect.fail(
-        new BadRequest({ code: ErrorCode.EmptyMembers, error: "sessions must name at least one member" })
-      )
-    case "TooManyRequests":
-    case "PayloadTooLarge":
-      return Effect.fail(x)
-    case "UnstorableMessage":
-      return Effect.fail(
-        new BadRequest({
-          code: ErrorCode.InvalidParameter,
-          error: "the message holds characters that cannot be stored (NUL or unpaired UTF-16 surrogates)"
-        })
-      )
-    case "DatabaseUnavailable":
-    // Effect cluster's own storage (its message and runner tables) failing: the database again.
-    case "PersistenceError":
-      return Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "database unavailable, retry" }))
-    case "SqlError":
-      return isDatabaseUnreachable(e)
-        ? Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "database unavailable, retry" }))
-        : Effect.die(e)
-    case "MailboxFull":
-      return Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "conversation is overloaded, retry" }))
-    case "EntityNotAssignedToRunner":
-    case "RunnerUnavailable":
-    case "RunnerNotRegistered":
-      return Effect.fail(new Unavailable({ code: ErrorCode.Unavailable, error: "conversation is moving, retry" }))
-    default:
-      return Effect.die(e)
-  }
+  // Refusals of the edge itself (rate limits, sizes) are wire errors already.
+  if (e instanceof TooManyRequests || e instanceof PayloadTooLarge) return Effect.fail(e)
+  if (!isMapped(e)) return Effect.die(e)
+  // The entry of e's own tag (the table's type pairs each tag with its error's type).
+  const wire = (mapping[e._tag] as (e: Mapped) => ApiError | undefined)(e)
+  return wire === undefined ? Effect.die(e) : Effect.fail(wire)
 }
 
 /**

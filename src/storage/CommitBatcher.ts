@@ -2,8 +2,8 @@
  * Group commit across conversations. Each Conversation entity still decides ids and sequence
  * alone and waits for its own commit; what it hands over while other commits are in flight is
  * written together with the other entities' batches, in one statement (one transaction, one WAL
- * flush). Measured on PostgreSQL, 200 two-member conversations, 64 senders, no receivers: 1,028 →
- * 1,159 sends/s, with far fewer WAL flushes; the rest of the send path's cost is CPU elsewhere.
+ * flush). On PostgreSQL that raised send throughput and cut the WAL flushes (bench/RESULTS.md); the
+ * rest of the send path's cost is CPU elsewhere.
  *
  * One conversation's bad rows never fail another's: a merged statement that fails is tried again
  * once per conversation, alone, and only what fails alone fails.
@@ -46,9 +46,9 @@ const isUnreachable = (exit: Exit.Exit<unknown, SqlError.SqlError>) =>
 
 /**
  * `inFlightMax`: commits in flight at once; further batches wait and are merged. One is the default:
- * measured on PostgreSQL (pairs push benchmark), 1 against 4 in flight gave 3,904 → 4,055 sends/s on
- * one node and 1,963 → 2,392 on three (fewer, larger commits: PostgreSQL's CPU per send fell by
- * about a third), with lower latency too, since a commit's round trip is short next to the queue.
+ * against four in flight it gave more sends per second on one node and on three (fewer, larger
+ * commits, less of PostgreSQL's CPU per send) and lower latency, since a commit's round trip is
+ * short next to the queue (pairs push benchmark, bench/RESULTS.md).
  */
 export const makeCommitBatcher = (
   sql: SqlClient.SqlClient,
