@@ -109,7 +109,7 @@ const HANDOVER_WAIT = "1 second"
 /** Default of `QUICKIM_DELIVERY_BACKLOG_BYTES`. */
 const DELIVERY_BACKLOG_BYTES = 4 * 1024 * 1024
 
-export const sizeOf = (messages: ReadonlyArray<MsgData>) => {
+const sizeOf = (messages: ReadonlyArray<MsgData>) => {
   let bytes = 0
   for (const m of messages) bytes += messageSize(m)
   return bytes
@@ -264,6 +264,8 @@ export class Delivery extends Context.Service<Delivery, {
           }
           const entityMessage: Array<string> = []
           let byNode: Map<string, Array<string>> | undefined = undefined
+          /** When tracing: the direct hand-overs, made afterwards, each in its own span. */
+          const traced: Array<readonly [string, Deliver, boolean]> | undefined = tracing ? [] : undefined
           const visit = (member: string) => {
             if (busy.has(member)) {
               // Its previous batch is still on its way: this one must not overtake it.
@@ -273,7 +275,7 @@ export class Delivery extends Context.Service<Delivery, {
             const gap = gapped.has(member)
             const direct = local.get(member)
             if (direct !== undefined) {
-              if (tracing) traced.push([member, direct, gap])
+              if (traced !== undefined) traced.push([member, direct, gap])
               else direct(messages, gap)
               if (gap) gapped.delete(member)
               return
@@ -293,7 +295,6 @@ export class Delivery extends Context.Service<Delivery, {
             if (group === undefined) byNode.set(node, [member])
             else group.push(member)
           }
-          const traced: Array<readonly [string, Deliver, boolean]> = []
           if (messages.length === 0) {
             // A delivery of nothing is the gap alone, for whoever still waits for it.
             for (const member of [...gapped]) visit(member)
@@ -308,7 +309,7 @@ export class Delivery extends Context.Service<Delivery, {
           } else {
             for (const [member, joined] of audience) if (joined < lastSeq) visit(member)
           }
-          for (const [member, direct, gap] of traced) {
+          for (const [member, direct, gap] of traced ?? []) {
             yield* Effect.sync(() => direct(messages, gap)).pipe(
               Effect.withSpan("Mailbox.deliver", { attributes: { session: member } })
             )

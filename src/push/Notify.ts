@@ -3,7 +3,7 @@
  * `?token=`), which protocol, and from which cursor (`Last-Event-ID` or `?last_msg_id=`).
  */
 import { Effect, Schema } from "effect"
-import { HttpServerResponse } from "effect/http"
+import { type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { LimitRefusal } from "../access/RateLimits.ts"
 import { ErrorCode } from "../api/Errors.ts"
 import { MsgIdPattern } from "../domain/MsgId.ts"
@@ -35,6 +35,12 @@ export class NotifyRefused extends Schema.TaggedError<NotifyRefused>()("NotifyRe
 
 const refuse = (status: number, code: number, error: string): Effect.Effect<never, NotifyRefused> =>
   Effect.fail(new NotifyRefused({ status, code, error }))
+
+/** How an HTTP transport (SSE, poll) serves a `/notify` request once it is parsed. */
+export type ServeNotify = (
+  notify: NotifyRequest,
+  request: HttpServerRequest.HttpServerRequest
+) => Effect.Effect<HttpServerResponse.HttpServerResponse, NotifyRefused>
 
 /** A rate limit's refusal, as the transports answer it. */
 export const limited = (refusal: LimitRefusal) =>

@@ -14,14 +14,11 @@ import { RunnerWatch } from "../cluster/RunnerWatch.ts"
 import { AppConfig } from "../Config.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { Connections } from "./Connections.ts"
-import { limited, NotifyRefused, type NotifyRequest } from "./Notify.ts"
+import { limited, NotifyRefused, type NotifyRequest, type ServeNotify } from "./Notify.ts"
 import { Mailbox } from "./Protocol.ts"
 
 export class PollTransport extends Context.Service<PollTransport, {
-  readonly serve: (
-    notify: NotifyRequest,
-    request: HttpServerRequest.HttpServerRequest
-  ) => Effect.Effect<HttpServerResponse.HttpServerResponse, NotifyRefused>
+  readonly serve: ServeNotify
 }>()("quick-im/push/PollTransport") {
   static readonly layer = Layer.effect(
     PollTransport,

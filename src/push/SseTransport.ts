@@ -15,7 +15,7 @@ import type { MsgData } from "../domain/Conversation.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { Feed } from "./Feed.ts"
 import { messageJson } from "./Frames.ts"
-import { limited, type NotifyRefused, type NotifyRequest } from "./Notify.ts"
+import { limited, type NotifyRequest, type ServeNotify } from "./Notify.ts"
 import { SlowConsumer } from "./Protocol.ts"
 
 const encoder = new TextEncoder()
@@ -53,10 +53,7 @@ const endEvent = (cause: Cause.Cause<unknown>) => {
 }
 
 export class SseTransport extends Context.Service<SseTransport, {
-  readonly serve: (
-    notify: NotifyRequest,
-    request: HttpServerRequest.HttpServerRequest
-  ) => Effect.Effect<HttpServerResponse.HttpServerResponse, NotifyRefused>
+  readonly serve: ServeNotify
 }>()("quick-im/push/SseTransport") {
   static readonly layer = Layer.effect(
     SseTransport,
