@@ -19,36 +19,20 @@ import { HttpApi, HttpApiBuilder } from "effect/http-api"
 import { createServer } from "node:http"
 import { Api, ConversationApi, InnerApi, MessageApi, SystemApi } from "./api/Api.ts"
 import { AppConfig, type AppSettings, DEFAULT_ASSIGNMENTS_REFRESH, defaultHttpTimeouts } from "./Config.ts"
-import { NodeAnnouncementLive, NodeReporterLive, NodeStatus } from "./cluster/NodeStatus.ts"
+import { NodeAnnouncementLive, NodeReporterLive } from "./cluster/NodeStatus.ts"
 import { NodeIdentity } from "./cluster/NodeIdentity.ts"
-import { inboxGroup, NodeInboxLive, NodeLink } from "./cluster/NodeLink.ts"
+import { inboxGroup, NodeInboxLive } from "./cluster/NodeLink.ts"
 import { RunnerHealthCheckLive } from "./cluster/RunnerHealthCheck.ts"
-import { RunnerWatch } from "./cluster/RunnerWatch.ts"
-import { ShardRoutes } from "./cluster/ShardRoutes.ts"
 import { ConversationEntityLive } from "./conversation/ConversationEntity.ts"
-import { ConversationSender } from "./conversation/Sender.ts"
-import { Delivery } from "./push/Delivery.ts"
-import { Feed } from "./push/Feed.ts"
-import { Connections } from "./push/Connections.ts"
 import { LocalMailboxes } from "./push/LocalMailboxes.ts"
-import { MailboxRelay } from "./push/MailboxRelay.ts"
-import { PollPlatforms } from "./push/PollPlatforms.ts"
 import { MailboxEntityLive } from "./push/MailboxEntity.ts"
 import { NotifyRoutes } from "./push/NotifyRoutes.ts"
-import { PollTransport } from "./push/PollTransport.ts"
-import { SseTransport } from "./push/SseTransport.ts"
 import { WebSocketTransport } from "./push/WebSocketTransport.ts"
 import { CorsLive, EdgeLive } from "./server/Edge.ts"
 import { watchConnections } from "./server/ConnectionWatch.ts"
 import { isLoopbackHost } from "./access/Access.ts"
 import { HandlersLive } from "./server/Handlers.ts"
-import { RateLimits } from "./access/RateLimits.ts"
-import { KnownConversations } from "./conversation/KnownConversations.ts"
-import { Tokens } from "./access/Tokens.ts"
-import { ConversationStore } from "./storage/ConversationStore.ts"
 import { DatabaseLive } from "./storage/Database.ts"
-import { PollPositions } from "./storage/PollPositions.ts"
-import { Replay } from "./storage/Replay.ts"
 import { ConsoleRoutes } from "./console/ConsoleRoutes.ts"
 import { LoggingLive } from "./observability/Logging.ts"
 import { TracingLive } from "./observability/Tracing.ts"
@@ -106,11 +90,6 @@ const ClusterLive = Layer.unwrap(Effect.gen(function* () {
       Layer.provide(RpcSerialization.layerSchemaBinary())
     )
 })).pipe(Layer.provide(NodeCrypto.layerDigest))
-
-const CoreLive = Layer.mergeAll(ConversationStore.layer, Replay.layer, PollPositions.layer, Tokens.layer).pipe(
-  Layer.provideMerge(DatabaseLive),
-  Layer.provideMerge(Telemetry.layer)
-)
 
 /** With `QUICKIM_INNER_PORT`, the public listener serves the public groups only: inner paths are 404 there. */
 const PublicApi = HttpApi.make("quick-im").add(ConversationApi).add(MessageApi).add(SystemApi)
@@ -187,31 +166,38 @@ const HttpLive = Layer.unwrap(Effect.gen(function* () {
   return HttpRouter.serve(Layer.mergeAll(publicRoutes, NotifyRoutes, ConsoleRoutes, EdgeLive, CorsLive), {
     disableLogger: !config.accessLog
   }).pipe(Layer.provideMerge(publicServer), Layer.merge(inner))
-}))
-
-const PushLive = Layer.mergeAll(WebSocketTransport.layer, SseTransport.layer, PollTransport.layer).pipe(
-  Layer.provideMerge(Feed.layer)
-)
+})).pipe(Layer.provide(WebSocketTransport.layer))
 
 /** Multi-node mode: this node's NodeInbox, through which other nodes' mailboxes reach its connections. */
 const InboxLive = Layer.unwrap(
   Effect.map(AppConfig, (config) => Option.isSome(config.runnerPort) ? NodeInboxLive : Layer.empty)
 )
 
-export const AppLive = NodeReporterLive.pipe(
-  Layer.provideMerge(Layer.mergeAll(HttpLive, ConversationEntityLive, MailboxEntityLive, InboxLive)),
-  Layer.provideMerge(NodeStatus.layer),
-  Layer.provideMerge(PushLive),
-  Layer.provideMerge(Layer.mergeAll(ConversationSender.layer, Delivery.layer)),
-  Layer.provideMerge(MailboxRelay.layer),
-  Layer.provideMerge(Layer.mergeAll(NodeLink.layer, Connections.layer, LocalMailboxes.layer, PollPlatforms.layer)),
-  Layer.provideMerge(ShardRoutes.layer),
-  Layer.provideMerge(RunnerWatch.layer),
-  Layer.provideMerge(ClusterLive),
+/**
+ * What every node stands on, in the order it comes up (and goes down in reverse): telemetry, the
+ * migrated database, this process's identity and its row of `quickim_nodes` (announced before the
+ * runner joins, see NodeAnnouncementLive), then the cluster runner.
+ */
+const PlatformLive = ClusterLive.pipe(
   Layer.provideMerge(NodeAnnouncementLive),
   Layer.provideMerge(NodeIdentity.layer),
-  Layer.provideMerge(Layer.mergeAll(KnownConversations.layer, RateLimits.layer)),
-  Layer.provideMerge(CoreLive),
+  Layer.provideMerge(DatabaseLive),
+  Layer.provideMerge(Telemetry.layer)
+)
+
+/**
+ * The node: the HTTP gateway with its reporter, the two entities and the node's inbox, each layer
+ * bringing the services it builds on (a service used by several is built once: layers are shared
+ * by reference). LocalMailboxes is in the output for tests that look at this node's mailboxes.
+ */
+export const AppLive = Layer.mergeAll(
+  NodeReporterLive.pipe(Layer.provideMerge(HttpLive)),
+  ConversationEntityLive,
+  MailboxEntityLive,
+  InboxLive,
+  LocalMailboxes.layer
+).pipe(
+  Layer.provideMerge(PlatformLive),
   Layer.provide(TracingLive),
   Layer.provide(LoggingLive)
 )

@@ -115,7 +115,7 @@ export class NodeLink extends Context.Service<NodeLink, {
   /** Serves one relay's body (the NodeInbox entity's handler): the answer to send back. */
   readonly serve: (body: string) => Effect.Effect<string>
 }>()("quick-im/cluster/NodeLink") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     NodeLink,
     Effect.gen(function* () {
       const inboxes = yield* NodeInbox.client
@@ -249,6 +249,9 @@ export class NodeLink extends Context.Service<NodeLink, {
       })
     })
   )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(Layer.provide([ShardRoutes.layer, NodeIdentity.layer, Telemetry.layer]))
 }
 
 /** Multi-node mode: this node's NodeInbox, through which other nodes reach it. */
@@ -261,4 +264,4 @@ export const NodeInboxLive = NodeInbox.toLayer(
     return NodeInbox.of({ Relay: ({ payload }) => link.serve(payload.body) })
   }),
   { concurrency: "unbounded" }
-)
+).pipe(Layer.provide([NodeLink.layer, Telemetry.layer]))

@@ -38,7 +38,7 @@ export class NodeStatus extends Context.Service<NodeStatus, {
   /** The cluster as the nodes' reports and Effect cluster's runner table show it. */
   readonly view: Effect.Effect<ClusterView, unknown>
 }>()("quick-im/cluster/NodeStatus") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     NodeStatus,
     Effect.gen(function* () {
       const config = yield* AppConfig
@@ -98,6 +98,9 @@ export class NodeStatus extends Context.Service<NodeStatus, {
       return NodeStatus.of({ view })
     })
   )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(Layer.provide(NodeIdentity.layer))
 }
 
 /** The default-group shards (Conversations and Mailboxes) this node holds now. */

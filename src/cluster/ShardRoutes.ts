@@ -45,7 +45,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
   /** Whether this node holds `entityId`'s shard now (what Effect cluster checks for an incoming request). */
   readonly holds: (entityId: string) => boolean
 }>()("quick-im/cluster/ShardRoutes") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     ShardRoutes,
     Effect.gen(function* () {
       const config = yield* AppConfig
@@ -122,4 +122,7 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
       })
     })
   )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(Layer.provide([NodeIdentity.layer, RunnerWatch.layer]))
 }

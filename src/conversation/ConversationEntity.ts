@@ -234,4 +234,9 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
   )
 
 /** Idle conversations passivate after `QUICKIM_ENTITY_IDLE` and rebuild their state from SQL when next used. */
-export const ConversationEntityLive = Layer.unwrap(Effect.map(AppConfig, (c) => entityLayer(c.entityIdle)))
+export const ConversationEntityNoDeps = Layer.unwrap(Effect.map(AppConfig, (c) => entityLayer(c.entityIdle)))
+
+/** With what it builds on: its store and the hand-over of committed messages to their mailboxes. */
+export const ConversationEntityLive = ConversationEntityNoDeps.pipe(
+  Layer.provide([Delivery.layer, ConversationStore.layer])
+)

@@ -20,7 +20,7 @@ export class KnownConversations extends Context.Service<KnownConversations, {
   /** Records an id just created here. */
   readonly remember: (id: string) => void
 }>()("quick-im/conversation/KnownConversations") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     KnownConversations,
     Effect.gen(function* () {
       const store = yield* ConversationStore
@@ -47,4 +47,7 @@ export class KnownConversations extends Context.Service<KnownConversations, {
       })
     })
   )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(Layer.provide([ConversationStore.layer]))
 }

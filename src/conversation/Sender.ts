@@ -61,7 +61,7 @@ const notHere: SendOutcome = { _tag: "NotHere" }
 export class ConversationSender extends Context.Service<ConversationSender, {
   readonly send: (item: SendItem) => Effect.Effect<SentMessage, SendError>
 }>()("quick-im/conversation/ConversationSender") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     ConversationSender,
     Effect.gen(function* () {
       const conversations = yield* Conversation.client
@@ -121,4 +121,7 @@ export class ConversationSender extends Context.Service<ConversationSender, {
       })
     })
   )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(Layer.provide([NodeLink.layer, ShardRoutes.layer]))
 }

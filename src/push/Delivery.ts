@@ -122,7 +122,7 @@ export class Delivery extends Context.Service<Delivery, {
    */
   readonly open: (conversationId: string, owe: Owe) => Effect.Effect<Handovers, never, Scope.Scope>
 }>()("quick-im/push/Delivery") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     Delivery,
     Effect.gen(function* () {
       const config = yield* AppConfig
@@ -455,5 +455,10 @@ export class Delivery extends Context.Service<Delivery, {
 
       return Delivery.of({ open })
     })
+  )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(
+    Layer.provide([LocalMailboxes.layer, MailboxRelay.layer, ShardRoutes.layer])
   )
 }

@@ -62,7 +62,7 @@ export class Feed extends Context.Service<Feed, {
   ) => Effect.Effect<void, unknown, Scope.Scope>
   readonly open: (session: string, platform: number, cursor: string | undefined) => Stream.Stream<MsgData, unknown>
 }>()("quick-im/push/Feed") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     Feed,
     Effect.gen(function* () {
       const mailboxes = yield* Mailbox.client
@@ -281,5 +281,10 @@ export class Feed extends Context.Service<Feed, {
           }))
       })
     })
+  )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(
+    Layer.provide([Connections.layer, NodeIdentity.layer, Replay.layer, RunnerWatch.layer])
   )
 }

@@ -183,4 +183,13 @@ export const MailboxEntityLive = Layer.unwrap(
       bufferBytes: c.connectionBufferBytes ?? CONNECTION_BUFFER_BYTES,
       idle: c.mailboxIdle
     }))
+).pipe(
+  Layer.provide([
+    Connections.layer,
+    LocalMailboxes.layer,
+    MailboxRelay.layer,
+    NodeIdentity.layer,
+    PollPlatforms.layer,
+    Telemetry.layer
+  ])
 )

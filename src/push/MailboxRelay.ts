@@ -85,7 +85,7 @@ export class MailboxRelay extends Context.Service<MailboxRelay, {
     messages: ReadonlyArray<MsgData>
   ) => Effect.Effect<ReadonlyArray<string>>
 }>()("quick-im/push/MailboxRelay") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     MailboxRelay,
     Effect.gen(function* () {
       const link = yield* NodeLink
@@ -157,5 +157,10 @@ export class MailboxRelay extends Context.Service<MailboxRelay, {
           })
       })
     })
+  )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(
+    Layer.provide([NodeLink.layer, ShardRoutes.layer, Connections.layer, LocalMailboxes.layer])
   )
 }

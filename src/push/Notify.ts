@@ -8,7 +8,7 @@ import type { LimitRefusal } from "../access/RateLimits.ts"
 import { ErrorCode } from "../api/Errors.ts"
 import { MsgIdPattern } from "../domain/MsgId.ts"
 import type { TokenClaims } from "../access/Revocations.ts"
-import { Tokens } from "../access/Tokens.ts"
+import type { Tokens } from "../access/Tokens.ts"
 
 export const PROTOCOLS = ["ws", "sse", "poll"] as const
 export type Protocol = (typeof PROTOCOLS)[number]
@@ -58,7 +58,9 @@ export const refusedResponse = (refused: NotifyRefused) =>
     ...(refused.retryAfter === undefined ? {} : { headers: { "retry-after": String(refused.retryAfter) } })
   })
 
+/** Who is asking for `/notify` and how; `tokens` verifies the token. */
 export const parseNotify = Effect.fnUntraced(function* (
+  tokens: Tokens["Service"],
   url: string,
   headers: Readonly<Record<string, string | ReadonlyArray<string> | undefined>>
 ) {
@@ -74,7 +76,6 @@ export const parseNotify = Effect.fnUntraced(function* (
   const bearer = header("authorization")?.match(/^Bearer\s+(.+)$/i)?.[1]
   const token = bearer ?? params.get("token") ?? ""
   if (token.length === 0) return yield* refuse(401, ErrorCode.InvalidToken, "missing token")
-  const tokens = yield* Tokens
   const claims = yield* tokens.verify(token).pipe(
     Effect.catch((e) => refuse(401, ErrorCode.InvalidToken, e.reason))
   )

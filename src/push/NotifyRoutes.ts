@@ -9,12 +9,14 @@ import { ErrorCode } from "../api/Errors.ts"
 import { parseNotify, refusedResponse } from "./Notify.ts"
 import { PollTransport } from "./PollTransport.ts"
 import { SseTransport } from "./SseTransport.ts"
+import { Tokens } from "../access/Tokens.ts"
 
 export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
   const sse = yield* SseTransport
   const poll = yield* PollTransport
+  const tokens = yield* Tokens
   return HttpRouter.add("GET", "/notify", (request) =>
-    parseNotify(request.url, request.headers).pipe(
+    parseNotify(tokens, request.url, request.headers).pipe(
       Effect.flatMap((notify) => {
         switch (notify.protocol) {
           case "ws":
@@ -30,4 +32,4 @@ export const NotifyRoutes = Layer.unwrap(Effect.gen(function* () {
       }),
       Effect.catchTag("NotifyRefused", (refused) => Effect.succeed(refusedResponse(refused)))
     ))
-}))
+})).pipe(Layer.provide([SseTransport.layer, PollTransport.layer, Tokens.layer]))

@@ -116,7 +116,7 @@ export class PollPlatforms extends Context.Service<PollPlatforms, {
   /** The poll platforms of `session` until the scope closes (its mailbox stops; positions are saved then). */
   readonly open: (session: string) => Effect.Effect<SessionPolls, never, Scope.Scope>
 }>()("quick-im/push/PollPlatforms") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     PollPlatforms,
     Effect.gen(function* () {
       const replay = yield* Replay
@@ -361,4 +361,7 @@ export class PollPlatforms extends Context.Service<PollPlatforms, {
       return PollPlatforms.of({ open })
     })
   )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(Layer.provide([PollPositions.layer, Replay.layer]))
 }

@@ -20,7 +20,7 @@ import { Mailbox } from "./Protocol.ts"
 export class PollTransport extends Context.Service<PollTransport, {
   readonly serve: ServeNotify
 }>()("quick-im/push/PollTransport") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     PollTransport,
     Effect.gen(function* () {
       const mailboxes = yield* Mailbox.client
@@ -78,5 +78,10 @@ export class PollTransport extends Context.Service<PollTransport, {
 
       return PollTransport.of({ serve })
     })
+  )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(
+    Layer.provide([Connections.layer, RateLimits.layer, Revocations.layer, RunnerWatch.layer, Telemetry.layer])
   )
 }

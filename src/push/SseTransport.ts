@@ -55,7 +55,7 @@ const endEvent = (cause: Cause.Cause<unknown>) => {
 export class SseTransport extends Context.Service<SseTransport, {
   readonly serve: ServeNotify
 }>()("quick-im/push/SseTransport") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     SseTransport,
     Effect.gen(function* () {
       const feed = yield* Feed
@@ -110,5 +110,10 @@ export class SseTransport extends Context.Service<SseTransport, {
 
       return SseTransport.of({ serve })
     })
+  )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(
+    Layer.provide([Feed.layer, RateLimits.layer, Revocations.layer, Telemetry.layer])
   )
 }

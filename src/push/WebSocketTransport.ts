@@ -13,6 +13,7 @@ import type { Duplex } from "node:stream"
 import { WebSocket, WebSocketServer } from "ws"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
+import { Tokens } from "../access/Tokens.ts"
 import { Feed } from "./Feed.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { Connections } from "./Connections.ts"
@@ -57,10 +58,11 @@ export class WebSocketTransport extends Context.Service<WebSocketTransport, {
    */
   readonly attach: (server: Http.Server) => Http.Server
 }>()("quick-im/push/WebSocketTransport") {
-  static readonly layer = Layer.effect(
+  static readonly layerNoDeps = Layer.effect(
     WebSocketTransport,
     Effect.gen(function* () {
-      const context = yield* Effect.context<Feed | AppConfig | import("../access/Tokens.ts").Tokens>()
+      const context = yield* Effect.context<Feed | AppConfig>()
+      const tokens = yield* Tokens
       const feed = yield* Feed
       const revocations = yield* Revocations
       const connections = yield* Connections
@@ -140,7 +142,7 @@ export class WebSocketTransport extends Context.Service<WebSocketTransport, {
       const handle = (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
         const refuse = (refusal: NotifyRefused) => Effect.sync(() => refuseUpgrade(socket, refusal))
         run(
-          parseNotify(request.url ?? "/", request.headers).pipe(
+          parseNotify(tokens, request.url ?? "/", request.headers).pipe(
             Effect.matchEffect({
               onFailure: refuse,
               onSuccess: (notify) => {
@@ -205,5 +207,10 @@ export class WebSocketTransport extends Context.Service<WebSocketTransport, {
 
       return WebSocketTransport.of({ attach })
     })
+  )
+
+  /** With the services it builds on (each built once per node: layers are shared by reference). */
+  static readonly layer = this.layerNoDeps.pipe(
+    Layer.provide([Feed.layer, Connections.layer, RateLimits.layer, Revocations.layer, Telemetry.layer, Tokens.layer])
   )
 }

@@ -25,8 +25,7 @@ import { Tokens } from "../access/Tokens.ts"
 import { Revocations } from "../access/Revocations.ts"
 
 /** Reads are for current members only; a non-member learns whether the conversation exists. */
-const requireMember = Effect.fnUntraced(function* (conversationId: string) {
-  const store = yield* ConversationStore
+const requireMember = Effect.fnUntraced(function* (store: ConversationStore["Service"], conversationId: string) {
   const { sid } = yield* CurrentSession
   if (yield* store.isMember(conversationId, sid)) return
   const exists = yield* store.exists([conversationId])
@@ -87,7 +86,7 @@ const ConversationHandlers = HttpApiBuilder.group(
         }).pipe(mapped),
       get_conversation_detail: ({ payload }) =>
         Effect.gen(function* () {
-          yield* requireMember(payload.conversation_id)
+          yield* requireMember(store, payload.conversation_id)
           const detail = yield* store.detail(payload.conversation_id)
           if (detail._tag === "None") {
             return yield* new ConversationNotFound({ conversationId: payload.conversation_id })
@@ -118,7 +117,7 @@ const ConversationHandlers = HttpApiBuilder.group(
         }).pipe(mapped),
       get_lastone_msgid: ({ payload }) =>
         Effect.gen(function* () {
-          yield* requireMember(payload.conversation_id)
+          yield* requireMember(store, payload.conversation_id)
           return { code: 0 as const, data: { MsgId: yield* store.lastMsgId(payload.conversation_id) } }
         }).pipe(mapped)
     }))
@@ -148,7 +147,7 @@ const MessageHandlers = HttpApiBuilder.group(
     })
     const history = <A>(conversationId: string, read: Effect.Effect<A, any>) =>
       Effect.gen(function* () {
-        yield* requireMember(conversationId)
+        yield* requireMember(store, conversationId)
         return { code: 0 as const, data: { Msg: yield* read } }
       }).pipe(mapped)
     return handlers.handleAll(guarded({
@@ -282,5 +281,13 @@ const SystemHandlers = HttpApiBuilder.group(
 )
 
 export const HandlersLive = Layer.mergeAll(ConversationHandlers, MessageHandlers, InnerHandlers, SystemHandlers).pipe(
-  Layer.provide([AuthorizationLive, InnerGuardLive])
+  Layer.provide([AuthorizationLive, InnerGuardLive]),
+  Layer.provide([
+    ConversationSender.layer,
+    ConversationStore.layer,
+    KnownConversations.layer,
+    NodeStatus.layer,
+    RateLimits.layer,
+    Tokens.layer
+  ])
 )

@@ -7,7 +7,7 @@ import { NodeLink } from "../../src/cluster/NodeLink.ts"
 import { RunnerWatch } from "../../src/cluster/RunnerWatch.ts"
 import { ShardRoutes } from "../../src/cluster/ShardRoutes.ts"
 import { AppConfig, type AppSettings } from "../../src/Config.ts"
-import { ConversationEntityLive } from "../../src/conversation/ConversationEntity.ts"
+import { ConversationEntityNoDeps } from "../../src/conversation/ConversationEntity.ts"
 import { Delivery } from "../../src/push/Delivery.ts"
 import { ConversationSender } from "../../src/conversation/Sender.ts"
 import { Telemetry } from "../../src/observability/Telemetry.ts"
@@ -32,10 +32,10 @@ const routesWith = (elsewhere: ReadonlyArray<string>) =>
   ).pipe(Layer.provide(ShardRoutes.layer))
 
 export const conversationEntityLayer = (settings: AppSettings, elsewhere: ReadonlyArray<string> = []) =>
-  ConversationEntityLive.pipe(
-    Layer.provideMerge(Layer.mergeAll(Delivery.layer, ConversationSender.layer)),
-    Layer.provideMerge(MailboxRelay.layer),
-    Layer.provideMerge(Layer.mergeAll(NodeLink.layer, Connections.layer, LocalMailboxes.layer)),
+  ConversationEntityNoDeps.pipe(
+    Layer.provideMerge(Layer.mergeAll(Delivery.layerNoDeps, ConversationSender.layerNoDeps)),
+    Layer.provideMerge(MailboxRelay.layerNoDeps),
+    Layer.provideMerge(Layer.mergeAll(NodeLink.layerNoDeps, Connections.layer, LocalMailboxes.layer)),
     Layer.provideMerge(routesWith(elsewhere)),
     Layer.provideMerge(RunnerWatch.layer),
     Layer.provideMerge(TestRunner.layer),
