@@ -20,7 +20,7 @@ import { entityActivations } from "../observability/Telemetry.ts"
 import { Delivery } from "../push/Delivery.ts"
 import { ConversationStore, toMsgData } from "../storage/ConversationStore.ts"
 import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
-import { commitSends, isInvalidData, traced } from "./GroupCommit.ts"
+import { commitSends, isUnstorable, traced } from "./GroupCommit.ts"
 import * as Membership from "./Membership.ts"
 import { makeStateHolder } from "./State.ts"
 import { Conversation, type Send } from "./Protocol.ts"
@@ -112,16 +112,14 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
          * nothing was written. Each send is tried again alone, on reloaded state, so only the
          * offending one fails, with its own error, once.
          */
-        const refuseInvalid = (requests: ReadonlyArray<SendRequest>, cause: Cause.Cause<unknown>) =>
+        /** Of several sends, each alone again, so that only the unstorable one is refused (the store logged why). */
+        const refuseInvalid = (requests: ReadonlyArray<SendRequest>) =>
           Effect.gen(function* () {
             holder.drop(false)
             if (requests.length > 1) {
               for (const r of requests) yield* handleSends([r])
               return
             }
-            yield* Effect.logWarning("send refused: the database rejected its data", cause).pipe(
-              Effect.annotateLogs({ conversationId: id })
-            )
             yield* fail(requests[0], new UnstorableMessage({ conversationId: id }))
           })
 
@@ -162,9 +160,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               else yield* reply(requests[i], answer)
             }
           }).pipe(
-            Effect.catchCause((cause) =>
-              isInvalidData(cause) ? refuseInvalid(requests, cause) : failAll(requests, cause)
-            )
+            Effect.catchCause((cause) => isUnstorable(cause) ? refuseInvalid(requests) : failAll(requests, cause))
           )
 
         const handleSends = (requests: ReadonlyArray<SendRequest>) =>

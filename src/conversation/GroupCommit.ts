@@ -7,7 +7,7 @@
 import { Cause, Effect, Tracer } from "effect"
 import type { Envelope } from "effect/cluster"
 import type { Rpc } from "effect/rpc"
-import { NotMember } from "../domain/Conversation.ts"
+import { NotMember, UnstorableMessage } from "../domain/Conversation.ts"
 import type { MsgIdClock } from "../domain/MsgId.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
 import type { ConversationStore, MessageRow } from "../storage/ConversationStore.ts"
@@ -57,13 +57,9 @@ export const traced = <A, E, R>(
   )
 }
 
-/** SQLSTATE class 22, data exception: the statement's data was refused, so nothing was written. */
-export const isInvalidData = (cause: Cause.Cause<unknown>) =>
-  cause.reasons.some((r) => {
-    if (!Cause.isFailReason(r)) return false
-    const e = r.error as { _tag?: unknown; reason?: { cause?: { code?: unknown } } }
-    return e._tag === "SqlError" && String(e.reason?.cause?.code ?? "").startsWith("22")
-  })
+/** The store refused the data of a batch's messages (it wrote nothing): see ConversationStore. */
+export const isUnstorable = (cause: Cause.Cause<unknown>) =>
+  cause.reasons.some((r) => Cause.isFailReason(r) && r.error instanceof UnstorableMessage)
 
 /**
  * Numbers and stores `sends` of conversation `id` at wall-clock time `now`. The state advances only

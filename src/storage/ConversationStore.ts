@@ -4,10 +4,15 @@
  */
 import { Context, Effect, Layer, type Metric, Option } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
-import { type ConversationDetail, ConversationNotFound, type MsgData } from "../domain/Conversation.ts"
+import {
+  type ConversationDetail,
+  ConversationNotFound,
+  type MsgData,
+  UnstorableMessage
+} from "../domain/Conversation.ts"
 import { AppConfig, DEFAULT_MAX_HISTORY_BYTES } from "../Config.ts"
 import { defaultCommitBounds, makeCommitBatcher } from "./CommitBatcher.ts"
-import { DatabaseHealth } from "./DatabaseHealth.ts"
+import { DatabaseHealth, isInvalidData } from "./DatabaseHealth.ts"
 import { queryDuration, storeOperation } from "../observability/Telemetry.ts"
 
 export interface ConversationState {
@@ -63,6 +68,21 @@ export const MESSAGE_OVERHEAD_BYTES = 160
 type Sql<A> = Effect.Effect<A, SqlError.SqlError>
 
 /**
+ * A statement whose data the database refused (SQLSTATE class 22: NUL, unpaired surrogates and the
+ * like wrote nothing) fails as the conversation's UnstorableMessage, logged here with the SQL detail.
+ */
+const refusingData = <A>(id: string, effect: Sql<A>): Effect.Effect<A, SqlError.SqlError | UnstorableMessage> =>
+  Effect.catchIf(
+    effect,
+    isInvalidData,
+    (error) =>
+      Effect.logWarning("the database refused a message's data", error).pipe(
+        Effect.annotateLogs({ conversationId: id }),
+        Effect.andThen(Effect.fail(new UnstorableMessage({ conversationId: id })))
+      )
+  )
+
+/**
  * Every store operation timed into `quickim_db_query_duration_seconds{op}` and counted while in
  * flight, and its failures shown to DatabaseHealth (one for want of the database marks it lost).
  */
@@ -97,11 +117,19 @@ export class ConversationStore extends Context.Service<ConversationStore, {
     ids: ReadonlyArray<string>,
     isArchive: boolean
   ) => Effect.Effect<void, SqlError.SqlError | ConversationNotFound>
-  readonly appendMessages: (id: string, rows: ReadonlyArray<MessageRow>) => Sql<void>
+  /** Fails with UnstorableMessage when the database refused the rows' data (nothing was written). */
+  readonly appendMessages: (
+    id: string,
+    rows: ReadonlyArray<MessageRow>
+  ) => Effect.Effect<void, SqlError.SqlError | UnstorableMessage>
+  /** Fails with UnstorableMessage when the database refused the keys' data. */
   readonly findByClientIds: (
     id: string,
     keys: ReadonlyArray<{ readonly session: string; readonly clientMsgId: string }>
-  ) => Sql<ReadonlyArray<{ session: string; clientMsgId: string; msgId: string; seq: number; sendTime: string }>>
+  ) => Effect.Effect<
+    ReadonlyArray<{ session: string; clientMsgId: string; msgId: string; seq: number; sendTime: string }>,
+    SqlError.SqlError | UnstorableMessage
+  >
   readonly isMember: (id: string, session: string) => Sql<boolean>
   readonly exists: (ids: ReadonlyArray<string>) => Sql<ReadonlyArray<string>>
   readonly joined: (session: string) => Sql<ReadonlyArray<string>>
@@ -236,20 +264,23 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             yield* sql`UPDATE conversations SET is_archive = ${isArchive} WHERE ${sql.in("id", unique)}`
           }))
         },
-        appendMessages: (_id, rows) => batcher.append(rows),
+        appendMessages: (id, rows) => refusingData(id, batcher.append(rows)),
         findByClientIds: (id, keys) =>
-          sql<{ from_session: string; client_msg_id: string; msg_id: string; seq: string; send_time: string }>`
+          refusingData(
+            id,
+            sql<{ from_session: string; client_msg_id: string; msg_id: string; seq: string; send_time: string }>`
             SELECT from_session, client_msg_id, msg_id, seq, send_time FROM messages
             WHERE conversation_id = ${id} AND ${sql.in("client_msg_id", [...new Set(keys.map((k) => k.clientMsgId))])}`
-            .pipe(Effect.map((rows) =>
-              rows.map((r) => ({
-                session: r.from_session,
-                clientMsgId: r.client_msg_id,
-                msgId: r.msg_id,
-                seq: Number(r.seq),
-                sendTime: r.send_time
-              }))
-            )),
+              .pipe(Effect.map((rows) =>
+                rows.map((r) => ({
+                  session: r.from_session,
+                  clientMsgId: r.client_msg_id,
+                  msgId: r.msg_id,
+                  seq: Number(r.seq),
+                  sendTime: r.send_time
+                }))
+              ))
+          ),
         isMember: (id, session) =>
           sql`SELECT 1 FROM conversation_members WHERE conversation_id = ${id} AND session_id = ${session}`.pipe(
             Effect.map((rows) => rows.length > 0)

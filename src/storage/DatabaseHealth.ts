@@ -37,6 +37,12 @@ export const isDatabaseUnreachable = (error: unknown): boolean => {
   return typeof code === "string" && unreachableState(code)
 }
 
+/** Whether `error` is a SqlError of SQLSTATE class 22 (data exception): the statement's data was refused, nothing written. */
+export const isInvalidData = (error: unknown): boolean => {
+  const e = error as { _tag?: unknown; reason?: { cause?: { code?: unknown } } }
+  return e?._tag === "SqlError" && String(e.reason?.cause?.code ?? "").startsWith("22")
+}
+
 /** Whether a failure's cause holds an unreachable-database error (see isDatabaseUnreachable). */
 export const causeIsUnreachable = (cause: Cause.Cause<unknown>) =>
   cause.reasons.some((r) => Cause.isFailReason(r) && isDatabaseUnreachable(r.error))
