@@ -10,8 +10,20 @@
  */
 import { Deferred, Effect, Exit } from "effect"
 import type { SqlClient, SqlError } from "effect/sql"
-import type { MessageRow } from "./ConversationStore.ts"
 import { causeIsUnreachable } from "./DatabaseHealth.ts"
+
+/** One message as the messages table stores it (the store's rows, written by `append`). */
+export interface MessageRow {
+  readonly conversation_id: string
+  readonly msg_id: string
+  readonly seq: number
+  readonly from_session: string
+  readonly send_time: string
+  readonly status: number
+  readonly type: number
+  readonly content: string
+  readonly client_msg_id: string | null
+}
 
 interface Pending {
   readonly rows: ReadonlyArray<MessageRow>

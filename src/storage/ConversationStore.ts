@@ -11,7 +11,7 @@ import {
   UnstorableMessage
 } from "../domain/Conversation.ts"
 import { AppConfig, DEFAULT_MAX_HISTORY_BYTES } from "../Config.ts"
-import { defaultCommitBounds, makeCommitBatcher } from "./CommitBatcher.ts"
+import { defaultCommitBounds, makeCommitBatcher, type MessageRow } from "./CommitBatcher.ts"
 import { DatabaseHealth, isInvalidData } from "./DatabaseHealth.ts"
 import { queryDuration, storeOperation } from "../observability/Telemetry.ts"
 
@@ -24,17 +24,7 @@ export interface ConversationState {
   readonly redeliverAfter: string | undefined
 }
 
-export interface MessageRow {
-  readonly conversation_id: string
-  readonly msg_id: string
-  readonly seq: number
-  readonly from_session: string
-  readonly send_time: string
-  readonly status: number
-  readonly type: number
-  readonly content: string
-  readonly client_msg_id: string | null
-}
+export type { MessageRow } from "./CommitBatcher.ts"
 
 export interface StoredMessage {
   readonly msg_id: string
