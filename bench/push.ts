@@ -15,7 +15,9 @@
  *
  * Tuning aids: BENCH_PERF=task-clock,context-switches counts perf events in the servers over the
  * measured part; BENCH_PERF_RECORD=/tmp/x records CPU samples there; BENCH_SERVER_V8_FLAGS passes V8
- * flags to the servers; BENCH_NODE=/path/to/node runs them under Node (BENCH_NODE_FLAGS=--cpu-prof).
+ * flags to the servers; BENCH_NODE=/path/to/node runs them under Node (BENCH_NODE_FLAGS=--cpu-prof);
+ * BENCH_METRICS=regex prints, per node, the /metrics lines matching it, and the database's
+ * transactions and rows written (pg_stat_database), when a multi-node target stops.
  */
 import { type ChildProcess, execFileSync, spawn } from "node:child_process"
 import * as Fs from "node:fs"
@@ -318,6 +320,24 @@ const quickIm = async (
             (sum("Carried") / Math.max(1, sum("Sent"))).toFixed(1)
           } each), ${sum("HandedBack")} handed back`
         )
+      }
+      // BENCH_METRICS=regex prints each node's /metrics lines that match it (what each node did).
+      if (process.env.BENCH_METRICS) {
+        const pattern = new RegExp(process.env.BENCH_METRICS)
+        for (const [i, s] of servers.entries()) {
+          const text = await (await fetch(`${s.url}/metrics`)).text()
+          console.error(
+            `--- node ${i} ---\n${text.split("\n").filter((l) => !l.startsWith("#") && pattern.test(l)).join("\n")}`
+          )
+        }
+        for (const dbName of dbNames) {
+          const stats = execFileSync("psql", [
+            ADMIN,
+            "-qAtc",
+            `SELECT xact_commit, tup_inserted, tup_updated FROM pg_stat_database WHERE datname = '${dbName}'`
+          ], { encoding: "utf8" }).trim()
+          console.error(`database ${dbName}: transactions|inserted|updated ${stats}`)
+        }
       }
       await Promise.all(servers.map((s) => s.stop()))
       // BENCH_LOG_DIR=/tmp/x keeps each server's output for a look afterwards.
