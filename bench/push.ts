@@ -12,6 +12,7 @@
  *   BENCH_PAIRS_MESSAGES=2000 npm run bench:push -- ws   # smaller, one protocol
  *   BENCH_NODES=1,3i,3l,3 BENCH_WORKLOADS=pairs BENCH_IDLE=0 npm run bench:push -- ws
  *       # one node; three independent nodes; three nodes with local placement; three nodes (see quickIm)
+ *   BENCH_NODES=3,3n,3l ...            # spread; Mailboxes near their connections; local placement
  *
  * Tuning aids: BENCH_PERF=task-clock,context-switches counts perf events in the servers over the
  * measured part; BENCH_PERF_RECORD=/tmp/x records CPU samples there; BENCH_SERVER_V8_FLAGS passes V8
@@ -126,18 +127,20 @@ const shardOf = (entityId: string, shardsPerGroup = 300) => {
  * "independent", single nodes with a database each and conversation c with its members on node
  * c % nodes (three processes on these cores with no cluster at all); "local", the same cluster as
  * "spread" with conversation c and its members' Mailboxes placed on one node, which its members
- * connect and send to (the cluster with nothing crossing nodes).
+ * connect and send to (the cluster with nothing crossing nodes); "near", "spread" with each user's
+ * Mailbox on the node the user connects to (what the hop from a Mailbox to its connections costs).
  */
 const quickIm = async (
   protocol: Proto,
   users: number,
   conversations: Array<ReadonlyArray<number>>,
   nodes = 1,
-  placement: "spread" | "independent" | "local" = "spread",
+  placement: "spread" | "independent" | "local" | "near" = "spread",
   offline = 0
 ) => {
   const independent = placement === "independent"
   const local = placement === "local"
+  const near = placement === "near"
   const stamp = `${process.pid}_${Date.now().toString(36)}`
   // Independent nodes each have a database of their own; a cluster's nodes share one.
   const dbNames = !EMBEDDED
@@ -181,7 +184,7 @@ const quickIm = async (
   // and they connect and send there.
   const names = Array.from({ length: users }, (_, u) => `u${u}`)
   const nodeOfShard = new Map<number, number>()
-  if (local) {
+  if (local || near) {
     // Every shard reported, by every node: the reports come every 2 s and shards settle after a join.
     for (let tries = 0; nodeOfShard.size < 300 || new Set(nodeOfShard.values()).size < nodes; tries++) {
       if (tries > 0) await new Promise((r) => setTimeout(r, 1000))
@@ -198,8 +201,10 @@ const quickIm = async (
         for (const id of shards.split(",")) if (id !== "" && node >= 0) nodeOfShard.set(Number(id), node)
       }
     }
+    // "near": user u's Mailbox on the node u connects to (u % nodes); the rest as in "spread".
     const need = Array.from({ length: nodes }, () => 0)
-    conversations.forEach((members, c) => (need[c % nodes] += members.length))
+    if (near) { for (let u = 0; u < users; u++) need[u % nodes]++ }
+    else conversations.forEach((members, c) => (need[c % nodes] += members.length))
     const nameOn = new Map(need.map((_, n) => [n, [] as Array<string>]))
     for (let k = 0, missing = users; missing > 0; k++) {
       const name = `u${k}`
@@ -209,7 +214,8 @@ const quickIm = async (
         missing--
       }
     }
-    conversations.forEach((members, c) => members.forEach((m) => (names[m] = nameOn.get(c % nodes)!.pop()!)))
+    if (near) { for (let u = 0; u < users; u++) names[u] = nameOn.get(u % nodes)!.pop()! }
+    else conversations.forEach((members, c) => members.forEach((m) => (names[m] = nameOn.get(c % nodes)!.pop()!)))
   }
   const tokens: Array<string> = []
   for (let i = 0; i < users; i += 50) {
@@ -246,6 +252,8 @@ const quickIm = async (
       ? `quick-im ${protocol}, ${nodes} independent nodes`
       : local
       ? `quick-im ${protocol}, ${nodes} nodes, local placement`
+      : near
+      ? `quick-im ${protocol}, ${nodes} nodes, mailboxes near`
       : nodes > 1
       ? `quick-im ${protocol}, ${nodes} nodes`
       : `quick-im ${protocol}`,
@@ -551,7 +559,13 @@ const nodeCounts = (process.env.BENCH_NODES ?? "1").split(",")
 for (const protocol of protocols) {
   for (const spec of nodeCounts) {
     const nodes = parseInt(spec, 10)
-    const placement = spec.endsWith("i") ? "independent" : spec.endsWith("l") ? "local" : "spread"
+    const placement = spec.endsWith("i")
+      ? "independent"
+      : spec.endsWith("l")
+      ? "local"
+      : spec.endsWith("n")
+      ? "near"
+      : "spread"
     const independent = placement === "independent"
     if (workloads.includes("pairs")) {
       const p = await quickIm(protocol, PAIRS * 2, pairs, nodes, placement)
@@ -605,8 +619,8 @@ Fs.appendFileSync(
   Path.join(root, "bench/RESULTS.md"),
   `\n## Push benchmark — ${new Date().toISOString().slice(0, 16).replace("T", " ")} UTC\n\n`
     + `Machine: ${machine}; quick-im on Deno (${nodeCounts.join(", ")} node(s)${
-      nodeCounts.some((n) => /[il]$/.test(n))
-        ? '; "independent": single nodes with a database each and a third of the pairs each, nothing crossing; "local placement": one cluster with each conversation and its members\' Mailboxes on one node, nothing crossing'
+      nodeCounts.some((n) => /[iln]$/.test(n))
+        ? '; "independent": single nodes with a database each and a third of the pairs each, nothing crossing; "local placement": one cluster with each conversation and its members\' Mailboxes on one node, nothing crossing; "mailboxes near": each user\'s Mailbox on the node it connects to, the rest spread'
         : ""
     }), PostgreSQL 15, every message persisted; driver (Deno) on the same cores. `
     + `pairs: ${PAIRS} conversations × 2 members, ${PAIRS_MESSAGES} messages, ${PAIRS_SENDERS} senders (each message is delivered to both members); `
