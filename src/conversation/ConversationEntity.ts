@@ -110,9 +110,8 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         /**
          * The database refused the sends' data (a NUL or unpaired surrogate that got past the edge):
          * nothing was written. Each send is tried again alone, on reloaded state, so only the
-         * offending one fails, with its own error, once.
+         * offending one fails, with its own error, once (the store logged why).
          */
-        /** Of several sends, each alone again, so that only the unstorable one is refused (the store logged why). */
         const refuseInvalid = (requests: ReadonlyArray<SendRequest>) =>
           Effect.gen(function* () {
             holder.drop(false)
