@@ -18,6 +18,13 @@ const PROBE_TIMEOUT = Duration.seconds(5)
 /** How often a lost database is probed: the node serves again within this of PostgreSQL's return. */
 const RETRY_EVERY = Duration.millis(250)
 
+/** The SQLSTATE of a SqlError from PostgreSQL, or undefined for anything else. */
+const sqlState = (error: unknown): string | undefined => {
+  const e = error as { _tag?: unknown; reason?: { cause?: { code?: unknown } } }
+  const code = e?._tag === "SqlError" ? e.reason?.cause?.code : undefined
+  return typeof code === "string" ? code : undefined
+}
+
 /**
  * SQLSTATE classes and codes meaning "no database here" rather than "this statement is wrong":
  * 08 connection exceptions, 57P01–57P05 (shutdown, crash, not accepting connections yet,
@@ -30,18 +37,14 @@ const unreachableState = (code: string) => code.startsWith("08") || code.startsW
  * For a write this also means its outcome is unknown: it may have committed.
  */
 export const isDatabaseUnreachable = (error: unknown): boolean => {
-  const e = error as { _tag?: unknown; reason?: { _tag?: unknown; cause?: { code?: unknown } } }
-  if (e?._tag !== "SqlError") return false
-  if (e.reason?._tag === "ConnectionError") return true
-  const code = e.reason?.cause?.code
-  return typeof code === "string" && unreachableState(code)
+  if ((error as { _tag?: unknown })?._tag !== "SqlError") return false
+  if ((error as { reason?: { _tag?: unknown } }).reason?._tag === "ConnectionError") return true
+  const code = sqlState(error)
+  return code !== undefined && unreachableState(code)
 }
 
 /** Whether `error` is a SqlError of SQLSTATE class 22 (data exception): the statement's data was refused, nothing written. */
-export const isInvalidData = (error: unknown): boolean => {
-  const e = error as { _tag?: unknown; reason?: { cause?: { code?: unknown } } }
-  return e?._tag === "SqlError" && String(e.reason?.cause?.code ?? "").startsWith("22")
-}
+export const isInvalidData = (error: unknown): boolean => sqlState(error)?.startsWith("22") === true
 
 /** Whether a failure's cause holds an unreachable-database error (see isDatabaseUnreachable). */
 export const causeIsUnreachable = (cause: Cause.Cause<unknown>) =>
