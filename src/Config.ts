@@ -11,7 +11,7 @@ export interface Rate {
 }
 
 /** What clients may do at a bounded rate (src/access/RateLimits.ts). */
-export type RateKind = "sends" | "creates" | "joins" | "connects" | "polls"
+export type RateKind = "sends" | "creates" | "joins" | "connects" | "polls" | "marks"
 
 export interface RateLimitSettings {
   /** Per session (the token's `sid`), on each node. */
@@ -33,14 +33,16 @@ export const defaultRateLimits: RateLimitSettings = {
     creates: { perSecond: 5, burst: 10 },
     joins: { perSecond: 20, burst: 40 },
     connects: { perSecond: 10, burst: 20 },
-    polls: { perSecond: 50, burst: 100 }
+    polls: { perSecond: 50, burst: 100 },
+    marks: { perSecond: 50, burst: 100 }
   },
   perAddress: {
     sends: { perSecond: 500, burst: 1000 },
     creates: { perSecond: 50, burst: 100 },
     joins: { perSecond: 200, burst: 400 },
     connects: { perSecond: 100, burst: 200 },
-    polls: { perSecond: 1000, burst: 2000 }
+    polls: { perSecond: 1000, burst: 2000 },
+    marks: { perSecond: 500, burst: 1000 }
   },
   addressExempt: ["127.0.0.0/8", "::1/128"],
   maxKeys: 50_000
@@ -175,7 +177,8 @@ const rates = (suffix: string, fallback: Readonly<Record<RateKind, Rate>>) =>
     creates: rate(`QUICKIM_RATE_CREATES${suffix}`, fallback.creates),
     joins: rate(`QUICKIM_RATE_JOINS${suffix}`, fallback.joins),
     connects: rate(`QUICKIM_RATE_CONNECTS${suffix}`, fallback.connects),
-    polls: rate(`QUICKIM_RATE_POLLS${suffix}`, fallback.polls)
+    polls: rate(`QUICKIM_RATE_POLLS${suffix}`, fallback.polls),
+    marks: rate(`QUICKIM_RATE_MARKS${suffix}`, fallback.marks)
   })
 
 const duration = (name: string, fallback: Duration.Duration) => Config.Duration(name).pipe(Config.withDefault(fallback))

@@ -83,7 +83,12 @@ describe.each<DbKind>(["embedded", "postgres"])("API on %s", (db) => {
       IsDelete: false,
       ConversationType: 3,
       LastSendSession: null,
-      IsArchive: false
+      IsArchive: false,
+      // Extension (read state)
+      Name: "",
+      Extra: "",
+      Unread: 0,
+      ReadMsgId: null
     })
     assert.deepStrictEqual(ok(await server.post("/get_lastone_msgid", { conversation_id: id }, aliceToken)), {
       MsgId: null

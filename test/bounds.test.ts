@@ -12,7 +12,7 @@ import { connectSse, connectWs, sleep } from "./support/push.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 
 const off = { perSecond: 0, burst: 1 }
-const offRates = { sends: off, creates: off, joins: off, connects: off, polls: off }
+const offRates = { sends: off, creates: off, joins: off, connects: off, polls: off, marks: off }
 /** One refill a few minutes away: what a test takes past the burst is refused, however slow the machine. */
 const only = (burst: number) => ({ perSecond: 0.005, burst })
 
@@ -77,7 +77,14 @@ describe("bounds: rate limits", () => {
       pollWait: Duration.seconds(1),
       rateLimits: {
         ...defaultRateLimits,
-        perSession: { sends: only(3), creates: only(2), joins: only(2), connects: only(2), polls: only(1) },
+        perSession: {
+          sends: only(3),
+          creates: only(2),
+          joins: only(2),
+          connects: only(2),
+          polls: only(1),
+          marks: only(2)
+        },
         // Loopback is exempt by default; here it is limited, for sends only.
         perAddress: { ...offRates, sends: only(6) },
         addressExempt: []

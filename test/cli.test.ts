@@ -109,6 +109,26 @@ describe("cli", () => {
     }
   })
 
+  it("inbox lists a session's conversations, most recent first, with unread counts", async () => {
+    const alice = unique("alice")
+    const bob = unique("bob")
+    const quiet = await ok(["conversation", "create", alice, bob])
+    const busy = await ok(["conversation", "create", alice, bob])
+    await ok(["send", "--session", bob, quiet, "old news"])
+    await sleep(5)
+    await ok(["send", "--session", bob, busy, "one"])
+    await ok(["send", "--session", bob, busy, "two"])
+    const lines = (await ok(["inbox", "--session", alice])).split("\n")
+    assert.strictEqual(lines.length, 3, lines.join("\n"))
+    assert.match(lines[0], new RegExp(`^\\(2\\)  ${busy}  .*${bob}: two$`))
+    assert.match(lines[1], new RegExp(`^\\(1\\)  ${quiet}  .*${bob}: old news$`))
+    assert.strictEqual(lines[2], "3 unread")
+    const json = (await ok(["inbox", "--session", bob, "--json", "--limit", "1", "--all"])).split("\n").map((l) =>
+      JSON.parse(l)
+    )
+    assert.deepStrictEqual(json.map((e) => [e.ConversationId, e.Unread]), [[busy, 0], [quiet, 0]])
+  })
+
   it("cluster status prints the view", async () => {
     const out = await ok(["cluster", "status"])
     assert.include(out, "mode: single, 300 shards per group")
@@ -143,6 +163,7 @@ describe("cli", () => {
         ["conversation", "archive"],
         ["send"],
         ["tail"],
+        ["inbox"],
         ["cluster"],
         ["cluster", "status"]
       ]

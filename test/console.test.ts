@@ -4,6 +4,8 @@
  * live (one over WebSocket, one over SSE); history pages back; the operator tab shows the cluster
  * view and metrics; a page signs in again with a pasted token. The page mints its tokens through
  * inner/get_token, which QUICKIM_CONSOLE_SIGN_IN opens to it. Screenshots go to test/artifacts/.
+ * A second pair of pages shows the read state: the server's unread badges and inbox order, "read
+ * by N" under one's own messages, typing, and member changes.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { hasChromium, launchChromium } from "./support/browser.ts"
@@ -111,6 +113,82 @@ describe.skipIf(!hasChromium)("web console", () => {
       )
       assert.include(await pageA.textContent("#nodes"), server.url)
       Fs.writeFileSync(Path.join(artifacts, "console-operator.png"), await pageA.screenshot({ fullPage: true }))
+      assert.deepStrictEqual(errors, [])
+    } finally {
+      await browser.close()
+    }
+  })
+
+  it("read state: unread badges and inbox order from the server, read by N, typing, member changes", async () => {
+    const browser = await launchChromium()
+    try {
+      const alice = unique("alice")
+      const bob = unique("bob")
+      const pageA = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
+      const pageB = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
+      const errors: Array<string> = []
+      for (const page of [pageA, pageB]) page.on("pageerror", (e) => errors.push(e.message))
+      const signIn = async (page: typeof pageA, session: string, protocol: string) => {
+        await page.goto(`${server.url}/console`)
+        await page.getByLabel("Session").fill(session)
+        await page.getByLabel("Push over").selectOption(protocol)
+        await page.getByRole("button", { name: "Sign in" }).click()
+        await page.waitForFunction(() => document.getElementById("status")!.textContent!.includes("connected"))
+      }
+      await signIn(pageA, alice, "ws")
+      await signIn(pageB, bob, "sse")
+      const roomId = (page: typeof pageA) => page.textContent("#room-id")
+      const newConversation = async () => {
+        const before = await roomId(pageA)
+        await pageA.getByRole("button", { name: "New conversation" }).click()
+        await pageA.waitForFunction((b) => {
+          const t = document.getElementById("room-id")!.textContent
+          return t.length > 0 && t !== b
+        }, before)
+        return (await roomId(pageA))!
+      }
+      const join = async (id: string) => {
+        await pageB.getByLabel("Join by id").fill(id)
+        await pageB.getByRole("button", { name: "Join" }).click()
+        await pageB.waitForFunction((x) => document.getElementById("room-id")!.textContent === x, id)
+      }
+      const notes = (page: typeof pageA) => page.$$eval("#messages li.note p", (ps) => ps.map((p) => p.textContent))
+
+      // Member changes: alice, in the conversation she created, sees bob join.
+      const first = await newConversation()
+      await join(first)
+      await pageA.waitForFunction(() => document.querySelectorAll("#messages li.note").length === 1)
+      assert.deepStrictEqual(await notes(pageA), [`${bob} joined`])
+      const second = await newConversation()
+      await join(second)
+
+      // Bob has `second` open; alice writes in `first`: bob's list puts it first with one unread.
+      await pageA.getByRole("button", { name: new RegExp(`^${first.slice(0, 8)}`) }).click()
+      await pageA.waitForFunction((x) => document.getElementById("room-id")!.textContent === x, first)
+      await pageA.getByLabel("Message", { exact: true }).fill("are you there?")
+      await pageA.keyboard.press("Enter")
+      await pageB.waitForFunction(
+        (x) => document.querySelector("#conversations li button")?.getAttribute("data-id") === x,
+        first
+      )
+      await pageB.waitForFunction(() =>
+        document.querySelector("#conversations li button")!.textContent!.endsWith("(1 unread)")
+      )
+      // Under alice's message: nobody has read it yet; bob opens the conversation, and it says so.
+      await pageA.waitForFunction(() => document.querySelector("#messages [data-receipt]")?.textContent === "read by 0")
+      await pageB.getByRole("button", { name: new RegExp(`^${first.slice(0, 8)}`) }).click()
+      await pageA.waitForFunction(() => document.querySelector("#messages [data-receipt]")?.textContent === "read by 1")
+      await pageB.waitForFunction(() =>
+        document.querySelector("#conversations li button")!.getAttribute("data-unread") === "0"
+      )
+      // Typing: bob types, alice sees it.
+      await pageB.getByLabel("Message", { exact: true }).pressSequentially("ok")
+      await pageA.waitForFunction((b) => document.getElementById("typing")!.textContent === `${b} typing…`, bob)
+      Fs.writeFileSync(Path.join(artifacts, "console-read-state.png"), await pageA.screenshot({ fullPage: true }))
+      // Bob leaves through the API: alice, who reopened the conversation since, sees it.
+      await server.post("/leave_conversation", { conversation_id: first }, await server.token(bob))
+      await pageA.waitForFunction(() => document.querySelectorAll("#messages li.note").length === 1)
+      assert.deepStrictEqual(await notes(pageA), [`${bob} left`])
       assert.deepStrictEqual(errors, [])
     } finally {
       await browser.close()

@@ -83,7 +83,7 @@ const owedByStop = (conversationId: string, afterSend: Effect.Effect<void, never
   Effect.gen(function* () {
     const here = yield* LocalMailboxes
     const got: Array<string> = []
-    here.add("a", (messages) => got.push(...messages.map((m) => m.MsgId)))
+    here.add("a", { deliver: (messages) => got.push(...messages.map((m) => m.MsgId)), event: () => {} })
     const client = (yield* Conversation.client)(conversationId)
     yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
     const m0 = (yield* client.Send({ session: "a", status: 0, type: 0, content: "m0" })).msgId
@@ -165,7 +165,7 @@ describe("Conversation entity", () => {
       }
       // `a` is active here; `b`'s mailbox answers nobody (no Mailbox entity on this runner) until it
       // appears here too, well after the budget (two thirds of the 600 ms resume window).
-      here.add("a", mailbox("a"))
+      here.add("a", { deliver: mailbox("a"), event: () => {} })
       const client = (yield* Conversation.client)("conv-gap")
       yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
       const sent: Array<string> = []
@@ -173,7 +173,7 @@ describe("Conversation entity", () => {
         sent.push((yield* client.Send({ session: "a", status: 0, type: 0, content: `m${i}` })).msgId)
       }
       yield* Effect.sleep("1500 millis")
-      here.add("b", mailbox("b"))
+      here.add("b", { deliver: mailbox("b"), event: () => {} })
       for (let i = 0; i < 100 && !got.b.some((d) => d.gap); i++) yield* Effect.sleep("100 millis")
       assert.deepStrictEqual(got.a.flatMap((d) => d.ids), sent)
       assert.isFalse(got.a.some((d) => d.gap))
@@ -190,7 +190,10 @@ describe("Conversation entity", () => {
     Effect.gen(function* () {
       const here = yield* LocalMailboxes
       const got: Array<{ readonly ids: Array<string>; readonly gap: boolean }> = []
-      here.add("a", (messages, gap) => got.push({ ids: messages.map((m) => m.MsgId), gap: gap === true }))
+      here.add("a", {
+        deliver: (messages, gap) => got.push({ ids: messages.map((m) => m.MsgId), gap: gap === true }),
+        event: () => {}
+      })
       const client = (yield* Conversation.client)("conv-stale")
       yield* client.Create({ conversationType: 0, sessions: ["a", "b"] })
       yield* client.Send({ session: "b", status: 0, type: 0, content: "late" })
@@ -204,7 +207,7 @@ describe("Conversation entity", () => {
       const here = yield* LocalMailboxes
       const sql = yield* SqlClient.SqlClient
       const got: Array<string> = []
-      here.add("a", (messages) => got.push(...messages.map((m) => m.MsgId)))
+      here.add("a", { deliver: (messages) => got.push(...messages.map((m) => m.MsgId)), event: () => {} })
       const client = (yield* Conversation.client)("conv-after")
       yield* client.Create({ conversationType: 0, sessions: ["a"] })
       const sent: Array<string> = []

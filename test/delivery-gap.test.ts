@@ -61,7 +61,7 @@ describe("delivery gap", () => {
       // The gap alone, as the conversation hands it over when nothing follows the dropped batch.
       const mailbox = Context.get(server.context, LocalMailboxes).get(b)
       assert.isDefined(mailbox)
-      mailbox!([], true)
+      mailbox!.deliver([], true)
       for (const c of clients) await c.until((m) => m.length >= 2)
       await sleep(300)
       for (const c of clients) {
@@ -92,7 +92,7 @@ describe("delivery gap, long polls", () => {
     try {
       await sleep(400) // the poll waits at the mailbox
       const dropped = await writeDropped(server, id, a)
-      Context.get(server.context, LocalMailboxes).get(b)!([], true)
+      Context.get(server.context, LocalMailboxes).get(b)!.deliver([], true)
       // Without ending the waiting poll, the replay came with the poll after it: 30 s later.
       await poller.until((m) => m.length >= 1, 5_000)
       assert.deepStrictEqual(poller.messages.map((m) => m.MsgId), [dropped])

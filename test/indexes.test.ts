@@ -61,7 +61,7 @@ describe("indexes", () => {
         store.isMember(id, "me"),
         store.exists([id]),
         store.joined("me"),
-        store.detail(id),
+        store.detail(id, "me"),
         store.lastMsgId(id),
         store.range(id, ids[5], ids[20], false),
         store.before(id, ids[35], true),

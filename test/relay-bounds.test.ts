@@ -18,7 +18,8 @@ const message = (i: number, content: string): MsgData => ({
   SendTime: "2026-12-03 00:00:00",
   Status: 0,
   Type: 1,
-  Content: content
+  Content: content,
+  Seq: i + 1
 })
 
 describe("relay bounds", () => {

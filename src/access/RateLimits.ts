@@ -94,7 +94,8 @@ const what: Record<RateKind, string> = {
   creates: "conversations created",
   joins: "joins",
   connects: "push connects",
-  polls: "polls"
+  polls: "polls",
+  marks: "mark_read and typing calls"
 }
 
 export class RateLimits extends Context.Service<RateLimits, {

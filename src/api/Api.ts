@@ -25,6 +25,63 @@ const defaultTo = <S extends Schema.Top>(schema: S, value: S["Encoded"]) =>
   schema.pipe(Schema.withDecodingDefaultKey(Effect.succeed(value)))
 
 const Conversation = { conversation_id: ConversationId }
+
+/** A string's length in UTF-8 bytes (also in browsers, where the SDK uses this contract). */
+const utf8Bytes = (s: string) => {
+  let bytes = 0
+  for (let i = 0; i < s.length; i++) {
+    const c = s.charCodeAt(i)
+    if (c < 0x80) bytes += 1
+    else if (c < 0x800) bytes += 2
+    else if (c >= 0xd800 && c < 0xdc00 && i + 1 < s.length) {
+      bytes += 4
+      i++
+    } else bytes += 3
+  }
+  return bytes
+}
+
+// Read state (extension): a conversation's own fields, pages and their cursors.
+const Name = Schema.String.check(
+  Schema.makeFilter<string>((s) => [...s].length <= 200 || "name is longer than 200 characters"),
+  isStorable("name")
+)
+const Extra = Schema.String.check(
+  Schema.makeFilter<string>((s) =>
+    (s.length <= 1365 || utf8Bytes(s) <= 4096) || "extra is larger than 4096 bytes (UTF-8)"
+  ),
+  isStorable("extra")
+)
+const ConversationFields = { name: Schema.optionalKey(Name), extra: Schema.optionalKey(Extra) }
+/** An opaque page cursor as a previous answer's `NextCursor` gave it. */
+const Cursor = Schema.optionalKey(
+  Schema.NullOr(Schema.String.check(Schema.isMaxLength(4096, { message: "cursor is not one this server gave" })))
+)
+const limit = (max: number, fallback: number) =>
+  defaultTo(
+    Schema.Int.check(Schema.isBetween({ minimum: 1, maximum: max }, { message: `limit must be 1 to ${max}` })),
+    fallback
+  )
+const ReadMsgId = Schema.NullOr(Schema.String)
+
+const UnreadEntry = Schema.Struct({
+  ConversationId: Schema.String,
+  Unread: Schema.Int,
+  ReadMsgId,
+  LastMsgId: Schema.NullOr(Schema.String)
+})
+const InboxEntry = Schema.Struct({
+  ConversationId: Schema.String,
+  ConversationType: Schema.Int,
+  Name: Schema.String,
+  Extra: Schema.String,
+  IsArchive: Schema.Boolean,
+  LastMsg: Schema.NullOr(MsgData),
+  Unread: Schema.Int,
+  ReadMsgId
+})
+const MemberEntry = Schema.Struct({ Session: Schema.String, JoinedAt: Schema.String, ReadMsgId })
+const NextCursor = Schema.NullOr(Schema.String)
 const Sessions = Schema.Array(SessionId).check(Schema.isMaxLength(10_000))
 const ConversationIdData = ok(Schema.Struct({ ConversationId: Schema.String }))
 const Messages = ok(Schema.Struct({ Msg: Schema.Array(MsgData) }))
@@ -49,6 +106,39 @@ export class ConversationApi extends HttpApiGroup.make("conversation")
     post("create_conversation", { conversation_type: defaultTo(ConversationType, 0) }, ConversationIdData),
     post("leave_conversation", Conversation, ConversationIdData),
     post("get_lastone_msgid", Conversation, ok(Schema.Struct({ MsgId: Schema.NullOr(Schema.String) })))
+  )
+  .middleware(Authorization) {}
+
+/** Extension: read positions, unread counts, the inbox, members and typing (docs/api.md, "Read state"). */
+export class ReadStateApi extends HttpApiGroup.make("readState")
+  .add(
+    post(
+      "mark_read",
+      { ...Conversation, msg_id: MsgId },
+      ok(Schema.Struct({ ReadMsgId, ReadSeq: Schema.Int, Unread: Schema.Int }))
+    ),
+    post(
+      "get_unread",
+      {
+        conversation_ids: Schema.optionalKey(
+          Schema.Array(ConversationId).check(
+            Schema.isMaxLength(1000, { message: "at most 1000 conversation_ids per call" })
+          )
+        )
+      },
+      ok(Schema.Struct({ Conversations: Schema.Array(UnreadEntry), Total: Schema.Int }))
+    ),
+    post(
+      "get_inbox",
+      { limit: limit(200, 50), cursor: Cursor },
+      ok(Schema.Struct({ Conversations: Schema.Array(InboxEntry), NextCursor }))
+    ),
+    post(
+      "get_conversation_members",
+      { ...Conversation, limit: limit(1000, 200), cursor: Cursor },
+      ok(Schema.Struct({ Members: Schema.Array(MemberEntry), NextCursor }))
+    ),
+    post("typing", Conversation, ok(Schema.Struct({})))
   )
   .middleware(Authorization) {}
 
@@ -87,9 +177,11 @@ export class InnerApi extends HttpApiGroup.make("inner")
     innerPost("get_token", { session: SessionId, platform: Int32 }, ok(Schema.String)),
     innerPost(
       "create_conversation",
-      { conversation_type: defaultTo(ConversationType, 0), sessions: Sessions },
+      { conversation_type: defaultTo(ConversationType, 0), sessions: Sessions, ...ConversationFields },
       ConversationIdData
     ),
+    // Extension: the conversation's name and the product's own data (docs/api.md, "Read state").
+    innerPost("update_conversation", { ...Conversation, ...ConversationFields }, ConversationIdData),
     innerPost("kickout_conversation", { ...Conversation, sessions: Sessions }, ConversationIdData),
     innerPost("join_conversation", { ...Conversation, sessions: Sessions }, ConversationIdData),
     innerPost(
@@ -118,6 +210,7 @@ export class SystemApi extends HttpApiGroup.make("system").add(
 export class Api extends HttpApi.make("quick-im")
   .add(ConversationApi)
   .add(MessageApi)
+  .add(ReadStateApi)
   .add(InnerApi)
   .add(SystemApi)
   .annotateMerge(OpenApi.annotations({

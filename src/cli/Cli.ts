@@ -203,6 +203,42 @@ const tail = Command.make("tail", {
     )
   )
 
+/** One inbox line: unread badge, name (or id), the last message. */
+const inboxLine = (e: {
+  readonly ConversationId: string
+  readonly Name: string
+  readonly Unread: number
+  readonly IsArchive: boolean
+  readonly LastMsg: MsgData | null
+}) =>
+  `${e.Unread > 0 ? `(${e.Unread})` : "   "}  ${e.Name === "" ? e.ConversationId : `${e.Name} [${e.ConversationId}]`}${
+    e.IsArchive ? " (archived)" : ""
+  }${e.LastMsg === null ? "" : `  ${e.LastMsg.SendTime}  ${e.LastMsg.FromSession}: ${e.LastMsg.Content}`}`
+
+const inbox = Command.make("inbox", {
+  session,
+  platform,
+  limit: Flag.Int("limit").pipe(Flag.withDescription("Conversations per page (1-200)"), Flag.withDefault(50)),
+  all: Flag.Boolean("all").pipe(Flag.withDescription("Every page, not just the first"), Flag.withDefault(false)),
+  json: Flag.Boolean("json").pipe(Flag.withDescription("One inbox entry JSON object per line"), Flag.withDefault(false))
+}, ({ all, json, limit, platform, session }) =>
+  Effect.gen(function* () {
+    const { im, plain } = yield* sessionClient(session, platform)
+    let cursor: string | null = null
+    let total = 0
+    do {
+      const page: Effect.Success<ReturnType<typeof im.inbox>> = yield* plain(im.inbox(limit, cursor))
+      for (const e of page.Conversations) {
+        total += e.Unread
+        yield* Console.log(json ? JSON.stringify(e) : inboxLine(e))
+      }
+      cursor = page.NextCursor
+    } while (all && cursor !== null)
+    if (!json) yield* Console.log(`${total} unread${cursor === null ? "" : " on this page (more: --all)"}`)
+  })).pipe(
+    Command.withDescription("A session's chat list: most recent activity first, with unread counts and last messages")
+  )
+
 const status = Command.make("status", {}, () =>
   Effect.gen(function* () {
     const { inner, plainInner } = yield* client
@@ -215,5 +251,5 @@ const cluster = Command.make("cluster").pipe(
 )
 
 export const cli = root.pipe(
-  Command.withSubcommands([serve, migrate, token, conversation, send, tail, cluster])
+  Command.withSubcommands([serve, migrate, token, conversation, send, tail, inbox, cluster])
 )

@@ -57,9 +57,18 @@ export const makeClient = (options: ClientOptions) =>
       /** The same client acting as the session of `token`. */
       as: (token: string) => makeClient({ ...options, token }),
       /** Creates a conversation with `sessions` as its members (inner endpoint). */
-      createConversation: (sessions: ReadonlyArray<string>, conversationType = 0) =>
-        api.inner.create_conversation({ payload: { sessions, conversation_type: conversationType } }).pipe(
+      createConversation: (
+        sessions: ReadonlyArray<string>,
+        conversationType = 0,
+        fields: { readonly name?: string; readonly extra?: string } = {}
+      ) =>
+        api.inner.create_conversation({ payload: { sessions, conversation_type: conversationType, ...fields } }).pipe(
           Effect.map((r) => r.data.ConversationId)
+        ),
+      /** Sets a conversation's name and/or extra data (inner endpoint); members hear a `conversation` event. */
+      updateConversation: (conversationId: string, fields: { readonly name?: string; readonly extra?: string }) =>
+        api.inner.update_conversation({ payload: { conversation_id: conversationId, ...fields } }).pipe(
+          Effect.asVoid
         ),
       join: (conversationId: string, sessions: ReadonlyArray<string>) =>
         api.inner.join_conversation({ payload: { conversation_id: conversationId, sessions } }).pipe(Effect.asVoid),
@@ -104,6 +113,28 @@ export const makeClient = (options: ClientOptions) =>
         api.conversation.get_lastone_msgid(conversation(conversationId)).pipe(
           Effect.map((r) => Option.fromNullishOr(r.data.MsgId))
         ),
+      /** Marks everything up to and including `msgId` read (never back); the read state after it. */
+      markRead: (conversationId: string, msgId: string) =>
+        api.readState.mark_read({ payload: { conversation_id: conversationId, msg_id: msgId } }).pipe(
+          Effect.map((r) => r.data)
+        ),
+      /** Unread counts in `conversationIds` (at most 1,000), or in every conversation joined. */
+      unread: (conversationIds?: ReadonlyArray<string>) =>
+        api.readState.get_unread({
+          payload: conversationIds === undefined ? {} : { conversation_ids: conversationIds }
+        }).pipe(Effect.map((r) => r.data)),
+      /** A page of the chat list, most recent activity first; pass `NextCursor` back for the next. */
+      inbox: (limit = 50, cursor?: string | null) =>
+        api.readState.get_inbox({ payload: { limit, ...(cursor == null ? {} : { cursor }) } }).pipe(
+          Effect.map((r) => r.data)
+        ),
+      /** A page of a conversation's members in join order, with their read positions. */
+      members: (conversationId: string, limit = 200, cursor?: string | null) =>
+        api.readState.get_conversation_members({
+          payload: { conversation_id: conversationId, limit, ...(cursor == null ? {} : { cursor }) }
+        }).pipe(Effect.map((r) => r.data)),
+      /** Tells the other members this session is typing (at most one event per 2 s goes out). */
+      typing: (conversationId: string) => api.readState.typing(conversation(conversationId)).pipe(Effect.asVoid),
       /** The session's push stream (needs a token): reconnects, resumes by cursor, drops repeats. */
       subscribe: (push: PushOptions = {}) => subscribe({ ...push, baseUrl: options.baseUrl, token: needToken() }),
       /** The same as an async iterator. */

@@ -9,6 +9,7 @@
  */
 import { Cause, Effect, Queue, Schema, Stream } from "effect"
 import type { MsgData } from "../domain/Conversation.ts"
+import type { EventKind, LiveEvent } from "../domain/Events.ts"
 
 export type PushProtocol = "ws" | "sse" | "poll"
 
@@ -31,6 +32,13 @@ export interface SubscribeOptions {
    * `QUICKIM_POLL_WAIT` (15 s and 30 s by default).
    */
   readonly idleTimeoutMs?: number
+  /**
+   * Live events to receive (`read`, `member`, `typing`; `conversation` events come with `member`),
+   * each handed to `onEvent`. Live only: after a reconnect, read the state again (`unread`, `inbox`,
+   * `members`), which `onState` tells of.
+   */
+  readonly events?: ReadonlyArray<EventKind>
+  readonly onEvent?: (event: LiveEvent) => void
 }
 
 export type PushState =
@@ -63,9 +71,16 @@ const makeDedupe = () => {
 }
 
 /** The token goes in the URL only for a WebSocket (pass it then); fetch sends it as a header. */
-const notifyUrl = (base: string, protocol: PushProtocol, token: string | undefined, cursor: string | undefined) => {
+const notifyUrl = (
+  base: string,
+  protocol: PushProtocol,
+  token: string | undefined,
+  cursor: string | undefined,
+  events: ReadonlyArray<EventKind> = []
+) => {
   const url = new URL("/notify", base)
   url.searchParams.set("protoc", protocol)
+  if (events.length > 0) url.searchParams.set("events", events.join(","))
   if (token !== undefined) url.searchParams.set("token", token)
   if (cursor !== undefined && protocol !== "sse") url.searchParams.set("last_msg_id", cursor)
   if (protocol === "ws") url.protocol = url.protocol === "https:" ? "wss:" : "ws:"
@@ -81,8 +96,13 @@ class StreamRefused extends Error {
   }
 }
 
-/** Reads `data:` lines of `event: message` blocks from an SSE body. */
-const readSse = async (body: ReadableStream<Uint8Array>, onChunk: () => void, onData: (data: string) => void) => {
+/** Reads `data:` lines of `event: message` blocks (and of live events, to `onEvent`) from an SSE body. */
+const readSse = async (
+  body: ReadableStream<Uint8Array>,
+  onChunk: () => void,
+  onData: (data: string) => void,
+  onEvent: (data: string) => void
+) => {
   const reader = body.pipeThrough(new TextDecoderStream()).getReader()
   let buffer = ""
   for (;;) {
@@ -102,7 +122,8 @@ const readSse = async (body: ReadableStream<Uint8Array>, onChunk: () => void, on
       }
       if (data.length === 0) continue
       if (event === "message") onData(data.join("\n"))
-      else if (event === "error") {
+      else if (event !== "error") onEvent(data.join("\n"))
+      else {
         const body = data.join("\n")
         let code: unknown = undefined
         try {
@@ -149,6 +170,18 @@ export const runSubscription = (
     state({ _tag: "Open" })
   }
 
+  const events = options.events ?? []
+  const announce = (event: LiveEvent) => {
+    if (stopped) return
+    try {
+      options.onEvent?.(event)
+    } catch {
+      // a listener's failure is not the subscription's
+    }
+  }
+  /** A message, or (with an `Event` field) a live event. */
+  const take = (value: MsgData | LiveEvent) => "Event" in value ? announce(value) : deliver(value)
+
   const deliver = (m: MsgData) => {
     if (stopped) return
     // A poll's cursor is the last answer the server gave, a repeat too: a cursor that differs from
@@ -184,13 +217,13 @@ export const runSubscription = (
 
   const openWs = (): Connection => {
     // A browser's WebSocket cannot send headers: the token goes in the URL (redacted in server traces).
-    const ws = new WebSocket(notifyUrl(options.baseUrl, "ws", options.token, cursor))
+    const ws = new WebSocket(notifyUrl(options.baseUrl, "ws", options.token, cursor, events))
     let open = false
     ws.onopen = () => {
       open = true
       opened()
     }
-    ws.onmessage = (e) => deliver(JSON.parse(String(e.data)))
+    ws.onmessage = (e) => take(JSON.parse(String(e.data)))
     ws.onclose = (e) => {
       if (stopped) return
       // 4001: the token expired or was revoked.
@@ -212,7 +245,7 @@ export const runSubscription = (
     const controller = new AbortController()
     ;(async () => {
       try {
-        const res = await fetch(notifyUrl(options.baseUrl, "sse", undefined, undefined), {
+        const res = await fetch(notifyUrl(options.baseUrl, "sse", undefined, undefined, events), {
           headers: cursor === undefined ? authorization : { ...authorization, "last-event-id": cursor },
           signal: controller.signal
         })
@@ -224,10 +257,15 @@ export const runSubscription = (
         opened()
         // The server sends a heartbeat every 15 s: silence for longer than `idle` is a dead connection.
         let watchdog = setTimeout(() => controller.abort(), idle)
-        await readSse(res.body, () => {
-          clearTimeout(watchdog)
-          watchdog = setTimeout(() => controller.abort(), idle)
-        }, (data) => deliver(JSON.parse(data)))
+        await readSse(
+          res.body,
+          () => {
+            clearTimeout(watchdog)
+            watchdog = setTimeout(() => controller.abort(), idle)
+          },
+          (data) => deliver(JSON.parse(data)),
+          (data) => announce(JSON.parse(data))
+        )
         clearTimeout(watchdog)
         throw new Error("stream ended")
       } finally {
@@ -246,7 +284,7 @@ export const runSubscription = (
       let announced = false
       while (!stopped) {
         // The cursor goes with every poll: it is what lets a new mailbox continue where a dead node's left off.
-        const res = await fetch(notifyUrl(options.baseUrl, "poll", undefined, cursor), {
+        const res = await fetch(notifyUrl(options.baseUrl, "poll", undefined, cursor, events), {
           headers: authorization,
           signal: AbortSignal.any([controller.signal, AbortSignal.timeout(idle)])
         })
@@ -259,7 +297,7 @@ export const runSubscription = (
           announced = true
           opened()
         }
-        if (res.status === 200) deliver(await res.json())
+        if (res.status === 200) take(await res.json())
         else await res.body?.cancel()
       }
     })().catch((e) => {

@@ -9,4 +9,5 @@ export {
   subscribe,
   type SubscribeOptions
 } from "./Push.ts"
-export type { MsgData } from "../domain/Conversation.ts"
+export type { ConversationDetail, MsgData } from "../domain/Conversation.ts"
+export type { ConversationEvent, EventKind, LiveEvent, MemberEvent, ReadEvent, TypingEvent } from "../domain/Events.ts"

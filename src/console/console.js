@@ -7,9 +7,9 @@ const state = {
   adminKey: "",
   session: undefined,
   protocol: "ws",
-  conversations: [],
-  unread: new Map(),
+  conversations: [], // the inbox: {ConversationId, Name, Unread, LastMsg, ...}, most recent first
   current: undefined,
+  members: new Map(), // of the open conversation: session → its ReadMsgId (read receipts)
   oldest: undefined,
   marks: new Map(), // newest MsgId seen per conversation: anything at or below it is a repeat
   cursor: undefined, // the last MsgId received, for resume
@@ -66,22 +66,42 @@ for (const [i, tab] of tabs.entries()) {
   })
 }
 
-// ---- conversations
+// ---- conversations: the server's inbox (order and unread counts), refreshed as things happen
 const renderConversations = () => {
   const list = $("conversations")
   list.replaceChildren()
-  for (const id of state.conversations) {
+  for (const entry of state.conversations) {
+    const id = entry.ConversationId
     const item = document.createElement("li")
     const button = document.createElement("button")
     button.type = "button"
-    const unread = state.unread.get(id) ?? 0
-    button.textContent = `${id.slice(0, 8)}…${unread > 0 ? ` (${unread} new)` : ""}`
+    const label = entry.Name || `${id.slice(0, 8)}…`
+    button.textContent = `${label}${entry.Unread > 0 ? ` (${entry.Unread} unread)` : ""}`
     button.title = id
     button.dataset.id = id
+    button.dataset.unread = String(entry.Unread)
     if (id === state.current) button.setAttribute("aria-current", "true")
     button.addEventListener("click", attempt(() => open(id)))
     item.append(button)
+    if (entry.LastMsg) {
+      const last = document.createElement("small")
+      last.textContent = `${entry.LastMsg.FromSession}: ${entry.LastMsg.Content}`
+      item.append(last)
+    }
     list.append(item)
+  }
+}
+
+/** "read by N": the other members whose read position is at or after `msgId` (ids compare in order). */
+const readBy = (msgId) => {
+  let n = 0
+  for (const [session, read] of state.members) if (session !== state.session && read !== null && read >= msgId) n++
+  return n
+}
+
+const renderReceipts = () => {
+  for (const receipt of document.querySelectorAll("#messages [data-receipt]")) {
+    receipt.textContent = `read by ${readBy(receipt.dataset.receipt)}`
   }
 }
 
@@ -97,21 +117,66 @@ const messageItem = (m) => {
   const text = document.createElement("p")
   text.textContent = m.Content
   item.append(who, " ", when, text)
+  if (m.FromSession === state.session) {
+    const receipt = document.createElement("small")
+    receipt.dataset.receipt = m.MsgId
+    receipt.textContent = `read by ${readBy(m.MsgId)}`
+    item.append(receipt)
+  }
   return item
+}
+
+/** A line about the conversation itself (someone joined or left). */
+const noteItem = (text) => {
+  const item = document.createElement("li")
+  item.className = "note"
+  const p = document.createElement("p")
+  p.textContent = text
+  item.append(p)
+  return item
+}
+
+const loadMembers = async (id) => {
+  const members = new Map()
+  let cursor = null
+  do {
+    const page = await api("/get_conversation_members", { conversation_id: id, limit: 1000, cursor })
+    for (const m of page.Members) members.set(m.Session, m.ReadMsgId)
+    cursor = page.NextCursor
+  } while (cursor !== null)
+  if (id === state.current) state.members = members
+}
+
+/** Marks the open conversation read up to `msgId`; the inbox follows (by its own refresh). */
+const markRead = async (msgId) => {
+  if (state.current === undefined || msgId === undefined) return
+  await api("/mark_read", { conversation_id: state.current, msg_id: msgId })
+  refreshSoon()
+}
+
+let refreshTimer
+/** The inbox again, once things settle (a burst of messages or events refreshes it once). */
+const refreshSoon = () => {
+  clearTimeout(refreshTimer)
+  refreshTimer = setTimeout(() => loadConversations().catch((e) => say(`Error: ${e.message}`)), 150)
 }
 
 const open = async (id) => {
   state.current = id
-  state.unread.delete(id)
-  $("room-title").textContent = "Conversation"
+  state.members = new Map()
+  const entry = state.conversations.find((e) => e.ConversationId === id)
+  $("room-title").textContent = entry?.Name || "Conversation"
   $("room-id").textContent = id
+  $("typing").textContent = ""
   $("compose").hidden = false
+  await loadMembers(id)
   const { Msg } = await api("/get_conversation_last_30_msg", { conversation_id: id, desc: false })
   $("messages").replaceChildren(...Msg.map(messageItem))
   state.oldest = Msg[0]?.MsgId
   $("older").hidden = Msg.length < 30
   renderConversations()
   $("text").focus()
+  await markRead(Msg.at(-1)?.MsgId)
 }
 
 $("older").addEventListener(
@@ -130,7 +195,7 @@ $("older").addEventListener(
 )
 
 const loadConversations = async () => {
-  state.conversations = (await api("/get_joined_conversation")).Conversations
+  state.conversations = (await api("/get_inbox", { limit: 200 })).Conversations
   renderConversations()
 }
 
@@ -165,6 +230,14 @@ $("compose").addEventListener(
   })
 )
 
+// Typing: the server sends at most one event per 2 s; the page asks no more often either.
+let typedAt = 0
+$("text").addEventListener("input", () => {
+  if (state.current === undefined || Date.now() - typedAt < 2000) return
+  typedAt = Date.now()
+  api("/typing", { conversation_id: state.current }).catch(() => {})
+})
+
 // ---- push: one subscription that reconnects with backoff and resumes from the last MsgId
 const receive = (m, protocol) => {
   // A poll's cursor is the last answer the server gave, a repeat too (another cursor would mean
@@ -174,20 +247,61 @@ const receive = (m, protocol) => {
   if (mark !== undefined && m.MsgId <= mark) return // a repeat after a resume
   state.marks.set(m.ConversationID, m.MsgId)
   state.cursor = m.MsgId
-  if (!state.conversations.includes(m.ConversationID)) state.conversations.push(m.ConversationID)
   if (m.ConversationID === state.current) {
     if (!$("messages").querySelector(`[data-msg-id="${m.MsgId}"]`)) $("messages").append(messageItem(m))
-  } else {
-    state.unread.set(m.ConversationID, (state.unread.get(m.ConversationID) ?? 0) + 1)
+    // On screen is read (the sender's own messages move its position by themselves).
+    if (m.FromSession !== state.session) markRead(m.MsgId).catch(() => {})
   }
-  renderConversations()
+  refreshSoon()
 }
+
+const CHANGES = { joined: "joined", left: "left", kicked: "was removed" }
+const typingTimers = new Map()
+
+/** A live event (`events=read,member,typing`): the server's read state, typing and member changes. */
+const onEvent = (e) => {
+  const here = e.ConversationId === state.current
+  if (e.Event === "read") {
+    if (here) {
+      state.members.set(e.Session, e.ReadMsgId)
+      renderReceipts()
+    }
+    // Read on another device of this session: the badge clears here too.
+    if (e.Session === state.session) refreshSoon()
+  } else if (e.Event === "typing" && here) {
+    clearTimeout(typingTimers.get(e.Session))
+    const names = () => [...typingTimers.keys()].join(", ")
+    typingTimers.set(
+      e.Session,
+      setTimeout(() => {
+        typingTimers.delete(e.Session)
+        $("typing").textContent = typingTimers.size > 0 ? `${names()} typing…` : ""
+      }, 3000)
+    )
+    $("typing").textContent = `${names()} typing…`
+  } else if (e.Event === "member") {
+    if (here) {
+      $("messages").append(noteItem(`${e.Session} ${CHANGES[e.Change] ?? e.Change}`))
+      if (e.Change === "joined") state.members.set(e.Session, null)
+      else state.members.delete(e.Session)
+      renderReceipts()
+    }
+    refreshSoon()
+  } else if (e.Event === "conversation") {
+    if (here) $("room-title").textContent = e.Name || "Conversation"
+    refreshSoon()
+  }
+}
+
+/** A frame of the push stream: a live event (it has `Event`) or a message. */
+const take = (value, protocol) => ("Event" in value ? onEvent(value) : receive(value, protocol))
 
 // The token rides in the URL only where the browser API cannot send headers (WebSocket,
 // EventSource); fetch sends it as `Authorization`. The server redacts `token` from its traces.
 const notifyUrl = (protocol, scheme = protocol === "ws" ? "ws" : "http", inUrl = protocol !== "poll") => {
   const url = new URL("/notify", location.href)
   url.searchParams.set("protoc", protocol)
+  url.searchParams.set("events", "read,member,typing")
   if (inUrl) url.searchParams.set("token", state.token)
   if (state.cursor) url.searchParams.set("last_msg_id", state.cursor)
   if (scheme === "ws") url.protocol = url.protocol === "https:" ? "wss:" : "ws:"
@@ -201,6 +315,9 @@ const subscribe = (protocol) => {
   const connected = () => {
     failures = 0
     say(`Signed in as ${state.session} · push connected over ${protocol}`)
+    // Events are live only: what changed while disconnected is read again.
+    refreshSoon()
+    if (state.current !== undefined) loadMembers(state.current).then(renderReceipts, () => {})
   }
   /** The server refused for good (an expired token, a bad cursor): retrying cannot help. */
   const refused = (status) => {
@@ -238,7 +355,7 @@ const subscribe = (protocol) => {
         open = true
         connected()
       }
-      ws.onmessage = (e) => receive(JSON.parse(e.data), protocol)
+      ws.onmessage = (e) => take(JSON.parse(e.data), protocol)
       // 4001: the token expired or was revoked; the same token cannot reconnect.
       ws.onclose = (e) =>
         e.code === 4001 ? refused(401) : open ? retry(`closed (${e.code})`) : probe("could not connect")
@@ -247,6 +364,9 @@ const subscribe = (protocol) => {
       const es = new EventSource(notifyUrl("sse"))
       es.onopen = connected
       es.addEventListener("message", (e) => receive(JSON.parse(e.data), protocol))
+      for (const kind of ["read", "member", "typing", "conversation"]) {
+        es.addEventListener(kind, (e) => onEvent(JSON.parse(e.data)))
+      }
       // EventSource reconnects by itself with Last-Event-ID; one that gave up gets a fresh one.
       es.onerror = (e) => {
         // The server's own `event: error`: 10101 means the token expired or was revoked.
@@ -276,7 +396,7 @@ const subscribe = (protocol) => {
             announced = true
             connected()
           }
-          if (res.status === 200) receive(await res.json(), protocol)
+          if (res.status === 200) take(await res.json(), protocol)
         }
       })().catch((e) => retry(e.message))
     }

@@ -19,11 +19,13 @@ import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { entityActivations } from "../observability/Telemetry.ts"
 import { Delivery } from "../push/Delivery.ts"
 import { ConversationStore, toMsgData } from "../storage/ConversationStore.ts"
+import { ReadStore } from "../storage/ReadStore.ts"
 import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
 import { commitSends, isUnstorable, traced } from "./GroupCommit.ts"
 import * as Membership from "./Membership.ts"
 import { makeStateHolder } from "./State.ts"
 import { Conversation, type Send } from "./Protocol.ts"
+import * as Reading from "./Reading.ts"
 
 type Request = Envelope.Request<any>
 type SendRequest = Envelope.Request<typeof Send>
@@ -37,6 +39,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const id = (yield* Entity.CurrentAddress).entityId
       yield* Metric.update(entityActivations("Conversation"), 1)
       const store = yield* ConversationStore
+      const reads = yield* ReadStore
       const config = yield* AppConfig
       const debug = debugEnabled(config.logLevel)
       const tracing = config.otlpEndpoint !== undefined
@@ -63,6 +66,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       return (mailbox, replier) => {
         const holder = makeStateHolder(id, store, config.resumeWindow, handovers)
         const load = holder.load
+        const reading = Reading.make(id, store, reads, handovers)
         /** A reload is scheduled (see failAll). */
         let reloading = false
         // Requests and a scheduled reload take turns.
@@ -179,22 +183,34 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                 new ConversationTypeOutOfRange({ conversationType: payload.conversationType })
               )
             }
-            const sessions = [...new Set<string>(payload.sessions)]
-            if (sessions.length === 0) return yield* fail(request, new EmptyMembers())
-            const current = yield* load
-            if (request.tag === "Create") {
-              if (current === null) {
-                yield* store.create(id, payload.conversationType, sessions)
-                holder.created(payload.conversationType, sessions)
+            if (request.tag === "Create" || request.tag === "Join" || request.tag === "Remove") {
+              const sessions = [...new Set<string>(payload.sessions)]
+              if (sessions.length === 0) return yield* fail(request, new EmptyMembers())
+              const current = yield* load
+              if (request.tag === "Create") {
+                if (current === null) {
+                  yield* store.create(id, payload.conversationType, sessions, payload)
+                  holder.created(payload.conversationType, sessions)
+                }
+                return yield* reply(request, undefined)
               }
+              if (current === null) return yield* fail(request, new ConversationNotFound({ conversationId: id }))
+              const byBackend = payload.byBackend === true
+              const changed = request.tag === "Join"
+                ? yield* Membership.join(store, id, current.state, sessions, byBackend, config.publicJoin ?? "open")
+                : yield* Membership.remove(store, id, current.state, sessions, byBackend)
+              if (!Array.isArray(changed)) return yield* fail(request, changed)
+              reading.membersChanged(
+                current.state.members,
+                changed,
+                request.tag === "Join" ? "joined" : byBackend ? "kicked" : "left"
+              )
               return yield* reply(request, undefined)
             }
+            const current = yield* load
             if (current === null) return yield* fail(request, new ConversationNotFound({ conversationId: id }))
-            const byBackend = payload.byBackend === true
-            const refused = request.tag === "Join"
-              ? yield* Membership.join(store, id, current.state, sessions, byBackend, config.publicJoin ?? "open")
-              : yield* Membership.remove(store, id, current.state, sessions, byBackend)
-            return yield* refused === undefined ? reply(request, undefined) : fail(request, refused)
+            const answer = yield* reading.handle(request, current.state)
+            return yield* "failure" in answer ? fail(request, answer.failure) : reply(request, answer.success)
           }).pipe(Effect.catchCause((cause) => failAll([request], cause)))
 
         return Queue.takeBetween(mailbox, 1, config.groupCommitMax).pipe(
@@ -233,5 +249,5 @@ export const ConversationEntityNoDeps = Layer.unwrap(Effect.map(AppConfig, (c) =
 
 /** With what it builds on: its store and the hand-over of committed messages to their mailboxes. */
 export const ConversationEntityLive = ConversationEntityNoDeps.pipe(
-  Layer.provide([Delivery.layer, ConversationStore.layer])
+  Layer.provide([Delivery.layer, ConversationStore.layer, ReadStore.layer])
 )

@@ -12,9 +12,13 @@ export interface Members {
   /** Session → the seq of the last message before it joined (it gets only what follows). */
   readonly members: Map<string, number>
   readonly lastSeq: number
+  readonly lastMsgId: string | undefined
 }
 
-/** Adds the sessions not yet members; returns the refusal, if the join is refused. */
+/**
+ * Adds the sessions not yet members, their read position at the last message (history from before
+ * the join never counts as unread); returns the refusal, if the join is refused, else those added.
+ */
 export const join = Effect.fnUntraced(function* (
   store: ConversationStore["Service"],
   id: string,
@@ -24,7 +28,7 @@ export const join = Effect.fnUntraced(function* (
   publicJoin: "open" | "invite"
 ) {
   const added = sessions.filter((s) => !state.members.has(s))
-  if (added.length === 0) return undefined
+  if (added.length === 0) return added
   if (!byBackend) {
     // Bans are read from SQL, not kept in memory: a join by a non-member is rare, and nothing can go
     // stale across passivation, restarts or a shard moving.
@@ -32,11 +36,12 @@ export const join = Effect.fnUntraced(function* (
     if (banned.length > 0) return new RemovedFromConversation({ conversationId: id, session: banned[0] })
     if (publicJoin === "invite") return new JoinNeedsInvitation({ conversationId: id, session: added[0] })
   }
-  yield* store.addMembers(id, added, state.lastSeq, byBackend)
+  yield* store.addMembers(id, added, { seq: state.lastSeq, msgId: state.lastMsgId ?? null }, byBackend)
   for (const s of added) state.members.set(s, state.lastSeq)
-  return undefined
+  return added
 })
 
+/** Removes the sessions; returns those that were members. */
 export const remove = Effect.fnUntraced(function* (
   store: ConversationStore["Service"],
   id: string,
@@ -47,12 +52,14 @@ export const remove = Effect.fnUntraced(function* (
   if (byBackend) {
     // A kick bans every named session, members or not: the backend's word is that they stay out
     // until it adds them again.
+    const removed = sessions.filter((s) => state.members.has(s))
     yield* store.removeMembers(id, sessions, true)
     for (const s of sessions) state.members.delete(s)
-    return
+    return removed
   }
   const removed = sessions.filter((s) => state.members.has(s))
-  if (removed.length === 0) return
+  if (removed.length === 0) return removed
   yield* store.removeMembers(id, removed, false)
   for (const s of removed) state.members.delete(s)
+  return removed
 })

@@ -17,7 +17,12 @@ import {
 } from "../domain/Conversation.ts"
 
 export const Create = Rpc.make("Create", {
-  payload: { conversationType: Schema.Number, sessions: Schema.Array(Schema.String) },
+  payload: {
+    conversationType: Schema.Number,
+    sessions: Schema.Array(Schema.String),
+    name: Schema.optionalKey(Schema.String),
+    extra: Schema.optionalKey(Schema.String)
+  },
   error: Schema.Union([ConversationTypeOutOfRange, EmptyMembers, DatabaseUnavailable])
 })
 
@@ -67,6 +72,44 @@ export const Send = Rpc.make("Send", {
   error: Schema.Union([ConversationNotFound, NotMember, UnstorableMessage, DatabaseUnavailable])
 })
 
+/** What `MarkRead` answers: the caller's read position after it, and its unread count then. */
+export const ReadState = Schema.Struct({
+  readMsgId: Schema.NullOr(Schema.String),
+  readSeq: Schema.Number,
+  unread: Schema.Number
+})
+export type ReadState = typeof ReadState.Type
+
+/**
+ * Moves `session`'s read position forward to the last message at or before `msgId` (never back).
+ * When it moved, every member's connections that opted in hear a `read` event.
+ */
+export const MarkRead = Rpc.make("MarkRead", {
+  payload: { session: Schema.String, msgId: Schema.String },
+  success: ReadState,
+  error: Schema.Union([ConversationNotFound, NotMember, DatabaseUnavailable])
+})
+
+/** `session` is typing: the other members hear it, at most once per 2 s per session. */
+export const Typing = Rpc.make("Typing", {
+  payload: { session: Schema.String },
+  error: Schema.Union([ConversationNotFound, NotMember])
+})
+
+/** Sets the conversation's name and/or extra data (inner/update_conversation); members hear a `conversation` event. */
+export const Update = Rpc.make("Update", {
+  payload: { name: Schema.optionalKey(Schema.String), extra: Schema.optionalKey(Schema.String) },
+  error: Schema.Union([ConversationNotFound, DatabaseUnavailable])
+})
+
+/**
+ * The conversation's fields changed outside the entity (inner/set_archive_conversations, one
+ * transaction over many conversations): it reads them and tells its members (`conversation` event).
+ */
+export const Announce = Rpc.make("Announce", {
+  error: Schema.Union([ConversationNotFound, DatabaseUnavailable])
+})
+
 /**
  * Sent by a conversation to itself when it stops (a node stopping or handing its shards over)
  * with hand-overs still pending: persisted, so the conversation's next host receives it, starts
@@ -75,4 +118,14 @@ export const Send = Rpc.make("Send", {
  */
 export const Redeliver = Rpc.make("Redeliver").annotate(ClusterSchema.Persisted, true)
 
-export const Conversation = Entity.make("Conversation", [Create, Join, Remove, Send, Redeliver])
+export const Conversation = Entity.make("Conversation", [
+  Create,
+  Join,
+  Remove,
+  Send,
+  Redeliver,
+  MarkRead,
+  Typing,
+  Update,
+  Announce
+])

@@ -42,7 +42,10 @@ export const ConversationType = Schema.Int
 
 export const isConversationTypeInRange = (t: number) => t >= 0 && t <= CONVERSATION_TYPE_MAX
 
-/** One message as history and push return it (the document's MsgData). */
+/**
+ * One message as history and push return it (the document's MsgData), with our `Seq`: its gapless
+ * position in the conversation (1, 2, 3, ...), so a client sees a gap when `Seq` jumps.
+ */
 export const MsgData = Schema.Struct({
   MsgId: MsgId,
   ConversationID: Schema.String,
@@ -50,7 +53,8 @@ export const MsgData = Schema.Struct({
   SendTime: Schema.String,
   Status: Schema.Int,
   Type: Schema.Int,
-  Content: Schema.String
+  Content: Schema.String,
+  Seq: Schema.Int
 })
 export type MsgData = typeof MsgData.Type
 
@@ -61,7 +65,12 @@ export const ConversationDetail = Schema.Struct({
   IsDelete: Schema.Boolean,
   ConversationType: Schema.Int,
   LastSendSession: Schema.NullOr(Schema.String),
-  IsArchive: Schema.Boolean
+  IsArchive: Schema.Boolean,
+  // Extension (read state): the conversation's name and product data, and the caller's read state.
+  Name: Schema.String,
+  Extra: Schema.String,
+  Unread: Schema.Int,
+  ReadMsgId: Schema.NullOr(Schema.String)
 })
 export type ConversationDetail = typeof ConversationDetail.Type
 

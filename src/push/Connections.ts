@@ -6,6 +6,7 @@
  */
 import { Context, Deferred, Effect, Exit, Layer } from "effect"
 import type { MsgData } from "../domain/Conversation.ts"
+import type { LiveEvent } from "../domain/Events.ts"
 import type { SlowConsumer } from "./Protocol.ts"
 
 /** Where a connection takes its messages. */
@@ -17,6 +18,8 @@ export interface ConnectionSink {
   readonly push: (messages: ReadonlyArray<MsgData>, incarnation: string) => boolean
   /** Ends the connection with a reason the client acts on (it resumes by cursor). */
   readonly fail: (error: SlowConsumer) => void
+  /** A live event the connection opted in to: written if its buffer has room, else dropped (live only). */
+  readonly event: (event: LiveEvent) => void
 }
 
 export class Connections extends Context.Service<Connections, {

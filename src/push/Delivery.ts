@@ -23,11 +23,12 @@
 import { Context, Duration, Effect, Fiber, Layer, Metric, Option, Queue, Schedule, Scope, type Tracer } from "effect"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
+import type { LiveEvent } from "../domain/Events.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { deliveryGaps } from "../observability/Telemetry.ts"
 import { messageSize } from "./Frames.ts"
-import { type Deliver, LocalMailboxes } from "./LocalMailboxes.ts"
+import { type LocalMailbox, LocalMailboxes } from "./LocalMailboxes.ts"
 import { chunked, MailboxRelay } from "./MailboxRelay.ts"
 import { Mailbox } from "./Protocol.ts"
 
@@ -47,6 +48,15 @@ interface Batch {
   readonly deadline: number
   /** The commit's span, when tracing: the hand-over continues its trace. */
   readonly span?: Tracer.Span
+  /** Not messages but a live event, for `announced` (see Handovers.announce). */
+  readonly announced?: Announced
+}
+
+interface Announced {
+  readonly event: LiveEvent
+  readonly members: ReadonlyMap<string, number>
+  readonly also: string | undefined
+  readonly except: string | undefined
 }
 
 /** What a stopping conversation's hand-overs left undone. */
@@ -80,6 +90,17 @@ export interface Handovers {
     deadline: number,
     span?: Tracer.Span
   ) => Effect.Effect<void>
+  /**
+   * Queues a live event for the connections that opted in of `members` (read when it is handed over),
+   * plus `also` (a session that just left) and minus `except` (the typist); never waits. Events keep
+   * their place among the conversation's messages and are live only: a member whose Mailbox is not
+   * active, or is not reachable now, does not get it (it reads the state when it connects).
+   */
+  readonly announce: (
+    event: LiveEvent,
+    members: ReadonlyMap<string, number>,
+    options?: { readonly also?: string | undefined; readonly except?: string | undefined }
+  ) => void
   /** A fresh start of the hand-overs (load, create): everything up to `position` counts as handed over. */
   readonly handedFrom: (position: string) => void
   /**
@@ -265,7 +286,7 @@ export class Delivery extends Context.Service<Delivery, {
           const entityMessage: Array<string> = []
           let byNode: Map<string, Array<string>> | undefined = undefined
           /** When tracing: the direct hand-overs, made afterwards, each in its own span. */
-          const traced: Array<readonly [string, Deliver, boolean]> | undefined = tracing ? [] : undefined
+          const traced: Array<readonly [string, LocalMailbox, boolean]> | undefined = tracing ? [] : undefined
           const visit = (member: string) => {
             if (busy.has(member)) {
               // Its previous batch is still on its way: this one must not overtake it.
@@ -276,7 +297,7 @@ export class Delivery extends Context.Service<Delivery, {
             const direct = local.get(member)
             if (direct !== undefined) {
               if (traced !== undefined) traced.push([member, direct, gap])
-              else direct(messages, gap)
+              else direct.deliver(messages, gap)
               if (gap) gapped.delete(member)
               return
             }
@@ -310,7 +331,7 @@ export class Delivery extends Context.Service<Delivery, {
             for (const [member, joined] of audience) if (joined < lastSeq) visit(member)
           }
           for (const [member, direct, gap] of traced ?? []) {
-            yield* Effect.sync(() => direct(messages, gap)).pipe(
+            yield* Effect.sync(() => direct.deliver(messages, gap)).pipe(
               Effect.withSpan("Mailbox.deliver", { attributes: { session: member } })
             )
           }
@@ -337,6 +358,30 @@ export class Delivery extends Context.Service<Delivery, {
           settledUpTo()
         })
 
+        /** A live event to the active Mailboxes among its audience: direct here, relayed to other nodes. */
+        const announceNow = ({ also, event, except, members }: Announced) => {
+          let byNode: Map<string, Array<string>> | undefined = undefined
+          const visit = (member: string) => {
+            if (member === except) return
+            const direct = local.get(member)
+            if (direct !== undefined) return direct.event(event)
+            if (!multiNode || routes.holds(member)) return
+            const node = routes.nodeOf(member)
+            if (node === undefined) return
+            byNode ??= new Map()
+            const group = byNode.get(node)
+            if (group === undefined) byNode.set(node, [member])
+            else group.push(member)
+          }
+          if (!multiNode && local.size() < members.size) {
+            for (const member of local.sessions()) if (members.has(member)) visit(member)
+          } else {
+            for (const member of members.keys()) visit(member)
+          }
+          if (also !== undefined && !members.has(also)) visit(also)
+          if (byNode !== undefined) relay.announce(byNode, event)
+        }
+
         /** Every member the batch was for is owed a gap. */
         const gapAll = (audience: ReadonlyMap<string, number>, lastSeq: number) => {
           for (const [member, joined] of audience) if (joined < lastSeq) gapped.add(member)
@@ -355,6 +400,7 @@ export class Delivery extends Context.Service<Delivery, {
             // queued is dropped, and its members told of the gap with their next delivery.
             for (const dropped of yield* Queue.clear(batches)) {
               undelivered--
+              if (dropped.announced !== undefined) continue
               backlogBytes -= dropped.bytes
               if (dropped.messages.length === 0) gapQueued = false
               gapAll(dropped.audience, dropped.lastSeq)
@@ -378,15 +424,19 @@ export class Delivery extends Context.Service<Delivery, {
 
         yield* Queue.take(batches).pipe(
           Effect.flatMap((batch) =>
-            (batch.span === undefined ? handOver(batch) : handOver(batch).pipe(
-              Effect.withSpan("Conversation.deliver", {
-                parent: batch.span,
-                attributes: {
-                  ...aboutMessages(id, batch.messages.map((m) => m.MsgId)),
-                  members: batch.audience.size
-                }
-              })
-            )).pipe(Effect.ensuring(Effect.sync(() => undelivered--)))
+            (batch.announced !== undefined
+              ? Effect.sync(() => announceNow(batch.announced!))
+              : batch.span === undefined
+              ? handOver(batch)
+              : handOver(batch).pipe(
+                Effect.withSpan("Conversation.deliver", {
+                  parent: batch.span,
+                  attributes: {
+                    ...aboutMessages(id, batch.messages.map((m) => m.MsgId)),
+                    members: batch.audience.size
+                  }
+                })
+              )).pipe(Effect.ensuring(Effect.sync(() => undelivered--)))
           ),
           Effect.forever,
           Effect.forkScoped
@@ -445,6 +495,17 @@ export class Delivery extends Context.Service<Delivery, {
         return {
           budget,
           offer,
+          announce: (event, members, options) => {
+            undelivered++
+            Queue.offerUnsafe(batches, {
+              audience: nobody,
+              lastSeq: 0,
+              messages: [],
+              bytes: 0,
+              deadline: 0,
+              announced: { event, members, also: options?.also, except: options?.except }
+            })
+          },
           handedFrom: (position) => {
             processedThrough = undefined
             handedThrough = position

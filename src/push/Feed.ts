@@ -23,6 +23,7 @@ import { Cause, Context, Deferred, Duration, Effect, Exit, Layer, Queue, Schedul
 import { randomUUID } from "node:crypto"
 import { RunnerWatch } from "../cluster/RunnerWatch.ts"
 import type { MsgData } from "../domain/Conversation.ts"
+import type { EventKind, LiveEvent } from "../domain/Events.ts"
 import { encode } from "../domain/MsgId.ts"
 import { Replay } from "../storage/Replay.ts"
 import { AppConfig } from "../Config.ts"
@@ -30,7 +31,7 @@ import { NodeIdentity } from "../cluster/NodeIdentity.ts"
 import { Connections, type ConnectionSink } from "./Connections.ts"
 import { Mailbox, SlowConsumer } from "./Protocol.ts"
 import { recordReplay } from "../observability/Telemetry.ts"
-import { messageSize } from "./Frames.ts"
+import { eventJson, messageSize } from "./Frames.ts"
 import { Seen } from "./Seen.ts"
 
 /** Writes messages to a transport; false when its buffer is full (the connection is then cut as a slow consumer). */
@@ -38,6 +39,15 @@ export type Write = (messages: ReadonlyArray<MsgData>) => boolean
 
 /** Completes once the transport's buffer is at most half full: a replay writes its next slice then. */
 export type Ready = Effect.Effect<void>
+
+/**
+ * Live events a connection opted in to, and where they go: written at once, beside messages, never
+ * held or replayed (live only; a full buffer drops them).
+ */
+export interface Live {
+  readonly kinds: ReadonlyArray<EventKind>
+  readonly write: (event: LiveEvent) => void
+}
 
 /** Default of `QUICKIM_CONNECTION_BUFFER_BYTES`. */
 export const CONNECTION_BUFFER_BYTES = 1024 * 1024
@@ -58,9 +68,16 @@ export class Feed extends Context.Service<Feed, {
     platform: number,
     cursor: string | undefined,
     write: Write,
-    ready?: Ready
+    ready?: Ready,
+    live?: Live
   ) => Effect.Effect<void, unknown, Scope.Scope>
-  readonly open: (session: string, platform: number, cursor: string | undefined) => Stream.Stream<MsgData, unknown>
+  /** Messages, and the live events of `kinds` (objects with an `Event` field), as one stream. */
+  readonly open: (
+    session: string,
+    platform: number,
+    cursor: string | undefined,
+    kinds?: ReadonlyArray<EventKind>
+  ) => Stream.Stream<MsgData | LiveEvent, unknown>
 }>()("quick-im/push/Feed") {
   static readonly layerNoDeps = Layer.effect(
     Feed,
@@ -84,7 +101,8 @@ export class Feed extends Context.Service<Feed, {
         platform: number,
         cursor: string | undefined,
         write: Write,
-        ready?: Ready
+        ready?: Ready,
+        live?: Live
       ) {
         const connectionId = randomUUID()
         const ended = yield* Deferred.make<never, unknown>()
@@ -130,7 +148,8 @@ export class Feed extends Context.Service<Feed, {
             for (const m of messages) heldBytes += messageSize(m)
             return true
           },
-          fail: (error) => Deferred.doneUnsafe(ended, Exit.fail(error))
+          fail: (error) => Deferred.doneUnsafe(ended, Exit.fail(error)),
+          event: (event) => live?.write(event)
         }
         /** Writes what was held for the current incarnation; another's means the mailbox moved again. */
         const release = () => {
@@ -148,9 +167,13 @@ export class Feed extends Context.Service<Feed, {
             resync()
           }
         }
-        const subscription = identity.runner === undefined
-          ? { connectionId, platform, nodeId: identity.nodeId }
-          : { connectionId, platform, nodeId: identity.nodeId, inbox: identity.runner }
+        const subscription = {
+          connectionId,
+          platform,
+          nodeId: identity.nodeId,
+          ...(identity.runner === undefined ? {} : { inbox: identity.runner }),
+          ...(live === undefined || live.kinds.length === 0 ? {} : { events: live.kinds })
+        }
         const remove = connections.add(connectionId, sink)
         yield* Effect.addFinalizer(() => Effect.sync(remove))
 
@@ -210,7 +233,8 @@ export class Feed extends Context.Service<Feed, {
                         held ??= []
                         resync()
                       }
-                    } else if (!sink.push([event.message], streamed)) return slow()
+                    } else if (event._tag === "Announced") sink.event(event.event)
+                    else if (!sink.push([event.message], streamed)) return slow()
                   }
                 })
               ),
@@ -246,10 +270,10 @@ export class Feed extends Context.Service<Feed, {
 
       return Feed.of({
         attach,
-        open: (session, platform, cursor) =>
+        open: (session, platform, cursor, kinds) =>
           Stream.unwrap(Effect.gen(function* () {
             // Bounded by the counts below (messages and JSON bytes waiting), checked before each batch.
-            const queue = yield* Queue.unbounded<MsgData, unknown | Cause.Done>()
+            const queue = yield* Queue.unbounded<MsgData | LiveEvent, unknown | Cause.Done>()
             let count = 0
             let bytes = 0
             let room: Deferred.Deferred<void> | undefined = undefined
@@ -268,10 +292,21 @@ export class Feed extends Context.Service<Feed, {
               room ??= Deferred.makeUnsafe<void>()
               return Deferred.await(room)
             })
-            yield* attach(session, platform, cursor, write, ready).pipe(Queue.into(queue), Effect.forkScoped)
+            // An event counts as one message and its JSON bytes as a message's would; dropped when full.
+            const live: Live | undefined = kinds === undefined || kinds.length === 0 ? undefined : {
+              kinds,
+              write: (event) => {
+                const size = eventJson(event).length
+                if (count + 1 > buffer || bytes > maxBytes) return
+                bytes += size
+                count++
+                Queue.offerUnsafe(queue, event)
+              }
+            }
+            yield* attach(session, platform, cursor, write, ready, live).pipe(Queue.into(queue), Effect.forkScoped)
             return Stream.fromQueue(queue).pipe(Stream.mapArray((messages) => {
               count -= messages.length
-              for (const m of messages) bytes -= messageSize(m)
+              for (const m of messages) bytes -= "Event" in m ? eventJson(m).length : messageSize(m)
               if (room !== undefined && roomy()) {
                 Deferred.doneUnsafe(room, Exit.void)
                 room = undefined

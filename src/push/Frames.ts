@@ -4,6 +4,7 @@
  * every local connection, so a weak map keyed by it is enough.
  */
 import type { MsgData } from "../domain/Conversation.ts"
+import type { LiveEvent } from "../domain/Events.ts"
 
 const encoded = new WeakMap<MsgData, Uint8Array>()
 const encoder = new TextEncoder()
@@ -20,3 +21,15 @@ export const messageJson = (message: MsgData): Uint8Array => {
 
 /** The size of the message's JSON in bytes: what buffers count (encoded once, as above). */
 export const messageSize = (message: MsgData): number => messageJson(message).length
+
+const encodedEvents = new WeakMap<LiveEvent, Uint8Array>()
+
+/** A live event as JSON, UTF-8 encoded once however many connections it goes to. */
+export const eventJson = (event: LiveEvent): Uint8Array => {
+  let bytes = encodedEvents.get(event)
+  if (bytes === undefined) {
+    bytes = encoder.encode(JSON.stringify(event))
+    encodedEvents.set(event, bytes)
+  }
+  return bytes
+}

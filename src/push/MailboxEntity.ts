@@ -10,6 +10,7 @@ import { randomUUID } from "node:crypto"
 import { Rpc } from "effect/rpc"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
+import { type EventKind, kindOf, type LiveEvent } from "../domain/Events.ts"
 import { messageSize } from "./Frames.ts"
 import { CONNECTION_BUFFER_BYTES } from "./Feed.ts"
 import { Connections, type ConnectionSink } from "./Connections.ts"
@@ -28,6 +29,8 @@ interface Connection {
   readonly inbox: string | undefined
   /** Ends the subscription: the connection subscribes again and replays. */
   readonly end: () => void
+  /** The live event kinds it opted in to. */
+  readonly events: ReadonlySet<string>
 }
 
 /**
@@ -46,7 +49,10 @@ const queueSink = (
     }
     return true
   },
-  fail: (error) => Queue.failCauseUnsafe(queue, Cause.fail(error))
+  fail: (error) => Queue.failCauseUnsafe(queue, Cause.fail(error)),
+  event: (event) => {
+    if (bytes.queued <= bytes.max) Queue.offerUnsafe(queue, { _tag: "Announced", event })
+  }
 })
 
 const entityLayer = (options: {
@@ -119,8 +125,30 @@ const entityLayer = (options: {
         }
         polls.deliver(messages)
       }
+      /** A live event to the connections that opted in to its kind (live only: a failure drops it). */
+      const announce = (event: LiveEvent) => {
+        const kind: EventKind = kindOf(event)
+        let remote: Map<string, Array<string>> | undefined = undefined
+        for (const [id, connection] of connections) {
+          if (!connection.events.has(kind)) continue
+          if (connection.inbox !== undefined) {
+            remote ??= new Map()
+            const ids = remote.get(connection.inbox)
+            if (ids === undefined) remote.set(connection.inbox, [id])
+            else ids.push(id)
+            continue
+          }
+          try {
+            connection.sink!.event(event)
+          } catch {
+            // live only
+          }
+        }
+        if (remote !== undefined) { for (const [inbox, ids] of remote) relay.pushEvent(inbox, ids, event) }
+        polls.event(event)
+      }
       // Registered for direct calls from Conversation entities in this process, until passivation.
-      const unregister = active.add(session, deliver)
+      const unregister = active.add(session, { deliver, event: announce })
       telemetry.active.mailboxes++
       yield* Effect.addFinalizer(() =>
         Effect.sync(() => {
@@ -144,7 +172,8 @@ const entityLayer = (options: {
               platform: payload.platform,
               sink,
               inbox,
-              end: () => Queue.endUnsafe(queue)
+              end: () => Queue.endUnsafe(queue),
+              events: new Set(payload.events ?? [])
             }
             connections.set(payload.connectionId, connection)
             if (local !== undefined) {
@@ -169,7 +198,7 @@ const entityLayer = (options: {
             )
           }))),
 
-        Poll: ({ payload }) => Rpc.fork(polls.poll(payload.platform, payload.cursor, payload.waitMs))
+        Poll: ({ payload }) => Rpc.fork(polls.poll(payload.platform, payload.cursor, payload.waitMs, payload.events))
       })
     }),
     { maxIdleTime: options.idle }

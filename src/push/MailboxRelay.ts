@@ -10,6 +10,7 @@ import { boundText, NodeLink } from "../cluster/NodeLink.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
+import type { LiveEvent } from "../domain/Events.ts"
 import { Connections } from "./Connections.ts"
 import { LocalMailboxes } from "./LocalMailboxes.ts"
 import { SlowConsumer } from "./Protocol.ts"
@@ -25,6 +26,19 @@ export interface PushItem {
 export interface DeliverItem {
   readonly sessions: ReadonlyArray<string>
   readonly messages: ReadonlyArray<MsgData>
+}
+
+/** A live event for the mailboxes of `sessions` (`announce`) or for `connections` (`pushEvent`). */
+export interface EventItem {
+  readonly sessions?: ReadonlyArray<string>
+  readonly connections?: ReadonlyArray<string>
+  readonly event: LiveEvent
+}
+
+const eventBytes = (event: LiveEvent) => {
+  let bytes = 256
+  for (const value of Object.values(event)) if (typeof value === "string") bytes += boundText(value)
+  return bytes
 }
 
 const boundMessage = (m: MsgData) => boundText(m.Content) + boundText(m.FromSession) + 256
@@ -84,6 +98,10 @@ export class MailboxRelay extends Context.Service<MailboxRelay, {
     targets: ReadonlyMap<string, ReadonlyArray<string>>,
     messages: ReadonlyArray<MsgData>
   ) => Effect.Effect<ReadonlyArray<string>>
+  /** Posts a live event for the mailboxes of the sessions listed per node; live only: nothing comes back. */
+  readonly announce: (targets: ReadonlyMap<string, ReadonlyArray<string>>, event: LiveEvent) => void
+  /** Posts a live event for `connections` on the node `node`; live only. */
+  readonly pushEvent: (node: string, connections: ReadonlyArray<string>, event: LiveEvent) => void
 }>()("quick-im/push/MailboxRelay") {
   static readonly layerNoDeps = Layer.effect(
     MailboxRelay,
@@ -125,13 +143,43 @@ export class MailboxRelay extends Context.Service<MailboxRelay, {
                 missing.push(session)
                 continue
               }
-              mailboxes.get(session)?.(item.messages)
+              mailboxes.get(session)?.deliver(item.messages)
             }
             return missing
           })
         ))
 
+      // Live events: served where the mailbox or connection is, dropped where it is not (live only).
+      link.register("announce", (items) =>
+        Effect.sync(() => {
+          for (const item of items as ReadonlyArray<EventItem>) {
+            for (const session of item.sessions ?? []) mailboxes.get(session)?.event(item.event)
+          }
+          return items.map(() => null)
+        }))
+      link.register("pushEvent", (items) =>
+        Effect.sync(() => {
+          for (const item of items as ReadonlyArray<EventItem>) {
+            for (const id of item.connections ?? []) connections.get(id)?.event(item.event)
+          }
+          return items.map(() => null)
+        }))
+
       return MailboxRelay.of({
+        announce: (targets, event) => {
+          const bytes = eventBytes(event)
+          for (const [node, sessions] of targets) {
+            link.post(node, "announce", { sessions, event } satisfies EventItem, bytes + idsBytes(sessions), () => {})
+          }
+        },
+        pushEvent: (node, ids, event) =>
+          link.post(
+            node,
+            "pushEvent",
+            { connections: ids, event } satisfies EventItem,
+            eventBytes(event) + idsBytes(ids),
+            () => {}
+          ),
         push: (node, ids, incarnation, messages, failed) => {
           for (const part of chunked(messages)) {
             const item: PushItem = { connections: ids, incarnation, messages: part }

@@ -7,6 +7,7 @@ import { type HttpServerRequest, HttpServerResponse } from "effect/http"
 import type { LimitRefusal } from "../access/RateLimits.ts"
 import { ErrorCode } from "../api/Errors.ts"
 import { MsgIdPattern } from "../domain/MsgId.ts"
+import { EVENT_KINDS, type EventKind } from "../domain/Events.ts"
 import type { TokenClaims } from "../access/Revocations.ts"
 import type { Tokens } from "../access/Tokens.ts"
 
@@ -18,6 +19,8 @@ export interface NotifyRequest {
   readonly platform: number
   readonly protocol: Protocol
   readonly cursor: string | undefined
+  /** The live event kinds opted in to with `events=` (none: messages only, as before). */
+  readonly events: ReadonlyArray<EventKind>
   /** The token's claims: the connection ends when the token expires or is revoked. */
   readonly claims: TokenClaims
 }
@@ -85,11 +88,21 @@ export const parseNotify = Effect.fnUntraced(function* (
   if (cursor !== undefined && cursor !== "" && !MsgIdPattern.test(cursor)) {
     return yield* refuse(400, ErrorCode.InvalidParameter, "last_msg_id (or Last-Event-ID) is not a MsgId")
   }
+  const events = (params.get("events") ?? "").split(",").filter((kind) => kind !== "")
+  const unknown = events.find((kind) => !(EVENT_KINDS as ReadonlyArray<string>).includes(kind))
+  if (unknown !== undefined) {
+    return yield* refuse(
+      400,
+      ErrorCode.InvalidParameter,
+      `events must be a comma list of ${EVENT_KINDS.join(", ")} (got '${unknown.slice(0, 32)}')`
+    )
+  }
   return {
     session: claims.sid,
     platform: claims.platform,
     protocol: protocol as Protocol,
     cursor: cursor === "" ? undefined : cursor,
+    events: [...new Set(events)] as ReadonlyArray<EventKind>,
     claims
   } satisfies NotifyRequest
 })

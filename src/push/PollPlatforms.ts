@@ -10,6 +10,7 @@
 import { Context, Deferred, Effect, Layer, Metric, Option, Schedule, type Scope } from "effect"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
+import { kindOf, type LiveEvent } from "../domain/Events.ts"
 import { decode, encode } from "../domain/MsgId.ts"
 import { pollOverflows, replayMessages, replaysTotal } from "../observability/Telemetry.ts"
 import { PollPositions } from "../storage/PollPositions.ts"
@@ -60,21 +61,32 @@ interface PollState {
   dirty: boolean
   /** What was handed out: repeats are skipped. */
   readonly seen: Seen
+  /** The live event kinds the platform's latest poll opted in to, and the events waiting for a poll (live only). */
+  eventKinds: ReadonlySet<string>
+  events: Array<LiveEvent>
 }
+
+/** The most live events a poll platform keeps between polls; older ones are dropped first (live only). */
+const POLL_EVENTS_MAX = 64
+
+type Answer = MsgData | LiveEvent
+
+const isEvent = (answer: Answer): answer is LiveEvent => "Event" in answer
 
 /** A poll waiting for a message (null: end empty), and the cursor it came with. */
 interface Waiter {
-  readonly deferred: Deferred.Deferred<MsgData | null>
+  readonly deferred: Deferred.Deferred<Answer | null>
   readonly cursor: string | undefined
 }
 
 const replaying = (state: PollState) => state.replay !== undefined || state.startFrom !== undefined
 
-/** Records `message` as answered to the client. */
-const handOut = (state: PollState, message: MsgData) => {
-  state.seen.mark(message)
-  state.last = message.MsgId
-  return message
+/** Records `answer` as answered to the client (a message moves its position; an event does not). */
+const handOut = (state: PollState, answer: Answer) => {
+  if (isEvent(answer)) return answer
+  state.seen.mark(answer)
+  state.last = answer.MsgId
+  return answer
 }
 
 /** The next message not yet handed out, repeats skipped (not yet recorded: see handOut). */
@@ -109,7 +121,14 @@ export interface SessionPolls {
    * The next message for `platform` (null: none came within `waitMs`). `cursor`, the last message
    * its client has, restarts from there when it is not the last answer.
    */
-  readonly poll: (platform: number, cursor: string | undefined, waitMs: number) => Effect.Effect<MsgData | null>
+  readonly poll: (
+    platform: number,
+    cursor: string | undefined,
+    waitMs: number,
+    events?: ReadonlyArray<string>
+  ) => Effect.Effect<Answer | null>
+  /** A live event, for the platforms whose latest poll opted in to its kind. */
+  readonly event: (event: LiveEvent) => void
 }
 
 export class PollPlatforms extends Context.Service<PollPlatforms, {
@@ -254,7 +273,9 @@ export class PollPlatforms extends Context.Service<PollPlatforms, {
             last: undefined,
             acked: undefined,
             dirty: false,
-            seen: new Seen()
+            seen: new Seen(),
+            eventKinds: previous?.eventKinds ?? new Set(),
+            events: previous?.events ?? []
           }
           // Registered before reading SQL: whatever commits from now on reaches `held`.
           if (previous !== undefined) previous.retired = true
@@ -285,7 +306,12 @@ export class PollPlatforms extends Context.Service<PollPlatforms, {
           return state
         })
 
-        const poll = Effect.fnUntraced(function* (platform: number, cursor: string | undefined, waitMs: number) {
+        const poll = Effect.fnUntraced(function* (
+          platform: number,
+          cursor: string | undefined,
+          waitMs: number,
+          events: ReadonlyArray<string> | undefined
+        ) {
           const existing = polls.get(platform)
           // A cursor other than the last answer: that answer was lost on the way, or this mailbox
           // is new here (its node died) and knows nothing of the client: replay from the cursor.
@@ -306,13 +332,16 @@ export class PollPlatforms extends Context.Service<PollPlatforms, {
             state.acked = state.last
             state.dirty = true
           }
-          let next = state.fetching ? undefined : takeNext(state)
+          state.eventKinds = new Set(events ?? [])
+          if (state.eventKinds.size === 0) state.events = []
+          let next: Answer | undefined = state.fetching ? undefined : takeNext(state)
           if (next === undefined && !state.fetching && replaying(state)) {
             yield* refill(state)
             next = takeNext(state)
           }
+          next ??= state.events.shift()
           if (next !== undefined) return handOut(state, next)
-          const waiter = yield* Deferred.make<MsgData | null>()
+          const waiter = yield* Deferred.make<Answer | null>()
           const forget = () => {
             const i = state.waiters.findIndex((w) => w.deferred === waiter)
             if (i >= 0) state.waiters.splice(i, 1)
@@ -327,7 +356,8 @@ export class PollPlatforms extends Context.Service<PollPlatforms, {
                 forget()
                 const reached = yield* Deferred.poll(waiter)
                 const message = Option.isSome(reached) ? yield* reached.value : null
-                if (message !== null) {
+                if (message !== null && isEvent(message)) state.events.unshift(message)
+                else if (message !== null) {
                   state.pending.unshift(message)
                   state.pendingBytes += messageSize(message)
                   // A poll waiting meanwhile takes it now rather than with the next delivery.
@@ -354,7 +384,20 @@ export class PollPlatforms extends Context.Service<PollPlatforms, {
           resync: () => {
             for (const state of polls.values()) replayFromLast(state)
           },
-          poll: (platform, cursor, waitMs) => poll(platform, cursor, waitMs).pipe(Effect.orDie)
+          poll: (platform, cursor, waitMs, events) => poll(platform, cursor, waitMs, events).pipe(Effect.orDie),
+          event: (event) => {
+            const kind = kindOf(event)
+            for (const state of polls.values()) {
+              if (state.retired || !state.eventKinds.has(kind)) continue
+              const waiter = state.waiters.shift()
+              if (waiter !== undefined) {
+                Deferred.doneUnsafe(waiter.deferred, Effect.succeed(event))
+                continue
+              }
+              state.events.push(event)
+              if (state.events.length > POLL_EVENTS_MAX) state.events.shift()
+            }
+          }
         } satisfies SessionPolls
       })
 

@@ -54,7 +54,8 @@ export class PollTransport extends Context.Service<PollTransport, {
         const message = yield* mailboxes(notify.session).Poll({
           platform: notify.platform,
           waitMs,
-          ...(notify.cursor === undefined ? {} : { cursor: notify.cursor })
+          ...(notify.cursor === undefined ? {} : { cursor: notify.cursor }),
+          ...(notify.events.length === 0 ? {} : { events: notify.events })
         }).pipe(
           // The cluster failing the call is a defect (500), as for any unexpected failure.
           Effect.orDie,
@@ -72,7 +73,7 @@ export class PollTransport extends Context.Service<PollTransport, {
           }))
         )
         if (message === null) return HttpServerResponse.empty({ status: 204 })
-        telemetry.deliveries.poll++
+        if (!("Event" in message)) telemetry.deliveries.poll++
         return HttpServerResponse.jsonUnsafe(message, { headers: { "cache-control": "no-store" } })
       })
 

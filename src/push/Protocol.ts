@@ -8,6 +8,7 @@ import { Schema } from "effect"
 import { ClusterSchema, Entity } from "effect/cluster"
 import { Rpc } from "effect/rpc"
 import { MsgData } from "../domain/Conversation.ts"
+import { LiveEvent } from "../domain/Events.ts"
 
 /**
  * Committed messages of one conversation, in commit order. `gap`: the conversation dropped
@@ -21,8 +22,13 @@ export const Deliver = Rpc.make("Deliver", {
 /** `incarnation` names this activation of the mailbox; every batch it pushes carries it too (see Feed). */
 export const Ready = Schema.TaggedStruct("Ready", { incarnation: Schema.String })
 export const Pushed = Schema.TaggedStruct("Pushed", { message: MsgData })
-/** A subscription first yields `Ready` (the connection is registered: nothing delivered from now on is missed), then messages. */
-export const PushEvent = Schema.Union([Ready, Pushed])
+/** A live event for a connection that opted in to its kind. */
+export const Announced = Schema.TaggedStruct("Announced", { event: LiveEvent })
+/**
+ * A subscription first yields `Ready` (the connection is registered: nothing delivered from now on
+ * is missed), then messages and the live events it opted in to.
+ */
+export const PushEvent = Schema.Union([Ready, Pushed, Announced])
 export type PushEvent = typeof PushEvent.Type
 
 /** The connection's buffer overflowed: the consumer is too slow. The client resumes by cursor. */
@@ -47,7 +53,9 @@ export const Subscribe = Rpc.make("Subscribe", {
     connectionId: Schema.String,
     platform: Schema.Number,
     nodeId: Schema.String,
-    inbox: Schema.optionalKey(Schema.String)
+    inbox: Schema.optionalKey(Schema.String),
+    /** The live event kinds the connection opted in to (`events=` on `/notify`). */
+    events: Schema.optionalKey(Schema.Array(Schema.String))
   },
   success: PushEvent,
   error: SlowConsumer,
@@ -59,8 +67,14 @@ export const Subscribe = Rpc.make("Subscribe", {
  * keeps the platform's position between polls; `cursor` (a MsgId) restarts from there.
  */
 export const Poll = Rpc.make("Poll", {
-  payload: { platform: Schema.Number, cursor: Schema.optionalKey(Schema.String), waitMs: Schema.Number },
-  success: Schema.NullOr(MsgData)
+  payload: {
+    platform: Schema.Number,
+    cursor: Schema.optionalKey(Schema.String),
+    waitMs: Schema.Number,
+    /** The live event kinds this poll opted in to: an answer may be such an event instead of a message. */
+    events: Schema.optionalKey(Schema.Array(Schema.String))
+  },
+  success: Schema.NullOr(Schema.Union([MsgData, LiveEvent]))
 }).annotate(ClusterSchema.InterruptOnTermination, true)
 
 export const Mailbox = Entity.make("Mailbox", [Deliver, Subscribe, Poll])

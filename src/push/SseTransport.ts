@@ -12,9 +12,10 @@ import { Revocations, TokenEnded } from "../access/Revocations.ts"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
+import type { LiveEvent } from "../domain/Events.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { Feed } from "./Feed.ts"
-import { messageJson } from "./Frames.ts"
+import { eventJson, messageJson } from "./Frames.ts"
 import { limited, type NotifyRequest, type ServeNotify } from "./Notify.ts"
 import { SlowConsumer } from "./Protocol.ts"
 
@@ -22,13 +23,17 @@ const encoder = new TextEncoder()
 
 const END = encoder.encode("\n\n")
 
-/** One chunk per batch the connection has waiting: one write instead of one per message. */
-const sseEvents = (messages: ReadonlyArray<MsgData>) => {
+/**
+ * One chunk per batch the connection has waiting: one write instead of one per message. A live
+ * event is `event: <kind>` without an `id:`, so it never moves the EventSource's resume cursor.
+ */
+const sseEvents = (items: ReadonlyArray<MsgData | LiveEvent>) => {
   const parts: Array<Uint8Array> = []
   let size = 0
-  for (const m of messages) {
-    const head = encoder.encode(`event: message\nid: ${m.MsgId}\ndata: `)
-    const body = messageJson(m)
+  for (const m of items) {
+    const isEvent = "Event" in m
+    const head = encoder.encode(isEvent ? `event: ${m.Event}\ndata: ` : `event: message\nid: ${m.MsgId}\ndata: `)
+    const body = isEvent ? eventJson(m) : messageJson(m)
     parts.push(head, body, END)
     size += head.length + body.length + END.length
   }
@@ -82,7 +87,7 @@ export class SseTransport extends Context.Service<SseTransport, {
         const release = yield* limits.admitPush("connects", notify.session, remoteAddressOf(request)).pipe(
           Effect.mapError(limited)
         )
-        const events = feed.open(notify.session, notify.platform, notify.cursor).pipe(
+        const events = feed.open(notify.session, notify.platform, notify.cursor, notify.events).pipe(
           Stream.ensuring(Effect.sync(release)),
           Stream.onStart(Effect.sync(() => telemetry.connections.sse++)),
           Stream.ensuring(Effect.sync(() => telemetry.connections.sse--)),

@@ -17,7 +17,7 @@ import { Tokens } from "../access/Tokens.ts"
 import { Feed } from "./Feed.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { Connections } from "./Connections.ts"
-import { messageJson } from "./Frames.ts"
+import { eventJson, messageJson } from "./Frames.ts"
 import { isNotifyPath, limited, NotifyRefused, type NotifyRequest, parseNotify } from "./Notify.ts"
 import { RateLimits } from "../access/RateLimits.ts"
 import { SlowConsumer } from "./Protocol.ts"
@@ -107,12 +107,27 @@ export class WebSocketTransport extends Context.Service<WebSocketTransport, {
           while (ws.bufferedAmount > maxBuffered / 2 && ws.readyState === WebSocket.OPEN) yield* Effect.sleep(5)
         })
         const fiber = run(
-          Effect.scoped(feed.attach(session, platform, cursor, (messages) => {
-            if (ws.bufferedAmount > maxBuffered) return false
-            for (const message of messages) ws.send(messageJson(message), TEXT)
-            telemetry.deliveries.ws += messages.length
-            return true
-          }, ready))
+          Effect.scoped(feed.attach(
+            session,
+            platform,
+            cursor,
+            (messages) => {
+              if (ws.bufferedAmount > maxBuffered) return false
+              for (const message of messages) ws.send(messageJson(message), TEXT)
+              telemetry.deliveries.ws += messages.length
+              return true
+            },
+            ready,
+            {
+              kinds: notify.events,
+              // Live only: an event that finds the send buffer full is dropped (a message would cut the connection).
+              write: (event) => {
+                if (ws.bufferedAmount <= maxBuffered && ws.readyState === WebSocket.OPEN) {
+                  ws.send(eventJson(event), TEXT)
+                }
+              }
+            }
+          ))
         )
         fiber.addObserver((exit) => {
           if (Exit.isSuccess(exit)) return close(CloseCode.Restart, "stream ended: reconnect with last_msg_id")

@@ -92,8 +92,8 @@ const isMapped = (e: unknown): e is Mapped =>
   Predicate.hasProperty(e, "_tag") && typeof e._tag === "string" && Object.hasOwn(mapping, e._tag)
 
 export const toApiError = (e: unknown): Effect.Effect<never, ApiError> => {
-  // Refusals of the edge itself (rate limits, sizes) are wire errors already.
-  if (e instanceof TooManyRequests || e instanceof PayloadTooLarge) return Effect.fail(e)
+  // Refusals of the edge itself (rate limits, sizes, cursors) are wire errors already.
+  if (e instanceof TooManyRequests || e instanceof PayloadTooLarge || e instanceof BadRequest) return Effect.fail(e)
   if (!isMapped(e)) return Effect.die(e)
   // The entry of e's own tag (the table's type pairs each tag with its error's type).
   const wire = (mapping[e._tag] as (e: Mapped) => ApiError | undefined)(e)

@@ -14,6 +14,8 @@ import { ConversationSender } from "../conversation/Sender.ts"
 import { KnownConversations } from "../conversation/KnownConversations.ts"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import { ConversationStore, PAGE } from "../storage/ConversationStore.ts"
+import { ReadStore } from "../storage/ReadStore.ts"
+import { decodeInboxCursor, decodeMembersCursor, encodeInboxCursor, encodeMembersCursor } from "./Cursors.ts"
 import { DatabaseHealth } from "../storage/DatabaseHealth.ts"
 import { AuthorizationLive, InnerGuardLive } from "../access/Access.ts"
 import { mapped, mappedFor } from "./ErrorMapping.ts"
@@ -86,9 +88,10 @@ const ConversationHandlers = HttpApiBuilder.group(
         }).pipe(mapped),
       get_conversation_detail: ({ payload }) =>
         Effect.gen(function* () {
-          yield* requireMember(store, payload.conversation_id)
-          const detail = yield* store.detail(payload.conversation_id)
+          const { sid } = yield* CurrentSession
+          const detail = yield* store.detail(payload.conversation_id, sid)
           if (detail._tag === "None") {
+            yield* requireMember(store, payload.conversation_id)
             return yield* new ConversationNotFound({ conversationId: payload.conversation_id })
           }
           return { code: 0 as const, data: detail.value }
@@ -194,6 +197,88 @@ const MessageHandlers = HttpApiBuilder.group(
   })
 )
 
+/** Read state (extension): writes go to the conversation's entity, reads to SQL. */
+const ReadStateHandlers = HttpApiBuilder.group(
+  Api,
+  "readState",
+  Effect.fn(function* (handlers) {
+    const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
+    const store = yield* ConversationStore
+    const reads = yield* ReadStore
+    const conversations = yield* Conversation.client
+    const { whileReachable } = yield* DatabaseHealth
+    const { exists, limits } = yield* boundsOf
+    const guarded = bounded({
+      mark_read: (payload) => Effect.andThen(limits.guard("marks"), exists(payload)),
+      typing: (payload) => Effect.andThen(limits.guard("marks"), exists(payload))
+    })
+    return handlers.handleAll(guarded({
+      mark_read: ({ payload }) =>
+        Effect.gen(function* () {
+          const { sid } = yield* CurrentSession
+          const state = yield* whileReachable(
+            conversations(payload.conversation_id).MarkRead({ session: sid, msgId: payload.msg_id })
+          )
+          return {
+            code: 0 as const,
+            data: { ReadMsgId: state.readMsgId, ReadSeq: state.readSeq, Unread: state.unread }
+          }
+        }).pipe(mapped),
+      get_unread: ({ payload }) =>
+        Effect.gen(function* () {
+          const { sid } = yield* CurrentSession
+          const ids = payload.conversation_ids
+          const entries = yield* reads.unread(sid, ids)
+          if (ids !== undefined && entries.length < new Set(ids).size) {
+            // One id the caller may not read refuses the whole call: an unknown one first (404).
+            const have = new Set(entries.map((e) => e.ConversationId))
+            const missing = [...new Set(ids)].filter((id) => !have.has(id))
+            const existing = new Set(yield* store.exists(missing))
+            const unknown = missing.find((id) => !existing.has(id))
+            return yield* unknown !== undefined
+              ? Effect.fail(new ConversationNotFound({ conversationId: unknown }))
+              : Effect.fail(new NotMember({ conversationId: missing[0], session: sid }))
+          }
+          let total = 0
+          for (const e of entries) total += e.Unread
+          return { code: 0 as const, data: { Conversations: entries, Total: total } }
+        }).pipe(mapped),
+      get_inbox: ({ payload }) =>
+        Effect.gen(function* () {
+          const { sid } = yield* CurrentSession
+          const cursor = yield* decodeInboxCursor(payload.cursor)
+          const page = yield* reads.inbox(sid, payload.limit, cursor)
+          return {
+            code: 0 as const,
+            data: {
+              Conversations: page.entries,
+              NextCursor: page.next === undefined ? null : encodeInboxCursor(page.next)
+            }
+          }
+        }).pipe(mapped),
+      get_conversation_members: ({ payload }) =>
+        Effect.gen(function* () {
+          const cursor = yield* decodeMembersCursor(payload.cursor)
+          yield* requireMember(store, payload.conversation_id)
+          const page = yield* reads.members(payload.conversation_id, payload.limit, cursor)
+          return {
+            code: 0 as const,
+            data: {
+              Members: page.entries,
+              NextCursor: page.next === undefined ? null : encodeMembersCursor(page.next)
+            }
+          }
+        }).pipe(mapped),
+      typing: ({ payload }) =>
+        Effect.gen(function* () {
+          const { sid } = yield* CurrentSession
+          yield* whileReachable(conversations(payload.conversation_id).Typing({ session: sid }))
+          return { code: 0 as const, data: {} }
+        }).pipe(mapped)
+    }))
+  })
+)
+
 const InnerHandlers = HttpApiBuilder.group(
   Api,
   "inner",
@@ -205,7 +290,19 @@ const InnerHandlers = HttpApiBuilder.group(
     const { whileReachable } = yield* DatabaseHealth
     const status = yield* NodeStatus
     const { exists, known } = yield* boundsOf
-    const guarded = bounded({ kickout_conversation: exists, join_conversation: exists })
+    const guarded = bounded({
+      kickout_conversation: exists,
+      join_conversation: exists,
+      update_conversation: exists
+    })
+    // Members hear of an archive change from each conversation's entity, after the answer and
+    // at a bounded pace: a change to 10,000 conversations is one transaction, its events follow.
+    const announceAll = (ids: ReadonlyArray<string>) =>
+      Effect.forEach(
+        [...new Set(ids)],
+        (id) => conversations(id).Announce().pipe(Effect.timeout("10 seconds"), Effect.ignore),
+        { concurrency: 16, discard: true }
+      ).pipe(Effect.forkDetach)
     const revocations = yield* Revocations
     return handlers.handleAll(guarded({
       get_token: ({ payload }) =>
@@ -216,7 +313,12 @@ const InnerHandlers = HttpApiBuilder.group(
         Effect.gen(function* () {
           const id = randomUUID()
           yield* whileReachable(
-            conversations(id).Create({ conversationType: payload.conversation_type, sessions: payload.sessions })
+            conversations(id).Create({
+              conversationType: payload.conversation_type,
+              sessions: payload.sessions,
+              ...(payload.name === undefined ? {} : { name: payload.name }),
+              ...(payload.extra === undefined ? {} : { extra: payload.extra })
+            })
           )
           known.remember(id)
           return { code: 0 as const, data: { ConversationId: id } }
@@ -240,7 +342,18 @@ const InnerHandlers = HttpApiBuilder.group(
           // All or nothing, also when it fails half-way: one transaction in the store (which says why
           // this write does not go through the Conversation entities).
           yield* store.setArchive(payload.conversation_ids, payload.is_archive)
+          yield* announceAll(payload.conversation_ids)
           return { code: 0 as const }
+        }).pipe(mapped),
+      update_conversation: ({ payload }) =>
+        Effect.gen(function* () {
+          yield* whileReachable(
+            conversations(payload.conversation_id).Update({
+              ...(payload.name === undefined ? {} : { name: payload.name }),
+              ...(payload.extra === undefined ? {} : { extra: payload.extra })
+            })
+          )
+          return { code: 0 as const, data: { ConversationId: payload.conversation_id } }
         }).pipe(mapped),
       revoke_tokens: ({ payload }) =>
         revocations.revoke(payload.sessions, payload.platform).pipe(
@@ -280,7 +393,13 @@ const SystemHandlers = HttpApiBuilder.group(
   })
 )
 
-export const HandlersLive = Layer.mergeAll(ConversationHandlers, MessageHandlers, InnerHandlers, SystemHandlers).pipe(
+export const HandlersLive = Layer.mergeAll(
+  ConversationHandlers,
+  MessageHandlers,
+  ReadStateHandlers,
+  InnerHandlers,
+  SystemHandlers
+).pipe(
   Layer.provide([AuthorizationLive, InnerGuardLive]),
   Layer.provide([
     ConversationSender.layer,
@@ -288,6 +407,7 @@ export const HandlersLive = Layer.mergeAll(ConversationHandlers, MessageHandlers
     KnownConversations.layer,
     NodeStatus.layer,
     RateLimits.layer,
+    ReadStore.layer,
     Tokens.layer
   ])
 )

@@ -72,12 +72,18 @@ export const makeCommitBatcher = (
   let queuedBytes = 0
   let inFlight = 0
 
-  // Messages and each conversation's last-message fields, as JSON decoded by the database: one
-  // statement whatever the batch's size, so it is atomic without BEGIN/COMMIT round trips.
+  // Messages, each conversation's last-message fields and each sender's read position (a sender has
+  // read what it sends), as JSON decoded by the database: one statement whatever the batch's size,
+  // so it is atomic without BEGIN/COMMIT round trips. Unread counts rely on that atomicity: a
+  // member's own messages are never above its read position.
   const write = (batch: ReadonlyArray<Pending>) => {
     const rows = batch.flatMap((p) => p.rows)
     const lastByConversation = new Map<string, MessageRow>()
-    for (const r of rows) lastByConversation.set(r.conversation_id, r)
+    const readBySender = new Map<string, MessageRow>()
+    for (const r of rows) {
+      lastByConversation.set(r.conversation_id, r)
+      readBySender.set(`${r.conversation_id}\u0000${r.from_session}`, r)
+    }
     const lasts = [...lastByConversation.values()].map((r) => ({
       id: r.conversation_id,
       last_msg_id: r.msg_id,
@@ -85,14 +91,27 @@ export const makeCommitBatcher = (
       last_send_session: r.from_session,
       last_seq: r.seq
     }))
+    const reads = [...readBySender.values()].map((r) => ({
+      conversation_id: r.conversation_id,
+      session_id: r.from_session,
+      seq: r.seq,
+      msg_id: r.msg_id
+    }))
     return sql`WITH inserted AS (
         INSERT INTO messages (conversation_id, msg_id, seq, from_session, send_time, status, type, content, client_msg_id)
         SELECT conversation_id, msg_id, seq, from_session, send_time, status, type, content, client_msg_id
         FROM jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) AS r(conversation_id text, msg_id text, seq bigint,
           from_session text, send_time text, status integer, type integer, content text, client_msg_id text)
+        RETURNING 1),
+      readers AS (
+        UPDATE conversation_members m SET read_seq = r.seq, read_msg_id = r.msg_id
+        FROM jsonb_to_recordset(${JSON.stringify(reads)}::jsonb) AS r(conversation_id text, session_id text,
+          seq bigint, msg_id text)
+        WHERE m.conversation_id = r.conversation_id AND m.session_id = r.session_id AND m.read_seq < r.seq
         RETURNING 1)
       UPDATE conversations c SET last_msg_id = v.last_msg_id, last_send_time = v.last_send_time,
-        last_send_session = v.last_send_session, last_seq = v.last_seq, redeliver_after = NULL
+        last_send_session = v.last_send_session, last_seq = v.last_seq, redeliver_after = NULL,
+        last_msg_at = v.last_send_time::timestamptz, last_xid = pg_current_xact_id()
       FROM jsonb_to_recordset(${JSON.stringify(lasts)}::jsonb) AS v(id text, last_msg_id text, last_send_time text,
         last_send_session text, last_seq bigint)
       WHERE c.id = v.id`

@@ -34,6 +34,8 @@ export interface StoredMessage {
   readonly status: number
   readonly type: number
   readonly content: string
+  /** bigint: the driver may give it as a string. */
+  readonly seq: number | string
 }
 
 export const toMsgData = (r: StoredMessage): MsgData => ({
@@ -43,7 +45,8 @@ export const toMsgData = (r: StoredMessage): MsgData => ({
   SendTime: r.send_time,
   Status: Number(r.status),
   Type: Number(r.type),
-  Content: r.content
+  Content: r.content,
+  Seq: Number(r.seq)
 })
 
 /** `sql.insert` takes a non-empty list; callers never pass an empty one. */
@@ -73,31 +76,55 @@ const refusingData = <A>(id: string, effect: Sql<A>): Effect.Effect<A, SqlError.
   )
 
 /**
- * Every store operation timed into `quickim_db_query_duration_seconds{op}` and counted while in
+ * Every operation of a store timed into `quickim_db_query_duration_seconds{op}` and counted while in
  * flight, and its failures shown to DatabaseHealth (one for want of the database marks it lost).
  */
-const timedStore = (
-  store: ConversationStore["Service"],
-  health: DatabaseHealth["Service"]
-): ConversationStore["Service"] => {
+export const timedStore = <S extends object>(store: S, health: DatabaseHealth["Service"]): S => {
   const out: Record<string, unknown> = {}
   const watched = (metric: Metric.Metric<number, unknown>, effect: Effect.Effect<unknown, unknown>) =>
     Effect.tapCause(storeOperation(metric, effect), health.observe)
   for (const [op, value] of Object.entries(store)) {
     const metric = queryDuration(op)
     out[op] = Effect.isEffect(value)
-      ? watched(metric, value)
+      ? watched(metric, value as Effect.Effect<unknown, unknown>)
       : (...args: Array<unknown>) =>
         watched(metric, (value as (...a: Array<unknown>) => Effect.Effect<unknown>)(...args))
   }
-  return ConversationStore.of(out as unknown as ConversationStore["Service"])
+  return out as S
+}
+
+/** A conversation's own fields (extension): set by the backend, announced to members when they change. */
+export interface ConversationInfo {
+  readonly isArchive: boolean
+  readonly name: string
+  readonly extra: string
+}
+
+/** Where a member's read position starts when it joins: the last message then (seq 0, null: none). */
+export interface Position {
+  readonly seq: number
+  readonly msgId: string | null
 }
 
 export class ConversationStore extends Context.Service<ConversationStore, {
   readonly load: (id: string) => Sql<Option.Option<ConversationState>>
-  readonly create: (id: string, conversationType: number, sessions: ReadonlyArray<string>) => Sql<void>
-  /** `liftBans` (the backend adding them): their bans go in the same transaction. */
-  readonly addMembers: (id: string, sessions: ReadonlyArray<string>, joinedSeq: number, liftBans: boolean) => Sql<void>
+  readonly create: (
+    id: string,
+    conversationType: number,
+    sessions: ReadonlyArray<string>,
+    info?: { readonly name?: string | undefined; readonly extra?: string | undefined }
+  ) => Sql<void>
+  /**
+   * Adds members after the message at `at`, their read position there: history from before the join
+   * never counts as unread. `liftBans` (the backend adding them): their bans go in the same transaction.
+   */
+  readonly addMembers: (id: string, sessions: ReadonlyArray<string>, at: Position, liftBans: boolean) => Sql<void>
+  /** Sets what is given of the name and extra data; the conversation's fields after it (None: no such id). */
+  readonly update: (
+    id: string,
+    change: { readonly name?: string | undefined; readonly extra?: string | undefined }
+  ) => Sql<Option.Option<ConversationInfo>>
+  readonly info: (id: string) => Sql<Option.Option<ConversationInfo>>
   /** `ban` (a kick by the backend): the sessions are also recorded as banned, in the same transaction. */
   readonly removeMembers: (id: string, sessions: ReadonlyArray<string>, ban: boolean) => Sql<void>
   /** Those of `sessions` the backend removed from the conversation and did not add again. */
@@ -123,7 +150,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
   readonly isMember: (id: string, session: string) => Sql<boolean>
   readonly exists: (ids: ReadonlyArray<string>) => Sql<ReadonlyArray<string>>
   readonly joined: (session: string) => Sql<ReadonlyArray<string>>
-  readonly detail: (id: string) => Sql<Option.Option<ConversationDetail>>
+  /** With `session`'s read state: None when the conversation does not exist or it is not a member. */
+  readonly detail: (id: string, session: string) => Sql<Option.Option<ConversationDetail>>
   readonly lastMsgId: (id: string) => Sql<string | null>
   /** Records how far a stopping host handed everything over (cleared by the next commit). */
   readonly markRedeliverAfter: (id: string, after: string) => Sql<void>
@@ -147,7 +175,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
         maxBytes: config.commitMaxBytes ?? defaultCommitBounds.maxBytes
       })
       const maxHistoryBytes = config.maxHistoryBytes ?? DEFAULT_MAX_HISTORY_BYTES
-      const columns = sql`msg_id, conversation_id, from_session, send_time, status, type, content`
+      const columns = sql`msg_id, conversation_id, from_session, send_time, status, type, content, seq`
       const ordered = (rows: ReadonlyArray<StoredMessage>, rowsAreDesc: boolean, desc: boolean) => {
         const out = rows.map(toMsgData)
         return rowsAreDesc === desc ? out : out.reverse()
@@ -176,7 +204,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
         )
       }
 
-      return timedStore({
+      return ConversationStore.of(timedStore({
         load: (id) =>
           Effect.gen(function* () {
             const rows = yield* sql<{
@@ -197,17 +225,30 @@ export class ConversationStore extends Context.Service<ConversationStore, {
               redeliverAfter: row.redeliver_after ?? undefined
             })
           }),
-        create: (id, conversationType, sessions) =>
+        create: (id, conversationType, sessions, info) =>
           sql.withTransaction(Effect.gen(function* () {
-            yield* sql`INSERT INTO conversations ${sql.insert({ id, conversation_type: conversationType })}
+            yield* sql`INSERT INTO conversations ${
+              sql.insert({
+                id,
+                conversation_type: conversationType,
+                name: info?.name ?? "",
+                extra: info?.extra ?? ""
+              })
+            }
               ON CONFLICT (id) DO NOTHING`
             yield* sql`INSERT INTO conversation_members ${
               sql.insert(rowsOf(sessions.map((s) => ({ conversation_id: id, session_id: s, joined_seq: 0 }))))
             } ON CONFLICT DO NOTHING`
           })),
-        addMembers: (id, sessions, joinedSeq, liftBans) => {
+        addMembers: (id, sessions, at, liftBans) => {
           const add = sql`INSERT INTO conversation_members ${
-            sql.insert(rowsOf(sessions.map((s) => ({ conversation_id: id, session_id: s, joined_seq: joinedSeq }))))
+            sql.insert(rowsOf(sessions.map((s) => ({
+              conversation_id: id,
+              session_id: s,
+              joined_seq: at.seq,
+              read_seq: at.seq,
+              read_msg_id: at.msgId
+            }))))
           } ON CONFLICT DO NOTHING`
           return liftBans
             ? sql.withTransaction(Effect.gen(function* () {
@@ -286,7 +327,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             WHERE session_id = ${session} ORDER BY joined_at, conversation_id`.pipe(
             Effect.map((rows) => rows.map((r) => r.conversation_id))
           ),
-        detail: (id) =>
+        detail: (id, session) =>
           sql<{
             id: string
             last_msg_id: string | null
@@ -295,8 +336,14 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             conversation_type: string
             last_send_session: string | null
             is_archive: boolean
-          }>`SELECT id, last_msg_id, last_send_time, is_delete, conversation_type, last_send_session, is_archive
-            FROM conversations WHERE id = ${id}`.pipe(
+            name: string
+            extra: string
+            unread: string
+            read_msg_id: string | null
+          }>`SELECT c.id, c.last_msg_id, c.last_send_time, c.is_delete, c.conversation_type, c.last_send_session,
+              c.is_archive, c.name, c.extra, c.last_seq - m.read_seq AS unread, m.read_msg_id
+            FROM conversations c JOIN conversation_members m ON m.conversation_id = c.id AND m.session_id = ${session}
+            WHERE c.id = ${id}`.pipe(
             Effect.map((rows) =>
               Option.map(Option.fromNullishOr(rows[0]), (r) => ({
                 ConversationID: r.id,
@@ -305,8 +352,35 @@ export class ConversationStore extends Context.Service<ConversationStore, {
                 IsDelete: r.is_delete,
                 ConversationType: Number(r.conversation_type),
                 LastSendSession: r.last_send_session,
-                IsArchive: r.is_archive
+                IsArchive: r.is_archive,
+                Name: r.name,
+                Extra: r.extra,
+                Unread: Number(r.unread),
+                ReadMsgId: r.read_msg_id
               }))
+            )
+          ),
+        update: (id, change) =>
+          sql<{ is_archive: boolean; name: string; extra: string }>`UPDATE conversations SET
+              name = COALESCE(${change.name ?? null}::text, name), extra = COALESCE(${
+            change.extra ?? null
+          }::text, extra)
+            WHERE id = ${id} RETURNING is_archive, name, extra`.pipe(
+            Effect.map((rows) =>
+              Option.map(
+                Option.fromNullishOr(rows[0]),
+                (r) => ({ isArchive: r.is_archive, name: r.name, extra: r.extra })
+              )
+            )
+          ),
+        info: (id) =>
+          sql<{ is_archive: boolean; name: string; extra: string }>`SELECT is_archive, name, extra FROM conversations
+            WHERE id = ${id}`.pipe(
+            Effect.map((rows) =>
+              Option.map(
+                Option.fromNullishOr(rows[0]),
+                (r) => ({ isArchive: r.is_archive, name: r.name, extra: r.extra })
+              )
             )
           ),
         markRedeliverAfter: (id, after) =>
@@ -337,7 +411,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             Effect.map((rows) => ordered(rows, true, false))
           ),
         ping: sql`SELECT 1`.pipe(Effect.asVoid)
-      }, health)
+      }, health))
     })
   ).pipe(Layer.provideMerge(DatabaseHealth.layer))
 }

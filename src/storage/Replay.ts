@@ -94,7 +94,7 @@ export class Replay extends Context.Service<Replay, {
         // a replay is itself a safe cursor: everything after it in the replay sorts above it. The
         // running size stops a page at the first row past the byte bound (a page has one row at least).
         sql<StoredMessage & { readonly running: string | number }>`SELECT * FROM (
-            SELECT m.msg_id, m.conversation_id, m.from_session, m.send_time, m.status, m.type, m.content,
+            SELECT m.msg_id, m.conversation_id, m.from_session, m.send_time, m.status, m.type, m.content, m.seq,
               sum(octet_length(m.content) + ${ROW_OVERHEAD}) OVER (ORDER BY m.msg_id, m.conversation_id) AS running,
               octet_length(m.content) + ${ROW_OVERHEAD} AS size
             FROM jsonb_to_recordset(${at.snapshot}::jsonb) AS s(id text, last text)

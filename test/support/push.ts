@@ -12,8 +12,8 @@ export interface PushClient {
 }
 
 const waiter =
-  (messages: Array<MsgData>, listeners: Set<() => void>) =>
-  (predicate: (m: ReadonlyArray<MsgData>) => boolean, timeoutMs = 15_000) =>
+  <T = MsgData>(messages: Array<T>, listeners: Set<() => void>) =>
+  (predicate: (m: ReadonlyArray<T>) => boolean, timeoutMs = 15_000) =>
     new Promise<void>((resolve, reject) => {
       if (predicate(messages)) return resolve()
       const check = () => {
@@ -201,4 +201,90 @@ export const wsUpgradeHeaders = {
   Upgrade: "websocket",
   "Sec-WebSocket-Version": "13",
   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="
+}
+
+/** A push connection that opted in to live events: messages and events apart, each awaitable. */
+export interface LiveClient extends PushClient {
+  readonly events: Array<Record<string, unknown> & { readonly Event: string }>
+  readonly untilEvent: (
+    predicate: (events: ReadonlyArray<Record<string, unknown> & { readonly Event: string }>) => boolean,
+    timeoutMs?: number
+  ) => Promise<void>
+}
+
+/** Connects with `events=<kinds>` over `protocol`; each JSON object with an `Event` field is an event. */
+export const connectLive = async (
+  protocol: Protocol,
+  base: string,
+  token: string,
+  kinds: string
+): Promise<LiveClient> => {
+  const messages: Array<MsgData> = []
+  const events: LiveClient["events"] = []
+  const listeners = new Set<() => void>()
+  const eventListeners = new Set<() => void>()
+  const take = (value: any) => {
+    if (value !== null && typeof value === "object" && "Event" in value) {
+      events.push(value)
+      for (const l of [...eventListeners]) l()
+    } else {
+      messages.push(value)
+      for (const l of [...listeners]) l()
+    }
+  }
+  const query = `events=${kinds}&token=${token}`
+  const base2 = {
+    messages,
+    until: waiter(messages, listeners),
+    events,
+    untilEvent: waiter(events, eventListeners)
+  }
+  if (protocol === "ws") {
+    return await new Promise((resolve, reject) => {
+      const ws = new WebSocket(`${base.replace(/^http/, "ws")}/notify?protoc=ws&${query}`)
+      let resolveClosed!: (v: { code?: number; reason?: string }) => void
+      const closed = new Promise<{ code?: number; reason?: string }>((r) => (resolveClosed = r))
+      ws.onmessage = (e) => take(JSON.parse(String(e.data)))
+      ws.onclose = (e) => resolveClosed({ code: e.code, reason: e.reason })
+      ws.onerror = () => reject(new Error("websocket failed to open"))
+      ws.onopen = () => resolve({ ...base2, closed, close: () => ws.close() } as LiveClient)
+    })
+  }
+  const controller = new AbortController()
+  if (protocol === "sse") {
+    const res = await fetch(`${base}/notify?protoc=sse&${query}`, { signal: controller.signal })
+    if (res.status !== 200) throw new Error(`sse answered ${res.status}: ${await res.text()}`)
+    const closed = readSseEvents(res.body!, ({ event, id, data }) => {
+      if (event === "message" || (event !== undefined && event !== "error")) {
+        const value = JSON.parse(data)
+        // Events carry no id (they do not move the resume cursor); messages carry their MsgId.
+        if (event === "message" ? id !== value.MsgId : id !== undefined || value.Event !== event) {
+          throw new Error(`SSE ${event} has id ${id}`)
+        }
+        take(value)
+      }
+    }, controller.signal).then(() => ({}))
+    return { ...base2, closed, close: () => controller.abort() } as LiveClient
+  }
+  let stopped = false
+  const closed = (async () => {
+    while (!stopped) {
+      try {
+        const res = await fetch(`${base}/notify?protoc=poll&${query}`, { signal: controller.signal })
+        if (res.status === 200) take(await res.json())
+        else await res.body?.cancel()
+      } catch {
+        if (!stopped) await new Promise((r) => setTimeout(r, 50))
+      }
+    }
+    return {}
+  })()
+  return {
+    ...base2,
+    closed,
+    close: () => {
+      stopped = true
+      controller.abort()
+    }
+  } as LiveClient
 }

@@ -30,7 +30,7 @@ export const tempDir = (prefix = "quickim-") =>
   Fs.mkdtempSync(Path.join(process.env.QUICKIM_TEST_TMP ?? Os.tmpdir(), prefix))
 
 const noRate = { perSecond: 0, burst: 1 }
-const noRates = { sends: noRate, creates: noRate, joins: noRate, connects: noRate, polls: noRate }
+const noRates = { sends: noRate, creates: noRate, joins: noRate, connects: noRate, polls: noRate, marks: noRate }
 
 export const settingsFor = (db: DbKind, overrides: Partial<AppSettings> = {}): AppSettings => ({
   port: 0,

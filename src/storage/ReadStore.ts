@@ -1,0 +1,247 @@
+/**
+ * Read state in SQL: members' read positions (moved by the Conversation entity), and the reads a
+ * chat list and a chat window need: unread counts, the inbox, the member list.
+ *
+ * Unread is exact by construction: a member's own messages are never above its read position
+ * (sending moves it, in the statement that stores the message: CommitBatcher), and joining sets
+ * it to the last message, so the messages above it from others number `last_seq - read_seq`.
+ */
+import { Context, Effect, Layer, Option } from "effect"
+import { SqlClient, type SqlError } from "effect/sql"
+import type { MsgData } from "../domain/Conversation.ts"
+import { formatSendTime } from "../domain/SendTime.ts"
+import { type StoredMessage, timedStore, toMsgData } from "./ConversationStore.ts"
+import { DatabaseHealth } from "./DatabaseHealth.ts"
+
+type Sql<A> = Effect.Effect<A, SqlError.SqlError>
+
+/** A member's read position: the seq of the last message it read (0: none) and its id. */
+export interface ReadPosition {
+  readonly readSeq: number
+  readonly readMsgId: string | null
+}
+
+export interface UnreadEntry {
+  readonly ConversationId: string
+  readonly Unread: number
+  readonly ReadMsgId: string | null
+  readonly LastMsgId: string | null
+}
+
+export interface InboxEntry {
+  readonly ConversationId: string
+  readonly ConversationType: number
+  readonly Name: string
+  readonly Extra: string
+  readonly IsArchive: boolean
+  readonly LastMsg: MsgData | null
+  readonly Unread: number
+  readonly ReadMsgId: string | null
+}
+
+export interface MemberEntry {
+  readonly Session: string
+  readonly JoinedAt: string
+  readonly ReadMsgId: string | null
+}
+
+/**
+ * Where an inbox page continues: the snapshot its first page was read in (`pg_snapshot` text), and
+ * the sort key of the last entry given (activity in microseconds since the epoch, conversation id).
+ * Every later page sorts the conversations as that snapshot saw them, so a conversation that moves
+ * up meanwhile is neither given twice nor skipped.
+ */
+export interface InboxCursor {
+  readonly snapshot: string
+  readonly activity: string
+  readonly conversationId: string
+}
+
+/** Where a member list continues: after this member in join order (joined_at in microseconds). */
+export interface MembersCursor {
+  readonly joinedAt: string
+  readonly session: string
+}
+
+export interface Page<A, C> {
+  readonly entries: ReadonlyArray<A>
+  readonly next: C | undefined
+}
+
+/** Microseconds since the epoch of a timestamptz, exact (as text: past 2^53 in a few centuries). */
+const micros = (column: string) => `(extract(epoch FROM ${column}) * 1000000)::bigint`
+
+interface UnreadRow {
+  readonly id: string
+  readonly unread: string
+  readonly read_msg_id: string | null
+  readonly last_msg_id: string | null
+}
+
+export class ReadStore extends Context.Service<ReadStore, {
+  /**
+   * Moves `session`'s read position in conversation `id` forward to `target` (seq and id), or, given
+   * an `anchor` id, to the last message at or before it; never back. The position after it, and
+   * whether it moved (None: not a member).
+   */
+  readonly markRead: (
+    id: string,
+    session: string,
+    target: { readonly seq: number; readonly msgId: string } | { readonly anchor: string }
+  ) => Sql<Option.Option<ReadPosition & { readonly moved: boolean }>>
+  /** `session`'s unread counts in `ids` (in that order; those it is not a member of are left out), or in all it joined. */
+  readonly unread: (session: string, ids: ReadonlyArray<string> | undefined) => Sql<ReadonlyArray<UnreadEntry>>
+  readonly inbox: (
+    session: string,
+    limit: number,
+    cursor: InboxCursor | undefined
+  ) => Sql<Page<InboxEntry, InboxCursor>>
+  readonly members: (
+    id: string,
+    limit: number,
+    cursor: MembersCursor | undefined
+  ) => Sql<Page<MemberEntry, MembersCursor>>
+}>()("quick-im/storage/ReadStore") {
+  static readonly layer = Layer.effect(
+    ReadStore,
+    Effect.gen(function* () {
+      const sql = yield* SqlClient.SqlClient
+      const health = yield* DatabaseHealth
+      const activity = sql.literal(micros("COALESCE(c.last_msg_at, m.joined_at)"))
+      const joinedMicros = sql.literal(micros("joined_at"))
+      /** The activity of membership `m` in `c` as snapshot `s.snap` saw it (its last message then, or its join). */
+      const seenActivity = sql.literal(micros(`COALESCE((SELECT o.send_time::timestamptz FROM messages o
+        WHERE o.conversation_id = c.id AND (o.txid IS NULL OR pg_visible_in_snapshot(o.txid, s.snap))
+        ORDER BY o.msg_id DESC LIMIT 1), m.joined_at)`))
+
+      type InboxRow = StoredMessage & {
+        readonly id: string
+        readonly conversation_type: string
+        readonly name: string
+        readonly extra: string
+        readonly is_archive: boolean
+        readonly unread: string
+        readonly read_msg_id: string | null
+        readonly activity: string
+        readonly snapshot: string
+      }
+
+      const inboxPage = (rows: ReadonlyArray<InboxRow>, limit: number, snapshot: string | undefined) => {
+        const entries = rows.slice(0, limit).map((r): InboxEntry => ({
+          ConversationId: r.id,
+          ConversationType: Number(r.conversation_type),
+          Name: r.name,
+          Extra: r.extra,
+          IsArchive: r.is_archive,
+          LastMsg: r.msg_id === null ? null : toMsgData(r),
+          Unread: Number(r.unread),
+          ReadMsgId: r.read_msg_id
+        }))
+        const last = rows[limit - 1]
+        return {
+          entries,
+          next: rows.length > limit
+            ? { snapshot: snapshot ?? rows[0].snapshot, activity: String(last.activity), conversationId: last.id }
+            : undefined
+        }
+      }
+
+      return ReadStore.of(timedStore({
+        markRead: (id, session, target) => {
+          const resolved = "anchor" in target
+            ? sql`SELECT seq, msg_id FROM messages WHERE conversation_id = ${id} AND msg_id <= ${target.anchor}
+                ORDER BY msg_id DESC LIMIT 1`
+            : sql`SELECT ${target.seq}::bigint AS seq, ${target.msgId}::text AS msg_id`
+          return sql<{ read_seq: string; read_msg_id: string | null; moved: boolean }>`WITH target AS (${resolved}),
+              moved AS (
+                UPDATE conversation_members m SET read_seq = t.seq, read_msg_id = t.msg_id FROM target t
+                WHERE m.conversation_id = ${id} AND m.session_id = ${session} AND m.read_seq < t.seq
+                RETURNING m.read_seq, m.read_msg_id)
+            SELECT read_seq, read_msg_id, true AS moved FROM moved
+            UNION ALL
+            SELECT read_seq, read_msg_id, false AS moved FROM conversation_members
+            WHERE conversation_id = ${id} AND session_id = ${session} AND NOT EXISTS (SELECT 1 FROM moved)`.pipe(
+            Effect.map((rows) =>
+              Option.map(Option.fromNullishOr(rows[0]), (r) => ({
+                readSeq: Number(r.read_seq),
+                readMsgId: r.read_msg_id,
+                moved: r.moved
+              }))
+            )
+          )
+        },
+        unread: (session, ids) =>
+          (ids !== undefined && ids.length === 0 ? Effect.succeed<ReadonlyArray<UnreadRow>>([]) : sql<UnreadRow>`
+              SELECT m.conversation_id AS id, c.last_seq - m.read_seq AS unread, m.read_msg_id, c.last_msg_id
+              FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
+              WHERE m.session_id = ${session} ${
+            ids === undefined ? sql`` : sql`AND ${sql.in("m.conversation_id", ids)}`
+          }
+              ORDER BY m.joined_at, m.conversation_id`).pipe(
+            Effect.map((rows) => {
+              const entries = rows.map((r): UnreadEntry => ({
+                ConversationId: r.id,
+                Unread: Number(r.unread),
+                ReadMsgId: r.read_msg_id,
+                LastMsgId: r.last_msg_id
+              }))
+              if (ids === undefined) return entries
+              const byId = new Map(entries.map((e) => [e.ConversationId, e]))
+              return [...new Set(ids)].flatMap((id) => byId.get(id) ?? [])
+            })
+          ),
+        inbox: (session, limit, cursor) =>
+          cursor === undefined
+            ? sql<InboxRow>`WITH page AS (
+                  SELECT c.id, c.conversation_type, c.name, c.extra, c.is_archive, c.last_msg_id,
+                    c.last_seq - m.read_seq AS unread, m.read_msg_id, ${activity} AS activity
+                  FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
+                  WHERE m.session_id = ${session}
+                  ORDER BY activity DESC, c.id DESC LIMIT ${limit + 1})
+                SELECT page.*, lm.msg_id, lm.conversation_id, lm.from_session, lm.send_time, lm.status, lm.type,
+                  lm.content, lm.seq, pg_current_snapshot()::text AS snapshot
+                FROM page LEFT JOIN messages lm ON lm.conversation_id = page.id AND lm.msg_id = page.last_msg_id
+                ORDER BY page.activity DESC, page.id DESC`.pipe(Effect.map((rows) => inboxPage(rows, limit, undefined)))
+            // As the first page's snapshot saw them: a conversation whose last message that snapshot did
+            // not see sorts by the last one it did see (or its join); memberships it did not see are left out.
+            : sql<InboxRow>`WITH seen AS (
+                  SELECT c.id, c.conversation_type, c.name, c.extra, c.is_archive, c.last_msg_id,
+                    c.last_seq - m.read_seq AS unread, m.read_msg_id,
+                    CASE WHEN c.last_xid IS NULL OR pg_visible_in_snapshot(c.last_xid, s.snap) THEN ${activity}
+                      ELSE ${seenActivity} END AS activity
+                  FROM (SELECT ${cursor.snapshot}::pg_snapshot AS snap) s, conversation_members m
+                  JOIN conversations c ON c.id = m.conversation_id
+                  WHERE m.session_id = ${session} AND pg_visible_in_snapshot(m.joined_xid, s.snap)),
+                page AS (
+                  SELECT * FROM seen WHERE (activity, id) < (${cursor.activity}::bigint, ${cursor.conversationId})
+                  ORDER BY activity DESC, id DESC LIMIT ${limit + 1})
+                SELECT page.*, lm.msg_id, lm.conversation_id, lm.from_session, lm.send_time, lm.status, lm.type,
+                  lm.content, lm.seq, '' AS snapshot
+                FROM page LEFT JOIN messages lm ON lm.conversation_id = page.id AND lm.msg_id = page.last_msg_id
+                ORDER BY page.activity DESC, page.id DESC`.pipe(
+              Effect.map((rows) => inboxPage(rows, limit, cursor.snapshot))
+            ),
+        members: (id, limit, cursor) =>
+          sql<{ session_id: string; joined_us: string; read_msg_id: string | null }>`
+            SELECT session_id, ${joinedMicros} AS joined_us, read_msg_id FROM conversation_members
+            WHERE conversation_id = ${id} ${
+            cursor === undefined ? sql`` : sql`AND (joined_at, session_id) >
+                (TIMESTAMPTZ 'epoch' + ${cursor.joinedAt}::bigint * INTERVAL '1 microsecond', ${cursor.session})`
+          }
+            ORDER BY joined_at, session_id LIMIT ${limit + 1}`.pipe(
+            Effect.map((rows) => {
+              const last = rows[limit - 1]
+              return {
+                entries: rows.slice(0, limit).map((r): MemberEntry => ({
+                  Session: r.session_id,
+                  JoinedAt: formatSendTime(Math.floor(Number(r.joined_us) / 1000)),
+                  ReadMsgId: r.read_msg_id
+                })),
+                next: rows.length > limit ? { joinedAt: String(last.joined_us), session: last.session_id } : undefined
+              }
+            })
+          )
+      }, health))
+    })
+  ).pipe(Layer.provideMerge(DatabaseHealth.layer))
+}
