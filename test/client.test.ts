@@ -8,7 +8,14 @@ import { Effect, Fiber, Option, Stream } from "effect"
 import { spawn } from "node:child_process"
 import * as Net from "node:net"
 import * as Path from "node:path"
-import { makeClient, type MsgData, type PushProtocol, PushRefused, type PushState } from "../src/client/index.ts"
+import {
+  type LiveEvent,
+  makeClient,
+  type MsgData,
+  type PushProtocol,
+  PushRefused,
+  type PushState
+} from "../src/client/index.ts"
 import { denoBin, root } from "./support/process.ts"
 import { sleep } from "./support/push.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
@@ -94,6 +101,66 @@ describe("client SDK", () => {
       assert.isTrue((yield* im.detail(conversation)).IsArchive)
       const view = yield* admin.cluster
       assert.strictEqual(view.Mode, "single")
+    }))
+  })
+
+  it("read state: typed calls, and typed live events beside the messages on every protocol", async () => {
+    await Effect.runPromise(Effect.gen(function* () {
+      const admin = yield* makeClient({ baseUrl: server.url })
+      const alice = unique("alice")
+      const bob = unique("bob")
+      const im = yield* admin.as(yield* admin.token(alice))
+      const bobIm = yield* admin.as(yield* admin.token(bob))
+      const conversation = yield* admin.createConversation([alice, bob], 0, { name: "Support", extra: "{}" })
+      yield* admin.updateConversation(conversation, { name: "Support desk" })
+      const events: Record<string, Array<LiveEvent>> = { ws: [], sse: [], poll: [] }
+      const received: Record<string, Array<MsgData>> = { ws: [], sse: [], poll: [] }
+      const fibers = []
+      for (const protocol of ["ws", "sse", "poll"] as const) {
+        const token = yield* admin.token(bob, protocol === "ws" ? 1 : protocol === "sse" ? 2 : 3)
+        const bobOn = yield* admin.as(token)
+        fibers.push(
+          yield* bobOn.subscribe({ protocol, events: ["read", "typing"], onEvent: (e) => events[protocol].push(e) })
+            .pipe(
+              Stream.runForEach((m) => Effect.sync(() => received[protocol].push(m))),
+              Effect.forkDetach
+            )
+        )
+      }
+      // Until every subscription is registered: each has a message.
+      for (let i = 0; i < 100 && Object.values(received).some((r) => r.length === 0); i++) {
+        yield* im.send(conversation, `m${i}`)
+        yield* Effect.sleep("50 millis")
+      }
+      const last = Option.getOrThrow(yield* im.lastMsgId(conversation))
+      const unread = yield* bobIm.unread([conversation])
+      assert.strictEqual(unread.Total, unread.Conversations[0].Unread)
+      assert.isAbove(unread.Total, 0)
+      assert.deepStrictEqual(yield* bobIm.markRead(conversation, last), {
+        ReadMsgId: last,
+        ReadSeq: unread.Total,
+        Unread: 0
+      })
+      yield* im.typing(conversation)
+      const inbox = yield* bobIm.inbox(10)
+      assert.strictEqual(inbox.Conversations[0].ConversationId, conversation)
+      assert.strictEqual(inbox.Conversations[0].Name, "Support desk")
+      assert.strictEqual(inbox.Conversations[0].LastMsg?.MsgId, last)
+      assert.isNull(inbox.NextCursor)
+      const members = yield* im.members(conversation)
+      assert.deepStrictEqual(
+        members.Members.map((m) => [m.Session, m.ReadMsgId]).sort(),
+        [[alice, last], [bob, last]].sort()
+      )
+      for (let i = 0; i < 200 && Object.values(events).some((e) => e.length < 2); i++) yield* Effect.sleep("25 millis")
+      for (const protocol of ["ws", "sse", "poll"]) {
+        assert.deepStrictEqual(events[protocol], [
+          { Event: "read", ConversationId: conversation, Session: bob, ReadMsgId: last, ReadSeq: unread.Total },
+          { Event: "typing", ConversationId: conversation, Session: alice }
+        ], protocol)
+        assert.isTrue(received[protocol].every((m) => typeof m.Seq === "number"))
+      }
+      for (const fiber of fibers) yield* Fiber.interrupt(fiber)
     }))
   })
 
