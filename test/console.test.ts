@@ -28,6 +28,17 @@ describe.skipIf(!hasChromium)("web console", () => {
   })
   afterAll(() => server?.stop())
 
+  type Page = Awaited<ReturnType<Awaited<ReturnType<typeof launchChromium>>["newPage"]>>
+  /** Signs `session` in on `page` in dev mode, its push over `protocol`; waits until push is connected. */
+  const signIn = async (page: Page, session: string, protocol: string) => {
+    await page.goto(`${server.url}/console`)
+    await page.getByLabel("Session").fill(session)
+    await page.getByLabel("Push over").selectOption(protocol)
+    await page.getByRole("button", { name: "Sign in" }).click()
+    await page.waitForSelector("#chat:not([hidden])")
+    await page.waitForFunction(() => document.getElementById("status")!.textContent!.includes("connected"))
+  }
+
   it("two sessions in two pages converse live; history pages back; the operator tab shows the cluster", async () => {
     const browser = await launchChromium()
     try {
@@ -38,14 +49,6 @@ describe.skipIf(!hasChromium)("web console", () => {
       const errors: Array<string> = []
       for (const page of [pageA, pageB]) page.on("pageerror", (e) => errors.push(e.message))
 
-      const signIn = async (page: typeof pageA, session: string, protocol: string) => {
-        await page.goto(`${server.url}/console`)
-        await page.getByLabel("Session").fill(session)
-        await page.getByLabel("Push over").selectOption(protocol)
-        await page.getByRole("button", { name: "Sign in" }).click()
-        await page.waitForSelector("#chat:not([hidden])")
-        await page.waitForFunction(() => document.getElementById("status")!.textContent!.includes("connected"))
-      }
       await signIn(pageA, alice, "ws")
       await signIn(pageB, bob, "sse")
 
@@ -128,13 +131,6 @@ describe.skipIf(!hasChromium)("web console", () => {
       const pageB = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
       const errors: Array<string> = []
       for (const page of [pageA, pageB]) page.on("pageerror", (e) => errors.push(e.message))
-      const signIn = async (page: typeof pageA, session: string, protocol: string) => {
-        await page.goto(`${server.url}/console`)
-        await page.getByLabel("Session").fill(session)
-        await page.getByLabel("Push over").selectOption(protocol)
-        await page.getByRole("button", { name: "Sign in" }).click()
-        await page.waitForFunction(() => document.getElementById("status")!.textContent!.includes("connected"))
-      }
       await signIn(pageA, alice, "ws")
       await signIn(pageB, bob, "sse")
       const roomId = (page: typeof pageA) => page.textContent("#room-id")

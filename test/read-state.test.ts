@@ -96,8 +96,14 @@ describe("read state", () => {
       ids.push(await send(a.token, c, `m${i}`))
       await sleep(5)
     }
-    // Just above ids[1] and below ids[2]: ids[1] with its last character one step up.
-    const between = ids[1].slice(0, -1) + String.fromCharCode(ids[1].charCodeAt(ids[1].length - 1) + 1)
+    // Just above ids[1] and below ids[2]: ids[1] with its last character one step up the alphabet
+    // (MsgIds are 5 ms apart here, so the step never reaches ids[2]; a "Z" is bumped a place earlier).
+    const alphabet = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
+    const bump = (id: string, at: number): string =>
+      id[at] === "Z" || id[at] === "-"
+        ? bump(id, at - 1)
+        : id.slice(0, at) + alphabet[alphabet.indexOf(id[at]) + 1] + id.slice(at + 1)
+    const between = bump(ids[1], ids[1].length - 1)
     assert.isTrue(between > ids[1] && between < ids[2])
     assert.deepStrictEqual(ok(await markRead(b.token, c, between)), { ReadMsgId: ids[1], ReadSeq: 2, Unread: 1 })
   })

@@ -19,7 +19,6 @@ import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { entityActivations } from "../observability/Telemetry.ts"
 import { Delivery } from "../push/Delivery.ts"
 import { ConversationStore, toMsgData } from "../storage/ConversationStore.ts"
-import { ReadStore } from "../storage/ReadStore.ts"
 import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
 import { commitSends, isUnstorable, traced } from "./GroupCommit.ts"
 import * as Membership from "./Membership.ts"
@@ -39,7 +38,6 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const id = (yield* Entity.CurrentAddress).entityId
       yield* Metric.update(entityActivations("Conversation"), 1)
       const store = yield* ConversationStore
-      const reads = yield* ReadStore
       const config = yield* AppConfig
       const debug = debugEnabled(config.logLevel)
       const tracing = config.otlpEndpoint !== undefined
@@ -66,7 +64,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       return (mailbox, replier) => {
         const holder = makeStateHolder(id, store, config.resumeWindow, handovers)
         const load = holder.load
-        const reading = Reading.make(id, store, reads, handovers)
+        const reading = Reading.make(id, store, handovers)
         /** A reload is scheduled (see failAll). */
         let reloading = false
         // Requests and a scheduled reload take turns.
@@ -249,5 +247,5 @@ export const ConversationEntityNoDeps = Layer.unwrap(Effect.map(AppConfig, (c) =
 
 /** With what it builds on: its store and the hand-over of committed messages to their mailboxes. */
 export const ConversationEntityLive = ConversationEntityNoDeps.pipe(
-  Layer.provide([Delivery.layer, ConversationStore.layer, ReadStore.layer])
+  Layer.provide([Delivery.layer, ConversationStore.layer])
 )

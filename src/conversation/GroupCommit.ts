@@ -10,7 +10,7 @@ import type { Rpc } from "effect/rpc"
 import { NotMember, UnstorableMessage } from "../domain/Conversation.ts"
 import type { MsgIdClock } from "../domain/MsgId.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
-import type { ConversationStore, MessageRow } from "../storage/ConversationStore.ts"
+import type { ConversationStore, MessageRow, Position } from "../storage/ConversationStore.ts"
 import type { Send, SentMessage } from "./Protocol.ts"
 
 export type SendPayload = Rpc.Payload<typeof Send>
@@ -18,6 +18,8 @@ export type SendPayload = Rpc.Payload<typeof Send>
 /** What the commit needs of the conversation's state; `lastSeq` and `lastMsgId` advance with it. */
 export interface Sequence {
   readonly members: ReadonlyMap<string, number>
+  /** Read positions: a sender's moves to its message with the commit (the store writes it so). */
+  readonly reads: Map<string, Position>
   lastSeq: number
   lastMsgId: string | undefined
 }
@@ -126,6 +128,7 @@ export const commitSends = Effect.fnUntraced(function* (
     const last = rows[rows.length - 1]
     state.lastSeq = last.seq
     state.lastMsgId = last.msg_id
+    for (const r of rows) state.reads.set(r.from_session, { seq: r.seq, msgId: r.msg_id })
   }
   return { answers, rows } satisfies Committed
 })

@@ -6,11 +6,13 @@
  */
 import { Effect } from "effect"
 import { JoinNeedsInvitation, RemovedFromConversation } from "../domain/Conversation.ts"
-import type { ConversationStore } from "../storage/ConversationStore.ts"
+import type { ConversationStore, Position } from "../storage/ConversationStore.ts"
 
 export interface Members {
   /** Session → the seq of the last message before it joined (it gets only what follows). */
   readonly members: Map<string, number>
+  /** Session → its read position. */
+  readonly reads: Map<string, Position>
   readonly lastSeq: number
   readonly lastMsgId: string | undefined
 }
@@ -36,10 +38,19 @@ export const join = Effect.fnUntraced(function* (
     if (banned.length > 0) return new RemovedFromConversation({ conversationId: id, session: banned[0] })
     if (publicJoin === "invite") return new JoinNeedsInvitation({ conversationId: id, session: added[0] })
   }
-  yield* store.addMembers(id, added, { seq: state.lastSeq, msgId: state.lastMsgId ?? null }, byBackend)
-  for (const s of added) state.members.set(s, state.lastSeq)
+  const at = { seq: state.lastSeq, msgId: state.lastMsgId ?? null }
+  yield* store.addMembers(id, added, at, byBackend)
+  for (const s of added) {
+    state.members.set(s, state.lastSeq)
+    state.reads.set(s, at)
+  }
   return added
 })
+
+const forget = (state: Members, session: string) => {
+  state.members.delete(session)
+  state.reads.delete(session)
+}
 
 /** Removes the sessions; returns those that were members. */
 export const remove = Effect.fnUntraced(function* (
@@ -54,12 +65,12 @@ export const remove = Effect.fnUntraced(function* (
     // until it adds them again.
     const removed = sessions.filter((s) => state.members.has(s))
     yield* store.removeMembers(id, sessions, true)
-    for (const s of sessions) state.members.delete(s)
+    for (const s of sessions) forget(state, s)
     return removed
   }
   const removed = sessions.filter((s) => state.members.has(s))
   if (removed.length === 0) return removed
   yield* store.removeMembers(id, removed, false)
-  for (const s of removed) state.members.delete(s)
+  for (const s of removed) forget(state, s)
   return removed
 })

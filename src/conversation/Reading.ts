@@ -3,13 +3,12 @@
  * the conversation's own fields (`Update`, `Announce`), and the live events each of them and each
  * membership change tells the members (through Delivery, in order with the messages).
  */
-import { Effect, type Option } from "effect"
+import { Effect, Option } from "effect"
 import type { Envelope } from "effect/cluster"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import type { MemberChange } from "../domain/Events.ts"
 import type { Handovers } from "../push/Delivery.ts"
-import type { ConversationInfo, ConversationStore } from "../storage/ConversationStore.ts"
-import type { ReadStore } from "../storage/ReadStore.ts"
+import type { ConversationInfo, ConversationStore, Position } from "../storage/ConversationStore.ts"
 import type { ReadState } from "./Protocol.ts"
 
 /** At most one typing event per session and conversation in this time (ms). */
@@ -17,18 +16,14 @@ export const TYPING_EVERY = 2000
 
 interface State {
   readonly members: ReadonlyMap<string, number>
+  readonly reads: Map<string, Position>
   readonly lastSeq: number
   readonly lastMsgId: string | undefined
 }
 
 type Answer = { readonly success: ReadState | undefined } | { readonly failure: NotMember | ConversationNotFound }
 
-export const make = (
-  id: string,
-  store: ConversationStore["Service"],
-  reads: ReadStore["Service"],
-  handovers: Handovers
-) => {
+export const make = (id: string, store: ConversationStore["Service"], handovers: Handovers) => {
   /** When each session's last typing event went out (this activation; at most one entry per member). */
   const typedAt = new Map<string, number>()
 
@@ -52,22 +47,31 @@ export const make = (
         if (!state.members.has(session)) {
           return { failure: new NotMember({ conversationId: id, session }) } satisfies Answer
         }
-        // At or past the last message (the usual case, "read everything"): the position is known here.
-        const target = state.lastMsgId !== undefined && payload.msgId >= state.lastMsgId
-          ? { seq: state.lastSeq, msgId: state.lastMsgId }
-          : { anchor: payload.msgId as string }
-        const position = yield* reads.markRead(id, session, target)
-        if (position._tag === "None") {
-          return { failure: new NotMember({ conversationId: id, session }) } satisfies Answer
+        const before = state.reads.get(session) ?? { seq: 0, msgId: null }
+        // At or past the last message (the usual case, "read everything"): the position is known
+        // here; an earlier id is resolved by the statement that moves it. Either way the write is
+        // shared with other conversations' commits.
+        const toLast = state.lastMsgId !== undefined && payload.msgId >= state.lastMsgId
+        if (!toLast || state.lastSeq > before.seq) {
+          const moved = yield* store.moveReads(id, [
+            toLast
+              ? { conversation_id: id, session_id: session, seq: state.lastSeq, msg_id: state.lastMsgId! }
+              : { conversation_id: id, session_id: session, anchor: payload.msgId }
+          ])
+          for (const m of moved) state.reads.set(session, { seq: m.seq, msgId: m.msg_id })
         }
-        const { moved, readMsgId, readSeq } = position.value
-        if (moved) {
+        // Written before it is told or answered: a failure leaves the position as it was (the
+        // entity reloads its state).
+        const now = state.reads.get(session) ?? before
+        if (now.seq > before.seq) {
           handovers.announce(
-            { Event: "read", ConversationId: id, Session: session, ReadMsgId: readMsgId, ReadSeq: readSeq },
+            { Event: "read", ConversationId: id, Session: session, ReadMsgId: now.msgId, ReadSeq: now.seq },
             state.members
           )
         }
-        return { success: { readMsgId, readSeq, unread: Math.max(0, state.lastSeq - readSeq) } } satisfies Answer
+        return {
+          success: { readMsgId: now.msgId, readSeq: now.seq, unread: Math.max(0, state.lastSeq - now.seq) }
+        } satisfies Answer
       }
       case "Typing": {
         const session: string = payload.session

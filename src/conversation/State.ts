@@ -99,6 +99,7 @@ export const makeStateHolder = (
         lastMsgId: undefined,
         lastSeq: 0,
         members: new Map(sessions.map((s) => [s, 0] as const)),
+        reads: new Map(sessions.map((s) => [s, { seq: 0, msgId: null }] as const)),
         redeliverAfter: undefined
       }
       loaded = { state, clock: new MsgIdClock(id, conversationType, undefined) }

@@ -29,6 +29,7 @@ import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { deliveryGaps } from "../observability/Telemetry.ts"
 import { messageSize } from "./Frames.ts"
 import { type LocalMailbox, LocalMailboxes } from "./LocalMailboxes.ts"
+import { addTo, type Groups } from "./Groups.ts"
 import { chunked, MailboxRelay } from "./MailboxRelay.ts"
 import { Mailbox } from "./Protocol.ts"
 
@@ -203,14 +204,14 @@ export class Delivery extends Context.Service<Delivery, {
           }
           if (!waiting) return
           gapQueued = true
+          queueEmpty(Date.now() + budget)
+        }
+
+        /** Queues a batch of no messages: the gap alone, or (`announced`) a live event. */
+        const queueEmpty = (deadline: number, announced?: Announced) => {
           undelivered++
-          Queue.offerUnsafe(batches, {
-            audience: nobody,
-            lastSeq: 0,
-            messages: [],
-            bytes: 0,
-            deadline: Date.now() + budget
-          })
+          const batch: Batch = { audience: nobody, lastSeq: 0, messages: [], bytes: 0, deadline }
+          Queue.offerUnsafe(batches, announced === undefined ? batch : { ...batch, announced })
         }
 
         /**
@@ -284,7 +285,7 @@ export class Delivery extends Context.Service<Delivery, {
             return
           }
           const entityMessage: Array<string> = []
-          let byNode: Map<string, Array<string>> | undefined = undefined
+          let byNode: Groups<string, string> = undefined
           /** When tracing: the direct hand-overs, made afterwards, each in its own span. */
           const traced: Array<readonly [string, LocalMailbox, boolean]> | undefined = tracing ? [] : undefined
           const visit = (member: string) => {
@@ -311,10 +312,7 @@ export class Delivery extends Context.Service<Delivery, {
               entityMessage.push(member)
               return
             }
-            byNode ??= new Map()
-            const group = byNode.get(node)
-            if (group === undefined) byNode.set(node, [member])
-            else group.push(member)
+            byNode = addTo(byNode, node, member)
           }
           if (messages.length === 0) {
             // A delivery of nothing is the gap alone, for whoever still waits for it.
@@ -360,7 +358,7 @@ export class Delivery extends Context.Service<Delivery, {
 
         /** A live event to the active Mailboxes among its audience: direct here, relayed to other nodes. */
         const announceNow = ({ also, event, except, members }: Announced) => {
-          let byNode: Map<string, Array<string>> | undefined = undefined
+          let byNode: Groups<string, string> = undefined
           const visit = (member: string) => {
             if (member === except) return
             const direct = local.get(member)
@@ -368,10 +366,7 @@ export class Delivery extends Context.Service<Delivery, {
             if (!multiNode || routes.holds(member)) return
             const node = routes.nodeOf(member)
             if (node === undefined) return
-            byNode ??= new Map()
-            const group = byNode.get(node)
-            if (group === undefined) byNode.set(node, [member])
-            else group.push(member)
+            byNode = addTo(byNode, node, member)
           }
           if (!multiNode && local.size() < members.size) {
             for (const member of local.sessions()) if (members.has(member)) visit(member)
@@ -495,17 +490,8 @@ export class Delivery extends Context.Service<Delivery, {
         return {
           budget,
           offer,
-          announce: (event, members, options) => {
-            undelivered++
-            Queue.offerUnsafe(batches, {
-              audience: nobody,
-              lastSeq: 0,
-              messages: [],
-              bytes: 0,
-              deadline: 0,
-              announced: { event, members, also: options?.also, except: options?.except }
-            })
-          },
+          announce: (event, members, options) =>
+            queueEmpty(0, { event, members, also: options?.also, except: options?.except }),
           handedFrom: (position) => {
             processedThrough = undefined
             handedThrough = position

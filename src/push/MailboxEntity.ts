@@ -17,6 +17,7 @@ import { Connections, type ConnectionSink } from "./Connections.ts"
 import { LocalMailboxes } from "./LocalMailboxes.ts"
 import { MailboxRelay } from "./MailboxRelay.ts"
 import { NodeIdentity } from "../cluster/NodeIdentity.ts"
+import { addTo, type Groups } from "./Groups.ts"
 import { PollPlatforms } from "./PollPlatforms.ts"
 import { Mailbox, type PushEvent, SlowConsumer } from "./Protocol.ts"
 import { entityActivations, Telemetry } from "../observability/Telemetry.ts"
@@ -99,13 +100,10 @@ const entityLayer = (options: {
 
       const deliver = (messages: ReadonlyArray<MsgData>, gap?: boolean) => {
         if (gap === true) resync()
-        let remote: Map<string, Array<string>> | undefined = undefined
+        let remote: Groups<string, string> = undefined
         for (const [id, connection] of connections) {
           if (connection.inbox !== undefined) {
-            remote ??= new Map()
-            const ids = remote.get(connection.inbox)
-            if (ids === undefined) remote.set(connection.inbox, [id])
-            else ids.push(id)
+            remote = addTo(remote, connection.inbox, id)
             continue
           }
           const sink = connection.sink!
@@ -128,14 +126,11 @@ const entityLayer = (options: {
       /** A live event to the connections that opted in to its kind (live only: a failure drops it). */
       const announce = (event: LiveEvent) => {
         const kind: EventKind = kindOf(event)
-        let remote: Map<string, Array<string>> | undefined = undefined
+        let remote: Groups<string, string> = undefined
         for (const [id, connection] of connections) {
           if (!connection.events.has(kind)) continue
           if (connection.inbox !== undefined) {
-            remote ??= new Map()
-            const ids = remote.get(connection.inbox)
-            if (ids === undefined) remote.set(connection.inbox, [id])
-            else ids.push(id)
+            remote = addTo(remote, connection.inbox, id)
             continue
           }
           try {

@@ -25,11 +25,29 @@ export interface MessageRow {
   readonly client_msg_id: string | null
 }
 
+/**
+ * A member's read position moved forward (never back: a move to an older seq changes nothing), to
+ * a known message, or to the last message at or before `anchor` (compared as an id).
+ */
+export type ReadMove =
+  & { readonly conversation_id: string; readonly session_id: string }
+  & ({ readonly seq: number; readonly msg_id: string } | { readonly anchor: string })
+
+/** A read position the statement moved. */
+export interface MovedRead {
+  readonly conversation_id: string
+  readonly session_id: string
+  readonly seq: number
+  readonly msg_id: string
+}
+
 interface Pending {
   readonly rows: ReadonlyArray<MessageRow>
+  readonly reads: ReadonlyArray<ReadMove>
   /** About the JSON this Pending adds to a statement (UTF-16 units, not exact bytes). */
   readonly bytes: number
-  readonly done: Deferred.Deferred<void, SqlError.SqlError>
+  /** Settled with the moves of `reads` the statement made. */
+  readonly done: Deferred.Deferred<ReadonlyArray<MovedRead>, SqlError.SqlError>
 }
 
 /** Bounds on one merged statement; a single Pending beyond them still goes, alone. */
@@ -43,8 +61,8 @@ export const defaultCommitBounds: CommitBounds = { maxRows: 1024, maxBytes: 4 * 
 /** Field names, ids, numbers and the conversation's last-message entry of one row in the JSON. */
 const ROW_OVERHEAD = 320
 
-const sizeOf = (rows: ReadonlyArray<MessageRow>) => {
-  let bytes = 0
+const sizeOf = (rows: ReadonlyArray<MessageRow>, reads: ReadonlyArray<ReadMove>) => {
+  let bytes = reads.length * ROW_OVERHEAD
   for (const r of rows) {
     bytes += ROW_OVERHEAD + r.content.length + r.conversation_id.length + r.from_session.length
       + (r.client_msg_id?.length ?? 0)
@@ -72,18 +90,27 @@ export const makeCommitBatcher = (
   let queuedBytes = 0
   let inFlight = 0
 
-  // Messages, each conversation's last-message fields and each sender's read position (a sender has
-  // read what it sends), as JSON decoded by the database: one statement whatever the batch's size,
-  // so it is atomic without BEGIN/COMMIT round trips. Unread counts rely on that atomicity: a
-  // member's own messages are never above its read position.
+  // Messages, each conversation's last-message fields and read positions (each sender's: a sender
+  // has read what it sends; and those marked), as JSON decoded by the database: one statement
+  // whatever the batch's size, so it is atomic without BEGIN/COMMIT round trips. Unread counts rely
+  // on that atomicity: a member's own messages are never above its read position. A mark to an
+  // anchor is resolved here too, against what was committed before (a conversation's marks follow
+  // its commits: its entity waits for each). The answer: the positions moved.
   const write = (batch: ReadonlyArray<Pending>) => {
     const rows = batch.flatMap((p) => p.rows)
     const lastByConversation = new Map<string, MessageRow>()
-    const readBySender = new Map<string, MessageRow>()
+    const senders = new Map<string, ReadMove>()
     for (const r of rows) {
       lastByConversation.set(r.conversation_id, r)
-      readBySender.set(`${r.conversation_id}\u0000${r.from_session}`, r)
+      // Rows come in seq order: the last one of each sender is its position.
+      senders.set(`${r.conversation_id}\u0000${r.from_session}`, {
+        conversation_id: r.conversation_id,
+        session_id: r.from_session,
+        seq: r.seq,
+        msg_id: r.msg_id
+      })
     }
+    const reads = [...senders.values(), ...batch.flatMap((p) => p.reads)]
     const lasts = [...lastByConversation.values()].map((r) => ({
       id: r.conversation_id,
       last_msg_id: r.msg_id,
@@ -91,37 +118,61 @@ export const makeCommitBatcher = (
       last_send_session: r.from_session,
       last_seq: r.seq
     }))
-    const reads = [...readBySender.values()].map((r) => ({
-      conversation_id: r.conversation_id,
-      session_id: r.from_session,
-      seq: r.seq,
-      msg_id: r.msg_id
-    }))
-    return sql`WITH inserted AS (
+    return sql<
+      { conversation_id: string; session_id: string; read_seq: string; read_msg_id: string }
+    >`WITH inserted AS (
         INSERT INTO messages (conversation_id, msg_id, seq, from_session, send_time, status, type, content, client_msg_id)
         SELECT conversation_id, msg_id, seq, from_session, send_time, status, type, content, client_msg_id
         FROM jsonb_to_recordset(${JSON.stringify(rows)}::jsonb) AS r(conversation_id text, msg_id text, seq bigint,
           from_session text, send_time text, status integer, type integer, content text, client_msg_id text)
         RETURNING 1),
-      readers AS (
-        UPDATE conversation_members m SET read_seq = r.seq, read_msg_id = r.msg_id
+      moves AS (
+        SELECT DISTINCT ON (r.conversation_id, r.session_id) r.conversation_id, r.session_id,
+          COALESCE(r.seq, t.seq) AS seq, COALESCE(r.msg_id, t.msg_id) AS msg_id
         FROM jsonb_to_recordset(${JSON.stringify(reads)}::jsonb) AS r(conversation_id text, session_id text,
-          seq bigint, msg_id text)
-        WHERE m.conversation_id = r.conversation_id AND m.session_id = r.session_id AND m.read_seq < r.seq
+          seq bigint, msg_id text, anchor text)
+        LEFT JOIN LATERAL (SELECT o.seq, o.msg_id FROM messages o WHERE r.anchor IS NOT NULL
+          AND o.conversation_id = r.conversation_id AND o.msg_id <= r.anchor ORDER BY o.msg_id DESC LIMIT 1) t ON true
+        WHERE COALESCE(r.seq, t.seq) IS NOT NULL
+        ORDER BY r.conversation_id, r.session_id, COALESCE(r.seq, t.seq) DESC),
+      readers AS (
+        UPDATE conversation_members m SET read_seq = v.seq, read_msg_id = v.msg_id FROM moves v
+        WHERE m.conversation_id = v.conversation_id AND m.session_id = v.session_id AND m.read_seq < v.seq
+        RETURNING m.conversation_id, m.session_id, m.read_seq, m.read_msg_id),
+      lasts AS (
+        UPDATE conversations c SET last_msg_id = v.last_msg_id, last_send_time = v.last_send_time,
+          last_send_session = v.last_send_session, last_seq = v.last_seq, redeliver_after = NULL,
+          last_msg_at = v.last_send_time::timestamptz, last_xid = pg_current_xact_id()
+        FROM jsonb_to_recordset(${JSON.stringify(lasts)}::jsonb) AS v(id text, last_msg_id text, last_send_time text,
+          last_send_session text, last_seq bigint)
+        WHERE c.id = v.id
         RETURNING 1)
-      UPDATE conversations c SET last_msg_id = v.last_msg_id, last_send_time = v.last_send_time,
-        last_send_session = v.last_send_session, last_seq = v.last_seq, redeliver_after = NULL,
-        last_msg_at = v.last_send_time::timestamptz, last_xid = pg_current_xact_id()
-      FROM jsonb_to_recordset(${JSON.stringify(lasts)}::jsonb) AS v(id text, last_msg_id text, last_send_time text,
-        last_send_session text, last_seq bigint)
-      WHERE c.id = v.id`
+      SELECT conversation_id, session_id, read_seq, read_msg_id FROM readers`
   }
 
   /** A throw while building the statement (odd data, a bug) becomes this batch's failure, not a wedge. */
-  const attempt = (batch: ReadonlyArray<Pending>) => Effect.exit(Effect.asVoid(Effect.suspend(() => write(batch))))
+  const attempt = (batch: ReadonlyArray<Pending>) =>
+    Effect.exit(
+      Effect.suspend(() => write(batch)).pipe(Effect.map((moved) =>
+        moved.map((m): MovedRead => ({
+          conversation_id: m.conversation_id,
+          session_id: m.session_id,
+          seq: Number(m.read_seq),
+          msg_id: m.read_msg_id
+        }))
+      ))
+    )
 
-  const settle = (p: Pending, exit: Exit.Exit<void, SqlError.SqlError>) =>
-    Deferred.doneUnsafe(p.done, Exit.isSuccess(exit) ? Effect.void : exit)
+  /** Each waiter gets the moves of the reads it asked for (a sender's own move is not asked for). */
+  const settle = (p: Pending, exit: Exit.Exit<ReadonlyArray<MovedRead>, SqlError.SqlError>) => {
+    if (Exit.isFailure(exit)) return Deferred.doneUnsafe(p.done, exit)
+    if (p.reads.length === 0) return Deferred.doneUnsafe(p.done, Exit.succeed([]))
+    const asked = new Set(p.reads.map((r) => `${r.conversation_id}\u0000${r.session_id}`))
+    Deferred.doneUnsafe(
+      p.done,
+      Exit.succeed(exit.value.filter((m) => asked.has(`${m.conversation_id}\u0000${m.session_id}`)))
+    )
+  }
 
   const commit = (batch: ReadonlyArray<Pending>) =>
     Effect.gen(function* () {
@@ -148,8 +199,9 @@ export const makeCommitBatcher = (
     let bytes = 0
     for (; n < queue.length; n++) {
       const p = queue[n]
-      if (n > 0 && (rows + p.rows.length > bounds.maxRows || bytes + p.bytes > bounds.maxBytes)) break
-      rows += p.rows.length
+      const count = p.rows.length + p.reads.length
+      if (n > 0 && (rows + count > bounds.maxRows || bytes + p.bytes > bounds.maxBytes)) break
+      rows += count
       bytes += p.bytes
     }
     const batch = queue.slice(0, n)
@@ -159,13 +211,19 @@ export const makeCommitBatcher = (
     return batch
   }
 
-  /** Writes `rows` (one conversation's, in order) durably; shares the statement with others waiting. */
-  const append = (rows: ReadonlyArray<MessageRow>): Effect.Effect<void, SqlError.SqlError> =>
+  /**
+   * Writes `rows` (one conversation's, in order) and read position `reads` durably; shares the
+   * statement with others waiting.
+   */
+  const append = (
+    rows: ReadonlyArray<MessageRow>,
+    reads: ReadonlyArray<ReadMove> = []
+  ): Effect.Effect<ReadonlyArray<MovedRead>, SqlError.SqlError> =>
     Effect.gen(function* () {
-      const done = yield* Deferred.make<void, SqlError.SqlError>()
-      const bytes = sizeOf(rows)
-      queue.push({ rows, bytes, done })
-      queuedRows += rows.length
+      const done = yield* Deferred.make<ReadonlyArray<MovedRead>, SqlError.SqlError>()
+      const bytes = sizeOf(rows, reads)
+      queue.push({ rows, reads, bytes, done })
+      queuedRows += rows.length + reads.length
       queuedBytes += bytes
       // Whoever finds a free slot commits everything queued, then keeps going while work remains.
       yield* Effect.uninterruptible(Effect.gen(function* () {
@@ -177,7 +235,7 @@ export const makeCommitBatcher = (
           const exit = yield* Effect.exit(commit(batch))
           inFlight--
           if (Exit.isFailure(exit)) {
-            for (const p of batch) Deferred.doneUnsafe(p.done, exit)
+            for (const p of batch) Deferred.doneUnsafe(p.done, Exit.failCause(exit.cause))
           }
         }
       }))

@@ -11,7 +11,13 @@ import {
   UnstorableMessage
 } from "../domain/Conversation.ts"
 import { AppConfig, DEFAULT_MAX_HISTORY_BYTES } from "../Config.ts"
-import { defaultCommitBounds, makeCommitBatcher, type MessageRow } from "./CommitBatcher.ts"
+import {
+  defaultCommitBounds,
+  makeCommitBatcher,
+  type MessageRow,
+  type MovedRead,
+  type ReadMove
+} from "./CommitBatcher.ts"
 import { DatabaseHealth, isInvalidData } from "./DatabaseHealth.ts"
 import { queryDuration, storeOperation } from "../observability/Telemetry.ts"
 
@@ -20,11 +26,13 @@ export interface ConversationState {
   readonly lastMsgId: string | undefined
   readonly lastSeq: number
   readonly members: Map<string, number>
+  /** Each member's read position (seq 0 and null: nothing read); the entity keeps it, as it is its only writer. */
+  readonly reads: Map<string, Position>
   /** Set by a host that stopped with hand-overs outstanding: everything after it is handed over again. */
   readonly redeliverAfter: string | undefined
 }
 
-export type { MessageRow } from "./CommitBatcher.ts"
+export type { MessageRow, MovedRead, ReadMove } from "./CommitBatcher.ts"
 
 export interface StoredMessage {
   readonly msg_id: string
@@ -139,6 +147,11 @@ export class ConversationStore extends Context.Service<ConversationStore, {
     id: string,
     rows: ReadonlyArray<MessageRow>
   ) => Effect.Effect<void, SqlError.SqlError | UnstorableMessage>
+  /**
+   * Moves read positions forward (never back), in a statement shared with other conversations'
+   * commits (CommitBatcher); the positions it moved.
+   */
+  readonly moveReads: (id: string, moves: ReadonlyArray<ReadMove>) => Sql<ReadonlyArray<MovedRead>>
   /** Fails with UnstorableMessage when the database refused the keys' data. */
   readonly findByClientIds: (
     id: string,
@@ -214,14 +227,17 @@ export class ConversationStore extends Context.Service<ConversationStore, {
               redeliver_after: string | null
             }>`SELECT conversation_type, last_msg_id, last_seq, redeliver_after FROM conversations WHERE id = ${id}`
             if (rows.length === 0) return Option.none()
-            const members = yield* sql<{ session_id: string; joined_seq: string }>`
-              SELECT session_id, joined_seq FROM conversation_members WHERE conversation_id = ${id}`
+            const members = yield* sql<
+              { session_id: string; joined_seq: string; read_seq: string; read_msg_id: string | null }
+            >`SELECT session_id, joined_seq, read_seq, read_msg_id FROM conversation_members
+              WHERE conversation_id = ${id}`
             const row = rows[0]
             return Option.some({
               conversationType: Number(row.conversation_type),
               lastMsgId: row.last_msg_id ?? undefined,
               lastSeq: Number(row.last_seq),
               members: new Map(members.map((m) => [m.session_id, Number(m.joined_seq)])),
+              reads: new Map(members.map((m) => [m.session_id, { seq: Number(m.read_seq), msgId: m.read_msg_id }])),
               redeliverAfter: row.redeliver_after ?? undefined
             })
           }),
@@ -295,7 +311,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             yield* sql`UPDATE conversations SET is_archive = ${isArchive} WHERE ${sql.in("id", unique)}`
           }))
         },
-        appendMessages: (id, rows) => refusingData(id, batcher.append(rows)),
+        appendMessages: (id, rows) => refusingData(id, Effect.asVoid(batcher.append(rows))),
+        moveReads: (_id, moves) => batcher.append([], moves),
         findByClientIds: (id, keys) =>
           refusingData(
             id,

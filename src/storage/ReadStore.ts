@@ -1,12 +1,12 @@
 /**
- * Read state in SQL: members' read positions (moved by the Conversation entity), and the reads a
- * chat list and a chat window need: unread counts, the inbox, the member list.
+ * Read state in SQL: the reads a chat list and a chat window need: unread counts, the inbox, the
+ * member list. Read positions are moved by the Conversation entity (ConversationStore.moveReads).
  *
  * Unread is exact by construction: a member's own messages are never above its read position
  * (sending moves it, in the statement that stores the message: CommitBatcher), and joining sets
  * it to the last message, so the messages above it from others number `last_seq - read_seq`.
  */
-import { Context, Effect, Layer, Option } from "effect"
+import { Context, Effect, Layer } from "effect"
 import { SqlClient, type SqlError } from "effect/sql"
 import type { MsgData } from "../domain/Conversation.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
@@ -14,12 +14,6 @@ import { type StoredMessage, timedStore, toMsgData } from "./ConversationStore.t
 import { DatabaseHealth } from "./DatabaseHealth.ts"
 
 type Sql<A> = Effect.Effect<A, SqlError.SqlError>
-
-/** A member's read position: the seq of the last message it read (0: none) and its id. */
-export interface ReadPosition {
-  readonly readSeq: number
-  readonly readMsgId: string | null
-}
 
 export interface UnreadEntry {
   readonly ConversationId: string
@@ -79,16 +73,6 @@ interface UnreadRow {
 }
 
 export class ReadStore extends Context.Service<ReadStore, {
-  /**
-   * Moves `session`'s read position in conversation `id` forward to `target` (seq and id), or, given
-   * an `anchor` id, to the last message at or before it; never back. The position after it, and
-   * whether it moved (None: not a member).
-   */
-  readonly markRead: (
-    id: string,
-    session: string,
-    target: { readonly seq: number; readonly msgId: string } | { readonly anchor: string }
-  ) => Sql<Option.Option<ReadPosition & { readonly moved: boolean }>>
   /** `session`'s unread counts in `ids` (in that order; those it is not a member of are left out), or in all it joined. */
   readonly unread: (session: string, ids: ReadonlyArray<string> | undefined) => Sql<ReadonlyArray<UnreadEntry>>
   readonly inbox: (
@@ -107,12 +91,21 @@ export class ReadStore extends Context.Service<ReadStore, {
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
       const health = yield* DatabaseHealth
-      const activity = sql.literal(micros("COALESCE(c.last_msg_at, m.joined_at)"))
+      const activityOf = (column: string) => sql.literal(micros(column))
       const joinedMicros = sql.literal(micros("joined_at"))
       /** The activity of membership `m` in `c` as snapshot `s.snap` saw it (its last message then, or its join). */
-      const seenActivity = sql.literal(micros(`COALESCE((SELECT o.send_time::timestamptz FROM messages o
+      const seenActivity = sql.literal(`COALESCE((SELECT o.send_time::timestamptz FROM messages o
         WHERE o.conversation_id = c.id AND (o.txid IS NULL OR pg_visible_in_snapshot(o.txid, s.snap))
-        ORDER BY o.msg_id DESC LIMIT 1), m.joined_at)`))
+        ORDER BY o.msg_id DESC LIMIT 1), m.joined_at)`)
+      /** The entries of the page `keys` (id, at) of `session`'s inbox, in order, with `snapshot`. */
+      const entries = (session: string, snapshot: ReturnType<typeof sql.literal>) =>
+        sql`SELECT c.id, c.conversation_type, c.name, c.extra, c.is_archive, c.last_seq - m.read_seq AS unread,
+            m.read_msg_id, ${activityOf("keys.at")} AS activity, ${snapshot} AS snapshot,
+            lm.msg_id, lm.conversation_id, lm.from_session, lm.send_time, lm.status, lm.type, lm.content, lm.seq
+          FROM keys JOIN conversations c ON c.id = keys.id
+          JOIN conversation_members m ON m.conversation_id = keys.id AND m.session_id = ${session}
+          LEFT JOIN messages lm ON lm.conversation_id = c.id AND lm.msg_id = c.last_msg_id
+          ORDER BY keys.at DESC, keys.id DESC`
 
       type InboxRow = StoredMessage & {
         readonly id: string
@@ -147,29 +140,6 @@ export class ReadStore extends Context.Service<ReadStore, {
       }
 
       return ReadStore.of(timedStore({
-        markRead: (id, session, target) => {
-          const resolved = "anchor" in target
-            ? sql`SELECT seq, msg_id FROM messages WHERE conversation_id = ${id} AND msg_id <= ${target.anchor}
-                ORDER BY msg_id DESC LIMIT 1`
-            : sql`SELECT ${target.seq}::bigint AS seq, ${target.msgId}::text AS msg_id`
-          return sql<{ read_seq: string; read_msg_id: string | null; moved: boolean }>`WITH target AS (${resolved}),
-              moved AS (
-                UPDATE conversation_members m SET read_seq = t.seq, read_msg_id = t.msg_id FROM target t
-                WHERE m.conversation_id = ${id} AND m.session_id = ${session} AND m.read_seq < t.seq
-                RETURNING m.read_seq, m.read_msg_id)
-            SELECT read_seq, read_msg_id, true AS moved FROM moved
-            UNION ALL
-            SELECT read_seq, read_msg_id, false AS moved FROM conversation_members
-            WHERE conversation_id = ${id} AND session_id = ${session} AND NOT EXISTS (SELECT 1 FROM moved)`.pipe(
-            Effect.map((rows) =>
-              Option.map(Option.fromNullishOr(rows[0]), (r) => ({
-                readSeq: Number(r.read_seq),
-                readMsgId: r.read_msg_id,
-                moved: r.moved
-              }))
-            )
-          )
-        },
         unread: (session, ids) =>
           (ids !== undefined && ids.length === 0 ? Effect.succeed<ReadonlyArray<UnreadRow>>([]) : sql<UnreadRow>`
               SELECT m.conversation_id AS id, c.last_seq - m.read_seq AS unread, m.read_msg_id, c.last_msg_id
@@ -190,37 +160,30 @@ export class ReadStore extends Context.Service<ReadStore, {
               return [...new Set(ids)].flatMap((id) => byId.get(id) ?? [])
             })
           ),
+        // The page's keys first, over every membership of the session (narrow rows: ten thousand
+        // memberships sort in a few milliseconds), then the page's entries in full.
         inbox: (session, limit, cursor) =>
-          cursor === undefined
-            ? sql<InboxRow>`WITH page AS (
-                  SELECT c.id, c.conversation_type, c.name, c.extra, c.is_archive, c.last_msg_id,
-                    c.last_seq - m.read_seq AS unread, m.read_msg_id, ${activity} AS activity
+          (cursor === undefined
+            ? sql<InboxRow>`WITH keys AS (
+                  SELECT m.conversation_id AS id, COALESCE(c.last_msg_at, m.joined_at) AS at
                   FROM conversation_members m JOIN conversations c ON c.id = m.conversation_id
                   WHERE m.session_id = ${session}
-                  ORDER BY activity DESC, c.id DESC LIMIT ${limit + 1})
-                SELECT page.*, lm.msg_id, lm.conversation_id, lm.from_session, lm.send_time, lm.status, lm.type,
-                  lm.content, lm.seq, pg_current_snapshot()::text AS snapshot
-                FROM page LEFT JOIN messages lm ON lm.conversation_id = page.id AND lm.msg_id = page.last_msg_id
-                ORDER BY page.activity DESC, page.id DESC`.pipe(Effect.map((rows) => inboxPage(rows, limit, undefined)))
+                  ORDER BY at DESC, id DESC LIMIT ${limit + 1})
+                ${entries(session, sql`pg_current_snapshot()::text`)}`
             // As the first page's snapshot saw them: a conversation whose last message that snapshot did
             // not see sorts by the last one it did see (or its join); memberships it did not see are left out.
             : sql<InboxRow>`WITH seen AS (
-                  SELECT c.id, c.conversation_type, c.name, c.extra, c.is_archive, c.last_msg_id,
-                    c.last_seq - m.read_seq AS unread, m.read_msg_id,
-                    CASE WHEN c.last_xid IS NULL OR pg_visible_in_snapshot(c.last_xid, s.snap) THEN ${activity}
-                      ELSE ${seenActivity} END AS activity
+                  SELECT m.conversation_id AS id,
+                    CASE WHEN c.last_xid IS NULL OR pg_visible_in_snapshot(c.last_xid, s.snap)
+                      THEN COALESCE(c.last_msg_at, m.joined_at) ELSE ${seenActivity} END AS at
                   FROM (SELECT ${cursor.snapshot}::pg_snapshot AS snap) s, conversation_members m
                   JOIN conversations c ON c.id = m.conversation_id
                   WHERE m.session_id = ${session} AND pg_visible_in_snapshot(m.joined_xid, s.snap)),
-                page AS (
-                  SELECT * FROM seen WHERE (activity, id) < (${cursor.activity}::bigint, ${cursor.conversationId})
-                  ORDER BY activity DESC, id DESC LIMIT ${limit + 1})
-                SELECT page.*, lm.msg_id, lm.conversation_id, lm.from_session, lm.send_time, lm.status, lm.type,
-                  lm.content, lm.seq, '' AS snapshot
-                FROM page LEFT JOIN messages lm ON lm.conversation_id = page.id AND lm.msg_id = page.last_msg_id
-                ORDER BY page.activity DESC, page.id DESC`.pipe(
-              Effect.map((rows) => inboxPage(rows, limit, cursor.snapshot))
-            ),
+                keys AS (
+                  SELECT * FROM seen WHERE (at, id) <
+                    (TIMESTAMPTZ 'epoch' + ${cursor.activity}::bigint * INTERVAL '1 microsecond', ${cursor.conversationId})
+                  ORDER BY at DESC, id DESC LIMIT ${limit + 1})
+                ${entries(session, sql`''`)}`).pipe(Effect.map((rows) => inboxPage(rows, limit, cursor?.snapshot))),
         members: (id, limit, cursor) =>
           sql<{ session_id: string; joined_us: string; read_msg_id: string | null }>`
             SELECT session_id, ${joinedMicros} AS joined_us, read_msg_id FROM conversation_members

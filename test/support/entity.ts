@@ -15,7 +15,6 @@ import { Connections } from "../../src/push/Connections.ts"
 import { LocalMailboxes } from "../../src/push/LocalMailboxes.ts"
 import { MailboxRelay } from "../../src/push/MailboxRelay.ts"
 import { ConversationStore } from "../../src/storage/ConversationStore.ts"
-import { ReadStore } from "../../src/storage/ReadStore.ts"
 import { DatabaseLive } from "../../src/storage/Database.ts"
 
 /**
@@ -41,7 +40,7 @@ export const conversationEntityLayer = (settings: AppSettings, elsewhere: Readon
     Layer.provideMerge(RunnerWatch.layer),
     Layer.provideMerge(TestRunner.layer),
     Layer.provideMerge(Layer.mergeAll(NodeIdentity.layer, Telemetry.layer)),
-    Layer.provideMerge(Layer.mergeAll(ConversationStore.layer, ReadStore.layer)),
+    Layer.provideMerge(ConversationStore.layer),
     Layer.provideMerge(DatabaseLive),
     Layer.provideMerge(AppConfig.make(settings)),
     Layer.provide(NodeCrypto.layerDigest)
