@@ -1,5 +1,5 @@
 /**
- * Every read the API makes is served by an index: each statement the store's read functions run
+ * Every read the API makes is served by an index (but the inbox's sort by last activity): each statement the store's read functions run
  * is captured and EXPLAINed on PostgreSQL (sequential scans disabled, so the planner shows what an
  * index can serve). Every scan of our tables must have an index condition and no plan may sort.
  */
@@ -9,10 +9,11 @@ import { Effect, Layer } from "effect"
 import { SqlClient, Statement } from "effect/sql"
 import { AppConfig } from "../src/Config.ts"
 import { ConversationStore } from "../src/storage/ConversationStore.ts"
+import { ReadStore } from "../src/storage/ReadStore.ts"
 import { DatabaseLive } from "../src/storage/Database.ts"
 import { settingsFor } from "./support/server.ts"
 
-const StoreLive = ConversationStore.layer.pipe(
+const StoreLive = Layer.merge(ConversationStore.layer, ReadStore.layer).pipe(
   Layer.provideMerge(DatabaseLive),
   Layer.provide(AppConfig.make(settingsFor("postgres"))),
   Layer.provide(NodeCrypto.layerDigest)
@@ -31,9 +32,10 @@ const walk = (node: PlanNode, visit: (n: PlanNode) => void) => {
 }
 
 describe("indexes", () => {
-  it.live("every history, detail, membership and joined-list read is an index range scan without a sort", () =>
+  it.live("every history, detail, membership, joined-list, unread and member-list read is an index range scan without a sort", () =>
     Effect.gen(function* () {
       const store = yield* ConversationStore
+      const reads = yield* ReadStore
       const sql = yield* SqlClient.SqlClient
       const id = `idx-${crypto.randomUUID()}`
       yield* store.create(id, 0, ["me", "other"])
@@ -67,9 +69,14 @@ describe("indexes", () => {
         store.before(id, ids[35], true),
         store.after(id, ids[3], false),
         store.last(id, 30, false),
-        store.findByClientIds(id, [{ session: "me", clientMsgId: "k" }])
+        store.findByClientIds(id, [{ session: "me", clientMsgId: "k" }]),
+        // Read state: unread counts and member pages (the inbox sorts by activity, which no index holds).
+        reads.unread("me", undefined),
+        reads.unread("me", [id]),
+        reads.members(id, 200, undefined),
+        reads.members(id, 200, { joinedAt: "1700000000000000", session: "me" })
       ]).pipe(Effect.provideService(Statement.CurrentTransformer, capture))
-      assert.strictEqual(captured.length, 10)
+      assert.strictEqual(captured.length, 14)
 
       yield* sql.withTransaction(Effect.gen(function* () {
         yield* sql`SET LOCAL enable_seqscan = off`

@@ -356,17 +356,22 @@ export class Delivery extends Context.Service<Delivery, {
           settledUpTo()
         })
 
-        /** A live event to the active Mailboxes among its audience: direct here, relayed to other nodes. */
+        /**
+         * A live event to the active Mailboxes among its audience: direct here, relayed to other
+         * nodes; a Mailbox whose node is unknown, or that a relay did not serve (its shard is moving),
+         * by an entity message in the background, bounded in time (live only).
+         */
         const announceNow = ({ also, event, except, members }: Announced) => {
           let byNode: Groups<string, string> = undefined
+          let unknown: Array<string> | undefined = undefined
           const visit = (member: string) => {
             if (member === except) return
             const direct = local.get(member)
             if (direct !== undefined) return direct.event(event)
             if (!multiNode || routes.holds(member)) return
             const node = routes.nodeOf(member)
-            if (node === undefined) return
-            byNode = addTo(byNode, node, member)
+            if (node === undefined) (unknown ??= []).push(member)
+            else byNode = addTo(byNode, node, member)
           }
           if (!multiNode && local.size() < members.size) {
             for (const member of local.sessions()) if (members.has(member)) visit(member)
@@ -374,7 +379,12 @@ export class Delivery extends Context.Service<Delivery, {
             for (const member of members.keys()) visit(member)
           }
           if (also !== undefined && !members.has(also)) visit(also)
-          if (byNode !== undefined) relay.announce(byNode, event)
+          const byEntity = (sessions: ReadonlyArray<string>) =>
+            Effect.forEach(sessions, (member) => mailboxes(member).Announce({ event }, { discard: true }), {
+              discard: true
+            }).pipe(Effect.timeout(DELIVER_ATTEMPT), Effect.ignore, Effect.forkIn(scope), Effect.runFork)
+          if (byNode !== undefined) relay.announce(byNode, event, byEntity)
+          if (unknown !== undefined) byEntity(unknown)
         }
 
         /** Every member the batch was for is owed a gap. */

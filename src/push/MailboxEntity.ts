@@ -154,6 +154,7 @@ const entityLayer = (options: {
 
       return Mailbox.of({
         Deliver: ({ payload }) => Effect.sync(() => deliver(payload.messages, payload.gap)),
+        Announce: ({ payload }) => Effect.sync(() => announce(payload.event)),
         Subscribe: ({ payload }) =>
           Rpc.fork(Stream.unwrap(Effect.gen(function* () {
             // One slot more than the buffer for the leading `Ready`.

@@ -98,8 +98,15 @@ export class MailboxRelay extends Context.Service<MailboxRelay, {
     targets: ReadonlyMap<string, ReadonlyArray<string>>,
     messages: ReadonlyArray<MsgData>
   ) => Effect.Effect<ReadonlyArray<string>>
-  /** Posts a live event for the mailboxes of the sessions listed per node; live only: nothing comes back. */
-  readonly announce: (targets: ReadonlyMap<string, ReadonlyArray<string>>, event: LiveEvent) => void
+  /**
+   * Posts a live event for the mailboxes of the sessions listed per node; `notServed` gets those
+   * the relay did not serve (their mailbox is elsewhere, or the node did not answer). Never blocks.
+   */
+  readonly announce: (
+    targets: ReadonlyMap<string, ReadonlyArray<string>>,
+    event: LiveEvent,
+    notServed: (sessions: ReadonlyArray<string>) => void
+  ) => void
   /** Posts a live event for `connections` on the node `node`; live only. */
   readonly pushEvent: (node: string, connections: ReadonlyArray<string>, event: LiveEvent) => void
 }>()("quick-im/push/MailboxRelay") {
@@ -149,14 +156,19 @@ export class MailboxRelay extends Context.Service<MailboxRelay, {
           })
         ))
 
-      // Live events: served where the mailbox or connection is, dropped where it is not (live only).
+      // Live events: served where the mailbox is; a mailbox not active here is offline (the event is
+      // live only), and a session whose shard this node does not hold goes back, as for `deliver`.
       link.register("announce", (items) =>
-        Effect.sync(() => {
-          for (const item of items as ReadonlyArray<EventItem>) {
-            for (const session of item.sessions ?? []) mailboxes.get(session)?.event(item.event)
-          }
-          return items.map(() => null)
-        }))
+        Effect.sync(() =>
+          (items as ReadonlyArray<EventItem>).map((item) => {
+            const missing: Array<string> = []
+            for (const session of item.sessions ?? []) {
+              if (routes.holds(session)) mailboxes.get(session)?.event(item.event)
+              else missing.push(session)
+            }
+            return missing
+          })
+        ))
       link.register("pushEvent", (items) =>
         Effect.sync(() => {
           for (const item of items as ReadonlyArray<EventItem>) {
@@ -166,10 +178,19 @@ export class MailboxRelay extends Context.Service<MailboxRelay, {
         }))
 
       return MailboxRelay.of({
-        announce: (targets, event) => {
+        announce: (targets, event, notServed) => {
           const bytes = eventBytes(event)
           for (const [node, sessions] of targets) {
-            link.post(node, "announce", { sessions, event } satisfies EventItem, bytes + idsBytes(sessions), () => {})
+            link.post(
+              node,
+              "announce",
+              { sessions, event } satisfies EventItem,
+              bytes + idsBytes(sessions),
+              (answer) => {
+                const missing = (answer as ReadonlyArray<string> | undefined) ?? sessions
+                if (missing.length > 0) notServed(missing)
+              }
+            )
           }
         },
         pushEvent: (node, ids, event) =>

@@ -77,4 +77,10 @@ export const Poll = Rpc.make("Poll", {
   success: Schema.NullOr(Schema.Union([MsgData, LiveEvent]))
 }).annotate(ClusterSchema.InterruptOnTermination, true)
 
-export const Mailbox = Entity.make("Mailbox", [Deliver, Subscribe, Poll])
+/**
+ * A live event for the session's connections that opted in to its kind: sent as an entity message
+ * only where no relay could take it (the mailbox's node unknown or moving); never persisted.
+ */
+export const Announce = Rpc.make("Announce", { payload: { event: LiveEvent } })
+
+export const Mailbox = Entity.make("Mailbox", [Deliver, Subscribe, Poll, Announce])
