@@ -62,7 +62,14 @@ describe.each<DbKind>(["embedded", "postgres"])("API on %s", (db) => {
         "/get_conversation_30msg_before_the_id",
         "/get_conversation_30msg_after_the_id",
         "/get_conversation_last_30_msg",
-        "/get_conversation_lastone_msg"
+        "/get_conversation_lastone_msg",
+        // Extensions (read state)
+        "/mark_read",
+        "/get_unread",
+        "/get_inbox",
+        "/get_conversation_members",
+        "/typing",
+        "/inner/update_conversation"
       ]
     ) assert.property(spec.paths, path)
   })

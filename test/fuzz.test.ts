@@ -46,6 +46,8 @@ describe("fuzz", () => {
   // The model: what the server has accepted, by 200 answers only.
   const members = new Map<string, Set<string>>()
   const archived = new Map<string, boolean>()
+  /** Conversation names set by accepted creates and updates. */
+  const names = new Map<string, string>()
   const sent = new Map<string, Map<string, string>>()
   const everMember = new Set<string>(sessions)
   const track = (id: string, who: Iterable<string>) => {
@@ -98,6 +100,11 @@ describe("fuzz", () => {
       }
       case "/inner/create_conversation":
         track(body.data.ConversationId, strings(json.sessions))
+        names.set(body.data.ConversationId, typeof json.name === "string" ? json.name : "")
+        break
+      case "/inner/update_conversation":
+        membersOf(json.conversation_id)
+        if (typeof json.name === "string") names.set(json.conversation_id, json.name)
         break
       case "/inner/join_conversation":
         for (const s of strings(json.sessions)) {
@@ -183,6 +190,7 @@ describe("fuzz", () => {
         assert.strictEqual(known.status, 200, `auditor joins ${id}: ${JSON.stringify(known.body)}`)
         const detail = await server.post("/get_conversation_detail", { conversation_id: id }, auditorToken)
         assert.strictEqual(detail.body.data.IsArchive, archived.get(id), `archive flag of ${id}`)
+        assert.strictEqual(detail.body.data.Name, names.get(id) ?? "", `name of ${id}`)
         const stored = new Map<string, string>()
         let anchor = "22222-2222-2222-222"
         for (;;) {

@@ -185,7 +185,29 @@ const plausible = {
   clientMsgId: fc.oneof(fc.constantFrom("dup-1", "dup-2"), fc.string({ minLength: 1, maxLength: 24 }), oddString),
   msgId: fc.oneof({ weight: 2, arbitrary: msgIdRef }, msgIdShaped),
   bool: fc.boolean(),
-  conversationType: fc.integer({ min: -2, max: 17 })
+  conversationType: fc.integer({ min: -2, max: 17 }),
+  limit: fc.oneof(fc.integer({ min: 1, max: 50 }), fc.integer({ min: -2, max: 1002 })),
+  // Opaque cursors: none, junk, and base64url JSON shaped like ours with odd snapshots, times and ids.
+  cursor: fc.oneof(
+    fc.constant(null),
+    fc.string({ maxLength: 40 }),
+    oddString,
+    fc.record({
+      s: fc.oneof(
+        fc.constantFrom("1:1:", "5:9:6,7", "9:1:", "0:0:", "1:2:3", "1:9:5,4", "x", "99999999999999999999:1:"),
+        oddString
+      ),
+      a: fc.oneof(fc.constantFrom("0", "-1", "1700000000000000", "9223372036854775808", "1e3"), oddString),
+      c: fc.oneof(fc.string({ maxLength: 4 }), oddString),
+      j: fc.oneof(fc.constantFrom("0", "9007199254740993", "-9223372036854775808"), oddString)
+    }).map((v) => Buffer.from(JSON.stringify(v)).toString("base64url"))
+  ),
+  name: fc.oneof(
+    { weight: 3, arbitrary: fc.string({ maxLength: 40 }) },
+    fc.string({ minLength: 195, maxLength: 205 }),
+    oddString
+  ),
+  extra: fc.oneof({ weight: 3, arbitrary: fc.json({ maxDepth: 2 }) }, oddString)
 } satisfies Record<string, fc.Arbitrary<Value>>
 
 type Kind = keyof typeof plausible | "sessions" | "conversations" | "strangers"
@@ -228,7 +250,18 @@ export const POSTS: Record<string, Record<string, Kind>> = {
   "/get_conversation_last_30_msg": { conversation_id: "conversation", "desc?": "bool" },
   "/get_conversation_lastone_msg": { conversation_id: "conversation", "desc?": "bool" },
   "/inner/get_token": { session: "session", platform: "int32" },
-  "/inner/create_conversation": { "conversation_type?": "conversationType", sessions: "sessions" },
+  "/inner/create_conversation": {
+    "conversation_type?": "conversationType",
+    sessions: "sessions",
+    "name?": "name",
+    "extra?": "extra"
+  },
+  "/inner/update_conversation": { conversation_id: "conversation", "name?": "name", "extra?": "extra" },
+  "/mark_read": { conversation_id: "conversation", msg_id: "msgId" },
+  "/get_unread": { "conversation_ids?": "conversations" },
+  "/get_inbox": { "limit?": "limit", "cursor?": "cursor" },
+  "/get_conversation_members": { conversation_id: "conversation", "limit?": "limit", "cursor?": "cursor" },
+  "/typing": { conversation_id: "conversation" },
   "/inner/kickout_conversation": { conversation_id: "conversation", sessions: "sessions" },
   "/inner/join_conversation": { conversation_id: "conversation", sessions: "sessions" },
   "/inner/set_archive_conversations": { conversation_ids: "conversations", is_archive: "bool" },
@@ -388,6 +421,10 @@ const notify: fc.Arbitrary<Plan> = fc.record({
       { weight: 3, arbitrary: fc.tuple(fc.constant("token"), fc.nat({ max: 63 }).map((i) => ({ $token: i }))) },
       fc.tuple(fc.constant("token"), queryValue),
       fc.tuple(fc.constant("last_msg_id"), fc.oneof(msgIdRef, msgIdShaped, queryValue)),
+      fc.tuple(
+        fc.constant("events"),
+        fc.oneof(fc.constantFrom("read", "read,member,typing", "member,member", "bogus", "", ","), queryValue)
+      ),
       fc.tuple(fc.constantFrom("x", "", "protoc[]", "%"), queryValue)
     ),
     { maxLength: 5 }
