@@ -150,9 +150,26 @@ describe("read state", () => {
     failed(await server.post("/get_conversation_members", { conversation_id: c, limit: 0 }, a.token), 400, 10001)
     failed(await server.post("/get_conversation_members", { conversation_id: c, cursor: "x" }, a.token), 400, 10001)
     failed(await server.post("/get_inbox", { limit: 201 }, a.token), 400, 10001)
-    for (const cursor of ["", "e30", btoa(JSON.stringify({ s: "9:1:", a: "1", c: "x" })).replace(/=+$/, "")]) {
+    const encode = (v: unknown) => Buffer.from(JSON.stringify(v)).toString("base64url")
+    for (
+      const cursor of [
+        "",
+        "e30",
+        encode({ s: "9:1:", a: "1", c: "x" }),
+        // Found by the fuzz run: an id with NUL characters would reach SQL.
+        encode({ s: "5:9:6,7", a: "0", c: "\u0000\u0000" })
+      ]
+    ) {
       failed(await server.post("/get_inbox", { cursor }, a.token), 400, 10001)
     }
+    failed(
+      await server.post("/get_conversation_members", {
+        conversation_id: c,
+        cursor: encode({ j: "0", s: "\u0000\u0000" })
+      }, a.token),
+      400,
+      10001
+    )
   })
 
   it("members in join order, paged, with their read positions", async () => {
@@ -292,6 +309,33 @@ describe("read state", () => {
         for (const client of [aPhone, bLive, bQuiet]) client.close()
       }
     })
+  })
+
+  it("a poll gets only the event kinds it opted in to, also beside another poll of its platform that did not", async () => {
+    const [a, b] = await users("a", "b")
+    const conv = await create([a.id, b.id])
+    const m1 = await send(b.token, conv, "m1")
+    const poll = (query: string) =>
+      fetch(`${server.url}/notify?protoc=poll&token=${a.token}${query}`).then(async (res) => ({
+        status: res.status,
+        body: res.status === 200 ? await res.json() : undefined
+      }))
+    // Both wait on platform 1: the first from the last message, without events; then one with them.
+    const plain = poll(`&last_msg_id=${m1}`)
+    await sleep(300)
+    const live = poll("&events=member")
+    await sleep(300)
+    const [c] = await users("c")
+    ok(await server.post("/inner/join_conversation", { conversation_id: conv, sessions: [c.id] }))
+    assert.deepStrictEqual(await live, {
+      status: 200,
+      body: { Event: "member", ConversationId: conv, Session: c.id, Change: "joined" }
+    })
+    // The plain poll gets the next message, never the event.
+    const m2 = await send(b.token, conv, "m2")
+    const answer = await plain
+    assert.strictEqual(answer.status, 200)
+    assert.strictEqual(answer.body.MsgId, m2)
   })
 
   it("an unknown event kind is refused", async () => {

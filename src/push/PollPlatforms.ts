@@ -73,10 +73,11 @@ type Answer = MsgData | LiveEvent
 
 const isEvent = (answer: Answer): answer is LiveEvent => "Event" in answer
 
-/** A poll waiting for a message (null: end empty), and the cursor it came with. */
+/** A poll waiting for a message (null: end empty), the cursor it came with and the event kinds it opted in to. */
 interface Waiter {
   readonly deferred: Deferred.Deferred<Answer | null>
   readonly cursor: string | undefined
+  readonly kinds: ReadonlySet<string>
 }
 
 const replaying = (state: PollState) => state.replay !== undefined || state.startFrom !== undefined
@@ -332,21 +333,26 @@ export class PollPlatforms extends Context.Service<PollPlatforms, {
             state.acked = state.last
             state.dirty = true
           }
-          state.eventKinds = new Set(events ?? [])
-          if (state.eventKinds.size === 0) state.events = []
+          const kinds: ReadonlySet<string> = new Set(events ?? [])
+          state.eventKinds = kinds
+          if (kinds.size === 0) state.events = []
           let next: Answer | undefined = state.fetching ? undefined : takeNext(state)
           if (next === undefined && !state.fetching && replaying(state)) {
             yield* refill(state)
             next = takeNext(state)
           }
-          next ??= state.events.shift()
+          if (next === undefined) {
+            // The first waiting event this poll opted in to (another poll of the platform may have asked for others).
+            const i = state.events.findIndex((e) => kinds.has(kindOf(e)))
+            if (i >= 0) next = state.events.splice(i, 1)[0]
+          }
           if (next !== undefined) return handOut(state, next)
           const waiter = yield* Deferred.make<Answer | null>()
           const forget = () => {
             const i = state.waiters.findIndex((w) => w.deferred === waiter)
             if (i >= 0) state.waiters.splice(i, 1)
           }
-          state.waiters.push({ deferred: waiter, cursor: cursor })
+          state.waiters.push({ deferred: waiter, cursor, kinds })
           const got = yield* Deferred.await(waiter).pipe(
             Effect.timeoutOption(waitMs),
             // The poller went away (its HTTP request was aborted): forget its waiter, and if a
@@ -388,12 +394,15 @@ export class PollPlatforms extends Context.Service<PollPlatforms, {
           event: (event) => {
             const kind = kindOf(event)
             for (const state of polls.values()) {
-              if (state.retired || !state.eventKinds.has(kind)) continue
-              const waiter = state.waiters.shift()
-              if (waiter !== undefined) {
-                Deferred.doneUnsafe(waiter.deferred, Effect.succeed(event))
+              if (state.retired) continue
+              // A waiting poll that opted in to the kind takes it; else it waits for the next poll,
+              // if the platform's latest poll opted in.
+              const i = state.waiters.findIndex((w) => w.kinds.has(kind))
+              if (i >= 0) {
+                Deferred.doneUnsafe(state.waiters.splice(i, 1)[0].deferred, Effect.succeed(event))
                 continue
               }
+              if (!state.eventKinds.has(kind)) continue
               state.events.push(event)
               if (state.events.length > POLL_EVENTS_MAX) state.events.shift()
             }

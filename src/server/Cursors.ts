@@ -5,6 +5,7 @@
  */
 import { Effect } from "effect"
 import { BadRequest, ErrorCode } from "../api/Errors.ts"
+import { isStorableText } from "../domain/Conversation.ts"
 import type { InboxCursor, MembersCursor } from "../storage/ReadStore.ts"
 
 const invalid = new BadRequest({ code: ErrorCode.InvalidParameter, error: "cursor is not one this server gave" })
@@ -25,7 +26,8 @@ const INT64_MAX = (1n << 63n) - 1n
 const isInt64 = (s: unknown, min = -INT64_MAX): s is string =>
   typeof s === "string" && /^-?\d{1,19}$/.test(s) && BigInt(s) >= min && BigInt(s) <= INT64_MAX
 
-const isId = (s: unknown): s is string => typeof s === "string" && s.length >= 1 && s.length <= 128
+/** An id as the contract allows it (1 to 128 characters, storable: no NUL, no unpaired surrogate). */
+const isId = (s: unknown): s is string => typeof s === "string" && s.length >= 1 && s.length <= 128 && isStorableText(s)
 
 /**
  * A `pg_snapshot` as PostgreSQL writes it, `xmin:xmax:xip,...`, held to what PostgreSQL accepts

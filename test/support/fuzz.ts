@@ -600,7 +600,11 @@ export const judge = (req: FuzzRequest, answer: Answer): string | undefined => {
     if (req.path === "/notify" && contentType.startsWith("text/event-stream")) return undefined
     if (req.path === "/notify") {
       const message = tryParse(text) as any
-      return typeof message?.MsgId === "string" ? undefined : `poll answered ${text.slice(0, 200)}`
+      if (typeof message?.MsgId === "string") return undefined
+      // A live event, only of a kind the poll opted in to (`conversation` comes with `member`).
+      const optedIn = (new URL(req.target, "http://x").searchParams.get("events") ?? "").split(",")
+      const kind = message?.Event === "conversation" ? "member" : message?.Event
+      return typeof kind === "string" && optedIn.includes(kind) ? undefined : `poll answered ${text.slice(0, 200)}`
     }
   }
   if (req.method === "GET" && req.path === "/notify" && status === 204 && text === "") return undefined
