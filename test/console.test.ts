@@ -39,18 +39,23 @@ describe.skipIf(!hasChromium)("web console", () => {
     await page.waitForFunction(() => document.getElementById("status")!.textContent!.includes("connected"))
   }
 
+  /** Alice over WebSocket and Bob over SSE, each signed in on a page of its own; the pages' script errors. */
+  const twoSessions = async (browser: Awaited<ReturnType<typeof launchChromium>>) => {
+    const alice = unique("alice")
+    const bob = unique("bob")
+    const pageA = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
+    const pageB = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
+    const errors: Array<string> = []
+    for (const page of [pageA, pageB]) page.on("pageerror", (e) => errors.push(e.message))
+    await signIn(pageA, alice, "ws")
+    await signIn(pageB, bob, "sse")
+    return { alice, bob, errors, pageA, pageB }
+  }
+
   it("two sessions in two pages converse live; history pages back; the operator tab shows the cluster", async () => {
     const browser = await launchChromium()
     try {
-      const alice = unique("alice")
-      const bob = unique("bob")
-      const pageA = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
-      const pageB = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
-      const errors: Array<string> = []
-      for (const page of [pageA, pageB]) page.on("pageerror", (e) => errors.push(e.message))
-
-      await signIn(pageA, alice, "ws")
-      await signIn(pageB, bob, "sse")
+      const { alice, bob, errors, pageA, pageB } = await twoSessions(browser)
 
       // Every form control has a label a screen reader can announce.
       const unlabeled = await pageA.evaluate(() =>
@@ -125,14 +130,7 @@ describe.skipIf(!hasChromium)("web console", () => {
   it("read state: unread badges and inbox order from the server, read by N, typing, member changes", async () => {
     const browser = await launchChromium()
     try {
-      const alice = unique("alice")
-      const bob = unique("bob")
-      const pageA = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
-      const pageB = await (await browser.newContext({ viewport: { width: 1100, height: 720 } })).newPage()
-      const errors: Array<string> = []
-      for (const page of [pageA, pageB]) page.on("pageerror", (e) => errors.push(e.message))
-      await signIn(pageA, alice, "ws")
-      await signIn(pageB, bob, "sse")
+      const { alice, bob, errors, pageA, pageB } = await twoSessions(browser)
       const roomId = (page: typeof pageA) => page.textContent("#room-id")
       const newConversation = async () => {
         const before = await roomId(pageA)

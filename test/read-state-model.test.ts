@@ -7,7 +7,7 @@
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import fc from "fast-check"
 import { sleep } from "./support/push.ts"
-import { settingsFor, startServer, type TestServer } from "./support/server.ts"
+import { expectOk, settingsFor, startServer, type TestServer } from "./support/server.ts"
 
 const ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 const SESSIONS = 4
@@ -77,10 +77,7 @@ describe("read state against a model", () => {
   })
   afterAll(() => server?.stop())
 
-  const ok = (reply: { status: number; body: any }) => {
-    assert.strictEqual(reply.status, 200, JSON.stringify(reply.body))
-    return reply.body.data
-  }
+  const ok = expectOk
 
   it("unread, read positions, inbox order and members equal the model's after every step", async () => {
     let run = 0

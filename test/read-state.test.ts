@@ -4,7 +4,7 @@
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import { connectLive, type Protocol, sleep } from "./support/push.ts"
-import { settingsFor, startServer, type TestServer } from "./support/server.ts"
+import { expectFailed, expectOk, settingsFor, startServer, type TestServer } from "./support/server.ts"
 
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
 
@@ -15,17 +15,8 @@ describe("read state", () => {
   })
   afterAll(() => server?.stop())
 
-  const ok = (reply: { status: number; body: any }) => {
-    assert.strictEqual(reply.status, 200, JSON.stringify(reply.body))
-    assert.strictEqual(reply.body.code, 0)
-    return reply.body.data
-  }
-  const failed = (reply: { status: number; body: any }, status: number, code: number) => {
-    assert.strictEqual(reply.status, status, JSON.stringify(reply.body))
-    assert.strictEqual(reply.body.code, code)
-    assert.isString(reply.body.error)
-    assert.notProperty(reply.body, "data")
-  }
+  const ok = expectOk
+  const failed = expectFailed
   const users = async (...names: Array<string>) => {
     const out: Array<{ id: string; token: string }> = []
     for (const n of names) {

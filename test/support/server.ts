@@ -87,6 +87,25 @@ export interface Reply {
   readonly body: any
 }
 
+/** The `data` of a success envelope; fails the test on any other reply. */
+export const expectOk = (reply: Reply) => {
+  if (reply.status !== 200 || reply.body?.code !== 0 || "error" in (reply.body ?? {})) {
+    throw new Error(`expected a success envelope, got ${reply.status} ${JSON.stringify(reply.body)}`)
+  }
+  return reply.body.data
+}
+
+/** Fails the test unless `reply` is the error envelope with this status and code (an error message, no data). */
+export const expectFailed = (reply: Reply, status: number, code: number) => {
+  const body = reply.body ?? {}
+  if (
+    reply.status !== status || body.code !== code || typeof body.error !== "string" || body.error.length === 0
+    || "data" in body
+  ) {
+    throw new Error(`expected ${status} / ${code}, got ${reply.status} ${JSON.stringify(reply.body)}`)
+  }
+}
+
 export interface TestServer {
   readonly url: string
   readonly settings: AppSettings
