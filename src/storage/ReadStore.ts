@@ -62,7 +62,10 @@ export interface Page<A, C> {
   readonly next: C | undefined
 }
 
-/** Microseconds since the epoch of a timestamptz, exact (as text: past 2^53 in a few centuries). */
+/**
+ * Microseconds since the epoch of a timestamptz, exact. Cursors carry it and turn it back into a
+ * timestamp through `epoch + n * 1 µs`, exact below 2^53 µs (the year 2255).
+ */
 const micros = (column: string) => `(extract(epoch FROM ${column}) * 1000000)::bigint`
 
 interface UnreadRow {
@@ -91,7 +94,6 @@ export class ReadStore extends Context.Service<ReadStore, {
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
       const health = yield* DatabaseHealth
-      const activityOf = (column: string) => sql.literal(micros(column))
       const joinedMicros = sql.literal(micros("joined_at"))
       /** The activity of membership `m` in `c` as snapshot `s.snap` saw it (its last message then, or its join). */
       const seenActivity = sql.literal(`COALESCE((SELECT o.send_time::timestamptz FROM messages o
@@ -100,7 +102,7 @@ export class ReadStore extends Context.Service<ReadStore, {
       /** The entries of the page `keys` (id, at) of `session`'s inbox, in order, with `snapshot`. */
       const entries = (session: string, snapshot: ReturnType<typeof sql.literal>) =>
         sql`SELECT c.id, c.conversation_type, c.name, c.extra, c.is_archive, c.last_seq - m.read_seq AS unread,
-            m.read_msg_id, ${activityOf("keys.at")} AS activity, ${snapshot} AS snapshot,
+            m.read_msg_id, ${sql.literal(micros("keys.at"))} AS activity, ${snapshot} AS snapshot,
             lm.msg_id, lm.conversation_id, lm.from_session, lm.send_time, lm.status, lm.type, lm.content, lm.seq
           FROM keys JOIN conversations c ON c.id = keys.id
           JOIN conversation_members m ON m.conversation_id = keys.id AND m.session_id = ${session}
