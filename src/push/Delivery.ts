@@ -95,7 +95,8 @@ export interface Handovers {
    * Queues a live event for the connections that opted in of `members` (read when it is handed over),
    * plus `also` (a session that just left) and minus `except` (the typist); never waits. Events keep
    * their place among the conversation's messages and are live only: a member whose Mailbox is not
-   * active, or is not reachable now, does not get it (it reads the state when it connects).
+   * active does not get it (it reads the state when it connects), nor one that no try reaches
+   * within a few seconds.
    */
   readonly announce: (
     event: LiveEvent,
@@ -158,6 +159,8 @@ export class Delivery extends Context.Service<Delivery, {
 
       const multiNode = Option.isSome(config.runnerPort)
       const debug = debugEnabled(config.logLevel)
+      // Runs what a relay's answer starts (a callback, outside any fiber) with this layer's services.
+      const run = Effect.runForkWith(yield* Effect.context<never>())
 
       const open = Effect.fnUntraced(function* (id: string, owe: Owe) {
         const batches = yield* Queue.unbounded<Batch>()
@@ -382,7 +385,7 @@ export class Delivery extends Context.Service<Delivery, {
           const byEntity = (sessions: ReadonlyArray<string>) =>
             Effect.forEach(sessions, (member) => mailboxes(member).Announce({ event }, { discard: true }), {
               discard: true
-            }).pipe(Effect.timeout(DELIVER_ATTEMPT), Effect.ignore, Effect.forkIn(scope), Effect.runFork)
+            }).pipe(Effect.timeout(DELIVER_ATTEMPT), Effect.ignore, Effect.forkIn(scope), run)
           if (byNode !== undefined) relay.announce(byNode, event, byEntity)
           if (unknown !== undefined) byEntity(unknown)
         }
