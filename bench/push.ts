@@ -580,10 +580,13 @@ for (const protocol of protocols) {
   }
 }
 
-// Memory holding idle connections.
+// Memory holding idle connections: RSS with them, and without any (the same node before they connect).
 let idleRss = NaN
+let baseRss = NaN
 if (IDLE > 0) {
   const p = await quickIm("ws", IDLE, [[0, 1]])
+  await new Promise((r) => setTimeout(r, 3000))
+  baseRss = procStat(p.pids).rssMb
   const closers: Array<() => void> = []
   for (let u = 0; u < IDLE; u += 50) {
     closers.push(
@@ -611,7 +614,11 @@ const table = [
     } |`
   })
 ].join("\n")
-const idleLine = IDLE > 0 ? `\n\nIdle: ${IDLE} WebSocket connections held with ${idleRss.toFixed(0)} MB RSS.` : ""
+const idleLine = IDLE > 0
+  ? `\n\nIdle: ${IDLE} WebSocket connections held with ${idleRss.toFixed(0)} MB RSS (${
+    baseRss.toFixed(0)
+  } MB before they connected: ${(((idleRss - baseRss) * 1024) / IDLE).toFixed(1)} KB per connection).`
+  : ""
 const summary = `${table}${idleLine}\n`
 console.log(summary)
 const machine = `${Os.cpus().length} cores, ${Math.round(Os.totalmem() / 2 ** 30)} GiB, ${Os.cpus()[0]?.model ?? "cpu"}`

@@ -9,7 +9,7 @@ import { Duration } from "effect"
 import * as Net from "node:net"
 import { defaultRateLimits } from "../src/Config.ts"
 import { connectSse, connectWs, sleep } from "./support/push.ts"
-import { settingsFor, startServer, type TestServer } from "./support/server.ts"
+import { metricValue, settingsFor, startServer, type TestServer } from "./support/server.ts"
 
 const off = { perSecond: 0, burst: 1 }
 const offRates = { sends: off, creates: off, joins: off, connects: off, polls: off, marks: off }
@@ -62,12 +62,6 @@ const notify = async (server: TestServer, protocol: "sse" | "poll", token: strin
   const body = res.status === 429 ? await res.json() : undefined
   if (res.status !== 429) await res.body?.cancel()
   return { status: res.status, retryAfter, body }
-}
-
-const metric = async (server: TestServer, name: string, labels: string) => {
-  const text = await (await fetch(`${server.url}/metrics`)).text()
-  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(labels))
-  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(" ") + 1))
 }
 
 describe("bounds: rate limits", () => {
@@ -182,7 +176,7 @@ describe("bounds: entities, connections, sizes, timeouts", () => {
     // One real conversation, so the activation counter exists.
     const real = (await server.post("/create_conversation", {}, t)).body.data.ConversationId
     assert.strictEqual((await server.post("/send_msg", { conversation_id: real, content: "x" }, t)).body.code, 0)
-    const before = await metric(server, "quickim_entity_activations_total", `entity="Conversation"`)
+    const before = await metricValue(server, "quickim_entity_activations_total", `entity="Conversation"`)
     assert.isAtLeast(before, 1)
     const ids = Array.from({ length: 200 }, () => crypto.randomUUID())
     for (let i = 0; i < ids.length; i += 20) {
@@ -203,7 +197,7 @@ describe("bounds: entities, connections, sizes, timeouts", () => {
     for (const path of ["/inner/join_conversation", "/inner/kickout_conversation"]) {
       assert.strictEqual((await server.post(path, { conversation_id: ids[1], sessions: [me] })).body.code, 90020)
     }
-    assert.strictEqual(await metric(server, "quickim_entity_activations_total", `entity="Conversation"`), before)
+    assert.strictEqual(await metricValue(server, "quickim_entity_activations_total", `entity="Conversation"`), before)
   })
 
   it("a session holds at most QUICKIM_MAX_CONNECTIONS_PER_SESSION push connections; a closed one frees its place", async () => {

@@ -4,7 +4,7 @@
  * so that sends arriving together share one transaction (GroupCommit), answers a send only after
  * its commit, and hands each committed batch to Delivery (push/), which takes it to the members.
  */
-import { Cause, Clock, Duration, Effect, Layer, Metric, Option, Queue, Schedule, Scope, Semaphore } from "effect"
+import { Cause, Clock, Duration, Effect, Exit, Layer, Metric, Option, Queue, Schedule, Scope, Semaphore } from "effect"
 import { Entity, type Envelope } from "effect/cluster"
 import { AppConfig } from "../Config.ts"
 import {
@@ -21,13 +21,18 @@ import { Delivery } from "../push/Delivery.ts"
 import { ConversationStore, toMsgData } from "../storage/ConversationStore.ts"
 import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
 import { commitSends, isUnstorable, traced } from "./GroupCommit.ts"
+import { type Lane, LocalConversations, type LocalRefusal, type LocalSend } from "./LocalConversations.ts"
 import * as Membership from "./Membership.ts"
 import { makeStateHolder } from "./State.ts"
 import { Conversation, type Send } from "./Protocol.ts"
 import * as Reading from "./Reading.ts"
 
 type Request = Envelope.Request<any>
-type SendRequest = Envelope.Request<typeof Send>
+/** What the entity's loop takes: its mailbox's requests, and sends handed to it in this process. */
+type Item = Request | LocalSend
+type SendItem = Envelope.Request<typeof Send> | LocalSend
+
+const isLocal = (item: Item): item is LocalSend => item._tag === "LocalSend"
 
 /** How soon a conversation reloads after a write whose outcome is unknown, and retries. */
 const RELOAD_AFTER = "1 second"
@@ -39,6 +44,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       yield* Metric.update(entityActivations("Conversation"), 1)
       const store = yield* ConversationStore
       const config = yield* AppConfig
+      const locals = yield* LocalConversations
       const debug = debugEnabled(config.logLevel)
       const tracing = config.otlpEndpoint !== undefined
       const scope = yield* Scope.Scope
@@ -69,8 +75,24 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         let reloading = false
         // Requests and a scheduled reload take turns.
         const lock = Semaphore.makeUnsafe(1)
-        const reply = (request: Request, value: unknown) => replier.succeed(request as any, value as any)
-        const fail = (request: Request, error: unknown) => replier.fail(request as any, error as any)
+        /** Answers a send taken by direct call, once (`undefined`: not begun, the sender goes round by the entity message). */
+        const settle = (send: LocalSend, outcome: Exit.Exit<any, LocalRefusal> | undefined) => {
+          if (send.answered) return
+          send.answered = true
+          send.resume(outcome)
+        }
+        const reply = (item: Item, value: unknown) =>
+          isLocal(item)
+            ? Effect.sync(() => settle(item, Exit.succeed(value)))
+            : replier.succeed(item as any, value as any)
+        const fail = (item: Item, error: unknown) =>
+          isLocal(item)
+            ? Effect.sync(() => settle(item, Exit.fail(error as LocalRefusal)))
+            : replier.fail(item as any, error as any)
+        const failCause = (item: Item, cause: Cause.Cause<unknown>) =>
+          isLocal(item)
+            ? Effect.sync(() => settle(item, Exit.failCause(cause as Cause.Cause<LocalRefusal>)))
+            : replier.failCause(item as any, cause as any)
 
         /**
          * A write whose outcome is unknown: reload state before the next one, and answer
@@ -85,7 +107,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
          * the sender may never retry), and everything after the last position known to be handed
          * over goes to the members then: a message that exists reaches every member.
          */
-        const failAll = (requests: ReadonlyArray<Request>, cause: Cause.Cause<unknown>) =>
+        const failAll = (requests: ReadonlyArray<Item>, cause: Cause.Cause<unknown>) =>
           Effect.gen(function* () {
             if (Cause.hasInterruptsOnly(cause)) return yield* Effect.failCause(cause as Cause.Cause<never>)
             if (holder.drop(true) && !reloading) {
@@ -105,7 +127,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             for (const r of requests) {
               // Redeliver declares no errors: it is retried by its next host whatever happens here.
               if (unreachable && r.tag !== "Redeliver") yield* fail(r, new DatabaseUnavailable())
-              else yield* replier.failCause(r as any, defect as any)
+              else yield* failCause(r, defect)
             }
           })
 
@@ -114,7 +136,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
          * nothing was written. Each send is tried again alone, on reloaded state, so only the
          * offending one fails, with its own error, once (the store logged why).
          */
-        const refuseInvalid = (requests: ReadonlyArray<SendRequest>) =>
+        const refuseInvalid = (requests: ReadonlyArray<SendItem>) =>
           Effect.gen(function* () {
             holder.drop(false)
             if (requests.length > 1) {
@@ -124,7 +146,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             yield* fail(requests[0], new UnstorableMessage({ conversationId: id }))
           })
 
-        const sendBatch = (requests: ReadonlyArray<SendRequest>): Effect.Effect<void> =>
+        const sendBatch = (requests: ReadonlyArray<SendItem>): Effect.Effect<void> =>
           Effect.gen(function* () {
             const current = yield* load
             if (current === null) {
@@ -164,11 +186,12 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             Effect.catchCause((cause) => isUnstorable(cause) ? refuseInvalid(requests) : failAll(requests, cause))
           )
 
-        const handleSends = (requests: ReadonlyArray<SendRequest>) =>
+        const handleSends = (requests: ReadonlyArray<SendItem>) =>
           tracing ? traced(id, requests, sendBatch(requests)) : sendBatch(requests)
 
         const handleOne = (request: Request) =>
           Effect.gen(function* () {
+            if (request.tag === "Touch") return yield* reply(request, undefined)
             if (request.tag === "Redeliver") {
               // Starting is the point: `load` hands the resume window over again.
               yield* load
@@ -211,31 +234,95 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             return yield* "failure" in answer ? fail(request, answer.failure) : reply(request, answer.success)
           }).pipe(Effect.catchCause((cause) => failAll([request], cause)))
 
-        return Queue.takeBetween(mailbox, 1, config.groupCommitMax).pipe(
-          Effect.flatMap((batch) =>
-            lock.withPermit(
-              Effect.gen(function* () {
-                let i = 0
-                while (i < batch.length) {
-                  if (batch[i].tag === "Send") {
-                    let j = i
-                    while (j < batch.length && batch[j].tag === "Send") j++
-                    yield* handleSends(batch.slice(i, j) as Array<SendRequest>)
-                    i = j
-                  } else {
-                    yield* handleOne(batch[i])
-                    i++
+        // Sends by direct call (LocalConversations) and the mailbox's requests meet in one queue:
+        // the loop below takes them in arrival order, in batches, under one lock.
+        /** When the cluster last saw a message of this entity's (see Touch). */
+        let lastMessage = Date.now()
+        const touchEvery = Duration.toMillis(maxIdleTime) / 3
+
+        /** The rest of a batch that was interrupted (the entity stopping): sends not begun go round by the entity message. */
+        const abandon = (batch: ReadonlyArray<Item>, begun: number) =>
+          Effect.sync(() => {
+            for (let k = 0; k < batch.length; k++) {
+              const item = batch[k]
+              if (isLocal(item)) settle(item, k < begun ? Exit.fail(new DatabaseUnavailable()) : undefined)
+            }
+          })
+
+        const run = (inbox: Queue.Dequeue<Item>) =>
+          Queue.takeBetween(inbox, 1, config.groupCommitMax).pipe(
+            Effect.flatMap((batch) => {
+              let begun = 0
+              let direct = false
+              return lock.withPermit(
+                Effect.gen(function* () {
+                  let i = 0
+                  while (i < batch.length) {
+                    if (batch[i].tag === "Send") {
+                      let j = i
+                      while (j < batch.length && batch[j].tag === "Send") {
+                        if (isLocal(batch[j])) direct = true
+                        j++
+                      }
+                      begun = j
+                      yield* handleSends(batch.slice(i, j) as Array<SendItem>)
+                      i = j
+                    } else {
+                      begun = i + 1
+                      yield* handleOne(batch[i] as Request)
+                      i++
+                    }
                   }
-                }
-                // A defect no handler caught must not end the loop (with fatal defects off, nothing
-                // would restart it): whoever is still unanswered in the batch gets it (answers are
-                // given once, so the others are untouched).
-              }).pipe(Effect.catchCause((cause) => failAll(batch, cause)))
-            )
-          ),
-          Effect.forever,
-          Effect.orDie
-        ) as Effect.Effect<never>
+                  // A defect no handler caught must not end the loop (with fatal defects off, nothing
+                  // would restart it): whoever is still unanswered in the batch gets it (answers are
+                  // given once, so the others are untouched).
+                }).pipe(Effect.catchCause((cause) => failAll(batch, cause)))
+              ).pipe(
+                Effect.onInterrupt(() => abandon(batch, begun)),
+                Effect.andThen(Effect.suspend(() => {
+                  const now = Date.now()
+                  if (!direct) {
+                    lastMessage = now
+                    return Effect.void
+                  }
+                  if (now - lastMessage < touchEvery) return Effect.void
+                  lastMessage = now
+                  return self.Touch(undefined, { discard: true }).pipe(
+                    Effect.catchCause(warn("could not keep the conversation active")),
+                    Effect.forkIn(scope)
+                  )
+                }))
+              )
+            }),
+            Effect.forever
+          )
+
+        return Effect.gen(function* () {
+          const inbox = yield* Queue.unbounded<Item>()
+          let open = true
+          const lane: Lane = (send) => {
+            if (!open) return false
+            Queue.offerUnsafe(inbox, send)
+            return true
+          }
+          const unregister = locals.add(id, lane)
+          yield* Scope.addFinalizer(
+            scope,
+            Effect.suspend(() => {
+              open = false
+              unregister()
+              return Effect.map(Queue.clear(inbox), (items) => {
+                for (const item of items) if (isLocal(item)) settle(item, undefined)
+              })
+            })
+          )
+          yield* Queue.takeAll(mailbox).pipe(
+            Effect.flatMap((requests) => Effect.sync(() => Queue.offerAllUnsafe(inbox, requests))),
+            Effect.forever,
+            Effect.forkIn(scope)
+          )
+          return yield* run(inbox)
+        }).pipe(Effect.orDie) as Effect.Effect<never>
       }
     }),
     // A defect answers its own request only: no restart that would replay the mailbox (see failAll).
@@ -247,5 +334,5 @@ export const ConversationEntityNoDeps = Layer.unwrap(Effect.map(AppConfig, (c) =
 
 /** With what it builds on: its store and the hand-over of committed messages to their mailboxes. */
 export const ConversationEntityLive = ConversationEntityNoDeps.pipe(
-  Layer.provide([Delivery.layer, ConversationStore.layer])
+  Layer.provide([Delivery.layer, ConversationStore.layer, LocalConversations.layer])
 )

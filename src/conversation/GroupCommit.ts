@@ -5,7 +5,6 @@
  * long ago or earlier in the same batch.
  */
 import { Cause, Effect, Tracer } from "effect"
-import type { Envelope } from "effect/cluster"
 import type { Rpc } from "effect/rpc"
 import { NotMember, UnstorableMessage } from "../domain/Conversation.ts"
 import type { MsgIdClock } from "../domain/MsgId.ts"
@@ -33,8 +32,15 @@ export interface Committed {
 
 const dedupeKey = (session: string, clientMsgId: string) => `${session}\u0000${clientMsgId}`
 
+/** Where a request carries its sender's span: an entity message, or a send taken by direct call. */
+interface SpanHolder {
+  readonly traceId?: string | undefined
+  readonly spanId?: string | undefined
+  readonly sampled?: boolean | undefined
+}
+
 /** The span a request came with (its sender's trace), if any. */
-const spanOf = (request: Envelope.Request<any>) =>
+const spanOf = (request: SpanHolder) =>
   request.traceId !== undefined && request.spanId !== undefined
     ? Tracer.externalSpan({ traceId: request.traceId, spanId: request.spanId, sampled: request.sampled ?? true })
     : undefined
@@ -42,7 +48,7 @@ const spanOf = (request: Envelope.Request<any>) =>
 /** `commit` traced as a child of the first send's span (the others are linked), when tracing. */
 export const traced = <A, E, R>(
   conversationId: string,
-  requests: ReadonlyArray<Envelope.Request<any>>,
+  requests: ReadonlyArray<SpanHolder>,
   commit: Effect.Effect<A, E, R>
 ) => {
   const parent = spanOf(requests[0])

@@ -118,6 +118,13 @@ export const Announce = Rpc.make("Announce", {
  */
 export const Redeliver = Rpc.make("Redeliver").annotate(ClusterSchema.Persisted, true)
 
+/**
+ * Sent by a conversation to itself, fire and forget, while it takes its sends by direct call
+ * (LocalConversations): the cluster passivates an entity that has seen no message of its own for
+ * `QUICKIM_ENTITY_IDLE`, and this is such a message.
+ */
+export const Touch = Rpc.make("Touch")
+
 export const Conversation = Entity.make("Conversation", [
   Create,
   Join,
@@ -127,5 +134,6 @@ export const Conversation = Entity.make("Conversation", [
   MarkRead,
   Typing,
   Update,
-  Announce
+  Announce,
+  Touch
 ])

@@ -3,13 +3,16 @@
  * wherever it lives; this only picks the way there: on a conversation hosted by another node (by
  * the nodes' reports, ShardRoutes), the send joins that node's batched relay (NodeLink, kind
  * "send"), and whatever that node no longer holds, or a relay that failed, takes the entity message.
- * The receiving side of those relays is registered here too.
+ * The receiving side of those relays is registered here too. A conversation active in this process
+ * takes the send by direct call (LocalConversations), without a cluster message.
  */
 import { Cause, Context, Effect, Layer, Option } from "effect"
+import { AppConfig } from "../Config.ts"
 import type { ClusterError } from "effect/cluster"
 import { boundText, NodeLink } from "../cluster/NodeLink.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { ConversationNotFound, DatabaseUnavailable, NotMember, UnstorableMessage } from "../domain/Conversation.ts"
+import { type Lane, LocalConversations, type LocalSend } from "./LocalConversations.ts"
 import { Conversation, type SentMessage } from "./Protocol.ts"
 
 export interface SendItem {
@@ -67,12 +70,45 @@ export class ConversationSender extends Context.Service<ConversationSender, {
       const conversations = yield* Conversation.client
       const routes = yield* ShardRoutes
       const link = yield* NodeLink
+      const locals = yield* LocalConversations
+      const tracing = (yield* AppConfig).otlpEndpoint !== undefined
       const direct = ({ conversationId, ...send }: SendItem) => conversations(conversationId).Send(send)
+
+      /** By direct call to the entity active here; the entity message when it stopped before taking it. */
+      const byLane = (lane: Lane, item: SendItem, span?: { traceId: string; spanId: string; sampled: boolean }) =>
+        Effect.callback<SentMessage, SendError>((resume) => {
+          const { conversationId: _, ...payload } = item
+          const send: LocalSend = {
+            _tag: "LocalSend",
+            tag: "Send",
+            payload,
+            ...span,
+            answered: false,
+            resume: (outcome) => resume(outcome === undefined ? direct(item) : outcome)
+          }
+          if (!lane(send)) resume(direct(item))
+        })
+      const local = (lane: Lane, item: SendItem) =>
+        tracing
+          ? Effect.flatMap(Effect.option(Effect.currentSpan), (span) =>
+            byLane(
+              lane,
+              item,
+              Option.isSome(span)
+                ? { traceId: span.value.traceId, spanId: span.value.spanId, sampled: span.value.sampled }
+                : undefined
+            ))
+          : byLane(lane, item)
+      /** A send for a conversation this node holds. */
+      const here = (item: SendItem) => {
+        const lane = locals.get(item.conversationId)
+        return lane === undefined ? direct(item) : local(lane, item)
+      }
 
       // Sends relayed here: answered once committed, each with its outcome.
       const serve = (item: SendItem): Effect.Effect<unknown> =>
         routes.holds(item.conversationId)
-          ? direct(item).pipe(
+          ? here(item).pipe(
             Effect.matchCause({
               onSuccess: (sent) => ({ _tag: "Sent", ...sent }),
               onFailure: (cause) => {
@@ -101,6 +137,8 @@ export class ConversationSender extends Context.Service<ConversationSender, {
 
       return ConversationSender.of({
         send: (item) => {
+          const lane = locals.get(item.conversationId)
+          if (lane !== undefined) return local(lane, item)
           const node = routes.nodeOf(item.conversationId)
           if (node === undefined) return direct(item)
           return Effect.flatMap(relayed(node, item), (outcome) => {
@@ -123,5 +161,7 @@ export class ConversationSender extends Context.Service<ConversationSender, {
   )
 
   /** With the services it builds on (each built once per node: layers are shared by reference). */
-  static readonly layer = this.layerNoDeps.pipe(Layer.provide([NodeLink.layer, ShardRoutes.layer]))
+  static readonly layer = this.layerNoDeps.pipe(
+    Layer.provide([NodeLink.layer, ShardRoutes.layer, LocalConversations.layer])
+  )
 }

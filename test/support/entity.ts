@@ -8,6 +8,7 @@ import { RunnerWatch } from "../../src/cluster/RunnerWatch.ts"
 import { ShardRoutes } from "../../src/cluster/ShardRoutes.ts"
 import { AppConfig, type AppSettings } from "../../src/Config.ts"
 import { ConversationEntityNoDeps } from "../../src/conversation/ConversationEntity.ts"
+import { LocalConversations } from "../../src/conversation/LocalConversations.ts"
 import { Delivery } from "../../src/push/Delivery.ts"
 import { ConversationSender } from "../../src/conversation/Sender.ts"
 import { Telemetry } from "../../src/observability/Telemetry.ts"
@@ -35,7 +36,9 @@ export const conversationEntityLayer = (settings: AppSettings, elsewhere: Readon
   ConversationEntityNoDeps.pipe(
     Layer.provideMerge(Layer.mergeAll(Delivery.layerNoDeps, ConversationSender.layerNoDeps)),
     Layer.provideMerge(MailboxRelay.layerNoDeps),
-    Layer.provideMerge(Layer.mergeAll(NodeLink.layerNoDeps, Connections.layer, LocalMailboxes.layer)),
+    Layer.provideMerge(
+      Layer.mergeAll(NodeLink.layerNoDeps, Connections.layer, LocalMailboxes.layer, LocalConversations.layer)
+    ),
     Layer.provideMerge(routesWith(elsewhere)),
     Layer.provideMerge(RunnerWatch.layer),
     Layer.provideMerge(TestRunner.layer),

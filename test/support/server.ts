@@ -147,6 +147,13 @@ export const clientFor = (url: string) => {
   return { raw, post, token }
 }
 
+/** The value of one series of the node's /metrics (0 when it is not there yet). */
+export const metricValue = async (server: { readonly url: string }, name: string, labels: string) => {
+  const text = await (await fetch(`${server.url}/metrics`)).text()
+  const line = text.split("\n").find((l) => l.startsWith(`${name}{`) && l.includes(labels))
+  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(" ") + 1))
+}
+
 export const startServer = async (settings: AppSettings): Promise<TestServer> => {
   const scope = Effect.runSync(Scope.make())
   const context = await Effect.runPromise(Layer.buildWithScope(appWith(settings), scope))
