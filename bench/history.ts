@@ -85,7 +85,7 @@ try {
   let rng = 1
   const anchor = () => {
     rng = (rng * 1103515245 + 12345) & 0x7fffffff
-    return rng % MESSAGES
+    return 1 + (rng % (MESSAGES - 2))
   }
   const reads: Record<string, (i: number) => object> = {
     "get_conversation_30msg_before_the_id": (i) => ({ msg_id: ids[i] }),

@@ -593,7 +593,8 @@ if (IDLE > 0) {
       ...await Promise.all(Array.from({ length: Math.min(50, IDLE - u) }, (_, k) => p.connect(u + k, () => {})))
     )
   }
-  await new Promise((r) => setTimeout(r, 3000))
+  // BENCH_IDLE_HOLD_MS holds them longer (a heap snapshot of the server meanwhile).
+  await new Promise((r) => setTimeout(r, Number(process.env.BENCH_IDLE_HOLD_MS ?? 3000)))
   idleRss = procStat(p.pids).rssMb
   for (const close of closers) close()
   await p.stop()
