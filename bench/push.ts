@@ -463,7 +463,15 @@ const runWorkload = async (
   // BENCH_PERF_RECORD=/tmp/x records CPU samples instead, to /tmp/x.<target> (with
   // BENCH_SERVER_V8_FLAGS=--perf-basic-prof for JavaScript names).
   const perfArgs = process.env.BENCH_PERF_RECORD
-    ? ["record", "-F", "999", "-o", `${process.env.BENCH_PERF_RECORD}.${target.name.replace(/\W+/g, "-")}`]
+    ? [
+      "record",
+      "-F",
+      "999",
+      // BENCH_PERF_GRAPH=1: with call stacks (JavaScript frames keep their frame pointers).
+      ...(process.env.BENCH_PERF_GRAPH === "1" ? ["-g"] : []),
+      "-o",
+      `${process.env.BENCH_PERF_RECORD}.${target.name.replace(/\W+/g, "-")}`
+    ]
     : process.env.BENCH_PERF
     ? ["stat", "-e", process.env.BENCH_PERF]
     : undefined
