@@ -417,14 +417,6 @@ export class Delivery extends Context.Service<Delivery, {
           }
           undelivered++
           backlogBytes += bytes
-          if (!multiNode && undelivered === 1 && span === undefined) {
-            // Nothing queued or being handed over, and on one node a hand-over calls the active
-            // Mailboxes and returns: done here, in the conversation's fiber, without waking this
-            // conversation's delivery fiber (a fiber hop less per send).
-            return yield* handOver({ audience, lastSeq, messages, bytes, deadline }).pipe(
-              Effect.ensuring(Effect.sync(() => undelivered--))
-            )
-          }
           Queue.offerUnsafe(
             batches,
             span === undefined ? { audience, lastSeq, messages, bytes, deadline } : {
