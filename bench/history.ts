@@ -5,7 +5,8 @@
  *   get_conversation_30msg_before_the_id, get_conversation_30msg_after_the_id (both directions),
  *   get_conversation_msg_by_range (30 messages apart), get_conversation_last_30_msg,
  *   get_conversation_lastone_msg
- * Prints p50/p99/max (ms) per read and appends them to bench/RESULTS.md.
+ * Each kind is measured after BENCH_HISTORY_WARMUP (300) unmeasured reads of every kind. Prints
+ * p50/p99/max (ms) per read and appends them to bench/RESULTS.md.
  *
  *   deno run -A bench/history.ts
  *   BENCH_HISTORY_MESSAGES=100000 BENCH_HISTORY_READS=500 deno run -A bench/history.ts
@@ -22,6 +23,7 @@ import { makeHttpClient } from "./http-client.ts"
 const ADMIN = process.env.QUICKIM_TEST_PG_ADMIN ?? "postgresql://postgres@127.0.0.1:5432/postgres"
 const MESSAGES = Number(process.env.BENCH_HISTORY_MESSAGES ?? 1_000_000)
 const READS = Number(process.env.BENCH_HISTORY_READS ?? 1000)
+const WARMUP = Number(process.env.BENCH_HISTORY_WARMUP ?? 300)
 const CONVERSATION = "deep"
 
 const percentile = (sorted: ReadonlyArray<number>, p: number) =>
@@ -100,14 +102,18 @@ try {
     "get_conversation_lastone_msg": () => ({})
   }
   const rows: Array<string> = []
-  for (const [name, body] of Object.entries(reads)) {
+  const callOf = (name: string) => {
     const path = `/${name.split(" ")[0]}`
-    const call = async () => {
-      const answer = await http.post(path, { conversation_id: CONVERSATION, ...body(anchor()) }, token)
+    return async () => {
+      const answer = await http.post(path, { conversation_id: CONVERSATION, ...reads[name](anchor()) }, token)
       const parsed = JSON.parse(answer.body)
       if (parsed.code !== 0 || parsed.data.Msg.length === 0) throw new Error(`${path}: ${answer.body.slice(0, 200)}`)
     }
-    for (let i = 0; i < 100; i++) await call()
+  }
+  // Warm-up, not measured: every kind in turn, WARMUP times (the server's JIT, the database's caches).
+  for (let i = 0; i < WARMUP; i++) for (const name of Object.keys(reads)) await callOf(name)()
+  for (const name of Object.keys(reads)) {
+    const call = callOf(name)
     const latencies: Array<number> = []
     for (let i = 0; i < READS; i++) {
       const t = performance.now()
@@ -126,7 +132,7 @@ try {
     "",
     `One conversation of ${
       MESSAGES.toLocaleString("en")
-    } messages (filled by COPY), quick-im on Deno, one node, the machine's PostgreSQL; ${READS} reads of each kind from one keep-alive client after 100 unmeasured, anchors spread over the conversation.`,
+    } messages (filled by COPY), quick-im on Deno, one node, the machine's PostgreSQL; ${READS} reads of each kind from one keep-alive client after ${WARMUP} unmeasured of every kind, anchors spread over the conversation.`,
     "",
     "| read | calls | p50 ms | p99 ms | max ms |",
     "|---|---|---|---|---|",

@@ -168,10 +168,21 @@ export class ConversationStore extends Context.Service<ConversationStore, {
   readonly lastMsgId: (id: string) => Sql<string | null>
   /** Records how far a stopping host handed everything over (cleared by the next commit). */
   readonly markRedeliverAfter: (id: string, after: string) => Sql<void>
-  readonly range: (id: string, start: string, end: string, desc: boolean) => Sql<ReadonlyArray<MsgData>>
-  readonly before: (id: string, anchor: string, desc: boolean) => Sql<ReadonlyArray<MsgData>>
-  readonly after: (id: string, anchor: string, desc: boolean) => Sql<ReadonlyArray<MsgData>>
-  readonly last: (id: string, count: number, desc: boolean) => Sql<ReadonlyArray<MsgData>>
+  /**
+   * History pages. With `reader`, only if that session is a member (else nothing), in the same
+   * statement: a history read is one round trip (the caller tells "not a member" from "no messages"
+   * only when the page comes back empty).
+   */
+  readonly range: (
+    id: string,
+    start: string,
+    end: string,
+    desc: boolean,
+    reader?: string
+  ) => Sql<ReadonlyArray<MsgData>>
+  readonly before: (id: string, anchor: string, desc: boolean, reader?: string) => Sql<ReadonlyArray<MsgData>>
+  readonly after: (id: string, anchor: string, desc: boolean, reader?: string) => Sql<ReadonlyArray<MsgData>>
+  readonly last: (id: string, count: number, desc: boolean, reader?: string) => Sql<ReadonlyArray<MsgData>>
   /** The newest `count` messages after `floor`, oldest first (a re-hosted conversation's hand-over). */
   readonly newestAfter: (id: string, floor: string, count: number) => Sql<ReadonlyArray<MsgData>>
   readonly ping: Sql<void>
@@ -199,12 +210,20 @@ export class ConversationStore extends Context.Service<ConversationStore, {
        * pass QUICKIM_MAX_HISTORY_BYTES, but always the first one. PostgreSQL sums as it walks the
        * index, so neither side holds more than the page; the client pages on from the last id it got.
        */
-      const page = (where: typeof columns, direction: "ASC" | "DESC", limit: number) => {
+      const page = (
+        id: string,
+        where: typeof columns,
+        direction: "ASC" | "DESC",
+        limit: number,
+        reader: string | undefined
+      ) => {
         const dir = direction === "ASC" ? sql`ASC` : sql`DESC`
+        const member = reader === undefined ? sql`` : sql`AND EXISTS (
+            SELECT 1 FROM conversation_members WHERE conversation_id = ${id} AND session_id = ${reader})`
         return sql<StoredMessage>`SELECT ${columns} FROM (
             SELECT ${columns}, row_number() OVER w AS n,
               sum(octet_length(content) + octet_length(from_session) + ${MESSAGE_OVERHEAD_BYTES}) OVER w AS bytes
-            FROM messages WHERE ${where}
+            FROM messages WHERE conversation_id = ${id} AND ${where} ${member}
             WINDOW w AS (ORDER BY msg_id ${dir} ROWS UNBOUNDED PRECEDING)
             ORDER BY msg_id ${dir} LIMIT ${limit}
           ) page WHERE n = 1 OR bytes <= ${maxHistoryBytes}`.pipe(
@@ -406,20 +425,20 @@ export class ConversationStore extends Context.Service<ConversationStore, {
           sql<{ last_msg_id: string | null }>`SELECT last_msg_id FROM conversations WHERE id = ${id}`.pipe(
             Effect.map((rows) => rows[0]?.last_msg_id ?? null)
           ),
-        range: (id, start, end, desc) =>
-          page(sql`conversation_id = ${id} AND msg_id >= ${start} AND msg_id <= ${end}`, "ASC", RANGE_LIMIT).pipe(
+        range: (id, start, end, desc, reader) =>
+          page(id, sql`msg_id >= ${start} AND msg_id <= ${end}`, "ASC", RANGE_LIMIT, reader).pipe(
             Effect.map((rows) => ordered(rows, false, desc))
           ),
-        before: (id, anchor, desc) =>
-          page(sql`conversation_id = ${id} AND msg_id < ${anchor}`, "DESC", PAGE).pipe(
+        before: (id, anchor, desc, reader) =>
+          page(id, sql`msg_id < ${anchor}`, "DESC", PAGE, reader).pipe(
             Effect.map((rows) => ordered(rows, true, desc))
           ),
-        after: (id, anchor, desc) =>
-          page(sql`conversation_id = ${id} AND msg_id > ${anchor}`, "ASC", PAGE).pipe(
+        after: (id, anchor, desc, reader) =>
+          page(id, sql`msg_id > ${anchor}`, "ASC", PAGE, reader).pipe(
             Effect.map((rows) => ordered(rows, false, desc))
           ),
-        last: (id, count, desc) =>
-          page(sql`conversation_id = ${id}`, "DESC", count).pipe(
+        last: (id, count, desc, reader) =>
+          page(id, sql`TRUE`, "DESC", count, reader).pipe(
             Effect.map((rows) => ordered(rows, true, desc))
           ),
         newestAfter: (id, floor, count) =>
