@@ -137,8 +137,13 @@ export class ConversationSender extends Context.Service<ConversationSender, {
 
       return ConversationSender.of({
         send: (item) => {
-          const lane = locals.get(item.conversationId)
-          if (lane !== undefined) return local(lane, item)
+          // By direct call only while this node holds the conversation's shard: what Effect cluster
+          // checks before it lets a request in (a node losing a shard stops taking its sends at once,
+          // even while the entity is still stopping).
+          if (routes.holds(item.conversationId)) {
+            const lane = locals.get(item.conversationId)
+            if (lane !== undefined) return local(lane, item)
+          }
           const node = routes.nodeOf(item.conversationId)
           if (node === undefined) return direct(item)
           return Effect.flatMap(relayed(node, item), (outcome) => {
