@@ -17,7 +17,7 @@ import {
   stalledClient,
   wsUpgradeHeaders
 } from "./support/push.ts"
-import { settingsFor, startServer, type TestServer } from "./support/server.ts"
+import { metricValue, settingsFor, startServer, type TestServer } from "./support/server.ts"
 
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
 const PROTOCOLS: ReadonlyArray<Protocol> = ["ws", "sse", "poll"]
@@ -159,6 +159,39 @@ describe("push", () => {
       }
     })
   }
+
+  it("ws and sse connections wake no Mailbox entity; a poll of the same session wakes it, and all three get what follows", async () => {
+    const activations = () => metricValue(server, "quickim_entity_activations_total", `entity="Mailbox"`)
+    const a = await session()
+    const b = await session(2)
+    const id = await conversationOf(a.sid, b.sid)
+    const before = await activations()
+    const ws = await connect("ws", server.url, b.token)
+    const sse = await connect("sse", server.url, await server.token(b.sid, 3))
+    await settle("sse")
+    try {
+      const first = await send(a.token, id, "first")
+      await ws.until((m) => m.length >= 1)
+      await sse.until((m) => m.length >= 1)
+      assert.strictEqual(await activations(), before, "an idle connection costs no entity")
+      const poll = connectPoll(server.url, await server.token(b.sid, 5))
+      await settle("poll")
+      try {
+        assert.strictEqual(await activations(), before + 1, "the poll woke the session's Mailbox")
+        const second = await send(a.token, id, "second")
+        await Promise.all([ws, sse, poll].map((c) => c.until((m) => m.some((x) => x.MsgId === second))))
+        await sleep(200)
+        assert.deepStrictEqual(ws.messages.map((m) => m.MsgId), [first, second])
+        assert.deepStrictEqual(sse.messages.map((m) => m.MsgId), [first, second])
+        assert.deepStrictEqual(poll.messages.map((m) => m.MsgId), [second])
+      } finally {
+        poll.close()
+      }
+    } finally {
+      ws.close()
+      sse.close()
+    }
+  })
 
   it("poll: what arrives between polls comes with the next poll, in order", async () => {
     const a = await session()

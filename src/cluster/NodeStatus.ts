@@ -112,10 +112,10 @@ export const heldShards = (sharding: Sharding.Sharding["Service"], shardsPerGrou
   return held
 }
 
-/** Conversation and Mailbox entities active on this node (the NodeInbox left out). */
+/** Conversation entities active on this node, and the sessions' mailboxes here (with their entity or without). */
 const activeEntities = (sharding: Sharding.Sharding["Service"], active: Telemetry["Service"]["active"]) =>
   Effect.map(sharding.activeEntityCount, (entities) => ({
-    conversations: Math.max(0, entities - active.mailboxes - active.inboxes),
+    conversations: Math.max(0, entities - active.mailboxEntities - active.inboxes),
     mailboxes: active.mailboxes
   }))
 

@@ -11,7 +11,7 @@
  * beats (RunnerWatch).
  */
 import { Context, Effect, Layer, Option, Schedule } from "effect"
-import { Sharding } from "effect/cluster"
+import { ShardId, Sharding } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { AppConfig } from "../Config.ts"
 import { NodeIdentity } from "./NodeIdentity.ts"
@@ -25,6 +25,11 @@ const REPORT_FRESH_SECONDS = 5
 const READ_EVERY = "500 millis"
 /** After a relay to a node failed, it is not routed to for this long: entity messages find the shard's new home. */
 const AVOID_MILLIS = 10_000
+/**
+ * How often the shards held are looked at (`onShardsLost`): far quicker than a shard can leave and
+ * come back (another node acquires it, then releases it, each through the shard locks).
+ */
+const SHARD_WATCH = "100 millis"
 
 export class ShardRoutes extends Context.Service<ShardRoutes, {
   /**
@@ -44,6 +49,13 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
   readonly startedAt: (inbox: string) => number | undefined
   /** Whether this node holds `entityId`'s shard now (what Effect cluster checks for an incoming request). */
   readonly holds: (entityId: string) => boolean
+  /** The default-group shard of `entityId`. */
+  readonly shardOf: (entityId: string) => number
+  /**
+   * Calls `f` with the default-group shards this node held and no longer holds (a node joined, or
+   * this one stops), checked every 100 ms; until the returned function is called. One node: never.
+   */
+  readonly onShardsLost: (f: (shards: ReadonlySet<number>) => void) => () => void
 }>()("quick-im/cluster/ShardRoutes") {
   static readonly layerNoDeps = Layer.effect(
     ShardRoutes,
@@ -54,15 +66,30 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
       const sql = yield* SqlClient.SqlClient
       const runners = yield* RunnerWatch
       const holds = (entityId: string) => sharding.hasShardId(sharding.getShardId(entityId as any, "default"))
+      const shardOf = (entityId: string) => sharding.getShardId(entityId as any, "default").id
       if (Option.isNone(config.runnerPort)) {
         return ShardRoutes.of({
           nodeOf: () => undefined,
           avoid: () => {},
           gone: () => false,
           startedAt: () => undefined,
-          holds
+          holds,
+          shardOf,
+          onShardsLost: () => () => {}
         })
       }
+      // Shards held at the last look, and who wants to hear of those this node stops holding.
+      const held = new Set<number>()
+      const lostListeners = new Set<(shards: ReadonlySet<number>) => void>()
+      const shardIds = Array.from({ length: config.shardsPerGroup }, (_, i) => ShardId.make("default", i + 1))
+      yield* Effect.sync(() => {
+        let lost: Set<number> | undefined = undefined
+        for (const shard of shardIds) {
+          if (sharding.hasShardId(shard)) held.add(shard.id)
+          else if (held.delete(shard.id)) (lost ??= new Set()).add(shard.id)
+        }
+        if (lost !== undefined) { for (const f of lostListeners) f(lost) }
+      }).pipe(Effect.repeat(Schedule.spaced(SHARD_WATCH)), Effect.forkScoped)
       let routes = new Map<number, string>()
       let started = new Map<string, number>()
       const avoided = new Map<string, number>()
@@ -118,7 +145,13 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
         },
         gone: (inbox) => seen.has(inbox) && !live(inbox),
         startedAt: (inbox) => started.get(inbox),
-        holds
+        holds,
+        shardOf,
+        onShardsLost: (f) => {
+          const entry = (shards: ReadonlySet<number>) => f(shards)
+          lostListeners.add(entry)
+          return () => lostListeners.delete(entry)
+        }
       })
     })
   )

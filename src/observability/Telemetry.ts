@@ -37,8 +37,11 @@ export class Telemetry extends Context.Service<Telemetry, {
   readonly slowConsumers: Record<PushProtocol, number>
   /** Open push connections by protocol (poll: requests waiting), kept by the transports. */
   readonly connections: Record<PushProtocol, number>
-  /** Entities active in this process that are not conversations, kept by their owners. */
-  readonly active: { mailboxes: number; inboxes: number }
+  /**
+   * Kept by their owners: the sessions' mailboxes here (LocalMailboxes), and the entities active in
+   * this process that are not conversations (Mailbox entities, the NodeInbox).
+   */
+  readonly active: { mailboxes: number; mailboxEntities: number; inboxes: number }
   /**
    * Batched relays this node sent to others (NodeLink) since it started: how many, the items they
    * carried, and those not served (their senders took the sure way).
@@ -53,7 +56,7 @@ export class Telemetry extends Context.Service<Telemetry, {
       deliveries: { ws: 0, sse: 0, poll: 0 },
       slowConsumers: { ws: 0, sse: 0, poll: 0 },
       connections: { ws: 0, sse: 0, poll: 0 },
-      active: { mailboxes: 0, inboxes: 0 },
+      active: { mailboxes: 0, mailboxEntities: 0, inboxes: 0 },
       relays: { sent: 0, carried: 0, handedBack: 0 },
       request: (url, status) => {
         const key = `${routeOf(url)}|${status}`

@@ -32,12 +32,22 @@ export class Connections extends Context.Service<Connections, {
    * once instead of holding the server's close open.
    */
   readonly stopping: Deferred.Deferred<void>
+  /** Completes `stopping` and calls every `onStop` callback (once). */
+  readonly stop: () => void
+  /** Calls `f` when this node starts stopping, unless the returned function was called before. */
+  readonly onStop: (f: () => void) => () => void
 }>()("quick-im/push/Connections") {
   static readonly layer = Layer.effect(
     Connections,
     Effect.gen(function* () {
       const stopping = Deferred.makeUnsafe<void>()
-      yield* Effect.addFinalizer(() => Effect.sync(() => Deferred.doneUnsafe(stopping, Exit.void)))
+      const callbacks = new Set<() => void>()
+      const stop = () => {
+        if (!Deferred.doneUnsafe(stopping, Exit.void)) return
+        for (const f of callbacks) f()
+        callbacks.clear()
+      }
+      yield* Effect.addFinalizer(() => Effect.sync(stop))
       const sinks = new Map<string, ConnectionSink>()
       return Connections.of({
         add: (id, sink) => {
@@ -47,7 +57,18 @@ export class Connections extends Context.Service<Connections, {
           }
         },
         get: (id) => sinks.get(id),
-        stopping
+        stopping,
+        stop,
+        onStop: (f) => {
+          if (Deferred.isDoneUnsafe(stopping)) {
+            f()
+            return () => {}
+          }
+          // Each registration its own entry: the same function may be registered twice.
+          const entry = () => f()
+          callbacks.add(entry)
+          return () => callbacks.delete(entry)
+        }
       })
     })
   )

@@ -5,7 +5,11 @@
  * conversation messages arrive in MsgId order, so the newest MsgId written per conversation
  * filters out anything a replay or a late live delivery repeats.
  *
- * The connection outlives cluster changes: when its Mailbox's subscription ends (the mailbox moved
+ * On the node that holds the session's shard a connection registers with the session's mailbox
+ * there (LocalMailboxes) and wakes no entity; elsewhere it subscribes to the session's Mailbox
+ * entity with the streaming `Subscribe`.
+ *
+ * The connection outlives cluster changes: when its subscription ends (the mailbox moved
  * to another node, or its node died) it subscribes again wherever the mailbox now lives, and when
  * any runner leaves (RunnerWatch) it replays from its last MsgId, which covers messages a dead
  * node committed but never handed over. Clients see neither.
@@ -19,7 +23,20 @@
  * writes it in slices, each once the transport has room again (`ready`), so a replay follows the
  * reader's pace instead of filling its buffer.
  */
-import { Cause, Context, Deferred, Duration, Effect, Exit, Layer, Queue, Schedule, type Scope, Stream } from "effect"
+import {
+  Cause,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  Exit,
+  Layer,
+  Option,
+  Queue,
+  Schedule,
+  type Scope,
+  Stream
+} from "effect"
 import { randomUUID } from "node:crypto"
 import { RunnerWatch } from "../cluster/RunnerWatch.ts"
 import type { MsgData } from "../domain/Conversation.ts"
@@ -29,6 +46,8 @@ import { Replay } from "../storage/Replay.ts"
 import { AppConfig } from "../Config.ts"
 import { NodeIdentity } from "../cluster/NodeIdentity.ts"
 import { Connections, type ConnectionSink } from "./Connections.ts"
+import { LocalMailboxes } from "./LocalMailboxes.ts"
+import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { Mailbox, SlowConsumer } from "./Protocol.ts"
 import { recordReplay } from "../observability/Telemetry.ts"
 import { eventJson, messageSize } from "./Frames.ts"
@@ -55,7 +74,8 @@ export const CONNECTION_BUFFER_BYTES = 1024 * 1024
 /** How long a connection keeps trying to reach its mailbox while the cluster re-hosts it. */
 const RESUBSCRIBE_FOR = Duration.seconds(30)
 
-type Outcome = "lost" | "resync"
+/** How a round ended: its subscription was lost, it must replay, the connection ended, or this node stops. */
+type Outcome = "lost" | "resync" | "ended" | "stop"
 
 export class Feed extends Context.Service<Feed, {
   /**
@@ -87,6 +107,8 @@ export class Feed extends Context.Service<Feed, {
       const identity = yield* NodeIdentity
       const connections = yield* Connections
       const watch = yield* RunnerWatch
+      const here = yield* LocalMailboxes
+      const routes = yield* ShardRoutes
       const config = yield* AppConfig
       const buffer = config.connectionBuffer
       const maxBytes = config.connectionBufferBytes ?? CONNECTION_BUFFER_BYTES
@@ -94,7 +116,19 @@ export class Feed extends Context.Service<Feed, {
       const slice = Math.max(1, Math.floor(buffer / 2))
       // This node is stopping: every connection's feed ends (its client resumes on another node) and
       // none subscribes again (the mailboxes are moving away with the shards).
-      yield* Effect.addFinalizer(() => Effect.sync(() => Deferred.doneUnsafe(connections.stopping, Exit.void)))
+      yield* Effect.addFinalizer(() => Effect.sync(() => connections.stop()))
+      // Across nodes a mailbox here may have no entity to stop when its shard leaves this node (a node
+      // joined): its connections subscribe again, wherever it is now, as soon as the shard is gone.
+      yield* Effect.acquireRelease(
+        Effect.sync(() =>
+          routes.onShardsLost((shards) => {
+            for (const mailbox of here.all()) {
+              if (shards.has(routes.shardOf(mailbox.session))) here.drop(mailbox.session)
+            }
+          })
+        ),
+        (off) => Effect.sync(off)
+      )
 
       const attach = Effect.fnUntraced(function* (
         session: string,
@@ -106,7 +140,13 @@ export class Feed extends Context.Service<Feed, {
       ) {
         const connectionId = randomUUID()
         const ended = yield* Deferred.make<never, unknown>()
-        const slow = () => Deferred.doneUnsafe(ended, Exit.fail(new SlowConsumer({ buffered: buffer })))
+        /** Wakes a round on this node waiting for its end (one Deferred, no fiber per connection). */
+        let wake: ((outcome: Outcome) => void) | undefined = undefined
+        const end = (error: unknown) => {
+          Deferred.doneUnsafe(ended, Exit.fail(error))
+          wake?.("ended")
+        }
+        const slow = () => end(new SlowConsumer({ buffered: buffer }))
         // What was written (dedupe by MsgId), and the last message written at all (the resync cursor).
         const seen = new Seen()
         let last = cursor ?? encode({ millis: Date.now(), seq: 0, conversationType: 0, hash: 0 })
@@ -117,8 +157,9 @@ export class Feed extends Context.Service<Feed, {
           return write(out)
         }
         /**
-         * Each Mailbox activation has its own incarnation, carried by its `Ready` and by every batch
-         * it pushes. When a mailbox's node dies, Effect cluster sends the open Subscribe again to the
+         * Each mailbox (a session's, on the node holding its shard: LocalMailboxes) has its own
+         * incarnation, carried by its `Ready` and by every batch it pushes; its Mailbox entity's
+         * activations there share it. When a mailbox's node dies, Effect cluster sends the open Subscribe again to the
          * mailbox's next host, under the same call: the stream goes on with a new `Ready`, and the new
          * mailbox knows nothing of what the dead one took and never pushed. So only the incarnation
          * this round subscribed to is written; anything else (a new host, or a late push of an old
@@ -148,7 +189,7 @@ export class Feed extends Context.Service<Feed, {
             for (const m of messages) heldBytes += messageSize(m)
             return true
           },
-          fail: (error) => Deferred.doneUnsafe(ended, Exit.fail(error)),
+          fail: end,
           event: (event) => live?.write(event)
         }
         /** Writes what was held for the current incarnation; another's means the mailbox moved again. */
@@ -174,6 +215,7 @@ export class Feed extends Context.Service<Feed, {
           ...(identity.runner === undefined ? {} : { inbox: identity.runner }),
           ...(live === undefined || live.kinds.length === 0 ? {} : { events: live.kinds })
         }
+        const events: ReadonlySet<string> = new Set(live?.kinds ?? [])
         const remove = connections.add(connectionId, sink)
         yield* Effect.addFinalizer(() => Effect.sync(remove))
 
@@ -195,7 +237,7 @@ export class Feed extends Context.Service<Feed, {
           yield* recordReplay(replayed)
         })
 
-        /** One subscription: until it is lost, the mailbox moves, a runner leaves, or the connection ends. */
+        /** One subscription: until it is lost, the mailbox moves, or a runner leaves. */
         const round = (from: string | undefined) =>
           Effect.scoped(Effect.gen(function* () {
             const outcome = yield* Deferred.make<Outcome>()
@@ -250,22 +292,61 @@ export class Feed extends Context.Service<Feed, {
             // A connection cut off while the replay waits for room ends the replay too.
             if (from !== undefined) yield* Effect.raceFirst(catchUp(from), Deferred.await(ended))
             release()
-            const result = yield* Effect.raceFirst(Deferred.await(ended), Deferred.await(outcome))
+            const result = yield* Deferred.await(outcome)
             // The next round replays from `last`: hold what still arrives on this subscription until then.
             held ??= []
             return result
           }))
 
+        /**
+         * One registration with the session's mailbox on this node, which holds the session's shard:
+         * no entity message, and while idle nothing but one waiting fiber (this one). Until the
+         * mailbox ends it (a gap, its shard leaving), a runner leaves, or the connection ends.
+         */
+        const localRound = (from: string | undefined) =>
+          Effect.suspend(() => {
+            const mailbox = here.open(session, buffer)
+            current = mailbox.incarnation
+            held ??= []
+            const outcome = Deferred.makeUnsafe<Outcome>()
+            wake = (o) => Deferred.doneUnsafe(outcome, Exit.succeed(o))
+            resync = () => wake?.("resync")
+            const disconnect = mailbox.connect(connectionId, { sink, events, end: resync })
+            const unwatch = watch.onRunnerLeft(resync)
+            const unstop = connections.onStop(() => wake?.("stop"))
+            return Effect.gen(function* () {
+              if (Deferred.isDoneUnsafe(ended)) return "ended" as const
+              // A connection cut off while the replay waits for room ends the replay too.
+              if (from !== undefined) yield* Effect.raceFirst(catchUp(from), Deferred.await(ended))
+              release()
+              return yield* Deferred.await(outcome)
+            }).pipe(Effect.ensuring(Effect.sync(() => {
+              disconnect()
+              unwatch()
+              unstop()
+              wake = undefined
+              // The next round replays from `last`: hold what still arrives until then.
+              held ??= []
+            })))
+          })
+
+        /** A subscription to the session's Mailbox entity on another node, until this node stops. */
+        const remoteRound = (from: string | undefined) =>
+          Effect.raceFirst(
+            Effect.raceFirst(round(from), Deferred.await(ended)),
+            Deferred.await(connections.stopping).pipe(Effect.as("stop" as const))
+          )
+
         let from: string | undefined = cursor
-        const rounds = Effect.gen(function* () {
-          for (;;) {
-            const outcome = yield* round(from)
-            if (outcome === "lost") yield* Effect.logDebug("push subscription lost; subscribing again")
-            from = last
-          }
-        })
-        // Ending, not failing: the transport tells its client to come back (to any node) with its cursor.
-        yield* Effect.raceFirst(rounds, Deferred.await(connections.stopping))
+        for (;;) {
+          if (Deferred.isDoneUnsafe(connections.stopping)) return
+          const outcome = yield* (routes.holds(session) ? localRound(from) : remoteRound(from))
+          // Ending, not failing: the transport tells its client to come back (to any node) with its cursor.
+          if (outcome === "stop") return
+          if (outcome === "ended") return yield* Deferred.await(ended)
+          if (outcome === "lost") yield* Effect.logDebug("push subscription lost; subscribing again")
+          from = last
+        }
       })
 
       return Feed.of({
@@ -320,6 +401,13 @@ export class Feed extends Context.Service<Feed, {
 
   /** With the services it builds on (each built once per node: layers are shared by reference). */
   static readonly layer = this.layerNoDeps.pipe(
-    Layer.provide([Connections.layer, NodeIdentity.layer, Replay.layer, RunnerWatch.layer])
+    Layer.provide([
+      Connections.layer,
+      LocalMailboxes.layer,
+      NodeIdentity.layer,
+      Replay.layer,
+      RunnerWatch.layer,
+      ShardRoutes.layer
+    ])
   )
 }

@@ -1,12 +1,13 @@
 /**
- * The Mailbox entity of one session: the registry of its live connections (every platform, on
- * any node) and the single place that orders its deliveries. Each connection has a bounded
- * buffer; overflow ends that subscription with `SlowConsumer` and never slows anyone else.
- * Long-poll platforms keep their queue and position here between requests (PollPlatforms).
+ * The Mailbox entity of one session: what its mailbox needs beyond the connections on its own node
+ * (LocalMailboxes): the session's connections on other nodes (their `Subscribe` streams) and its
+ * long-poll platforms, which keep their queue and position here between requests (PollPlatforms).
+ * It joins the session's mailbox on this node, so deliveries still have a single order. Each
+ * connection has a bounded buffer; overflow ends that subscription with `SlowConsumer` and never
+ * slows anyone else.
  */
 import { Cause, type Duration, Effect, Layer, Metric, Queue, Stream } from "effect"
 import { Entity } from "effect/cluster"
-import { randomUUID } from "node:crypto"
 import { Rpc } from "effect/rpc"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
@@ -17,14 +18,16 @@ import { Connections, type ConnectionSink } from "./Connections.ts"
 import { LocalMailboxes } from "./LocalMailboxes.ts"
 import { MailboxRelay } from "./MailboxRelay.ts"
 import { NodeIdentity } from "../cluster/NodeIdentity.ts"
+import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { addTo, type Groups } from "./Groups.ts"
 import { PollPlatforms } from "./PollPlatforms.ts"
 import { Mailbox, type PushEvent, SlowConsumer } from "./Protocol.ts"
 import { entityActivations, Telemetry } from "../observability/Telemetry.ts"
 
+/** A connection on another node. */
 interface Connection {
   readonly platform: number
-  /** Takes messages directly (this node) or into the Subscribe stream (another node, no inbox). */
+  /** Takes messages into the Subscribe stream (no inbox). */
   readonly sink: ConnectionSink | undefined
   /** Another node's runner address: messages go through MailboxRelay. */
   readonly inbox: string | undefined
@@ -65,13 +68,17 @@ const entityLayer = (options: {
     Effect.gen(function* () {
       const session = (yield* Entity.CurrentAddress).entityId
       yield* Metric.update(entityActivations("Mailbox"), 1)
-      // This activation: connections write only what the mailbox they subscribed to pushes (Feed).
-      const incarnation = randomUUID()
       const identity = yield* NodeIdentity
       const localConnections = yield* Connections
-      const active = yield* LocalMailboxes
+      const here = yield* LocalMailboxes
+      const routes = yield* ShardRoutes
       const relay = yield* MailboxRelay
       const telemetry = yield* Telemetry
+      // The session's mailbox here: its connections on this node are there already (they registered
+      // without waking this entity); this entity adds its polls and its connections on other nodes.
+      const mailbox = here.open(session, options.buffer)
+      const incarnation = mailbox.incarnation
+      /** Connections on other nodes, by id. */
       const connections = new Map<string, Connection>()
       const polls = yield* (yield* PollPlatforms).open(session)
 
@@ -85,21 +92,7 @@ const entityLayer = (options: {
         }
       }
 
-      /**
-       * A conversation dropped messages for this session (they would have come too late, see
-       * ConversationEntity): every subscription ends, and the connection subscribes again and
-       * replays from its last message; each poll platform replays from its last answer.
-       */
-      const resync = () => {
-        for (const [id, connection] of connections) {
-          connections.delete(id)
-          connection.end()
-        }
-        polls.resync()
-      }
-
-      const deliver = (messages: ReadonlyArray<MsgData>, gap?: boolean) => {
-        if (gap === true) resync()
+      const deliver = (messages: ReadonlyArray<MsgData>) => {
         let remote: Groups<string, string> = undefined
         for (const [id, connection] of connections) {
           if (connection.inbox !== undefined) {
@@ -142,53 +135,68 @@ const entityLayer = (options: {
         if (remote !== undefined) { for (const [inbox, ids] of remote) relay.pushEvent(inbox, ids, event) }
         polls.event(event)
       }
-      // Registered for direct calls from Conversation entities in this process, until passivation.
-      const unregister = active.add(session, { deliver, event: announce })
-      telemetry.active.mailboxes++
+      /**
+       * A conversation dropped messages for this session (they would have come too late, see
+       * ConversationEntity): every subscription ends, and the connection subscribes again and
+       * replays from its last message; each poll platform replays from its last answer.
+       */
+      const resync = () => {
+        for (const [id, connection] of connections) {
+          connections.delete(id)
+          connection.end()
+        }
+        polls.resync()
+      }
+      const leave = mailbox.join({ deliver, event: announce, resync })
+      telemetry.active.mailboxEntities++
       yield* Effect.addFinalizer(() =>
         Effect.sync(() => {
-          unregister()
-          telemetry.active.mailboxes--
+          leave()
+          telemetry.active.mailboxEntities--
+          // The shard is leaving this node (a node joined, or this one stops): the connections here
+          // subscribe again wherever the mailbox goes. Passivation while the shard stays keeps them.
+          if (!routes.holds(session)) here.drop(session)
         })
       )
 
       return Mailbox.of({
-        Deliver: ({ payload }) => Effect.sync(() => deliver(payload.messages, payload.gap)),
-        Announce: ({ payload }) => Effect.sync(() => announce(payload.event)),
+        Deliver: ({ payload }) => Effect.sync(() => mailbox.deliver(payload.messages, payload.gap)),
+        Announce: ({ payload }) => Effect.sync(() => mailbox.event(payload.event)),
         Subscribe: ({ payload }) =>
           Rpc.fork(Stream.unwrap(Effect.gen(function* () {
             // One slot more than the buffer for the leading `Ready`.
             const queue = yield* Queue.bounded<PushEvent, SlowConsumer | Cause.Done>(options.buffer + 1)
             Queue.offerUnsafe(queue, { _tag: "Ready", incarnation })
             const local = payload.nodeId === identity.nodeId ? localConnections.get(payload.connectionId) : undefined
-            const inbox = local === undefined ? payload.inbox : undefined
+            const end = () => Queue.endUnsafe(queue)
+            if (local !== undefined) {
+              // Same process (the connection found the shard elsewhere a moment ago): it joins the
+              // mailbox's connections here; this stream only says `Ready` (from the queue) and lives
+              // as long as the connection or until the mailbox ends it (`end`); its end unregisters it.
+              const disconnect = mailbox.connect(payload.connectionId, {
+                sink: local,
+                events: new Set(payload.events ?? []),
+                end
+              })
+              return Stream.fromQueue(queue).pipe(Stream.ensuring(Effect.sync(disconnect)))
+            }
+            const inbox = payload.inbox
             const bytes = { queued: 0, max: options.bufferBytes }
-            const sink = local ?? (inbox === undefined ? queueSink(queue, bytes) : undefined)
             const connection: Connection = {
               platform: payload.platform,
-              sink,
+              sink: inbox === undefined ? queueSink(queue, bytes) : undefined,
               inbox,
-              end: () => Queue.endUnsafe(queue),
+              end,
               events: new Set(payload.events ?? [])
             }
             connections.set(payload.connectionId, connection)
-            if (local !== undefined) {
-              // Same process: messages go straight to the connection's queue; this stream only
-              // says `Ready` (from the queue) and lives as long as the connection or until the
-              // mailbox ends it (`end`); its end unregisters it.
-              return Stream.fromQueue(queue).pipe(
-                Stream.ensuring(Effect.sync(() => {
-                  // Only this subscription's registration: the connection may have subscribed again meanwhile.
-                  if (connections.get(payload.connectionId) === connection) connections.delete(payload.connectionId)
-                }))
-              )
-            }
             return Stream.fromQueue(queue).pipe(
               Stream.mapArray((events) => {
                 for (const event of events) if (event._tag === "Pushed") bytes.queued -= messageSize(event.message)
                 return events
               }),
               Stream.ensuring(Effect.sync(() => {
+                // Only this subscription's registration: the connection may have subscribed again meanwhile.
                 if (connections.get(payload.connectionId) === connection) connections.delete(payload.connectionId)
               }))
             )
@@ -200,7 +208,7 @@ const entityLayer = (options: {
     { maxIdleTime: options.idle }
   )
 
-/** Mailboxes passivate after `QUICKIM_MAILBOX_IDLE` without connections or polls. */
+/** Mailbox entities passivate after `QUICKIM_MAILBOX_IDLE` without polls or connections on other nodes (connections here need none). */
 export const MailboxEntityLive = Layer.unwrap(
   Effect.map(AppConfig, (c) =>
     entityLayer({
@@ -215,6 +223,7 @@ export const MailboxEntityLive = Layer.unwrap(
     MailboxRelay.layer,
     NodeIdentity.layer,
     PollPlatforms.layer,
+    ShardRoutes.layer,
     Telemetry.layer
   ])
 )

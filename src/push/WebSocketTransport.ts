@@ -77,7 +77,7 @@ export class WebSocketTransport extends Context.Service<WebSocketTransport, {
       const open = new Set<WebSocket>()
       // Stopping: every client is told to come back (to any node) and resume by cursor.
       const stop = () => {
-        Deferred.doneUnsafe(connections.stopping, Exit.void)
+        connections.stop()
         for (const ws of open) ws.close(CloseCode.Restart, "server restarting: reconnect with last_msg_id")
         wss.close()
       }
