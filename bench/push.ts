@@ -87,6 +87,23 @@ const procStat1 = (pid: number) => {
 const procStat = (pids: ReadonlyArray<number>) =>
   pids.map(procStat1).reduce((a, b) => ({ rssMb: a.rssMb + b.rssMb, cpuUs: a.cpuUs + b.cpuUs }))
 
+/**
+ * PSS (proportional set size) summed over `pids`, MB: a page shared by n processes counts 1/n in
+ * each, so the sum is the memory the processes take together. Summed RSS counts PostgreSQL's
+ * shared buffers once per backend that touched them.
+ */
+const pssMb = (pids: ReadonlyArray<number>) => {
+  let kb = 0
+  for (const pid of pids) {
+    try {
+      kb += Number(Fs.readFileSync(`/proc/${pid}/smaps_rollup`, "utf8").match(/^Pss:\s+(\d+)/m)?.[1] ?? 0)
+    } catch {
+      // the process ended meanwhile
+    }
+  }
+  return kb / 1024
+}
+
 /** CPU time of every PostgreSQL process on the machine (the server's database work). */
 const postgresCpuUs = () => {
   let total = 0
@@ -405,6 +422,7 @@ interface Result {
   readonly lost: number
   readonly duplicates: number
   readonly rssMb: number
+  readonly peakPssMb: number
   readonly cpuUsPerDelivery: number
 }
 
@@ -482,6 +500,9 @@ const runWorkload = async (
   perf?.stderr!.on("data", (d) => (perfOutput += d))
   const driverBefore = process.cpuUsage()
   const postgresBefore = postgresCpuUs()
+  // Peak memory over the measured part: PSS of the server's processes, sampled twice a second.
+  let peakPss = pssMb(target.pids)
+  const sampler = setInterval(() => (peakPss = Math.max(peakPss, pssMb(target.pids))), 500)
   const started = performance.now()
   let next = 0
   await Promise.all(Array.from({ length: senders }, async () => {
@@ -503,6 +524,8 @@ const runWorkload = async (
   }
   const seconds = (lastDelivery - started) / 1000
   const after = procStat(target.pids)
+  clearInterval(sampler)
+  peakPss = Math.max(peakPss, pssMb(target.pids))
   if (perf !== undefined) {
     perf.kill("SIGINT")
     await new Promise((r) => perf.once("close", r))
@@ -537,6 +560,7 @@ const runWorkload = async (
     lost: expected - unique,
     duplicates,
     rssMb: after.rssMb,
+    peakPssMb: peakPss,
     cpuUsPerDelivery: (after.cpuUs - before.cpuUs) / Math.max(1, deliveries)
   }
 }
@@ -611,16 +635,16 @@ if (IDLE > 0) {
 const ceilingOf = (workload: string) => results.find((r) => r.workload === workload && r.target === "ceiling ws")!
 const f1 = (n: number) => Number.isFinite(n) ? n.toFixed(1) : "–"
 const table = [
-  "| workload | target | sends/s | deliveries/s | × ceiling | p50 ms | p95 ms | p99 ms | max ms | lost | dup | RSS MB | CPU µs/delivery |",
-  "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+  "| workload | target | sends/s | deliveries/s | × ceiling | p50 ms | p95 ms | p99 ms | max ms | lost | dup | RSS MB | peak PSS MB | CPU µs/delivery |",
+  "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
   ...results.map((r) => {
     const c = ceilingOf(r.workload)
     const ratio = r.workload === "pairs" ? r.sendsPerSec / c.sendsPerSec : r.deliveriesPerSec / c.deliveriesPerSec
     return `| ${r.workload} | ${r.target} | ${r.sendsPerSec} | ${r.deliveriesPerSec} | ${ratio.toFixed(2)} | ${
       f1(r.p50)
     } | ${f1(r.p95)} | ${f1(r.p99)} | ${f1(r.max)} | ${r.lost} | ${r.duplicates} | ${r.rssMb.toFixed(0)} | ${
-      f1(r.cpuUsPerDelivery)
-    } |`
+      r.peakPssMb.toFixed(0)
+    } | ${f1(r.cpuUsPerDelivery)} |`
   })
 ].join("\n")
 const idleLine = IDLE > 0
