@@ -68,4 +68,58 @@ describe("poll failover", () => {
     }
     await Promise.all(clients.map((c) => c.stop()))
   })
+
+  it(
+    "a poll still waiting through a node that died takes no message: the client's next poll, without a cursor, gets it",
+    {
+      timeout: 120_000
+    },
+    async () => {
+      await cluster?.stop()
+      cluster = await startCluster(3)
+      await settled(cluster, 3)
+      const [gateway, ...others] = cluster.nodes
+      const tag = crypto.randomUUID().slice(0, 6)
+      // Enough sessions that some have their Mailbox on the nodes that stay.
+      const sessions = Array.from({ length: 12 }, (_, i) => `w-${tag}-${i}`)
+      const sender = `s-${tag}`
+      const senderToken = await others[0].token(sender)
+      const conversations: Array<string> = []
+      for (const s of sessions) {
+        const r = await others[0].post("/inner/create_conversation", { sessions: [s, sender] })
+        conversations.push(r.body.data.ConversationId)
+      }
+      const tokens = await Promise.all(sessions.map((s) => gateway.token(s, 3)))
+      // One poll per session through the node that will die, left waiting there; nothing polls again
+      // until the message is in.
+      const waiting = tokens.map((t) =>
+        fetch(`${gateway.url}/notify?protoc=poll&token=${t}`).then((r) => r.status, () => "cut")
+      )
+      const positions = () =>
+        sql(
+          cluster!.databaseUrl,
+          `SELECT count(*) FROM poll_positions WHERE platform = 3 AND session_id LIKE 'w-${tag}-%'`
+        ).then((n) => Number(n.trim()))
+      for (let i = 0; i < 100 && (await positions()) < sessions.length; i++) await sleep(200)
+      assert.strictEqual(await positions(), sessions.length, "every first poll reached its Mailbox")
+      await sleep(300)
+      await cluster.kill(gateway)
+      assert.deepStrictEqual(new Set(await Promise.all(waiting)), new Set(["cut"]))
+      // The dead node's heartbeat is seconds old by now; its waiting polls are still registered.
+      await sleep(4000)
+      const sent: Array<string> = []
+      for (const id of conversations) {
+        const r = await others[1].post("/send_msg", { conversation_id: id, content: "after" }, senderToken)
+        assert.strictEqual(r.body.code, 0, JSON.stringify(r.body))
+        sent.push(r.body.data.MsgID)
+      }
+      await sleep(500)
+      // The clients poll again elsewhere, with no cursor (they never got anything).
+      const got = await Promise.all(tokens.map(async (t) => {
+        const r = await fetch(`${others[0].url}/notify?protoc=poll&token=${t}`)
+        return r.status === 200 ? ((await r.json()) as { MsgId: string }).MsgId : `status ${r.status}`
+      }))
+      assert.deepStrictEqual(got, sent)
+    }
+  )
 })
