@@ -193,6 +193,24 @@ describe("push", () => {
     }
   })
 
+  it("the session's mailbox here goes with its last connection: closed connections leave nothing behind", async () => {
+    const local = Context.get(server.context, LocalMailboxes)
+    const a = await session()
+    const b = await session(2)
+    const id = await conversationOf(a.sid, b.sid)
+    const clients = [await connect("ws", server.url, b.token), await connect("sse", server.url, b.token)]
+    await settle("sse")
+    assert.isDefined(local.get(b.sid), "the connections registered with the session's mailbox")
+    const first = await send(a.token, id, "first")
+    await Promise.all(clients.map((c) => c.until((m) => m.some((x) => x.MsgId === first))))
+    clients[0].close()
+    await sleep(300)
+    assert.isDefined(local.get(b.sid), "one connection left")
+    clients[1].close()
+    for (let i = 0; i < 50 && local.get(b.sid) !== undefined; i++) await sleep(100)
+    assert.isUndefined(local.get(b.sid), "no connection left, no mailbox")
+  })
+
   it("poll: what arrives between polls comes with the next poll, in order", async () => {
     const a = await session()
     const b = await session(5)
