@@ -9,6 +9,36 @@ import { follow, settled, startCluster, type TestCluster } from "./support/clust
 import { sql } from "./support/postgres.ts"
 import { dedupe, sleep } from "./support/push.ts"
 
+/**
+ * Three nodes, 12 sessions `${prefix}-<tag>-<i>` (enough that some have their Mailbox on each node),
+ * each in a conversation with one sender.
+ */
+const world = async (prefix: string) => {
+  const cluster = await startCluster(3)
+  await settled(cluster, 3)
+  const [gateway, ...others] = cluster.nodes
+  const tag = crypto.randomUUID().slice(0, 6)
+  const sessions = Array.from({ length: 12 }, (_, i) => `${prefix}-${tag}-${i}`)
+  const sender = `s-${tag}`
+  const senderToken = await others[0].token(sender)
+  const conversations: Array<string> = []
+  for (const s of sessions) {
+    const r = await others[0].post("/inner/create_conversation", { sessions: [s, sender] })
+    conversations.push(r.body.data.ConversationId)
+  }
+  /** Waits until every session's first poll of platform 3 has reached its Mailbox (its position is in SQL). */
+  const firstPollsIn = async () => {
+    const positions = () =>
+      sql(
+        cluster.databaseUrl,
+        `SELECT count(*) FROM poll_positions WHERE platform = 3 AND session_id LIKE '${prefix}-${tag}-%'`
+      ).then((n) => Number(n.trim()))
+    for (let i = 0; i < 100 && (await positions()) < sessions.length; i++) await sleep(200)
+    assert.strictEqual(await positions(), sessions.length, "every first poll reached its Mailbox")
+  }
+  return { cluster, gateway, others, sessions, senderToken, conversations, firstPollsIn }
+}
+
 describe("poll failover", () => {
   let cluster: TestCluster | undefined
   afterAll(() => cluster?.stop())
@@ -16,29 +46,12 @@ describe("poll failover", () => {
   it("clients with no cursor yet lose nothing when their node and a third of their Mailboxes die", {
     timeout: 120_000
   }, async () => {
-    cluster = await startCluster(3)
-    await settled(cluster, 3)
-    const [gateway, ...others] = cluster.nodes
-    const tag = crypto.randomUUID().slice(0, 6)
-    // Enough sessions that some have their Mailbox away from the node that dies.
-    const sessions = Array.from({ length: 12 }, (_, i) => `p-${tag}-${i}`)
-    const sender = `s-${tag}`
-    const senderToken = await others[0].token(sender)
-    const conversations: Array<string> = []
-    for (const s of sessions) {
-      const r = await others[0].post("/inner/create_conversation", { sessions: [s, sender] })
-      conversations.push(r.body.data.ConversationId)
-    }
+    const w = await world("p")
+    cluster = w.cluster
+    const { gateway, others, sessions, senderToken, conversations } = w
     // Each client polls through the node that will die (start = its index in the live list).
     const clients = await Promise.all(sessions.map(async (s) => follow("poll", cluster!, await gateway.token(s, 3), 0)))
-    // Every first poll has reached its Mailbox: each platform's position is in SQL.
-    const positions = () =>
-      sql(
-        cluster!.databaseUrl,
-        `SELECT count(*) FROM poll_positions WHERE platform = 3 AND session_id LIKE 'p-${tag}-%'`
-      ).then((n) => Number(n.trim()))
-    for (let i = 0; i < 100 && (await positions()) < sessions.length; i++) await sleep(200)
-    assert.strictEqual(await positions(), sessions.length, "every first poll reached its Mailbox")
+    await w.firstPollsIn()
     await sleep(300) // and waits there
     await cluster.kill(gateway)
     await sleep(3000) // the clients poll again on the other nodes
@@ -76,36 +89,20 @@ describe("poll failover", () => {
     },
     async () => {
       await cluster?.stop()
-      cluster = await startCluster(3)
-      await settled(cluster, 3)
-      const [gateway, ...others] = cluster.nodes
-      const tag = crypto.randomUUID().slice(0, 6)
-      // Enough sessions that some have their Mailbox on the nodes that stay.
-      const sessions = Array.from({ length: 12 }, (_, i) => `w-${tag}-${i}`)
-      const sender = `s-${tag}`
-      const senderToken = await others[0].token(sender)
-      const conversations: Array<string> = []
-      for (const s of sessions) {
-        const r = await others[0].post("/inner/create_conversation", { sessions: [s, sender] })
-        conversations.push(r.body.data.ConversationId)
-      }
+      const w = await world("w")
+      cluster = w.cluster
+      const { gateway, others, sessions, senderToken, conversations } = w
       const tokens = await Promise.all(sessions.map((s) => gateway.token(s, 3)))
       // One poll per session through the node that will die, left waiting there; nothing polls again
       // until the message is in.
       const waiting = tokens.map((t) =>
         fetch(`${gateway.url}/notify?protoc=poll&token=${t}`).then((r) => r.status, () => "cut")
       )
-      const positions = () =>
-        sql(
-          cluster!.databaseUrl,
-          `SELECT count(*) FROM poll_positions WHERE platform = 3 AND session_id LIKE 'w-${tag}-%'`
-        ).then((n) => Number(n.trim()))
-      for (let i = 0; i < 100 && (await positions()) < sessions.length; i++) await sleep(200)
-      assert.strictEqual(await positions(), sessions.length, "every first poll reached its Mailbox")
+      await w.firstPollsIn()
       await sleep(300)
       await cluster.kill(gateway)
       assert.deepStrictEqual(new Set(await Promise.all(waiting)), new Set(["cut"]))
-      // The dead node's heartbeat is seconds old by now; its waiting polls are still registered.
+      // Seconds after the node died, as above; whatever still holds its waiting polls must not answer them.
       await sleep(4000)
       const sent: Array<string> = []
       for (const id of conversations) {
