@@ -23,20 +23,7 @@
  * writes it in slices, each once the transport has room again (`ready`), so a replay follows the
  * reader's pace instead of filling its buffer.
  */
-import {
-  Cause,
-  Context,
-  Deferred,
-  Duration,
-  Effect,
-  Exit,
-  Layer,
-  Option,
-  Queue,
-  Schedule,
-  type Scope,
-  Stream
-} from "effect"
+import { Cause, Context, Deferred, Duration, Effect, Exit, Layer, Queue, Schedule, type Scope, Stream } from "effect"
 import { randomUUID } from "node:crypto"
 import { RunnerWatch } from "../cluster/RunnerWatch.ts"
 import type { MsgData } from "../domain/Conversation.ts"
@@ -159,8 +146,8 @@ export class Feed extends Context.Service<Feed, {
         /**
          * Each mailbox (a session's, on the node holding its shard: LocalMailboxes) has its own
          * incarnation, carried by its `Ready` and by every batch it pushes; its Mailbox entity's
-         * activations there share it. When a mailbox's node dies, Effect cluster sends the open Subscribe again to the
-         * mailbox's next host, under the same call: the stream goes on with a new `Ready`, and the new
+         * activations there share it. When a mailbox's node dies, Effect cluster sends the open
+         * Subscribe again to the mailbox's next host, under the same call: the stream goes on with a new `Ready`, and the new
          * mailbox knows nothing of what the dead one took and never pushed. So only the incarnation
          * this round subscribed to is written; anything else (a new host, or a late push of an old
          * one) ends the round, and the next one replays from the last message written. Until a round
