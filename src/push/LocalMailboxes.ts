@@ -40,7 +40,8 @@ export interface LocalConnection {
 
 /** What the session's Mailbox entity adds while it is active here: its polls and its connections on other nodes. */
 export interface EntityPart {
-  readonly deliver: (messages: ReadonlyArray<MsgData>) => void
+  /** Messages for its connections (pushed under the mailbox's `incarnation`) and its polls. */
+  readonly deliver: (messages: ReadonlyArray<MsgData>, incarnation: string) => void
   readonly event: (event: LiveEvent) => void
   /** Ends every subscription it holds, and has each poll platform replay from its last answer. */
   readonly resync: () => void
@@ -125,7 +126,7 @@ export class LocalMailboxes extends Context.Service<LocalMailboxes, {
               connection.sink.fail(new SlowConsumer({ buffered: buffer }))
             }
           }
-          entity?.deliver(messages)
+          entity?.deliver(messages, incarnation)
           forget()
         }
         const event = (event: LiveEvent) => {

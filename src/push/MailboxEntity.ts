@@ -74,10 +74,6 @@ const entityLayer = (options: {
       const routes = yield* ShardRoutes
       const relay = yield* MailboxRelay
       const telemetry = yield* Telemetry
-      // The session's mailbox here: its connections on this node are there already (they registered
-      // without waking this entity); this entity adds its polls and its connections on other nodes.
-      const mailbox = here.open(session, options.buffer)
-      const incarnation = mailbox.incarnation
       /** Connections on other nodes, by id. */
       const connections = new Map<string, Connection>()
       const polls = yield* (yield* PollPlatforms).open(session)
@@ -92,7 +88,7 @@ const entityLayer = (options: {
         }
       }
 
-      const deliver = (messages: ReadonlyArray<MsgData>) => {
+      const deliver = (messages: ReadonlyArray<MsgData>, incarnation: string) => {
         let remote: Groups<string, string> = undefined
         for (const [id, connection] of connections) {
           if (connection.inbox !== undefined) {
@@ -147,16 +143,24 @@ const entityLayer = (options: {
         }
         polls.resync()
       }
-      const leave = mailbox.join({ deliver, event: announce, resync })
-      telemetry.active.mailboxEntities++
-      yield* Effect.addFinalizer(() =>
+      // The session's mailbox here: its connections on this node are there already (they registered
+      // without waking this entity); this entity adds its polls and its connections on other nodes.
+      // Opened and joined in one step: a mailbox with nothing in it goes at its next delivery.
+      const { incarnation, mailbox } = yield* Effect.acquireRelease(
         Effect.sync(() => {
-          leave()
-          telemetry.active.mailboxEntities--
-          // The shard is leaving this node (a node joined, or this one stops): the connections here
-          // subscribe again wherever the mailbox goes. Passivation while the shard stays keeps them.
-          if (!routes.holds(session)) here.drop(session)
-        })
+          const mailbox = here.open(session, options.buffer)
+          const leave = mailbox.join({ deliver, event: announce, resync })
+          telemetry.active.mailboxEntities++
+          return { mailbox, leave, incarnation: mailbox.incarnation }
+        }),
+        ({ leave }) =>
+          Effect.sync(() => {
+            leave()
+            telemetry.active.mailboxEntities--
+            // The shard is leaving this node (a node joined, or this one stops): the connections here
+            // subscribe again wherever the mailbox goes. Passivation while the shard stays keeps them.
+            if (!routes.holds(session)) here.drop(session)
+          })
       )
 
       return Mailbox.of({
