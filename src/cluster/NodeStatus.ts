@@ -11,13 +11,14 @@
  * their replies older than `QUICKIM_CLUSTER_RETENTION`, and reports of nodes gone that long.
  */
 import { Context, Duration, Effect, Layer, Option, Schedule } from "effect"
-import { MachineId, ShardId, Sharding, Snowflake } from "effect/cluster"
+import { MachineId, Sharding, Snowflake } from "effect/cluster"
 import { SqlClient } from "effect/sql"
 import { HttpServer } from "effect/http"
 import { AppConfig, type AppSettings } from "../Config.ts"
 import type { ClusterView } from "../domain/ClusterView.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { NodeIdentity } from "./NodeIdentity.ts"
+import { heldShards } from "./ShardRoutes.ts"
 
 /** A report older than this marks its node as not alive. */
 const STALE_AFTER_SECONDS = 10
@@ -101,15 +102,6 @@ export class NodeStatus extends Context.Service<NodeStatus, {
 
   /** With the services it builds on (each built once per node: layers are shared by reference). */
   static readonly layer = this.layerNoDeps.pipe(Layer.provide(NodeIdentity.layer))
-}
-
-/** The default-group shards (Conversations and Mailboxes) this node holds now. */
-export const heldShards = (sharding: Sharding.Sharding["Service"], shardsPerGroup: number) => {
-  const held: Array<number> = []
-  for (let i = 1; i <= shardsPerGroup; i++) {
-    if (sharding.hasShardId(ShardId.make("default", i))) held.push(i)
-  }
-  return held
 }
 
 /** Conversation entities active on this node, and the sessions' mailboxes here (with their entity or without). */

@@ -31,6 +31,15 @@ const AVOID_MILLIS = 10_000
  */
 const SHARD_WATCH = "100 millis"
 
+/** The default-group shards (Conversations and Mailboxes) this node holds now. */
+export const heldShards = (sharding: Sharding.Sharding["Service"], shardsPerGroup: number) => {
+  const held: Array<number> = []
+  for (let i = 1; i <= shardsPerGroup; i++) {
+    if (sharding.hasShardId(ShardId.make("default", i))) held.push(i)
+  }
+  return held
+}
+
 export class ShardRoutes extends Context.Service<ShardRoutes, {
   /**
    * The NodeInbox (runner address) of the other node that holds `entityId`'s shard, by the last
@@ -79,15 +88,13 @@ export class ShardRoutes extends Context.Service<ShardRoutes, {
         })
       }
       // Shards held at the last look, and who wants to hear of those this node stops holding.
-      const held = new Set<number>()
+      let held: ReadonlySet<number> = new Set()
       const lostListeners = new Set<(shards: ReadonlySet<number>) => void>()
-      const shardIds = Array.from({ length: config.shardsPerGroup }, (_, i) => ShardId.make("default", i + 1))
       yield* Effect.sync(() => {
+        const now = new Set(heldShards(sharding, config.shardsPerGroup))
         let lost: Set<number> | undefined = undefined
-        for (const shard of shardIds) {
-          if (sharding.hasShardId(shard)) held.add(shard.id)
-          else if (held.delete(shard.id)) (lost ??= new Set()).add(shard.id)
-        }
+        for (const shard of held) if (!now.has(shard)) (lost ??= new Set()).add(shard)
+        held = now
         if (lost !== undefined) { for (const f of lostListeners) f(lost) }
       }).pipe(Effect.repeat(Schedule.spaced(SHARD_WATCH)), Effect.forkScoped)
       let routes = new Map<number, string>()

@@ -8,7 +8,7 @@ import { Sharding } from "effect/cluster"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
 import { PrometheusMetrics } from "effect/observability"
 import { AppConfig } from "../Config.ts"
-import { heldShards } from "../cluster/NodeStatus.ts"
+import { heldShards } from "../cluster/ShardRoutes.ts"
 import { makeInnerCheck } from "../access/Access.ts"
 import { type PushProtocol, storeActivity, Telemetry } from "../observability/Telemetry.ts"
 
