@@ -119,4 +119,50 @@ describe("poll failover", () => {
       assert.deepStrictEqual(got, sent)
     }
   )
+
+  it(
+    "a poll whose mailbox lives on is not cut when another node dies: it answers with the next message",
+    { timeout: 120_000 },
+    async () => {
+      await cluster?.stop()
+      const w = await world("l")
+      cluster = w.cluster
+      const { gateway, others, sessions, senderToken, conversations } = w
+      const [through, sendVia] = others
+      const tokens = await Promise.all(sessions.map((s) => through.token(s, 3)))
+      // One poll per session through a node that stays; the node that dies holds about a third of
+      // the Mailboxes. A poll cut when a runner leaves ends 503 (its client polls again).
+      const poll = (t: string) =>
+        fetch(`${through.url}/notify?protoc=poll&token=${t}`).then(async (r) =>
+          r.status === 200 ? ((await r.json()) as { MsgId: string }).MsgId : `status ${r.status}`
+        )
+      const waiting = tokens.map((t) => {
+        let answer: string | undefined = undefined
+        const done = poll(t).then((a) => (answer = a))
+        return { done, answer: () => answer }
+      })
+      await w.firstPollsIn()
+      await cluster.kill(gateway)
+      // Past the moment the survivors see its runner leave (its heartbeat 5 s old, read each second).
+      await sleep(9000)
+      const stillWaiting = waiting.filter((p) => p.answer() === undefined).length
+      const cut = waiting.filter((p) => p.answer() !== undefined).map((p) => p.answer())
+      // Before the fix, every waiting poll of every node was cut at that moment, whichever node held
+      // its Mailbox; a third of them here is on the dead node.
+      assert.isAbove(stillWaiting, 0, `answers so far: ${JSON.stringify(cut)}`)
+      for (const answer of cut) assert.strictEqual(answer, "status 503")
+      const sent: Array<string> = []
+      for (const id of conversations) {
+        const r = await sendVia.post("/send_msg", { conversation_id: id, content: "after" }, senderToken)
+        assert.strictEqual(r.body.code, 0, JSON.stringify(r.body))
+        sent.push(r.body.data.MsgID)
+      }
+      // The polls still waiting answer with the message; a cut one's client polls again (no cursor).
+      const got = await Promise.all(waiting.map(async (p, i) => {
+        const first = await p.done
+        return first === "status 503" ? poll(tokens[i]) : first
+      }))
+      assert.deepStrictEqual(got, sent)
+    }
+  )
 })

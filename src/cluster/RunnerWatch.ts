@@ -14,8 +14,11 @@ import { AppConfig } from "../Config.ts"
 const HEARTBEAT_STALE_SECONDS = 5
 
 export class RunnerWatch extends Context.Service<RunnerWatch, {
-  /** Calls `listener` whenever a runner that was healthy is no longer; returns the unsubscribe. */
-  readonly onRunnerLeft: (listener: () => void) => () => void
+  /**
+   * Calls `listener` whenever runners that were healthy are no longer, with their addresses;
+   * returns the unsubscribe.
+   */
+  readonly onRunnerLeft: (listener: (left: ReadonlySet<string>) => void) => () => void
   /**
    * At the last read (once a second), the healthy runners that had beaten within
    * HEARTBEAT_STALE_SECONDS, with their heartbeat's age in seconds. ShardRoutes reads it too, so
@@ -28,7 +31,7 @@ export class RunnerWatch extends Context.Service<RunnerWatch, {
     Effect.gen(function* () {
       const config = yield* AppConfig
       const sql = yield* SqlClient.SqlClient
-      const listeners = new Set<() => void>()
+      const listeners = new Set<(left: ReadonlySet<string>) => void>()
       /** Healthy runners that beat within HEARTBEAT_STALE_SECONDS, with their heartbeat's age in seconds. */
       let ages = new Map<string, number>()
       if (Option.isSome(config.runnerPort)) {
@@ -41,10 +44,10 @@ export class RunnerWatch extends Context.Service<RunnerWatch, {
           Effect.map((rows) => {
             ages = new Map(rows.map((r) => [r.address, Number(r.age)]))
             const healthy = new Set(ages.keys())
-            const left = known !== undefined && [...known].some((a) => !healthy.has(a))
+            const left = new Set(known === undefined ? [] : [...known].filter((a) => !healthy.has(a)))
             known = healthy
-            if (left) {
-              for (const listener of [...listeners]) listener()
+            if (left.size > 0) {
+              for (const listener of [...listeners]) listener(left)
             }
           }),
           Effect.catchCause((cause) => Effect.logDebug("could not read the cluster runners", cause)),

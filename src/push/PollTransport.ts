@@ -11,6 +11,7 @@ import { RateLimits } from "../access/RateLimits.ts"
 import { Revocations } from "../access/Revocations.ts"
 import { ErrorCode } from "../api/Errors.ts"
 import { RunnerWatch } from "../cluster/RunnerWatch.ts"
+import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { AppConfig } from "../Config.ts"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { Connections } from "./Connections.ts"
@@ -27,6 +28,7 @@ export class PollTransport extends Context.Service<PollTransport, {
       const connections = yield* Connections
       const telemetry = yield* Telemetry
       const watch = yield* RunnerWatch
+      const routes = yield* ShardRoutes
       const limits = yield* RateLimits
       const revocations = yield* Revocations
       const waitMs = Duration.toMillis((yield* AppConfig).pollWait)
@@ -42,9 +44,17 @@ export class PollTransport extends Context.Service<PollTransport, {
         )
         telemetry.connections.poll++
         // A runner leaving may have taken the session's mailbox with it, and a call to it is
-        // answered by nobody: answer 503 then, and the client polls again with its cursor.
+        // answered by nobody: answer 503 then, and the client polls again with its cursor. Only
+        // then: a poll cut while its mailbox lives may have just been answered, and that answer
+        // would be lost to a client with no cursor yet (it cannot ask for it again). Where the
+        // mailbox was when the poll began: here, on a node by the reports, or unknown.
+        const mailboxAt = routes.holds(notify.session) ? null : routes.nodeOf(notify.session)
         const runnerLeft = yield* Deferred.make<void>()
-        const unwatch = watch.onRunnerLeft(() => Deferred.doneUnsafe(runnerLeft, Exit.void))
+        const unwatch = watch.onRunnerLeft((left) => {
+          if (mailboxAt === undefined || (mailboxAt !== null && left.has(mailboxAt))) {
+            Deferred.doneUnsafe(runnerLeft, Exit.void)
+          }
+        })
         const tokenEnded = yield* Deferred.make<never, NotifyRefused>()
         const unwatchToken = revocations.watch(notify.claims, (reason) =>
           Deferred.doneUnsafe(
@@ -83,6 +93,13 @@ export class PollTransport extends Context.Service<PollTransport, {
 
   /** With the services it builds on (each built once per node: layers are shared by reference). */
   static readonly layer = this.layerNoDeps.pipe(
-    Layer.provide([Connections.layer, RateLimits.layer, Revocations.layer, RunnerWatch.layer, Telemetry.layer])
+    Layer.provide([
+      Connections.layer,
+      RateLimits.layer,
+      Revocations.layer,
+      RunnerWatch.layer,
+      ShardRoutes.layer,
+      Telemetry.layer
+    ])
   )
 }
