@@ -501,8 +501,25 @@ const runWorkload = async (
   const driverBefore = process.cpuUsage()
   const postgresBefore = postgresCpuUs()
   // Peak memory over the measured part: PSS of the server's processes, sampled twice a second.
-  let peakPss = pssMb(target.pids)
-  const sampler = setInterval(() => (peakPss = Math.max(peakPss, pssMb(target.pids))), 500)
+  // Split between the server's own processes and its PostgreSQL's (embedded), at the sum's peak.
+  const isPostgres = (pid: number) => {
+    try {
+      return Fs.readFileSync(`/proc/${pid}/comm`, "utf8").trim() === "postgres"
+    } catch {
+      return false
+    }
+  }
+  let peakPss = 0
+  let peakSplit = ""
+  const samplePss = () => {
+    const node = pssMb(target.pids.filter((p) => !isPostgres(p)))
+    const database = pssMb(target.pids.filter(isPostgres))
+    if (node + database < peakPss) return
+    peakPss = node + database
+    peakSplit = `server ${node.toFixed(0)} MB, its PostgreSQL ${database.toFixed(0)} MB`
+  }
+  samplePss()
+  const sampler = setInterval(samplePss, 500)
   const started = performance.now()
   let next = 0
   await Promise.all(Array.from({ length: senders }, async () => {
@@ -525,7 +542,7 @@ const runWorkload = async (
   const seconds = (lastDelivery - started) / 1000
   const after = procStat(target.pids)
   clearInterval(sampler)
-  peakPss = Math.max(peakPss, pssMb(target.pids))
+  samplePss()
   if (perf !== undefined) {
     perf.kill("SIGINT")
     await new Promise((r) => perf.once("close", r))
@@ -538,7 +555,8 @@ const runWorkload = async (
     `${workload} ${target.name}: send answered p50 ${percentile(acks, 50).toFixed(1)} ms, p99 ${
       percentile(acks, 99).toFixed(1)
     } ms; cores busy over ${seconds.toFixed(1)} s: server ${busy(after.cpuUs - before.cpuUs)}, `
-      + `driver ${busy(driverCpu.user + driverCpu.system)}, postgres ${busy(postgresCpuUs() - postgresBefore)}`
+      + `driver ${busy(driverCpu.user + driverCpu.system)}, postgres ${busy(postgresCpuUs() - postgresBefore)}; `
+      + `peak PSS ${peakPss.toFixed(0)} MB (${peakSplit})`
   )
   for (const close of closers) close()
   let unique = 0

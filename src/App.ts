@@ -2,20 +2,25 @@
  * The whole node as one layer: database (migrated), cluster runner, Conversation entities and
  * the HTTP gateway. `main.ts` launches it; tests build it with their own settings.
  */
-import { NodeClusterSocket, NodeCrypto, NodeHttpServer } from "@effect/platform-node"
-import { Duration, Effect, Layer, Option, Redacted } from "effect"
-import {
-  RunnerAddress,
-  Runners,
-  ShardingConfig,
-  SingleRunner,
-  SocketRunner,
-  SqlMessageStorage,
-  SqlRunnerStorage
-} from "effect/cluster"
-import { RpcSerialization } from "effect/rpc"
-import { HttpRouter } from "effect/http"
-import { HttpApi, HttpApiBuilder } from "effect/http-api"
+import * as NodeClusterSocket from "@effect/platform-node/NodeClusterSocket"
+import * as NodeCrypto from "@effect/platform-node/NodeCrypto"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as RunnerAddress from "effect/cluster/RunnerAddress"
+import * as Runners from "effect/cluster/Runners"
+import * as ShardingConfig from "effect/cluster/ShardingConfig"
+import * as SingleRunner from "effect/cluster/SingleRunner"
+import * as SocketRunner from "effect/cluster/SocketRunner"
+import * as SqlMessageStorage from "effect/cluster/SqlMessageStorage"
+import * as SqlRunnerStorage from "effect/cluster/SqlRunnerStorage"
+import * as RpcSerialization from "effect/rpc/RpcSerialization"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpApi from "effect/http-api/HttpApi"
+import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
 import { createServer } from "node:http"
 import { Api, ConversationApi, InnerApi, MessageApi, SystemApi } from "./api/Api.ts"
 import { AppConfig, type AppSettings, DEFAULT_ASSIGNMENTS_REFRESH, defaultHttpTimeouts } from "./Config.ts"

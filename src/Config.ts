@@ -2,7 +2,15 @@
  * Every setting of a node, read from the environment in one place. Runner (cluster) settings
  * are passed to Effect cluster explicitly so unprefixed variables such as `PORT` never move a runner.
  */
-import { Config, Context, Duration, Effect, Layer, type LogLevel, Option, Redacted, Schema } from "effect"
+import * as Config from "effect/Config"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as LogLevel from "effect/LogLevel"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
 
 /** A token bucket: `perSecond` refilled, up to `burst` at once; `perSecond` 0 turns the limit off. */
 export interface Rate {

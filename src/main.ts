@@ -5,9 +5,14 @@
  * could not be reached, 2 the command line was wrong.
  */
 import { restore } from "./NoFiberAsyncContext.ts" // first: before `effect` is evaluated
-import { NodeRuntime, NodeServices } from "@effect/platform-node"
-import { Cause, Effect, Exit, Layer } from "effect"
-import { CliError, Command } from "effect/cli"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
+import * as NodeServices from "@effect/platform-node/NodeServices"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as CliError from "effect/cli/CliError"
+import * as Command from "effect/cli/Command"
 import { MainLive } from "./App.ts"
 import { cli } from "./cli/Cli.ts"
 

@@ -8,6 +8,11 @@ import * as Path from "node:path"
 
 const SRC = Path.join(import.meta.dirname!, "..", "src")
 
+const sourceFiles = (dir: string): Array<string> =>
+  Fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
+    e.isDirectory() ? sourceFiles(Path.join(dir, e.name)) : e.name.endsWith(".ts") ? [Path.join(dir, e.name)] : []
+  )
+
 /** Every `from "./…"` import of every source file, as folder → folder (files at the top are their own room). */
 const folderImports = () => {
   const edges = new Map<string, Set<string>>()
@@ -15,11 +20,7 @@ const folderImports = () => {
     const rel = Path.relative(SRC, file)
     return rel.includes(Path.sep) ? rel.split(Path.sep)[0] + "/" : rel
   }
-  const walk = (dir: string): Array<string> =>
-    Fs.readdirSync(dir, { withFileTypes: true }).flatMap((e) =>
-      e.isDirectory() ? walk(Path.join(dir, e.name)) : e.name.endsWith(".ts") ? [Path.join(dir, e.name)] : []
-    )
-  for (const file of walk(SRC)) {
+  for (const file of sourceFiles(SRC)) {
     const from = roomOf(file)
     for (const match of Fs.readFileSync(file, "utf8").matchAll(/(?:from|import)\s*\(?\s*"(\.[^"]+)"/g)) {
       const to = roomOf(Path.resolve(Path.dirname(file), match[1]))
@@ -59,5 +60,16 @@ describe("architecture", () => {
       ...above("api/", "server/", "storage/", "push/", "conversation/", "cluster/", "access/"),
       ...above("domain/", "server/", "storage/", "push/", "conversation/", "cluster/", "access/", "api/")
     ], [])
+  })
+
+  it("src/ imports each Effect module by its own path, never a package's index", () => {
+    // An index loads every module it re-exports: @effect/platform-node's loads its Redis client
+    // (about 620 modules), effect's and its areas' every module. What a node loads stays in its heap,
+    // and V8 lets the heap grow to a multiple of what is live before collecting (bench/RESULTS.md).
+    const barrel = /from\s+"(effect|effect\/[a-z-]+|@effect\/[a-z-]+)"/g
+    const found = sourceFiles(SRC).flatMap((file) =>
+      [...Fs.readFileSync(file, "utf8").matchAll(barrel)].map((m) => `${Path.relative(SRC, file)}: ${m[1]}`)
+    )
+    assert.deepStrictEqual(found, [])
   })
 })

@@ -2,8 +2,11 @@
  * Implementations of the contract's middleware: bearer tokens → CurrentSession, and the
  * inner-endpoint guard (source address allow-list plus optional admin key).
  */
-import { Effect, Layer, Option, Redacted } from "effect"
-import { HttpServerRequest } from "effect/http"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
 import { BlockList, isIP } from "node:net"
 import { timingSafeEqual } from "node:crypto"
 import { ErrorCode, Forbidden, Unauthorized } from "../api/Errors.ts"

@@ -4,8 +4,13 @@
  * live push connections of one session. Over a limit the answer is 429 with code 10008 and
  * `Retry-After` (seconds). Every limit is per node; inner endpoints are never limited.
  */
-import { Clock, Context, Effect, Layer } from "effect"
-import { HttpEffect, HttpServerRequest, HttpServerResponse } from "effect/http"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as HttpEffect from "effect/http/HttpEffect"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import { isIP } from "node:net"
 import { ErrorCode, TooManyRequests } from "../api/Errors.ts"
 import { CurrentSession } from "../api/Security.ts"

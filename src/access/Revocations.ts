@@ -13,9 +13,18 @@
  * Push connections register here with their token's claims: each is ended once, when its token
  * expires or when a revocation that covers it arrives (made on this node or read from the table).
  */
-import { PgClient } from "@effect/sql-pg"
-import { Clock, Context, Duration, Effect, Layer, Option, Queue, Schedule, Schema } from "effect"
-import { SqlClient, type SqlError } from "effect/sql"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import * as Schema from "effect/Schema"
+import * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
 import { AppConfig, isConfigured } from "../Config.ts"
 
 /** What a verified token says, as push connections and revocations need it. */

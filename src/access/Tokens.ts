@@ -4,7 +4,14 @@
  * from configuration (at least 32 bytes); on the embedded database a missing key is generated once
  * and kept in the data directory.
  */
-import { Clock, Context, Duration, Effect, Layer, Option, Redacted, Schema } from "effect"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
 import * as Jose from "jose"
 import { randomBytes } from "node:crypto"
 import * as Fs from "node:fs"

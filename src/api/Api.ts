@@ -2,8 +2,12 @@
  * The HTTP contract (docs/api.md), declared once: the server, the OpenAPI document
  * and typed clients all derive from it. Every body is the `{code, error, data}` envelope.
  */
-import { Effect, Schema } from "effect"
-import { HttpApi, HttpApiEndpoint, HttpApiGroup, OpenApi } from "effect/http-api"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
+import * as HttpApi from "effect/http-api/HttpApi"
+import * as HttpApiEndpoint from "effect/http-api/HttpApiEndpoint"
+import * as HttpApiGroup from "effect/http-api/HttpApiGroup"
+import * as OpenApi from "effect/http-api/OpenApi"
 import {
   ConversationDetail,
   ConversationId,

@@ -2,7 +2,7 @@
  * The error side of the wire contract: `{code, error}` bodies with the HTTP status telling
  * the class of failure. Codes are listed once here and in docs/api.md; a number never changes meaning.
  */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 
 export const ErrorCode = {
   InvalidParameter: 10001,

@@ -2,8 +2,9 @@
  * Middleware declarations of the contract: bearer-token sessions for public endpoints and
  * the trusted-caller guard for `inner/*`. Implementations live on the server side.
  */
-import { Context } from "effect"
-import { HttpApiMiddleware, HttpApiSecurity } from "effect/http-api"
+import * as Context from "effect/Context"
+import * as HttpApiMiddleware from "effect/http-api/HttpApiMiddleware"
+import * as HttpApiSecurity from "effect/http-api/HttpApiSecurity"
 import { Forbidden, Unauthorized } from "./Errors.ts"
 
 /** The caller of a public endpoint, from its token. */

@@ -5,8 +5,17 @@
  * `--admin-key` when the server has one). Exit codes: 0 done, 1 the server refused or could not
  * be reached (the reason in plain words), 2 the command line itself was wrong.
  */
-import { Config, Console, Effect, Layer, Option, Schema, Stream } from "effect"
-import { Argument, CliError, Command, Flag } from "effect/cli"
+import * as Config from "effect/Config"
+import * as Console from "effect/Console"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
+import * as Argument from "effect/cli/Argument"
+import * as CliError from "effect/cli/CliError"
+import * as Command from "effect/cli/Command"
+import * as Flag from "effect/cli/Flag"
 import { MainLive } from "../App.ts"
 import { makeClient, type QuickImClient } from "../client/Client.ts"
 import type { MsgData } from "../domain/Conversation.ts"

@@ -5,9 +5,12 @@
  * `{code, data}` envelope for the common cases. `subscribe`/`messages` follow the session's push
  * stream with reconnect, resume and dedupe (Push.ts).
  */
-import { Effect, Option } from "effect"
-import { FetchHttpClient, HttpClient, HttpClientRequest } from "effect/http"
-import { HttpApiClient } from "effect/http-api"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as FetchHttpClient from "effect/http/FetchHttpClient"
+import * as HttpClient from "effect/http/HttpClient"
+import * as HttpClientRequest from "effect/http/HttpClientRequest"
+import * as HttpApiClient from "effect/http-api/HttpApiClient"
 import { Api } from "../api/Api.ts"
 import { ADMIN_KEY_HEADER } from "../api/Security.ts"
 import { messages, subscribe, type SubscribeOptions } from "./Push.ts"

@@ -7,7 +7,11 @@
  * on sse and poll (fetch); only ws, whose browser API sets no headers, puts it in the URL. A token
  * that expires or is revoked ends the subscription with PushRefused (status 401).
  */
-import { Cause, Effect, Queue, Schema, Stream } from "effect"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Queue from "effect/Queue"
+import * as Schema from "effect/Schema"
+import * as Stream from "effect/Stream"
 import type { MsgData } from "../domain/Conversation.ts"
 import type { EventKind, LiveEvent } from "../domain/Events.ts"
 

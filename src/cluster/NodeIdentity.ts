@@ -2,7 +2,10 @@
  * Who this process is among the cluster's nodes: a fresh id per process, its runner address in
  * multi-node mode (the key of its NodeInbox, where other nodes reach it), and when it started.
  */
-import { Context, Effect, Layer, Option } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import { randomUUID } from "node:crypto"
 import { AppConfig } from "../Config.ts"
 

@@ -15,9 +15,15 @@
  * item was not served (the relay failed or timed out, or reached a process that started after it
  * was sent), and then takes the sure way itself (an entity message, or a replay).
  */
-import { Clock, Context, Effect, Fiber, Layer, Schema } from "effect"
-import { ClusterSchema, Entity } from "effect/cluster"
-import { Rpc } from "effect/rpc"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Schema from "effect/Schema"
+import * as ClusterSchema from "effect/cluster/ClusterSchema"
+import * as Entity from "effect/cluster/Entity"
+import * as Rpc from "effect/rpc/Rpc"
 import { Telemetry } from "../observability/Telemetry.ts"
 import { NodeIdentity } from "./NodeIdentity.ts"
 import { ShardRoutes } from "./ShardRoutes.ts"

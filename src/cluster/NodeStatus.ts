@@ -10,10 +10,17 @@
  * The retention job (a cluster singleton: one node runs it) deletes processed cluster messages and
  * their replies older than `QUICKIM_CLUSTER_RETENTION`, and reports of nodes gone that long.
  */
-import { Context, Duration, Effect, Layer, Option, Schedule } from "effect"
-import { MachineId, Sharding, Snowflake } from "effect/cluster"
-import { SqlClient } from "effect/sql"
-import { HttpServer } from "effect/http"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as MachineId from "effect/cluster/MachineId"
+import * as Sharding from "effect/cluster/Sharding"
+import * as Snowflake from "effect/cluster/Snowflake"
+import * as SqlClient from "effect/sql/SqlClient"
+import * as HttpServer from "effect/http/HttpServer"
 import { AppConfig, type AppSettings } from "../Config.ts"
 import type { ClusterView } from "../domain/ClusterView.ts"
 import { Telemetry } from "../observability/Telemetry.ts"

@@ -15,9 +15,13 @@
  *   6.4 s). Each process writes its start into `quickim_nodes` before it joins the cluster
  *   (NodeAnnouncementLive). A new process that really does not answer is found by the next check.
  */
-import { Clock, Duration, Effect, Layer } from "effect"
-import { RunnerHealth, Runners } from "effect/cluster"
-import { SqlClient } from "effect/sql"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as RunnerHealth from "effect/cluster/RunnerHealth"
+import * as Runners from "effect/cluster/Runners"
+import * as SqlClient from "effect/sql/SqlClient"
 import { AppConfig } from "../Config.ts"
 
 /** Effect cluster's `RunnerHealth` by ping, as above; needs `Runners` (their RPC clients) and the database. */

@@ -6,8 +6,12 @@
  * surviving nodes therefore replays from its last MsgId when a runner leaves (see Feed), which
  * covers them with the same argument as a client's resume. In single-node mode nothing leaves.
  */
-import { Context, Effect, Layer, Option, Schedule } from "effect"
-import { SqlClient } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as SqlClient from "effect/sql/SqlClient"
 import { AppConfig } from "../Config.ts"
 
 /** A runner whose heartbeat is older than this has left (runners beat about once a second). */

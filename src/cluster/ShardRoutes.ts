@@ -10,9 +10,14 @@
  * NodeStatus); every node reads the reports twice a second and keeps those of nodes whose runner
  * beats (RunnerWatch).
  */
-import { Context, Effect, Layer, Option, Schedule } from "effect"
-import { ShardId, Sharding } from "effect/cluster"
-import { SqlClient } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import * as ShardId from "effect/cluster/ShardId"
+import * as Sharding from "effect/cluster/Sharding"
+import * as SqlClient from "effect/sql/SqlClient"
 import { AppConfig } from "../Config.ts"
 import { NodeIdentity } from "./NodeIdentity.ts"
 import { RunnerWatch } from "./RunnerWatch.ts"

@@ -4,8 +4,9 @@
  * token, or mints one through `inner/get_token` when QUICKIM_CONSOLE_SIGN_IN lets the page call
  * it (src/access/Access.ts).
  */
-import { Layer } from "effect"
-import { HttpRouter, HttpServerResponse } from "effect/http"
+import * as Layer from "effect/Layer"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as Fs from "node:fs"
 
 const file = (name: string) => Fs.readFileSync(new URL(`./${name}`, import.meta.url), "utf8")

@@ -4,8 +4,20 @@
  * so that sends arriving together share one transaction (GroupCommit), answers a send only after
  * its commit, and hands each committed batch to Delivery (push/), which takes it to the members.
  */
-import { Cause, Clock, Duration, Effect, Exit, Layer, Metric, Option, Queue, Schedule, Scope, Semaphore } from "effect"
-import { Entity, type Envelope } from "effect/cluster"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import * as Semaphore from "effect/Semaphore"
+import * as Entity from "effect/cluster/Entity"
+import type * as Envelope from "effect/cluster/Envelope"
 import { AppConfig } from "../Config.ts"
 import {
   ConversationNotFound,

@@ -4,8 +4,10 @@
  * `client_msg_id` of its session gets the stored message back (`duplicate`), whether it was stored
  * long ago or earlier in the same batch.
  */
-import { Cause, Effect, Tracer } from "effect"
-import type { Rpc } from "effect/rpc"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Tracer from "effect/Tracer"
+import type * as Rpc from "effect/rpc/Rpc"
 import { NotMember, UnstorableMessage } from "../domain/Conversation.ts"
 import type { MsgIdClock } from "../domain/MsgId.ts"
 import { formatSendTime } from "../domain/SendTime.ts"

@@ -4,8 +4,10 @@
  * random id a client sends. Conversations are never deleted, so ids found once are remembered
  * (a bounded set, the longest known forgotten first: a send's lookup only reads it); ids not found are asked again each time.
  */
-import { Context, Effect, Layer } from "effect"
-import type { SqlError } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as SqlError from "effect/sql/SqlError"
 import { ConversationNotFound } from "../domain/Conversation.ts"
 import { ConversationStore } from "../storage/ConversationStore.ts"
 

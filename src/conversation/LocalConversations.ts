@@ -5,7 +5,9 @@
  * CPU (docs/architecture.md, "The path of a message"). The entity is still the single writer: it takes these
  * sends in the same loop, under the same lock, as its mailbox.
  */
-import { Context, type Exit, Layer } from "effect"
+import * as Context from "effect/Context"
+import type * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
 import type { ConversationNotFound, DatabaseUnavailable, NotMember, UnstorableMessage } from "../domain/Conversation.ts"
 import type { SendPayload } from "./GroupCommit.ts"
 import type { SentMessage } from "./Protocol.ts"

@@ -4,7 +4,7 @@
  * whomever it names and lifts their bans; a kick bans, a leave does not. Each change is written
  * before the in-memory member list follows it.
  */
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { JoinNeedsInvitation, RemovedFromConversation } from "../domain/Conversation.ts"
 import type { ConversationStore, Position } from "../storage/ConversationStore.ts"
 

@@ -2,9 +2,10 @@
  * The Conversation entity's protocol: every write to a conversation goes through the one
  * entity that owns it (keyed by conversation id), which makes it the single writer.
  */
-import { Schema } from "effect"
-import { ClusterSchema, Entity } from "effect/cluster"
-import { Rpc } from "effect/rpc"
+import * as Schema from "effect/Schema"
+import * as ClusterSchema from "effect/cluster/ClusterSchema"
+import * as Entity from "effect/cluster/Entity"
+import * as Rpc from "effect/rpc/Rpc"
 import {
   ConversationNotFound,
   ConversationTypeOutOfRange,

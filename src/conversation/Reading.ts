@@ -3,8 +3,9 @@
  * the conversation's own fields (`Update`, `Announce`), and the live events each of them and each
  * membership change tells the members (through Delivery, in order with the messages).
  */
-import { Effect, Option } from "effect"
-import type { Envelope } from "effect/cluster"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import type * as Envelope from "effect/cluster/Envelope"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import type { MemberChange } from "../domain/Events.ts"
 import type { Handovers } from "../push/Delivery.ts"

@@ -6,9 +6,13 @@
  * The receiving side of those relays is registered here too. A conversation active in this process
  * takes the send by direct call (LocalConversations), without a cluster message.
  */
-import { Cause, Context, Effect, Layer, Option } from "effect"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import { AppConfig } from "../Config.ts"
-import type { ClusterError } from "effect/cluster"
+import type * as ClusterError from "effect/cluster/ClusterError"
 import { boundText, NodeLink } from "../cluster/NodeLink.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { ConversationNotFound, DatabaseUnavailable, NotMember, UnstorableMessage } from "../domain/Conversation.ts"

@@ -3,8 +3,11 @@
  * and loaded again. Each load hands over again what a previous host, or a write of unknown outcome
  * here, may have left undelivered (Delivery `again`) before anything new is committed.
  */
-import { Clock, Duration, Effect, Option } from "effect"
-import type { SqlError } from "effect/sql"
+import * as Clock from "effect/Clock"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import type * as SqlError from "effect/sql/SqlError"
 import { decode, MsgIdClock } from "../domain/MsgId.ts"
 import type { Handovers } from "../push/Delivery.ts"
 import type { ConversationState, ConversationStore } from "../storage/ConversationStore.ts"

@@ -3,7 +3,7 @@
  * each node's own report (shards, live entities, push connections, relays). Declared once: the
  * contract (Api.ts), the node that builds it (NodeStatus) and `quick-im cluster status` use it.
  */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 
 export const RunnerView = Schema.Struct({
   Address: Schema.String,

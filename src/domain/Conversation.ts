@@ -2,7 +2,7 @@
  * Domain shapes of conversations and messages, with the field names of the wire contract.
  * Shared by the HTTP contract, the Conversation entity protocol and clients.
  */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 import { CONVERSATION_TYPE_MAX, MsgId } from "./MsgId.ts"
 
 // NUL, or a UTF-16 surrogate not in a high-low pair: PostgreSQL refuses the first in text and

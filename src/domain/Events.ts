@@ -3,7 +3,7 @@
  * `events=` on `/notify` receives beside messages. Live only: never stored, never replayed; a
  * client that reconnects reads the state again.
  */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 
 export type ReadEvent = typeof ReadEvent.Type
 export const ReadEvent = Schema.Struct({

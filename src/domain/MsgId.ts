@@ -5,7 +5,7 @@
  * order is id order. A `MsgIdClock` per conversation makes ids strictly increasing even
  * for bursts in one millisecond, across restarts and when the wall clock steps back.
  */
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 
 const ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
 const DIGITS = 16

@@ -4,7 +4,11 @@
  * message carry `conversationId` and `msgId` (a batch also `lastMsgId` and `count`) as
  * annotations, so a collector can follow one message through a node.
  */
-import { Effect, Layer, Logger, LogLevel, References } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Logger from "effect/Logger"
+import * as LogLevel from "effect/LogLevel"
+import * as References from "effect/References"
 import { AppConfig } from "../Config.ts"
 
 export const LoggingLive = Layer.unwrap(Effect.gen(function* () {

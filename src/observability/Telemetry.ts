@@ -5,8 +5,11 @@
  * already run as effects (a send, an entity activation, a replay, a store query) update Effect
  * metrics directly.
  */
-import { Context, Effect, Layer, Metric } from "effect"
-import { HttpApi } from "effect/http-api"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as HttpApi from "effect/http-api/HttpApi"
 import { Api } from "../api/Api.ts"
 
 export type PushProtocol = "ws" | "sse" | "poll"

@@ -6,9 +6,13 @@
  * on every request. Either way the `token` query parameter (`/notify?token=`) is redacted wherever
  * Effect records a URL (span attributes such as `url.full` and `url.query`, errors, inspection).
  */
-import { Effect, Layer, References } from "effect"
-import { FetchHttpClient, UrlParams } from "effect/http"
-import { OtlpSerialization, OtlpTracer } from "effect/observability"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as References from "effect/References"
+import * as FetchHttpClient from "effect/http/FetchHttpClient"
+import * as UrlParams from "effect/http/UrlParams"
+import * as OtlpSerialization from "effect/observability/OtlpSerialization"
+import * as OtlpTracer from "effect/observability/OtlpTracer"
 import { AppConfig } from "../Config.ts"
 
 /** Query parameters never recorded: Effect's defaults (signed-URL keys) and the session token. */

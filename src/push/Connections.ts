@@ -4,7 +4,11 @@
  * another node reaches it through the node link (MailboxRelay). Also the signal that ends every
  * push connection when this node starts stopping.
  */
-import { Context, Deferred, Effect, Exit, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
 import type { MsgData } from "../domain/Conversation.ts"
 import type { LiveEvent } from "../domain/Events.ts"
 import type { SlowConsumer } from "./Protocol.ts"

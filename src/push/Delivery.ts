@@ -20,7 +20,17 @@
  * what was committed before. On one node the hand-over visits the active Mailboxes of the group,
  * never the others; across nodes each node answers for the Mailboxes it holds.
  */
-import { Context, Duration, Effect, Fiber, Layer, Metric, Option, Queue, Schedule, Scope, type Tracer } from "effect"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import * as Scope from "effect/Scope"
+import type * as Tracer from "effect/Tracer"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import type { LiveEvent } from "../domain/Events.ts"

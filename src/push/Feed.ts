@@ -23,7 +23,17 @@
  * writes it in slices, each once the transport has room again (`ready`), so a replay follows the
  * reader's pace instead of filling its buffer.
  */
-import { Cause, Context, Deferred, Duration, Effect, Exit, Layer, Queue, Schedule, type Scope, Stream } from "effect"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import { randomUUID } from "node:crypto"
 import { RunnerWatch } from "../cluster/RunnerWatch.ts"
 import type { MsgData } from "../domain/Conversation.ts"

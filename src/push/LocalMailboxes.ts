@@ -12,7 +12,9 @@
  * deliveries. Measured: cluster messaging per delivery was the largest share of the group
  * benchmark's CPU.
  */
-import { Context, Effect, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { randomUUID } from "node:crypto"
 import type { MsgData } from "../domain/Conversation.ts"
 import { type EventKind, kindOf, type LiveEvent } from "../domain/Events.ts"

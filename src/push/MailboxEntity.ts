@@ -6,9 +6,15 @@
  * connection has a bounded buffer; overflow ends that subscription with `SlowConsumer` and never
  * slows anyone else.
  */
-import { Cause, type Duration, Effect, Layer, Metric, Queue, Stream } from "effect"
-import { Entity } from "effect/cluster"
-import { Rpc } from "effect/rpc"
+import * as Cause from "effect/Cause"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Queue from "effect/Queue"
+import * as Stream from "effect/Stream"
+import * as Entity from "effect/cluster/Entity"
+import * as Rpc from "effect/rpc/Rpc"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { type EventKind, kindOf, type LiveEvent } from "../domain/Events.ts"

@@ -5,7 +5,9 @@
  * as on the sending node; what is not served there comes back so that its sender takes the sure
  * way (an entity message to the mailbox, or the connection's subscription ended so it replays).
  */
-import { Context, Effect, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import { boundText, NodeLink } from "../cluster/NodeLink.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { AppConfig } from "../Config.ts"

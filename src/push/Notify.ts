@@ -2,8 +2,10 @@
  * `GET /notify` shared parts: who is connecting (token from the `Authorization` header or
  * `?token=`), which protocol, and from which cursor (`Last-Event-ID` or `?last_msg_id=`).
  */
-import { Effect, Schema } from "effect"
-import { type HttpServerRequest, HttpServerResponse } from "effect/http"
+import * as Effect from "effect/Effect"
+import * as Schema from "effect/Schema"
+import type * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import type { LimitRefusal } from "../access/RateLimits.ts"
 import { ErrorCode } from "../api/Errors.ts"
 import { MsgIdPattern } from "../domain/MsgId.ts"

@@ -3,8 +3,10 @@
  * it (SseTransport, PollTransport). `protoc=ws` arrives as an upgrade and is served by
  * WebSocketTransport; without the upgrade headers it is refused here.
  */
-import { Effect, Layer } from "effect"
-import { HttpRouter, HttpServerResponse } from "effect/http"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import { ErrorCode } from "../api/Errors.ts"
 import { parseNotify, refusedResponse } from "./Notify.ts"
 import { PollTransport } from "./PollTransport.ts"

@@ -7,7 +7,14 @@
  * and reads them from SQL instead (see PollState). Replay and dedupe are the ones every transport
  * uses (Replay, Seen).
  */
-import { Context, Deferred, Effect, Layer, Metric, Option, Schedule, type Scope } from "effect"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Schedule from "effect/Schedule"
+import type * as Scope from "effect/Scope"
 import { AppConfig } from "../Config.ts"
 import type { MsgData } from "../domain/Conversation.ts"
 import { kindOf, type LiveEvent } from "../domain/Events.ts"

@@ -4,8 +4,14 @@
  * (PollPlatforms); a poll that cannot reach it answers 503 and the client polls again with its
  * cursor. When the token expires or is revoked, a waiting poll answers 401/10101.
  */
-import { Context, Deferred, Duration, Effect, Exit, Layer } from "effect"
-import { type HttpServerRequest, HttpServerResponse } from "effect/http"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import type * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import { remoteAddressOf } from "../access/Access.ts"
 import { RateLimits } from "../access/RateLimits.ts"
 import { Revocations } from "../access/Revocations.ts"

@@ -4,9 +4,10 @@
  * messages with `Deliver`; gateways attach a connection with the streaming `Subscribe`; long-poll
  * clients take messages with `Poll`.
  */
-import { Schema } from "effect"
-import { ClusterSchema, Entity } from "effect/cluster"
-import { Rpc } from "effect/rpc"
+import * as Schema from "effect/Schema"
+import * as ClusterSchema from "effect/cluster/ClusterSchema"
+import * as Entity from "effect/cluster/Entity"
+import * as Rpc from "effect/rpc/Rpc"
 import { MsgData } from "../domain/Conversation.ts"
 import { LiveEvent } from "../domain/Events.ts"
 

@@ -4,8 +4,15 @@
  * `Last-Event-ID`. A slow reader, an expired or revoked token, or a failure ends the stream with
  * `event: error` and a code the client acts on.
  */
-import { Cause, Context, Duration, Effect, Layer, Queue, Stream } from "effect"
-import { type HttpServerRequest, HttpServerResponse } from "effect/http"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Queue from "effect/Queue"
+import * as Stream from "effect/Stream"
+import type * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import { remoteAddressOf } from "../access/Access.ts"
 import { RateLimits } from "../access/RateLimits.ts"
 import { Revocations, TokenEnded } from "../access/Revocations.ts"

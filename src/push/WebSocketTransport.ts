@@ -7,7 +7,14 @@
  * `attach` routes `/notify` upgrades of the Node server to this module (the `ws` package, which
  * Effect uses underneath too) and every other upgrade to Effect as before.
  */
-import { Cause, Context, Deferred, Duration, Effect, Exit, Fiber, Layer } from "effect"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Fiber from "effect/Fiber"
+import * as Layer from "effect/Layer"
 import type * as Http from "node:http"
 import type { Duplex } from "node:stream"
 import { WebSocket, WebSocketServer } from "ws"

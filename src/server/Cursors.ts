@@ -3,7 +3,7 @@
  * the page continues. A cursor comes back from the client, so it is checked field by field before
  * any of it reaches SQL; anything else is refused with 400 / 10001.
  */
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import { BadRequest, ErrorCode } from "../api/Errors.ts"
 import { isStorableText } from "../domain/Conversation.ts"
 import type { InboxCursor, MembersCursor } from "../storage/ReadStore.ts"

@@ -5,17 +5,18 @@
  * sends form encoding); the contract wants the `{code, error}` envelope for all of them and
  * JSON bodies whatever the header says. Defects become 10002 with the cause logged, never shown.
  */
-import { ByteSize, Cause, Effect, Layer } from "effect"
-import {
-  Headers,
-  HttpIncomingMessage,
-  HttpMiddleware,
-  HttpRouter,
-  HttpServerError,
-  HttpServerRequest,
-  HttpServerResponse
-} from "effect/http"
-import { HttpApiError } from "effect/http-api"
+import * as ByteSize from "effect/ByteSize"
+import * as Cause from "effect/Cause"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Headers from "effect/http/Headers"
+import * as HttpIncomingMessage from "effect/http/HttpIncomingMessage"
+import * as HttpMiddleware from "effect/http/HttpMiddleware"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServerError from "effect/http/HttpServerError"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
+import * as HttpApiError from "effect/http-api/HttpApiError"
 import { ErrorCode } from "../api/Errors.ts"
 import { AppConfig } from "../Config.ts"
 import { Telemetry } from "../observability/Telemetry.ts"

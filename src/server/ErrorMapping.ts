@@ -2,9 +2,10 @@
  * Domain and cluster failures → the wire errors of the contract, by tag: one entry per failure a
  * handler may meet. Anything else stays a defect (10002, logged with its cause).
  */
-import { Effect, Predicate } from "effect"
-import type { ClusterError } from "effect/cluster"
-import type { SqlError } from "effect/sql"
+import * as Effect from "effect/Effect"
+import * as Predicate from "effect/Predicate"
+import type * as ClusterError from "effect/cluster/ClusterError"
+import type * as SqlError from "effect/sql/SqlError"
 import {
   type ApiError,
   BadRequest,

@@ -2,8 +2,12 @@
  * HTTP handlers: translate requests into Conversation entity messages (writes) and SQL reads.
  * Business rules live in the entity; here only the caller's identity and membership for reads.
  */
-import { Effect, Exit, Layer, Metric, Option } from "effect"
-import { HttpApiBuilder } from "effect/http-api"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
 import { randomUUID } from "node:crypto"
 import { Api } from "../api/Api.ts"
 import { type ApiError, ErrorCode, PayloadTooLarge, Unavailable } from "../api/Errors.ts"
@@ -20,7 +24,7 @@ import { DatabaseHealth } from "../storage/DatabaseHealth.ts"
 import { AuthorizationLive, InnerGuardLive } from "../access/Access.ts"
 import { mapped, mappedFor } from "./ErrorMapping.ts"
 import { AppConfig, DEFAULT_MAX_CONTENT_BYTES } from "../Config.ts"
-import type { HttpServerRequest } from "effect/http"
+import type * as HttpServerRequest from "effect/http/HttpServerRequest"
 import { RateLimits } from "../access/RateLimits.ts"
 import { sendDuration, sendsTotal, timed } from "../observability/Telemetry.ts"
 import { Tokens } from "../access/Tokens.ts"

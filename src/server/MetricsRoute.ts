@@ -3,10 +3,14 @@
  * metric registry), behind the inner guard like `inner/*`. Each scrape first folds the plain
  * counters of the hot paths (Telemetry) and the node's current state into the registry.
  */
-import { Effect, Layer, Metric } from "effect"
-import { Sharding } from "effect/cluster"
-import { HttpRouter, HttpServerRequest, HttpServerResponse } from "effect/http"
-import { PrometheusMetrics } from "effect/observability"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Sharding from "effect/cluster/Sharding"
+import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
+import * as PrometheusMetrics from "effect/observability/PrometheusMetrics"
 import { AppConfig } from "../Config.ts"
 import { heldShards } from "../cluster/ShardRoutes.ts"
 import { makeInnerCheck } from "../access/Access.ts"

@@ -8,8 +8,11 @@
  * One conversation's bad rows never fail another's: a merged statement that fails is tried again
  * once per conversation, alone, and only what fails alone fails.
  */
-import { Deferred, Effect, Exit } from "effect"
-import type { SqlClient, SqlError } from "effect/sql"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import type * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
 import { causeIsUnreachable } from "./DatabaseHealth.ts"
 
 /** One message as the messages table stores it (the store's rows, written by `append`). */

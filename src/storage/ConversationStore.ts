@@ -2,8 +2,13 @@
  * SQL access for conversations, members and messages. Writes are called only by the owning
  * Conversation entity; reads serve the HTTP handlers directly.
  */
-import { Context, Effect, Layer, type Metric, Option } from "effect"
-import { SqlClient, type SqlError } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import type * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
 import {
   type ConversationDetail,
   ConversationNotFound,

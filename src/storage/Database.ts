@@ -3,9 +3,12 @@
  * server in `QUICKIM_DATA_DIR` (EmbeddedPostgres.ts): one driver, the same SQL, in every mode.
  * Migrations run before the layer is handed out.
  */
-import { PgClient } from "@effect/sql-pg"
-import { Effect, Layer, Option, Redacted } from "effect"
-import { SqlClient } from "effect/sql"
+import * as PgClient from "@effect/sql-pg/PgClient"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as SqlClient from "effect/sql/SqlClient"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { AppConfig, isConfigured, StartupError } from "../Config.ts"
@@ -43,7 +46,7 @@ export const dataDirLock = (dir: string) =>
   )
 
 /** At least two connections: one stays reserved, listening for token revocations (Revocations). */
-const postgres = (url: Option.Option<import("effect").Redacted.Redacted>, poolSize: number) =>
+const postgres = (url: Option.Option<Redacted.Redacted>, poolSize: number) =>
   PgClient.layer({
     url: Option.getOrUndefined(url),
     maxConnections: Math.max(2, poolSize),

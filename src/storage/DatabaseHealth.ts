@@ -8,8 +8,14 @@
  * 30 s outage). A store operation that fails for want of the database, or a probe (`SELECT 1`,
  * every second) that fails, marks the database lost; a probe that answers marks it back.
  */
-import { Cause, Context, Deferred, Duration, Effect, Exit, Layer } from "effect"
-import { SqlClient } from "effect/sql"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as SqlClient from "effect/sql/SqlClient"
 import { DatabaseUnavailable } from "../domain/Conversation.ts"
 
 /** How often a reachable database is probed, and how long a probe may take before it counts as lost. */

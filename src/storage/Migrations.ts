@@ -2,8 +2,8 @@
  * Applies the numbered `.sql` files of `schema/` in order, each once, inside a transaction
  * holding an advisory lock so nodes starting together do not race.
  */
-import { Effect } from "effect"
-import { SqlClient } from "effect/sql"
+import * as Effect from "effect/Effect"
+import * as SqlClient from "effect/sql/SqlClient"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { fileURLToPath } from "node:url"

@@ -3,8 +3,11 @@
  * across passivation, restarts and a mailbox moving to another node, so a poller without a cursor
  * resumes from here.
  */
-import { Context, Effect, Layer } from "effect"
-import { SqlClient, type SqlError } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
 import { encode } from "../domain/MsgId.ts"
 
 export class PollPositions extends Context.Service<PollPositions, {

@@ -6,8 +6,11 @@
  * (sending moves it, in the statement that stores the message: CommitBatcher), and joining sets
  * it to the last message, so the messages above it from others number `last_seq - read_seq`.
  */
-import { Context, Effect, Layer } from "effect"
-import { SqlClient, type SqlError } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
 import type { MsgData } from "../domain/Conversation.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
 import { type StoredMessage, timedStore, toMsgData } from "./ConversationStore.ts"

@@ -11,8 +11,15 @@
  * conversation committed after an earlier page had passed its place; with it, a replay is a
  * consistent prefix of each conversation, and what commits later reaches the reader live.
  */
-import { Context, Duration, Effect, Layer, Metric, Option, Stream } from "effect"
-import { SqlClient, type SqlError } from "effect/sql"
+import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Stream from "effect/Stream"
+import * as SqlClient from "effect/sql/SqlClient"
+import type * as SqlError from "effect/sql/SqlError"
 import { AppConfig } from "../Config.ts"
 import { conversationHash, decode, encode } from "../domain/MsgId.ts"
 import type { MsgData } from "../domain/Conversation.ts"
