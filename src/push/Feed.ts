@@ -157,13 +157,13 @@ export class Feed extends Context.Service<Feed, {
          * Each mailbox (a session's, on the node holding its shard: LocalMailboxes) has its own
          * incarnation, carried by its `Ready` and by every batch it pushes; its Mailbox entity's
          * activations there share it. When a mailbox's node dies, Effect cluster sends the open
-         * Subscribe again to the mailbox's next host, under the same call: the stream goes on with a new `Ready`, and the new
-         * mailbox knows nothing of what the dead one took and never pushed. So only the incarnation
-         * this round subscribed to is written; anything else (a new host, or a late push of an old
-         * one) ends the round, and the next one replays from the last message written. Until a round
-         * knows its incarnation and has replayed, live batches wait in `held` (bounded): written at
-         * once, a live message could overtake an older one of its conversation that only the replay
-         * brings, and the older one would then be dropped as a repeat.
+         * Subscribe again to the mailbox's next host, under the same call: the stream goes on with a
+         * new `Ready`, and the new mailbox knows nothing of what the dead one took and never pushed.
+         * So only the incarnation this round subscribed to is written; anything else (a new host, or
+         * a late push of an old one) ends the round, and the next one replays from the last message
+         * written. Until a round knows its incarnation and has replayed, live batches wait in `held`
+         * (bounded): written at once, a live message could overtake an older one of its conversation
+         * that only the replay brings, and the older one would then be dropped as a repeat.
          */
         let current: string | undefined = undefined
         let held: Array<{ readonly incarnation: string; readonly messages: ReadonlyArray<MsgData> }> | undefined = []
