@@ -19,10 +19,11 @@ import * as SqlMessageStorage from "effect/cluster/SqlMessageStorage"
 import * as SqlRunnerStorage from "effect/cluster/SqlRunnerStorage"
 import * as RpcSerialization from "effect/rpc/RpcSerialization"
 import * as HttpRouter from "effect/http/HttpRouter"
-import * as HttpApi from "effect/http-api/HttpApi"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
+import * as OpenApi from "effect/http-api/OpenApi"
 import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
 import { createServer } from "node:http"
-import { Api, ConversationApi, InnerApi, MessageApi, SystemApi } from "./api/Api.ts"
+import { Api, PublicApi, ServedApi, ServedInnerApi, ServedPublicApi } from "./api/Api.ts"
 import { AppConfig, type AppSettings, DEFAULT_ASSIGNMENTS_REFRESH, defaultHttpTimeouts } from "./Config.ts"
 import { NodeAnnouncementLive, NodeReporterLive } from "./cluster/NodeStatus.ts"
 import { NodeIdentity } from "./cluster/NodeIdentity.ts"
@@ -33,10 +34,11 @@ import { LocalMailboxes } from "./push/LocalMailboxes.ts"
 import { MailboxEntityLive } from "./push/MailboxEntity.ts"
 import { NotifyRoutes } from "./push/NotifyRoutes.ts"
 import { WebSocketTransport } from "./push/WebSocketTransport.ts"
-import { CorsLive, EdgeLive } from "./server/Edge.ts"
+import { BodyLimitLive, CorsLive, EdgeLive } from "./server/Edge.ts"
 import { watchConnections } from "./server/ConnectionWatch.ts"
 import { isLoopbackHost } from "./access/Access.ts"
 import { HandlersLive } from "./server/Handlers.ts"
+import { SendRouteLive } from "./server/SendRoute.ts"
 import { DatabaseLive } from "./storage/Database.ts"
 import { ConsoleRoutes } from "./console/ConsoleRoutes.ts"
 import { LoggingLive } from "./observability/Logging.ts"
@@ -96,9 +98,29 @@ const ClusterLive = Layer.unwrap(Effect.gen(function* () {
     )
 })).pipe(Layer.provide(NodeCrypto.layerDigest))
 
-/** With `QUICKIM_INNER_PORT`, the public listener serves the public groups only: inner paths are 404 there. */
-const PublicApi = HttpApi.make("quick-im").add(ConversationApi).add(MessageApi).add(SystemApi)
-const InnerOnlyApi = HttpApi.make("quick-im").add(InnerApi).add(SystemApi)
+/**
+ * The OpenAPI document of the contract a listener serves, `send_msg` included (HttpApi serves all
+ * but it), made on the first request for it.
+ */
+const openApiRoute = (api: () => OpenApi.OpenAPISpec) => {
+  let document: HttpServerResponse.HttpServerResponse | undefined
+  return HttpRouter.add("GET", "/openapi.json", Effect.sync(() => document ??= HttpServerResponse.jsonUnsafe(api())))
+}
+
+/**
+ * What serves the public API: HttpApi's routes, `send_msg`'s own route, the OpenAPI document. With
+ * `QUICKIM_INNER_PORT`, the public listener serves the public groups only: inner paths are 404 there.
+ */
+const PublicRoutes = Layer.mergeAll(
+  HttpApiBuilder.layer(ServedApi).pipe(Layer.provide(HandlersLive)),
+  SendRouteLive,
+  openApiRoute(() => OpenApi.fromApi(Api))
+)
+const PublicOnlyRoutes = Layer.mergeAll(
+  HttpApiBuilder.layer(ServedPublicApi).pipe(Layer.provide(HandlersLive)),
+  SendRouteLive,
+  openApiRoute(() => OpenApi.fromApi(PublicApi))
+)
 
 /**
  * Why the inner endpoints are exposed beyond this machine without an admin key, or undefined when
@@ -150,27 +172,27 @@ const HttpLive = Layer.unwrap(Effect.gen(function* () {
     host: config.host
   })
   if (config.innerPort === undefined) {
-    const routes = HttpApiBuilder.layer(Api, { openapiPath: "/openapi.json" }).pipe(Layer.provide(HandlersLive))
-    return HttpRouter.serve(Layer.mergeAll(routes, NotifyRoutes, MetricsRoute, ConsoleRoutes, EdgeLive, CorsLive), {
-      disableLogger: !config.accessLog
-    }).pipe(Layer.provideMerge(publicServer))
+    return HttpRouter.serve(
+      Layer.mergeAll(PublicRoutes, NotifyRoutes, MetricsRoute, ConsoleRoutes, EdgeLive, CorsLive),
+      {
+        disableLogger: !config.accessLog
+      }
+    ).pipe(Layer.provide(BodyLimitLive), Layer.provideMerge(publicServer))
   }
   // Two servers, each with its own router (`serve` builds its app apart); only the public one is
   // in this layer's output (HttpServer, as tests and the cluster view read its address).
-  const publicRoutes = HttpApiBuilder.layer(PublicApi, { openapiPath: "/openapi.json" }).pipe(
-    Layer.provide(HandlersLive)
-  )
-  const innerRoutes = HttpApiBuilder.layer(InnerOnlyApi).pipe(Layer.provide(HandlersLive))
+  const innerRoutes = HttpApiBuilder.layer(ServedInnerApi).pipe(Layer.provide(HandlersLive))
   const inner = HttpRouter.serve(Layer.mergeAll(innerRoutes, MetricsRoute, EdgeLive), {
     disableLogger: !config.accessLog
   }).pipe(
+    Layer.provide(BodyLimitLive),
     Layer.provide(
       NodeHttpServer.layer(() => httpServer(config), { port: config.innerPort, host: config.innerHost ?? "127.0.0.1" })
     )
   )
-  return HttpRouter.serve(Layer.mergeAll(publicRoutes, NotifyRoutes, ConsoleRoutes, EdgeLive, CorsLive), {
+  return HttpRouter.serve(Layer.mergeAll(PublicOnlyRoutes, NotifyRoutes, ConsoleRoutes, EdgeLive, CorsLive), {
     disableLogger: !config.accessLog
-  }).pipe(Layer.provideMerge(publicServer), Layer.merge(inner))
+  }).pipe(Layer.provide(BodyLimitLive), Layer.provideMerge(publicServer), Layer.merge(inner))
 })).pipe(Layer.provide(WebSocketTransport.layer))
 
 /** Multi-node mode: this node's NodeInbox, through which other nodes' mailboxes reach its connections. */

@@ -207,6 +207,20 @@ describe("QUICKIM_INNER_PORT: a listener of their own", () => {
     const sent = await send(server.url, "POST", "/send_msg", bearer, { conversation_id: conversation, content: "hi" })
     assert.strictEqual(sent.body.code, 0)
     assert.strictEqual((await send(inner, "POST", "/send_msg", bearer, { conversation_id: conversation })).status, 404)
+    // Read state is public too (it was left out of the public listener's API once: 404).
+    const marked = await send(server.url, "POST", "/mark_read", bearer, {
+      conversation_id: conversation,
+      msg_id: sent.body.data.MsgID
+    })
+    assert.strictEqual(marked.status, 200, JSON.stringify(marked.body))
+    assert.strictEqual(marked.body.data.ReadMsgId, sent.body.data.MsgID)
+    const unread = await send(server.url, "POST", "/get_unread", bearer, {})
+    assert.strictEqual(unread.status, 200, JSON.stringify(unread.body))
+    assert.strictEqual((await send(inner, "POST", "/get_unread", bearer, {})).status, 404)
+    // The public listener's OpenAPI document describes what it serves, send_msg included, no inner path.
+    const paths = Object.keys((await send(server.url, "GET", "/openapi.json")).body.paths)
+    assert.includeMembers(paths, ["/send_msg", "/mark_read", "/get_unread", "/get_conversation_last_30_msg"])
+    assert.isFalse(paths.some((path) => path.startsWith("/inner")), paths.join(" "))
     assert.strictEqual((await send(server.url, "GET", "/healthz")).status, 200)
   })
 

@@ -14,25 +14,25 @@ import { ADMIN_KEY_HEADER, Authorization, CurrentSession, InnerGuard } from "../
 import { AppConfig } from "../Config.ts"
 import { Tokens } from "./Tokens.ts"
 
+/** The caller of a public endpoint from its bearer credential ("" when none was given). */
+export const authenticate = (tokens: Tokens["Service"]) => (token: string) =>
+  token.length === 0
+    ? Effect.fail(new Unauthorized({ code: ErrorCode.InvalidToken, error: "missing bearer token" }))
+    : tokens.verify(token).pipe(
+      Effect.map((claims): CurrentSession["Service"] => ({ sid: claims.sid, platform: claims.platform })),
+      Effect.mapError((e) => new Unauthorized({ code: ErrorCode.InvalidToken, error: e.reason }))
+    )
+
 export const AuthorizationLive = Layer.effect(
   Authorization,
   Effect.gen(function* () {
-    const tokens = yield* Tokens
+    const caller = authenticate(yield* Tokens)
     return Authorization.of({
       bearer: (httpEffect, { credential }) =>
-        Effect.gen(function* () {
-          const token = Redacted.value(credential)
-          if (token.length === 0) {
-            return yield* new Unauthorized({ code: ErrorCode.InvalidToken, error: "missing bearer token" })
-          }
-          const claims = yield* tokens.verify(token).pipe(
-            Effect.mapError((e) => new Unauthorized({ code: ErrorCode.InvalidToken, error: e.reason }))
-          )
-          return yield* Effect.provideService(httpEffect, CurrentSession, {
-            sid: claims.sid,
-            platform: claims.platform
-          })
-        })
+        Effect.flatMap(
+          caller(Redacted.value(credential)),
+          (session) => Effect.provideService(httpEffect, CurrentSession, session)
+        )
     })
   })
 )

@@ -146,28 +146,46 @@ export class ReadStateApi extends HttpApiGroup.make("readState")
   )
   .middleware(Authorization) {}
 
-export class MessageApi extends HttpApiGroup.make("message")
-  .add(
-    post("send_msg", {
-      ...Conversation,
-      status: defaultTo(Int32, 0),
-      type: defaultTo(Int32, 0),
-      content: Schema.String.check(isStorable("content")),
-      client_msg_id: Schema.optionalKey(
-        Schema.String.check(Schema.isBetweenLength(1, 128), isStorable("client_msg_id"))
-      )
-    }, ok(Schema.Struct({ MsgID: Schema.String }))),
-    post("get_conversation_msg_by_range", {
-      ...Conversation,
-      start_msg_id: MsgId,
-      end_msg_id: MsgId,
-      ...Desc
-    }, Messages),
-    post("get_conversation_30msg_before_the_id", { ...Conversation, msg_id: MsgId, ...Desc }, Messages),
-    post("get_conversation_30msg_after_the_id", { ...Conversation, msg_id: MsgId, ...Desc }, Messages),
-    post("get_conversation_last_30_msg", { ...Conversation, ...Desc }, Messages),
-    post("get_conversation_lastone_msg", { ...Conversation, ...Desc }, Messages)
+/** `send_msg`'s body, also decoded by its own route (src/server/SendRoute.ts). */
+export const SendMsgPayload = Schema.Struct({
+  ...Conversation,
+  status: defaultTo(Int32, 0),
+  type: defaultTo(Int32, 0),
+  content: Schema.String.check(isStorable("content")),
+  client_msg_id: Schema.optionalKey(
+    Schema.String.check(Schema.isBetweenLength(1, 128), isStorable("client_msg_id"))
   )
+})
+
+const sendMsg = HttpApiEndpoint.post("send_msg", "/send_msg", {
+  payload: SendMsgPayload,
+  success: ok(Schema.Struct({ MsgID: Schema.String })),
+  error: ApiErrors
+})
+
+const historyEndpoints = [
+  post("get_conversation_msg_by_range", {
+    ...Conversation,
+    start_msg_id: MsgId,
+    end_msg_id: MsgId,
+    ...Desc
+  }, Messages),
+  post("get_conversation_30msg_before_the_id", { ...Conversation, msg_id: MsgId, ...Desc }, Messages),
+  post("get_conversation_30msg_after_the_id", { ...Conversation, msg_id: MsgId, ...Desc }, Messages),
+  post("get_conversation_last_30_msg", { ...Conversation, ...Desc }, Messages),
+  post("get_conversation_lastone_msg", { ...Conversation, ...Desc }, Messages)
+] as const
+
+export class MessageApi extends HttpApiGroup.make("message")
+  .add(sendMsg, ...historyEndpoints)
+  .middleware(Authorization) {}
+
+/**
+ * The "message" group as HttpApi serves it: `send_msg`, the hot path, has its own route
+ * (src/server/SendRoute.ts), which answers exactly as this contract says at less CPU per send.
+ */
+export class ServedMessageApi extends HttpApiGroup.make("message")
+  .add(...historyEndpoints)
   .middleware(Authorization) {}
 
 const innerPost = <const Name extends string, P extends Schema.Struct.Fields, S extends Schema.Top>(
@@ -211,13 +229,34 @@ export class SystemApi extends HttpApiGroup.make("system").add(
   })
 ) {}
 
+const annotations = OpenApi.annotations({
+  title: "quick-im gateway API",
+  description: "Conversations, durable time-ordered messages and push. Every body is {code, error, data}."
+})
+
+/** The whole contract: the OpenAPI document (`/openapi.json`) and the typed client derive from it. */
 export class Api extends HttpApi.make("quick-im")
   .add(ConversationApi)
   .add(MessageApi)
   .add(ReadStateApi)
   .add(InnerApi)
   .add(SystemApi)
-  .annotateMerge(OpenApi.annotations({
-    title: "quick-im gateway API",
-    description: "Conversations, durable time-ordered messages and push. Every body is {code, error, data}."
-  })) {}
+  .annotateMerge(annotations) {}
+
+/** What HttpApi serves: the contract but `send_msg` (ServedMessageApi). */
+export class ServedApi extends HttpApi.make("quick-im")
+  .add(ConversationApi)
+  .add(ServedMessageApi)
+  .add(ReadStateApi)
+  .add(InnerApi)
+  .add(SystemApi)
+  .annotateMerge(annotations) {}
+
+/** With QUICKIM_INNER_PORT, the public listener's contract (its OpenAPI document). */
+export const PublicApi = HttpApi.make("quick-im").add(ConversationApi).add(MessageApi).add(ReadStateApi).add(SystemApi)
+  .annotateMerge(annotations)
+
+/** With QUICKIM_INNER_PORT: the public listener's part and the inner listener's part, as HttpApi serves them. */
+export const ServedPublicApi = HttpApi.make("quick-im").add(ConversationApi).add(ServedMessageApi).add(ReadStateApi)
+  .add(SystemApi)
+export const ServedInnerApi = HttpApi.make("quick-im").add(InnerApi).add(SystemApi)

@@ -48,3 +48,10 @@ export const ApiErrors = [
   TooManyRequests
 ]
 export type ApiError = InstanceType<(typeof ApiErrors)[number]>
+
+const statusByClass = new Map<Function, number>(
+  ApiErrors.map((error) => [error, error.ast.annotations?.httpApiStatus as number])
+)
+
+/** The HTTP status HttpApi answers `error` with (its class's `httpApiStatus`). */
+export const statusOf = (error: ApiError): number => statusByClass.get(error.constructor) ?? 500

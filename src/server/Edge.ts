@@ -92,22 +92,34 @@ const fillEmpty = (response: HttpServerResponse.HttpServerResponse, tooLarge: st
   }
 }
 
+/**
+ * The largest request body a server reads (`QUICKIM_MAX_BODY_BYTES`), in the context every request
+ * starts from: provide it to the server's layer (`HttpRouter.serve`), not per request.
+ */
+export const BodyLimitLive = Layer.effect(
+  HttpIncomingMessage.MaxBodySize,
+  Effect.map(AppConfig, (config) => ByteSize.bytes(config.maxBodyBytes))
+)
+
 export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const telemetry = yield* Telemetry
-  const maxBody = ByteSize.bytes(config.maxBodyBytes)
   const tooLarge = `request body is larger than ${config.maxBodyBytes} bytes`
   return HttpRouter.middleware(
     (httpEffect) =>
       Effect.gen(function* () {
         const request = yield* HttpServerRequest.HttpServerRequest
         const contentType = request.headers["content-type"] ?? ""
-        const asJson = request.method === "POST" && !isJsonMediaType(contentType)
-          ? request.modify({ headers: Headers.set(request.headers, "content-type", "application/json") })
-          : request
-        return yield* httpEffect.pipe(
-          Effect.provideService(HttpServerRequest.HttpServerRequest, asJson),
-          Effect.provideService(HttpIncomingMessage.MaxBodySize, maxBody),
+        // Each service provided here is one more layer on the request's context, which Effect copies
+        // whole past a depth of 8: the request is replaced only when its content type must change.
+        const served = request.method === "POST" && !isJsonMediaType(contentType)
+          ? Effect.provideService(
+            httpEffect,
+            HttpServerRequest.HttpServerRequest,
+            request.modify({ headers: Headers.set(request.headers, "content-type", "application/json") })
+          )
+          : httpEffect
+        return yield* served.pipe(
           Effect.map((response) => fillEmpty(response, tooLarge)),
           Effect.catchCause((cause) => fromCause(cause, tooLarge)),
           Effect.tap((response) => Effect.sync(() => telemetry.request(request.url, response.status)))

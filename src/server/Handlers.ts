@@ -3,18 +3,15 @@
  * Business rules live in the entity; here only the caller's identity and membership for reads.
  */
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
-import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
 import { randomUUID } from "node:crypto"
-import { Api } from "../api/Api.ts"
-import { type ApiError, ErrorCode, PayloadTooLarge, Unavailable } from "../api/Errors.ts"
+import { ServedApi } from "../api/Api.ts"
+import { type ApiError, ErrorCode, Unavailable } from "../api/Errors.ts"
 import { CurrentSession } from "../api/Security.ts"
 import { NodeStatus } from "../cluster/NodeStatus.ts"
 import { Conversation } from "../conversation/Protocol.ts"
-import { ConversationSender } from "../conversation/Sender.ts"
 import { KnownConversations } from "../conversation/KnownConversations.ts"
 import { ConversationNotFound, type MsgData, NotMember } from "../domain/Conversation.ts"
 import { ConversationStore, PAGE } from "../storage/ConversationStore.ts"
@@ -23,10 +20,9 @@ import { decodeInboxCursor, decodeMembersCursor, encodeInboxCursor, encodeMember
 import { DatabaseHealth } from "../storage/DatabaseHealth.ts"
 import { AuthorizationLive, InnerGuardLive } from "../access/Access.ts"
 import { mapped, mappedFor } from "./ErrorMapping.ts"
-import { AppConfig, DEFAULT_MAX_CONTENT_BYTES } from "../Config.ts"
+import { AppConfig } from "../Config.ts"
 import type * as HttpServerRequest from "effect/http/HttpServerRequest"
 import { RateLimits } from "../access/RateLimits.ts"
-import { sendDuration, sendsTotal, timed } from "../observability/Telemetry.ts"
 import { Tokens } from "../access/Tokens.ts"
 import { Revocations } from "../access/Revocations.ts"
 
@@ -43,9 +39,9 @@ const requireMember = Effect.fnUntraced(function* (store: ConversationStore["Ser
 type Check = (payload: any) => Effect.Effect<void, ApiError, CurrentSession | HttpServerRequest.HttpServerRequest>
 
 /**
- * Bounds checked before a handler's own work, by endpoint: the caller's rate (RateLimits), a
- * message's size, and that the conversation named exists (KnownConversations), so that no
- * Conversation entity is started for an id nobody created.
+ * Bounds checked before a handler's own work, by endpoint: the caller's rate (RateLimits) and that
+ * the conversation named exists (KnownConversations), so that no Conversation entity is started for
+ * an id nobody created. `send_msg` checks the same and a message's size in its own route (SendRoute).
  */
 const bounded = (checks: Record<string, Check>) => <H extends object>(handlers: H): H => {
   const out: Record<string, unknown> = { ...(handlers as Record<string, unknown>) }
@@ -66,7 +62,7 @@ const boundsOf = Effect.gen(function* () {
 })
 
 const ConversationHandlers = HttpApiBuilder.group(
-  Api,
+  ServedApi,
   "conversation",
   Effect.fn(function* (handlers) {
     const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
@@ -132,26 +128,11 @@ const ConversationHandlers = HttpApiBuilder.group(
 )
 
 const MessageHandlers = HttpApiBuilder.group(
-  Api,
+  ServedApi,
   "message",
   Effect.fn(function* (handlers) {
     const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
     const store = yield* ConversationStore
-    const sender = yield* ConversationSender
-    const { whileReachable } = yield* DatabaseHealth
-    const { exists, limits } = yield* boundsOf
-    const maxContent = (yield* AppConfig).maxContentBytes ?? DEFAULT_MAX_CONTENT_BYTES
-    const tooLarge = new PayloadTooLarge({
-      code: ErrorCode.BodyTooLarge,
-      error: `content is larger than ${maxContent} bytes (UTF-8)`
-    })
-    const guarded = bounded({
-      send_msg: (payload) =>
-        // UTF-8 takes at most 3 bytes per UTF-16 unit: most contents need no count.
-        payload.content.length * 3 > maxContent && Buffer.byteLength(payload.content) > maxContent
-          ? Effect.fail(tooLarge)
-          : Effect.andThen(limits.guard("sends"), exists(payload))
-    })
     /** A page read only if the caller is a member, in one statement; an empty one tells which it was. */
     const history = (
       conversationId: string,
@@ -163,36 +144,7 @@ const MessageHandlers = HttpApiBuilder.group(
         if (messages.length === 0) yield* requireMember(store, conversationId)
         return { code: 0 as const, data: { Msg: messages } }
       }).pipe(mapped)
-    return handlers.handleAll(guarded({
-      send_msg: ({ payload }) =>
-        Effect.gen(function* () {
-          const { sid } = yield* CurrentSession
-          const sent = yield* whileReachable(sender.send({
-            conversationId: payload.conversation_id,
-            session: sid,
-            status: payload.status,
-            type: payload.type,
-            content: payload.content,
-            ...(payload.client_msg_id === undefined ? {} : { clientMsgId: payload.client_msg_id })
-          })).pipe(
-            Effect.onExit((exit) =>
-              Metric.update(
-                sendsTotal(
-                  Exit.isSuccess(exit)
-                    ? exit.value.duplicate ? "duplicate" : "accepted"
-                    : exit.cause.reasons.some((r) =>
-                        r._tag === "Fail" && (r.error instanceof NotMember || r.error instanceof ConversationNotFound)
-                      )
-                    ? "refused"
-                    : "failed"
-                ),
-                1
-              )
-            ),
-            (send) => timed(sendDuration, send)
-          )
-          return { code: 0 as const, data: { MsgID: sent.msgId } }
-        }).pipe(mapped),
+    return handlers.handleAll({
       get_conversation_msg_by_range: ({ payload: p }) =>
         history(p.conversation_id, (r) => store.range(p.conversation_id, p.start_msg_id, p.end_msg_id, p.desc, r)),
       get_conversation_30msg_before_the_id: ({ payload: p }) =>
@@ -203,13 +155,13 @@ const MessageHandlers = HttpApiBuilder.group(
         history(p.conversation_id, (r) => store.last(p.conversation_id, PAGE, p.desc, r)),
       get_conversation_lastone_msg: ({ payload: p }) =>
         history(p.conversation_id, (r) => store.last(p.conversation_id, 1, p.desc, r))
-    }))
+    })
   })
 )
 
 /** Read state (extension): writes go to the conversation's entity, reads to SQL. */
 const ReadStateHandlers = HttpApiBuilder.group(
-  Api,
+  ServedApi,
   "readState",
   Effect.fn(function* (handlers) {
     const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
@@ -290,7 +242,7 @@ const ReadStateHandlers = HttpApiBuilder.group(
 )
 
 const InnerHandlers = HttpApiBuilder.group(
-  Api,
+  ServedApi,
   "inner",
   Effect.fn(function* (handlers) {
     const mapped = mappedFor(Option.isSome((yield* AppConfig).runnerPort))
@@ -386,7 +338,7 @@ const InnerHandlers = HttpApiBuilder.group(
 )
 
 const SystemHandlers = HttpApiBuilder.group(
-  Api,
+  ServedApi,
   "system",
   Effect.fn(function* (handlers) {
     const store = yield* ConversationStore
@@ -412,7 +364,6 @@ export const HandlersLive = Layer.mergeAll(
 ).pipe(
   Layer.provide([AuthorizationLive, InnerGuardLive]),
   Layer.provide([
-    ConversationSender.layer,
     ConversationStore.layer,
     KnownConversations.layer,
     NodeStatus.layer,

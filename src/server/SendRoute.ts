@@ -1,0 +1,155 @@
+/**
+ * `POST /send_msg`, the hot path, as its own route rather than through HttpApi. It answers exactly
+ * as HttpApi would for the contract's `send_msg` (src/api/Api.ts, which still describes it for the
+ * OpenAPI document and the client): the bearer token first, then the body decoded by the same
+ * schema (a failure is the same `HttpApiSchemaError` defect that the edge turns into 400/10001),
+ * the same bounds, the same errors with the same statuses. What it saves is HttpApi's own work
+ * per request: its middleware chain, a copy of the handler's whole context, and the encoding of
+ * the answer through the endpoint's schemas (bench/RESULTS.md, "send_msg by its own route").
+ */
+import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Metric from "effect/Metric"
+import * as Option from "effect/Option"
+import * as Redacted from "effect/Redacted"
+import * as Schema from "effect/Schema"
+import * as HttpRouter from "effect/http/HttpRouter"
+import type * as HttpServerRequest from "effect/http/HttpServerRequest"
+import * as HttpServerResponse from "effect/http/HttpServerResponse"
+import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
+import * as HttpApiError from "effect/http-api/HttpApiError"
+import * as HttpApiSecurity from "effect/http-api/HttpApiSecurity"
+import * as SchemaIssue from "effect/SchemaIssue"
+import { SendMsgPayload } from "../api/Api.ts"
+import { type ApiError, ErrorCode, PayloadTooLarge, statusOf } from "../api/Errors.ts"
+import { CurrentSession } from "../api/Security.ts"
+import { authenticate } from "../access/Access.ts"
+import { RateLimits } from "../access/RateLimits.ts"
+import { Tokens } from "../access/Tokens.ts"
+import { AppConfig, DEFAULT_MAX_CONTENT_BYTES } from "../Config.ts"
+import { KnownConversations } from "../conversation/KnownConversations.ts"
+import { ConversationSender } from "../conversation/Sender.ts"
+import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
+import { sendDuration, sendsTotal } from "../observability/Telemetry.ts"
+import { DatabaseHealth } from "../storage/DatabaseHealth.ts"
+import { mapped, mappedFor } from "./ErrorMapping.ts"
+
+/** As HttpApi decodes a JSON payload: the union of the endpoint's payload schemas (here one). */
+const decodePayload = Schema.decodeUnknownEffect(Schema.Union([SendMsgPayload]))
+
+const payloadError = (cause: Schema.SchemaError) => new HttpApiError.HttpApiSchemaError({ kind: "Payload", cause })
+
+const notJson = payloadError(
+  new Schema.SchemaError(new SchemaIssue.InvalidValue({ message: "Expected a valid JSON body" }))
+)
+
+/** The body as HttpApi reads it: unreadable or too large is a defect (the edge answers 400 or 413). */
+const payloadOf = (request: HttpServerRequest.HttpServerRequest) =>
+  Effect.flatMap(Effect.orDie(request.text), (text) => {
+    let json: unknown = undefined
+    if (text !== "") {
+      try {
+        json = JSON.parse(text)
+      } catch {
+        return Effect.die(notJson)
+      }
+    }
+    return Effect.catch(decodePayload(json), (error) => Effect.die(payloadError(error)))
+  })
+
+const bearer = HttpApiBuilder.securityDecode(HttpApiSecurity.bearer)
+
+const answer = (error: ApiError) =>
+  HttpServerResponse.jsonUnsafe({ code: error.code, error: error.error }, { status: statusOf(error) })
+
+const outcomes = {
+  accepted: sendsTotal("accepted"),
+  duplicate: sendsTotal("duplicate"),
+  refused: sendsTotal("refused"),
+  failed: sendsTotal("failed")
+}
+
+export const SendRoute = Layer.unwrap(Effect.gen(function* () {
+  const config = yield* AppConfig
+  const caller = authenticate(yield* Tokens)
+  const limits = yield* RateLimits
+  const known = yield* KnownConversations
+  const sender = yield* ConversationSender
+  const { whileReachable } = yield* DatabaseHealth
+  /** Domain errors to the contract's; on several nodes also bounded by the request timeout. */
+  const withinLimits = mappedFor(Option.isSome(config.runnerPort))
+  const maxContent = config.maxContentBytes ?? DEFAULT_MAX_CONTENT_BYTES
+  const tooLarge = new PayloadTooLarge({
+    code: ErrorCode.BodyTooLarge,
+    error: `content is larger than ${maxContent} bytes (UTF-8)`
+  })
+  const sendsGuard = limits.guard("sends")
+
+  const outcomeOf = (exit: Exit.Exit<{ readonly duplicate: boolean }, unknown>) =>
+    Exit.isSuccess(exit)
+      ? exit.value.duplicate ? outcomes.duplicate : outcomes.accepted
+      : exit.cause.reasons.some((r) =>
+          r._tag === "Fail" && (r.error instanceof NotMember || r.error instanceof ConversationNotFound)
+        )
+      ? outcomes.refused
+      : outcomes.failed
+
+  /** The send, counted by outcome and timed from here to its answer (one exit hook for both). */
+  const send = (payload: typeof SendMsgPayload.Type, session: string) =>
+    Effect.suspend(() => {
+      const started = performance.now()
+      return whileReachable(sender.send({
+        conversationId: payload.conversation_id,
+        session,
+        status: payload.status,
+        type: payload.type,
+        content: payload.content,
+        ...(payload.client_msg_id === undefined ? {} : { clientMsgId: payload.client_msg_id })
+      })).pipe(
+        Effect.onExit((exit) =>
+          Effect.andThen(
+            Metric.update(outcomeOf(exit), 1),
+            Metric.update(sendDuration, (performance.now() - started) / 1000)
+          )
+        ),
+        Effect.map((sent) => HttpServerResponse.jsonUnsafe({ code: 0, data: { MsgID: sent.msgId } })),
+        withinLimits
+      )
+    })
+
+  /** The bounds, in HttpApi's handler order: the content's size, the caller's rate, the conversation. */
+  const bounded = (payload: typeof SendMsgPayload.Type, session: string) =>
+    payload.content.length * 3 > maxContent && Buffer.byteLength(payload.content) > maxContent
+      ? Effect.fail(tooLarge)
+      : Effect.andThen(
+        sendsGuard,
+        known.has(payload.conversation_id)
+          ? send(payload, session)
+          : Effect.andThen(mapped(known.require(payload.conversation_id)), send(payload, session))
+      )
+
+  const handle = (request: HttpServerRequest.HttpServerRequest) =>
+    Effect.flatMap(bearer, (credential) => caller(Redacted.value(credential))).pipe(
+      Effect.flatMap((session) =>
+        Effect.flatMap(
+          payloadOf(request),
+          (payload) => Effect.provideService(bounded(payload, session.sid), CurrentSession, session)
+        )
+      ),
+      Effect.catch((error) => Effect.succeed(answer(error)))
+    )
+
+  return HttpRouter.add("POST", "/send_msg", handle)
+}))
+
+/** With the services it shares with the HttpApi handlers (layers are built once per node, by reference). */
+export const SendRouteLive = SendRoute.pipe(
+  Layer.provide([
+    ConversationSender.layer,
+    DatabaseHealth.layer,
+    KnownConversations.layer,
+    RateLimits.layer,
+    Tokens.layer
+  ])
+)

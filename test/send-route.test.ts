@@ -1,0 +1,192 @@
+/**
+ * `send_msg` has its own route (src/server/SendRoute.ts) instead of HttpApi's. Every answer below
+ * was recorded from the server when HttpApi still served `send_msg` (8be07a0): status, code and
+ * error text, for each way a request can be wrong and the ways it can be right. The route must
+ * answer each the same, and store exactly the sends it accepted.
+ */
+import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { settingsFor, startServer, type TestServer } from "./support/server.ts"
+
+const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
+
+interface Answer {
+  readonly status: number
+  readonly code: number
+  readonly error?: string
+}
+
+const invalid = (why: string): Answer => ({ status: 400, code: 10001, error: `invalid request body: ${why}` })
+const at = (why: string, key: string) => invalid(`${why} at ["${key}"]`)
+const MISSING_TOKEN: Answer = { status: 401, code: 10101, error: "missing bearer token" }
+const SENT: Answer = { status: 200, code: 0 }
+
+describe("send_msg by its own route", () => {
+  let server: TestServer
+  let conversation: string
+  let member: string
+  let outsider: string
+
+  beforeAll(async () => {
+    server = await startServer(settingsFor("postgres", { maxContentBytes: 1000 }))
+    const alice = unique("alice")
+    member = await server.token(alice)
+    outsider = await server.token(unique("bob"))
+    const created = await server.post("/inner/create_conversation", { sessions: [alice] })
+    conversation = created.body.data.ConversationId
+  })
+  afterAll(() => server?.stop())
+
+  const send = async (
+    body: string | undefined,
+    headers: Record<string, string>,
+    method = "POST",
+    path = "/send_msg"
+  ) => {
+    const response = await fetch(server.url + path, { method, headers, body })
+    return { status: response.status, headers: response.headers, body: await response.json() }
+  }
+  const json = (token: string | null = member) => ({
+    "content-type": "application/json",
+    ...(token === null ? {} : { authorization: `Bearer ${token}` })
+  })
+  const expect = (reply: { status: number; body: any }, answer: Answer, what: string) => {
+    assert.strictEqual(reply.status, answer.status, `${what}: ${JSON.stringify(reply.body)}`)
+    assert.strictEqual(reply.body.code, answer.code, what)
+    if (answer.error !== undefined) assert.strictEqual(reply.body.error, answer.error, what)
+    if (answer.status === 200) assert.isString(reply.body.data.MsgID, what)
+    else assert.notProperty(reply.body, "data", what)
+  }
+
+  it("answers every wrong request as HttpApi did, and stores only what it accepted", async () => {
+    const ok = JSON.stringify({ conversation_id: conversation, content: "hi" })
+    const body = (fields: Record<string, unknown>) => JSON.stringify({ conversation_id: conversation, ...fields })
+    const cases: ReadonlyArray<[string, string | undefined, Record<string, string>, Answer]> = [
+      ["no token", ok, json(null), MISSING_TOKEN],
+      ["empty bearer", ok, { ...json(null), authorization: "Bearer " }, MISSING_TOKEN],
+      ["bearer of spaces", ok, { ...json(null), authorization: "Bearer    " }, MISSING_TOKEN],
+      ["basic scheme", ok, { ...json(null), authorization: "Basic abc" }, MISSING_TOKEN],
+      ["bad token", ok, { ...json(null), authorization: "Bearer abc.def.ghi" }, {
+        status: 401,
+        code: 10101,
+        error: "invalid token"
+      }],
+      ["bad token before bad body", "{", { ...json(null), authorization: "Bearer abc" }, {
+        status: 401,
+        code: 10101,
+        error: "invalid token"
+      }],
+      ["empty body", "", json(), invalid("Expected object")],
+      ["not JSON", "{", json(), invalid("Expected a valid JSON body")],
+      ["an array", "[]", json(), invalid("Expected object")],
+      ["null", "null", json(), invalid("Expected object")],
+      ["a number", "3", json(), invalid("Expected object")],
+      ["no conversation_id", JSON.stringify({ content: "x" }), json(), at("Missing key", "conversation_id")],
+      ["conversation_id a number", JSON.stringify({ conversation_id: 3, content: "x" }), json(), {
+        ...at("Expected string", "conversation_id")
+      }],
+      ["empty conversation_id", body({ conversation_id: "", content: "x" }), json(), {
+        ...at("conversation_id must not be empty", "conversation_id")
+      }],
+      ["long conversation_id", body({ conversation_id: "c".repeat(300), content: "x" }), json(), {
+        ...at("conversation_id is longer than 128 characters", "conversation_id")
+      }],
+      ["no content", body({}), json(), at("Missing key", "content")],
+      ["content with NUL", body({ content: "a\u0000b" }), json(), {
+        ...at("content must not contain NUL characters or unpaired UTF-16 surrogates", "content")
+      }],
+      ["content with a lone surrogate", `{"conversation_id":"${conversation}","content":"a\\ud800b"}`, json(), {
+        ...at("content must not contain NUL characters or unpaired UTF-16 surrogates", "content")
+      }],
+      ["empty client_msg_id", body({ content: "x", client_msg_id: "" }), json(), {
+        ...at("Expected a value with a length between 1 and 128", "client_msg_id")
+      }],
+      ["long client_msg_id", body({ content: "x", client_msg_id: "a".repeat(129) }), json(), {
+        ...at("Expected a value with a length between 1 and 128", "client_msg_id")
+      }],
+      ["status not an integer", body({ content: "x", status: 1.5 }), json(), at("Expected an integer", "status")],
+      ["status past int32", body({ content: "x", status: 2 ** 31 }), json(), {
+        ...at("Expected a value between -2147483648 and 2147483647", "status")
+      }],
+      ["type a string", body({ content: "x", type: "1" }), json(), at("Expected number", "type")],
+      ["two wrong fields: the first", JSON.stringify({ conversation_id: 1, content: 2 }), json(), {
+        ...at("Expected string", "conversation_id")
+      }],
+      ["unknown conversation", body({ conversation_id: "nope-1", content: "x" }), json(), {
+        status: 404,
+        code: 90020,
+        error: "conversation nope-1 not found"
+      }],
+      ["not a member", ok, json(outsider), {
+        status: 403,
+        code: 90021,
+        error: `not a member of conversation ${conversation}`
+      }],
+      ["content over QUICKIM_MAX_CONTENT_BYTES", body({ content: "a".repeat(1001) }), json(), {
+        status: 413,
+        code: 10005,
+        error: "content is larger than 1000 bytes (UTF-8)"
+      }],
+      ["content over the limit in UTF-8 only", body({ content: "é".repeat(501) }), json(), {
+        status: 413,
+        code: 10005,
+        error: "content is larger than 1000 bytes (UTF-8)"
+      }],
+      ["body over QUICKIM_MAX_BODY_BYTES", body({ content: "a".repeat(70_000) }), json(), {
+        status: 413,
+        code: 10005,
+        error: "request body is larger than 65536 bytes"
+      }]
+    ]
+    for (const [what, payload, headers, answer] of cases) expect(await send(payload, headers), answer, what)
+
+    const accepted: Array<[string, string | undefined, Record<string, string>]> = [
+      ["lower-case scheme, two spaces", ok, { ...json(null), authorization: `bearer  ${member}` }],
+      ["unknown fields are ignored", body({ content: "x", zzz: 1 }), json()],
+      ["text/plain", ok, { ...json(), "content-type": "text/plain" }],
+      ["form content type", ok, { ...json(), "content-type": "application/x-www-form-urlencoded" }],
+      ["no content type", ok, { authorization: `Bearer ${member}` }],
+      ["content at the limit in UTF-8", body({ content: "é".repeat(500) }), json()],
+      ["every field", body({ content: "full", status: 3, type: -2, client_msg_id: "m1" }), json()]
+    ]
+    const ids: Array<string> = []
+    for (const [what, payload, headers] of accepted) {
+      const reply = await send(payload, headers)
+      expect(reply, SENT, what)
+      assert.strictEqual(reply.headers.get("content-type"), "application/json", what)
+      ids.push(reply.body.data.MsgID)
+    }
+    // The same client_msg_id again: the first send's MsgID, nothing stored twice.
+    const again = await send(body({ content: "full", status: 3, type: -2, client_msg_id: "m1" }), json())
+    expect(again, SENT, "a retried client_msg_id")
+    assert.strictEqual(again.body.data.MsgID, ids[ids.length - 1])
+
+    const history = await server.post("/get_conversation_last_30_msg", { conversation_id: conversation }, member)
+    assert.deepStrictEqual(history.body.data.Msg.map((m: any) => m.MsgId), ids)
+    const last = history.body.data.Msg[ids.length - 1]
+    assert.deepInclude(last, { Content: "full", Status: 3, Type: -2 })
+  })
+
+  it("is POST only, on the router's usual spellings of its path, with CORS", async () => {
+    const ok = JSON.stringify({ conversation_id: conversation, content: "path" })
+    for (const method of ["GET", "PUT"]) {
+      expect(await send(method === "GET" ? undefined : ok, json(), method), {
+        status: 404,
+        code: 10004,
+        error: "unknown path or method"
+      }, method)
+    }
+    for (const path of ["/send_msg/", "/SEND_MSG", "//send_msg", "/send_msg?x=1"]) {
+      expect(await send(ok, json(), "POST", path), SENT, path)
+    }
+    const fromPage = await send(ok, { ...json(), origin: "http://example.com" })
+    expect(fromPage, SENT, "with an Origin")
+    assert.strictEqual(fromPage.headers.get("access-control-allow-origin"), "*")
+    const preflight = await fetch(server.url + "/send_msg", {
+      method: "OPTIONS",
+      headers: { origin: "http://example.com", "access-control-request-method": "POST" }
+    })
+    await preflight.body?.cancel()
+    assert.strictEqual(preflight.status, 204)
+    assert.include(preflight.headers.get("access-control-allow-methods") ?? "", "POST")
+  })
+})
