@@ -5,6 +5,9 @@
  * answer each the same, and store exactly the sends it accepted.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import * as Exit from "effect/Exit"
+import * as Schema from "effect/Schema"
+import { decodeSendMsgFast, SendMsgPayload } from "../src/api/Api.ts"
 import { settingsFor, startServer, type TestServer } from "./support/server.ts"
 
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
@@ -188,5 +191,85 @@ describe("send_msg by its own route", () => {
     await preflight.body?.cancel()
     assert.strictEqual(preflight.status, 204)
     assert.include(preflight.headers.get("access-control-allow-methods") ?? "", "POST")
+  })
+})
+
+describe("send_msg's fast decoding", () => {
+  // Values each field may take (absent included), chosen at the schema's edges.
+  const ABSENT = Symbol("absent")
+  const text = [
+    "",
+    "a",
+    "c".repeat(128),
+    "c".repeat(129),
+    "a\u0000b",
+    "\ud800",
+    "x\udc00",
+    "\ud83d\ude00",
+    "é".repeat(70)
+  ]
+  const others = [3, 0, null, true, [], {}, ["a"], { a: 1 }]
+  const ints = [
+    0,
+    -1,
+    7,
+    -0,
+    2147483647,
+    2147483648,
+    -2147483648,
+    -2147483649,
+    1.5,
+    2 ** 53,
+    1e300,
+    "1",
+    null,
+    [],
+    true
+  ]
+  const pools: Record<string, ReadonlyArray<unknown>> = {
+    conversation_id: [ABSENT, ...text, ...others],
+    content: [ABSENT, ...text, ...others],
+    status: [ABSENT, ...ints],
+    type: [ABSENT, ...ints],
+    client_msg_id: [ABSENT, ...text, ...others],
+    zzz: [ABSENT, 1, "x", null],
+    __proto__: [ABSENT, { content: "p" }]
+  }
+  const wholes: ReadonlyArray<unknown> = [null, [], 3, "body", true, undefined]
+  const schema = Schema.decodeUnknownExit(Schema.Union([SendMsgPayload]))
+
+  it("accepts exactly what the schema accepts, as the same value", () => {
+    // mulberry32: a seeded generator whose low bits are as random as its high ones.
+    let seed = 20261206
+    const random = (n: number) => {
+      seed = (seed + 0x6d2b79f5) | 0
+      let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+      t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+      return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n)
+    }
+    let accepted = 0
+    for (let i = 0; i < 20_000; i++) {
+      let body: unknown
+      if (random(50) === 0) body = wholes[random(wholes.length)]
+      else {
+        // Fields made as JSON.parse makes them: own properties only, "__proto__" included.
+        const fields: Array<string> = []
+        for (const [key, pool] of Object.entries(pools)) {
+          // Valid-looking values are likelier, so that plenty of bodies pass.
+          const value = random(3) === 0 ? pool[random(pool.length)] : pool[Math.min(pool.length - 1, random(3))]
+          if (value !== ABSENT) fields.push(`${JSON.stringify(key)}:${JSON.stringify(value)}`)
+        }
+        body = JSON.parse(`{${fields.join(",")}}`)
+      }
+      const fast = decodeSendMsgFast(body)
+      const slow = schema(body)
+      if (Exit.isSuccess(slow)) accepted++
+      const what = JSON.stringify(body)
+      assert.strictEqual(fast !== undefined, Exit.isSuccess(slow), what)
+      if (fast !== undefined && Exit.isSuccess(slow)) assert.deepStrictEqual(fast, slow.value, what)
+    }
+    // Enough of both kinds to mean something.
+    assert.isAbove(accepted, 1_000)
+    assert.isBelow(accepted, 19_000)
   })
 })

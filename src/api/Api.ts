@@ -14,6 +14,7 @@ import {
   ConversationType,
   Int32,
   isStorable,
+  isStorableText,
   MsgData,
   SessionId
 } from "../domain/Conversation.ts"
@@ -156,6 +157,35 @@ export const SendMsgPayload = Schema.Struct({
     Schema.String.check(Schema.isBetweenLength(1, 128), isStorable("client_msg_id"))
   )
 })
+
+const isInt32 = (n: unknown): n is number =>
+  typeof n === "number" && Number.isSafeInteger(n) && n >= -2147483648 && n <= 2147483647
+
+/**
+ * What `SendMsgPayload` decodes a plainly valid body to, without the schema interpreter (about a
+ * tenth of a send's CPU); undefined when anything is not plainly valid, and then the schema itself
+ * decodes and words the error. Accepts nothing the schema refuses, and gives the same value
+ * (test/send-route.test.ts compares the two on generated bodies).
+ */
+export const decodeSendMsgFast = (input: unknown): typeof SendMsgPayload.Type | undefined => {
+  if (typeof input !== "object" || input === null || Array.isArray(input)) return undefined
+  const body = input as Record<string, unknown>
+  const { conversation_id, content, client_msg_id } = body
+  if (
+    typeof conversation_id !== "string" || conversation_id.length < 1 || conversation_id.length > 128
+    || !isStorableText(conversation_id)
+  ) return undefined
+  if (typeof content !== "string" || !isStorableText(content)) return undefined
+  const status = Object.hasOwn(body, "status") ? body.status : 0
+  const type = Object.hasOwn(body, "type") ? body.type : 0
+  if (!isInt32(status) || !isInt32(type)) return undefined
+  if (!Object.hasOwn(body, "client_msg_id")) return { conversation_id, status, type, content }
+  if (
+    typeof client_msg_id !== "string" || client_msg_id.length < 1 || client_msg_id.length > 128
+    || !isStorableText(client_msg_id)
+  ) return undefined
+  return { conversation_id, status, type, content, client_msg_id }
+}
 
 const sendMsg = HttpApiEndpoint.post("send_msg", "/send_msg", {
   payload: SendMsgPayload,

@@ -21,7 +21,7 @@ import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
 import * as HttpApiError from "effect/http-api/HttpApiError"
 import * as HttpApiSecurity from "effect/http-api/HttpApiSecurity"
 import * as SchemaIssue from "effect/SchemaIssue"
-import { SendMsgPayload } from "../api/Api.ts"
+import { decodeSendMsgFast, SendMsgPayload } from "../api/Api.ts"
 import { type ApiError, ErrorCode, PayloadTooLarge, statusOf } from "../api/Errors.ts"
 import { CurrentSession } from "../api/Security.ts"
 import { authenticate } from "../access/Access.ts"
@@ -55,7 +55,10 @@ const payloadOf = (request: HttpServerRequest.HttpServerRequest) =>
         return Effect.die(notJson)
       }
     }
-    return Effect.catch(decodePayload(json), (error) => Effect.die(payloadError(error)))
+    const payload = decodeSendMsgFast(json)
+    return payload !== undefined
+      ? Effect.succeed(payload)
+      : Effect.catch(decodePayload(json), (error) => Effect.die(payloadError(error)))
   })
 
 const bearer = HttpApiBuilder.securityDecode(HttpApiSecurity.bearer)
