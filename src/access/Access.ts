@@ -14,6 +14,20 @@ import { ADMIN_KEY_HEADER, Authorization, CurrentSession, InnerGuard } from "../
 import { AppConfig } from "../Config.ts"
 import { Tokens } from "./Tokens.ts"
 
+/**
+ * The credential of an `Authorization: Bearer …` header, "" when there is none: as HttpApi reads
+ * it for `HttpApiSecurity.bearer` (RFC 9110 §11.1: the scheme in any case, then one or more spaces).
+ */
+export const bearerCredential = (authorization: string | undefined): string => {
+  if (
+    authorization === undefined || authorization.length <= 6 || authorization.charCodeAt(6) !== 32
+    || authorization.slice(0, 6).toLowerCase() !== "bearer"
+  ) return ""
+  let start = 7
+  while (authorization.charCodeAt(start) === 32) start++
+  return authorization.slice(start)
+}
+
 /** The caller of a public endpoint from its bearer credential ("" when none was given). */
 export const authenticate = (tokens: Tokens["Service"]) => (token: string) =>
   token.length === 0

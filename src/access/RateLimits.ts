@@ -110,6 +110,13 @@ export class RateLimits extends Context.Service<RateLimits, {
   readonly guard: (
     kind: RateKind
   ) => Effect.Effect<void, TooManyRequests, CurrentSession | HttpServerRequest.HttpServerRequest>
+  /** `guard` with the caller, its request and the time given: Effect.void at once when allowed. */
+  readonly check: (
+    kind: RateKind,
+    session: string,
+    request: HttpServerRequest.HttpServerRequest,
+    nowMs: number
+  ) => Effect.Effect<void, TooManyRequests, HttpServerRequest.HttpServerRequest>
   /**
    * A push connection (`connects`) or poll (`polls`) for `session`: its rate and the session's live
    * connections on this node. Gives the function that releases the connection's place (idempotent).
@@ -175,15 +182,22 @@ export class RateLimits extends Context.Service<RateLimits, {
           return yield* new TooManyRequests({ code: refused.code, error: refused.error })
         })
 
-      // On every send: read the caller and the time without a generator, and answer at once when allowed.
+      const check = (kind: RateKind, session: string, request: HttpServerRequest.HttpServerRequest, now: number) => {
+        const wait = takeAt(kind, session, remoteAddressOf(request), now)
+        return wait === 0 ? Effect.void : refuse(kind, wait)
+      }
+
+      // Read the caller and the time without a generator, and answer at once when allowed.
       const guard = (kind: RateKind) =>
         Effect.clockWith((clock) =>
-          Effect.contextWith((context: Context.Context<CurrentSession | HttpServerRequest.HttpServerRequest>) => {
-            const { sid } = Context.get(context, CurrentSession)
-            const address = remoteAddressOf(Context.get(context, HttpServerRequest.HttpServerRequest))
-            const wait = takeAt(kind, sid, address, clock.currentTimeMillisUnsafe())
-            return wait === 0 ? Effect.void : refuse(kind, wait)
-          })
+          Effect.contextWith((context: Context.Context<CurrentSession | HttpServerRequest.HttpServerRequest>) =>
+            check(
+              kind,
+              Context.get(context, CurrentSession).sid,
+              Context.get(context, HttpServerRequest.HttpServerRequest),
+              clock.currentTimeMillisUnsafe()
+            )
+          )
         )
 
       const open = new Map<string, number>()
@@ -212,7 +226,7 @@ export class RateLimits extends Context.Service<RateLimits, {
           })
         })
 
-      return RateLimits.of({ take, guard, admitPush })
+      return RateLimits.of({ take, guard, check, admitPush })
     })
   )
 }

@@ -28,6 +28,11 @@ export class TokenInvalid extends Schema.TaggedError<TokenInvalid>()("TokenInval
 export class Tokens extends Context.Service<Tokens, {
   readonly issue: (sid: string, platform: number) => Effect.Effect<string>
   readonly verify: (token: string) => Effect.Effect<TokenClaims, TokenInvalid>
+  /**
+   * The claims of a token verified before that has neither expired nor been revoked at `nowMs`,
+   * without an effect; undefined otherwise, and then `verify` decides (and words a refusal).
+   */
+  readonly known: (token: string, nowMs: number) => TokenClaims | undefined
 }>()("quick-im/Tokens") {
   static readonly layer = Layer.effect(
     Tokens,
@@ -116,7 +121,14 @@ export class Tokens extends Context.Service<Tokens, {
           return check(hit)
         })
 
-      return Tokens.of({ issue, verify })
+      const known = (token: string, nowMs: number) => {
+        const hit = verified.get(token)
+        return hit !== undefined && hit.expMs > nowMs && !revocations.isRevoked(hit.sid, hit.platform, hit.issuedMs)
+          ? hit
+          : undefined
+      }
+
+      return Tokens.of({ issue, verify, known })
     })
   ).pipe(Layer.provideMerge(Revocations.layer))
 }

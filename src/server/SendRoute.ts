@@ -12,19 +12,16 @@ import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
-import * as Redacted from "effect/Redacted"
+import type * as Clock from "effect/Clock"
 import * as Schema from "effect/Schema"
 import * as HttpRouter from "effect/http/HttpRouter"
 import type * as HttpServerRequest from "effect/http/HttpServerRequest"
 import * as HttpServerResponse from "effect/http/HttpServerResponse"
-import * as HttpApiBuilder from "effect/http-api/HttpApiBuilder"
 import * as HttpApiError from "effect/http-api/HttpApiError"
-import * as HttpApiSecurity from "effect/http-api/HttpApiSecurity"
 import * as SchemaIssue from "effect/SchemaIssue"
 import { decodeSendMsgFast, SendMsgPayload } from "../api/Api.ts"
 import { type ApiError, ErrorCode, PayloadTooLarge, statusOf } from "../api/Errors.ts"
-import { CurrentSession } from "../api/Security.ts"
-import { authenticate } from "../access/Access.ts"
+import { authenticate, bearerCredential } from "../access/Access.ts"
 import { RateLimits } from "../access/RateLimits.ts"
 import { Tokens } from "../access/Tokens.ts"
 import { AppConfig, DEFAULT_MAX_CONTENT_BYTES } from "../Config.ts"
@@ -61,8 +58,6 @@ const payloadOf = (request: HttpServerRequest.HttpServerRequest) =>
       : Effect.catch(decodePayload(json), (error) => Effect.die(payloadError(error)))
   })
 
-const bearer = HttpApiBuilder.securityDecode(HttpApiSecurity.bearer)
-
 const answer = (error: ApiError) =>
   HttpServerResponse.jsonUnsafe({ code: error.code, error: error.error }, { status: statusOf(error) })
 
@@ -75,7 +70,7 @@ const outcomes = {
 
 export const SendRoute = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
-  const caller = authenticate(yield* Tokens)
+  const tokens = yield* Tokens
   const limits = yield* RateLimits
   const known = yield* KnownConversations
   const sender = yield* ConversationSender
@@ -87,7 +82,6 @@ export const SendRoute = Layer.unwrap(Effect.gen(function* () {
     code: ErrorCode.BodyTooLarge,
     error: `content is larger than ${maxContent} bytes (UTF-8)`
   })
-  const sendsGuard = limits.guard("sends")
 
   const outcomeOf = (exit: Exit.Exit<{ readonly duplicate: boolean }, unknown>) =>
     Exit.isSuccess(exit)
@@ -122,26 +116,41 @@ export const SendRoute = Layer.unwrap(Effect.gen(function* () {
     })
 
   /** The bounds, in HttpApi's handler order: the content's size, the caller's rate, the conversation. */
-  const bounded = (payload: typeof SendMsgPayload.Type, session: string) =>
-    payload.content.length * 3 > maxContent && Buffer.byteLength(payload.content) > maxContent
-      ? Effect.fail(tooLarge)
-      : Effect.andThen(
-        sendsGuard,
-        known.has(payload.conversation_id)
-          ? send(payload, session)
-          : Effect.andThen(mapped(known.require(payload.conversation_id)), send(payload, session))
-      )
-
-  const handle = (request: HttpServerRequest.HttpServerRequest) =>
-    Effect.flatMap(bearer, (credential) => caller(Redacted.value(credential))).pipe(
-      Effect.flatMap((session) =>
-        Effect.flatMap(
-          payloadOf(request),
-          (payload) => Effect.provideService(bounded(payload, session.sid), CurrentSession, session)
-        )
-      ),
-      Effect.catch((error) => Effect.succeed(answer(error)))
+  const bounded = (
+    payload: typeof SendMsgPayload.Type,
+    session: string,
+    request: HttpServerRequest.HttpServerRequest,
+    clock: Clock.Clock
+  ) => {
+    if (payload.content.length * 3 > maxContent && Buffer.byteLength(payload.content) > maxContent) {
+      return Effect.fail(tooLarge)
+    }
+    return Effect.andThen(
+      limits.check("sends", session, request, clock.currentTimeMillisUnsafe()),
+      known.has(payload.conversation_id)
+        ? send(payload, session)
+        : Effect.andThen(mapped(known.require(payload.conversation_id)), send(payload, session))
     )
+  }
+
+  /**
+   * The caller first (a token verified before is taken without an effect), then the body, then the
+   * bounds and the send; every refusal answered as HttpApi answers the contract's errors.
+   */
+  const handle = (request: HttpServerRequest.HttpServerRequest) =>
+    Effect.clockWith((clock) => {
+      const token = bearerCredential(request.headers.authorization)
+      const claims = tokens.known(token, clock.currentTimeMillisUnsafe())
+      const caller: Effect.Effect<{ readonly sid: string }, ApiError> = claims !== undefined
+        ? Effect.succeed(claims)
+        : authenticate(tokens)(token)
+      return caller.pipe(
+        Effect.flatMap(({ sid }) =>
+          Effect.flatMap(payloadOf(request), (payload) => bounded(payload, sid, request, clock))
+        ),
+        Effect.catch((error) => Effect.succeed(answer(error)))
+      )
+    })
 
   return HttpRouter.add("POST", "/send_msg", handle)
 }))
