@@ -1,11 +1,13 @@
 /**
  * `POST /send_msg`, the hot path, as its own route rather than through HttpApi. It answers exactly
  * as HttpApi would for the contract's `send_msg` (src/api/Api.ts, which still describes it for the
- * OpenAPI document and the client): the bearer token first, then the body decoded by the same
- * schema (a failure is the same `HttpApiSchemaError` defect that the edge turns into 400/10001),
- * the same bounds, the same errors with the same statuses. What it saves is HttpApi's own work
- * per request: its middleware chain, a copy of the handler's whole context, and the encoding of
- * the answer through the endpoint's schemas (bench/RESULTS.md, "send_msg by its own route").
+ * OpenAPI document and the client): the bearer token first, then the body, then the bounds in
+ * the same order, the same errors with the same statuses (test/send-route.test.ts holds HttpApi's
+ * answers). A plainly valid body is decoded by `decodeSendMsgFast`; any other goes through the
+ * contract's schema, whose failure is the same `HttpApiSchemaError` defect that the edge turns into
+ * 400 / 10001. What this saves is HttpApi's own work per request (its middleware chain, a copy of
+ * the request's whole context, the answer encoded through the endpoint's schemas) and the schema
+ * interpreter (bench/RESULTS.md, "send_msg by its own route").
  */
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
