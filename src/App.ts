@@ -111,16 +111,10 @@ const openApiRoute = (api: () => OpenApi.OpenAPISpec) => {
  * What serves the public API: HttpApi's routes, `send_msg`'s own route, the OpenAPI document. With
  * `QUICKIM_INNER_PORT`, the public listener serves the public groups only: inner paths are 404 there.
  */
-const PublicRoutes = Layer.mergeAll(
-  HttpApiBuilder.layer(ServedApi).pipe(Layer.provide(HandlersLive)),
-  SendRouteLive,
-  openApiRoute(() => OpenApi.fromApi(Api))
-)
-const PublicOnlyRoutes = Layer.mergeAll(
-  HttpApiBuilder.layer(ServedPublicApi).pipe(Layer.provide(HandlersLive)),
-  SendRouteLive,
-  openApiRoute(() => OpenApi.fromApi(PublicApi))
-)
+const publicRoutes = <A, E, R>(served: Layer.Layer<A, E, R>, contract: () => OpenApi.OpenAPISpec) =>
+  Layer.mergeAll(served.pipe(Layer.provide(HandlersLive)), SendRouteLive, openApiRoute(contract))
+const PublicRoutes = publicRoutes(HttpApiBuilder.layer(ServedApi), () => OpenApi.fromApi(Api))
+const PublicOnlyRoutes = publicRoutes(HttpApiBuilder.layer(ServedPublicApi), () => OpenApi.fromApi(PublicApi))
 
 /**
  * Why the inner endpoints are exposed beyond this machine without an admin key, or undefined when
