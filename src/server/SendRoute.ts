@@ -73,6 +73,7 @@ const outcomes = {
 export const SendRoute = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const tokens = yield* Tokens
+  const caller = authenticate(tokens)
   const limits = yield* RateLimits
   const known = yield* KnownConversations
   const sender = yield* ConversationSender
@@ -143,10 +144,10 @@ export const SendRoute = Layer.unwrap(Effect.gen(function* () {
     Effect.clockWith((clock) => {
       const token = bearerCredential(request.headers.authorization)
       const claims = tokens.known(token, clock.currentTimeMillisUnsafe())
-      const caller: Effect.Effect<{ readonly sid: string }, ApiError> = claims !== undefined
+      const session: Effect.Effect<{ readonly sid: string }, ApiError> = claims !== undefined
         ? Effect.succeed(claims)
-        : authenticate(tokens)(token)
-      return caller.pipe(
+        : caller(token)
+      return session.pipe(
         Effect.flatMap(({ sid }) =>
           Effect.flatMap(payloadOf(request), (payload) => bounded(payload, sid, request, clock))
         ),
