@@ -4,6 +4,7 @@
  * error text, for each way a request can be wrong and the ways it can be right. The route must
  * answer each the same, and store exactly the sends it accepted.
  */
+import * as Net from "node:net"
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
 import * as Exit from "effect/Exit"
 import * as Schema from "effect/Schema"
@@ -167,6 +168,103 @@ describe("send_msg by its own route", () => {
     assert.deepStrictEqual(history.body.data.Msg.map((m: any) => m.MsgId), ids)
     const last = history.body.data.Msg[ids.length - 1]
     assert.deepInclude(last, { Content: "full", Status: 3, Type: -2 })
+  })
+
+  /**
+   * One request over a raw connection: `parts` are written in turn, 20 ms apart; `afterContinue`
+   * is written once the server answers 100 Continue; `end` ends the client's side after the parts.
+   * The answer is read until the server closes.
+   */
+  const raw = (parts: ReadonlyArray<string | Uint8Array>, afterContinue?: string, end = false) =>
+    new Promise<{ status: number; body: any; text: string }>((resolve, reject) => {
+      const url = new URL(server.url)
+      const socket = Net.connect(Number(url.port), url.hostname)
+      let text = ""
+      socket.setEncoding("latin1")
+      socket.on("data", (chunk: string) => {
+        text += chunk
+        if (afterContinue !== undefined && text.startsWith("HTTP/1.1 100")) {
+          text = text.slice(text.indexOf("\r\n\r\n") + 4)
+          socket.write(afterContinue)
+          afterContinue = undefined
+        }
+      })
+      socket.on("error", reject)
+      socket.on("close", () => {
+        const status = Number(text.split(" ")[1])
+        const payload = text.slice(text.indexOf("\r\n\r\n") + 4)
+        let body: any = undefined
+        try {
+          body = JSON.parse(payload)
+        } catch {
+          // not JSON: the test says what it expected
+        }
+        resolve({ status, body, text })
+      })
+      socket.on("connect", async () => {
+        for (const part of parts) {
+          socket.write(part)
+          await new Promise((r) => setTimeout(r, 20))
+        }
+        if (end) socket.end()
+      })
+    })
+  const head = (headers: Record<string, string | number>) =>
+    "POST /send_msg HTTP/1.1\r\nhost: x\r\nconnection: close\r\n"
+    + Object.entries(headers).map(([k, v]) => `${k}: ${v}\r\n`).join("") + "\r\n"
+
+  it("reads a body however it is framed", async () => {
+    const auth = { authorization: `Bearer ${member}`, "content-type": "application/json" }
+    const ok = JSON.stringify({ conversation_id: conversation, content: "framed é" })
+    const bytes = Buffer.from(ok)
+    const accepted: Array<[string, ReadonlyArray<string | Uint8Array>, string?]> = [
+      ["in one write", [head({ ...auth, "content-length": bytes.length }) + ok]],
+      ["in three writes", [
+        head({ ...auth, "content-length": bytes.length }),
+        bytes.subarray(0, 10),
+        bytes.subarray(10)
+      ]],
+      // The byte order mark is dropped, as the platform's reader drops it.
+      ["after a byte order mark", [head({ ...auth, "content-length": bytes.length + 3 }) + "\uFEFF" + ok]],
+      ["chunked", [
+        head({ ...auth, "transfer-encoding": "chunked" }),
+        `${bytes.subarray(0, 7).length.toString(16)}\r\n`,
+        bytes.subarray(0, 7),
+        `\r\n${bytes.subarray(7).length.toString(16)}\r\n`,
+        bytes.subarray(7),
+        "\r\n0\r\n\r\n"
+      ]],
+      ["after 100 Continue", [head({ ...auth, "content-length": bytes.length, expect: "100-continue" })], ok]
+    ]
+    const ids: Array<string> = []
+    for (const [what, parts, afterContinue] of accepted) {
+      const reply = await raw(parts, afterContinue)
+      expect(reply, SENT, what)
+      ids.push(reply.body.data.MsgID)
+    }
+
+    // Larger than QUICKIM_MAX_BODY_BYTES without saying so beforehand: the platform's reader stops it.
+    const big = JSON.stringify({ conversation_id: conversation, content: "a".repeat(70_000) })
+    const chunked = await raw([
+      head({ ...auth, "transfer-encoding": "chunked" }),
+      `${big.length.toString(16)}\r\n${big}\r\n0\r\n\r\n`
+    ])
+    expect(
+      chunked,
+      { status: 413, code: 10005, error: "request body is larger than 65536 bytes" },
+      "chunked, too large"
+    )
+
+    // A body cut short: nothing stored, nobody else harmed.
+    const cut = await raw([head({ ...auth, "content-length": bytes.length + 50 }) + ok], undefined, true)
+    assert.notStrictEqual(cut.status, 200, cut.text)
+    const after = await send(ok, json())
+    expect(after, SENT, "a send after the cut one")
+    ids.push(after.body.data.MsgID)
+
+    const history = await server.post("/get_conversation_last_30_msg", { conversation_id: conversation }, member)
+    const stored = history.body.data.Msg.filter((m: any) => m.Content === "framed é").map((m: any) => m.MsgId)
+    assert.deepStrictEqual(stored, ids)
   })
 
   it("is POST only, on the router's usual spellings of its path, with CORS", async () => {

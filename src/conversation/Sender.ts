@@ -16,6 +16,7 @@ import type * as ClusterError from "effect/cluster/ClusterError"
 import { boundText, NodeLink } from "../cluster/NodeLink.ts"
 import { ShardRoutes } from "../cluster/ShardRoutes.ts"
 import { ConversationNotFound, DatabaseUnavailable, NotMember, UnstorableMessage } from "../domain/Conversation.ts"
+import { DatabaseHealth } from "../storage/DatabaseHealth.ts"
 import { type Lane, LocalConversations, type LocalSend } from "./LocalConversations.ts"
 import { Conversation, type SentMessage } from "./Protocol.ts"
 
@@ -67,6 +68,12 @@ const notHere: SendOutcome = { _tag: "NotHere" }
 
 export class ConversationSender extends Context.Service<ConversationSender, {
   readonly send: (item: SendItem) => Effect.Effect<SentMessage, SendError>
+  /**
+   * `send` under DatabaseHealth's `whileReachable`: answered DatabaseUnavailable at once while the
+   * database is lost, and as soon as it is lost while the send waits. To a conversation active in
+   * this process the wait is a listener, not a race of two fibers (bench/RESULTS.md, "Fibers per send").
+   */
+  readonly sendWhileReachable: (item: SendItem) => Effect.Effect<SentMessage, SendError>
 }>()("quick-im/conversation/ConversationSender") {
   static readonly layerNoDeps = Layer.effect(
     ConversationSender,
@@ -75,38 +82,59 @@ export class ConversationSender extends Context.Service<ConversationSender, {
       const routes = yield* ShardRoutes
       const link = yield* NodeLink
       const locals = yield* LocalConversations
+      const health = yield* DatabaseHealth
+      const unavailable = Effect.fail(new DatabaseUnavailable())
       const tracing = (yield* AppConfig).otlpEndpoint !== undefined
       const direct = ({ conversationId, ...send }: SendItem) => conversations(conversationId).Send(send)
 
-      /** By direct call to the entity active here; the entity message when it stopped before taking it. */
-      const byLane = (lane: Lane, item: SendItem, span?: { traceId: string; spanId: string; sampled: boolean }) =>
+      /**
+       * By direct call to the entity active here; the entity message when it stopped before taking
+       * it. `guarded`: answered DatabaseUnavailable as soon as the database is lost (the entity's
+       * later answer is then not heard, as when whileReachable's race interrupts the wait).
+       */
+      const byLane = (
+        lane: Lane,
+        item: SendItem,
+        guarded: boolean,
+        span?: { traceId: string; spanId: string; sampled: boolean }
+      ) =>
         Effect.callback<SentMessage, SendError>((resume) => {
           const { conversationId: _, ...payload } = item
+          const off = guarded ? health.onLost(() => resume(unavailable)) : undefined
+          const instead = () => guarded ? health.whileReachable(direct(item)) : direct(item)
           const send: LocalSend = {
             _tag: "LocalSend",
             tag: "Send",
             payload,
             ...span,
             answered: false,
-            resume: (outcome) => resume(outcome === undefined ? direct(item) : outcome)
+            resume: (outcome) => {
+              off?.()
+              resume(outcome === undefined ? instead() : outcome)
+            }
           }
-          if (!lane(send)) resume(direct(item))
+          if (!lane(send)) {
+            off?.()
+            resume(instead())
+          }
+          if (off !== undefined) return Effect.sync(off)
         })
-      const local = (lane: Lane, item: SendItem) =>
+      const local = (lane: Lane, item: SendItem, guarded: boolean) =>
         tracing
           ? Effect.flatMap(Effect.option(Effect.currentSpan), (span) =>
             byLane(
               lane,
               item,
+              guarded,
               Option.isSome(span)
                 ? { traceId: span.value.traceId, spanId: span.value.spanId, sampled: span.value.sampled }
                 : undefined
             ))
-          : byLane(lane, item)
+          : byLane(lane, item, guarded)
       /** A send for a conversation this node holds. */
       const here = (item: SendItem) => {
         const lane = locals.get(item.conversationId)
-        return lane === undefined ? direct(item) : local(lane, item)
+        return lane === undefined ? direct(item) : local(lane, item, false)
       }
 
       // Sends relayed here: answered once committed, each with its outcome.
@@ -139,31 +167,40 @@ export class ConversationSender extends Context.Service<ConversationSender, {
             resume(Effect.succeed(answer === undefined ? undefined : decodeOutcome(answer))))
         })
 
-      return ConversationSender.of({
-        send: (item) => {
-          // By direct call only while this node holds the conversation's shard: what Effect cluster
-          // checks before it lets a request in (a node losing a shard stops taking its sends at once,
-          // even while the entity is still stopping).
-          if (routes.holds(item.conversationId)) {
-            const lane = locals.get(item.conversationId)
-            if (lane !== undefined) return local(lane, item)
-          }
-          const node = routes.nodeOf(item.conversationId)
-          if (node === undefined) return direct(item)
-          return Effect.flatMap(relayed(node, item), (outcome) => {
-            switch (outcome?._tag) {
-              case "Sent": {
-                const { _tag, ...sent } = outcome
-                return Effect.succeed(sent)
-              }
-              case "Refused":
-                return Effect.fail(outcome.error)
-              case "Failed":
-                return Effect.die(new Error(outcome.message))
-              default:
-                return direct(item)
+      const send = (item: SendItem): Effect.Effect<SentMessage, SendError> => {
+        // By direct call only while this node holds the conversation's shard: what Effect cluster
+        // checks before it lets a request in (a node losing a shard stops taking its sends at once,
+        // even while the entity is still stopping).
+        if (routes.holds(item.conversationId)) {
+          const lane = locals.get(item.conversationId)
+          if (lane !== undefined) return local(lane, item, false)
+        }
+        const node = routes.nodeOf(item.conversationId)
+        if (node === undefined) return direct(item)
+        return Effect.flatMap(relayed(node, item), (outcome) => {
+          switch (outcome?._tag) {
+            case "Sent": {
+              const { _tag, ...sent } = outcome
+              return Effect.succeed(sent)
             }
-          })
+            case "Refused":
+              return Effect.fail(outcome.error)
+            case "Failed":
+              return Effect.die(new Error(outcome.message))
+            default:
+              return direct(item)
+          }
+        })
+      }
+
+      return ConversationSender.of({
+        send,
+        sendWhileReachable: (item) => {
+          if (health.reachable() && routes.holds(item.conversationId)) {
+            const lane = locals.get(item.conversationId)
+            if (lane !== undefined) return local(lane, item, true)
+          }
+          return health.whileReachable(send(item))
         }
       })
     })
@@ -171,6 +208,6 @@ export class ConversationSender extends Context.Service<ConversationSender, {
 
   /** With the services it builds on (each built once per node: layers are shared by reference). */
   static readonly layer = this.layerNoDeps.pipe(
-    Layer.provide([NodeLink.layer, ShardRoutes.layer, LocalConversations.layer])
+    Layer.provide([DatabaseHealth.layer, NodeLink.layer, ShardRoutes.layer, LocalConversations.layer])
   )
 }

@@ -16,7 +16,11 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import type * as Clock from "effect/Clock"
 import * as Schema from "effect/Schema"
+import type * as Http from "node:http"
+import { finished } from "node:stream"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import * as HttpRouter from "effect/http/HttpRouter"
+import * as HttpServerError from "effect/http/HttpServerError"
 import type * as HttpServerRequest from "effect/http/HttpServerRequest"
 import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as HttpApiError from "effect/http-api/HttpApiError"
@@ -31,7 +35,6 @@ import { KnownConversations } from "../conversation/KnownConversations.ts"
 import { ConversationSender } from "../conversation/Sender.ts"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import { sendDuration, sendsTotal } from "../observability/Telemetry.ts"
-import { DatabaseHealth } from "../storage/DatabaseHealth.ts"
 import { mapped, mappedFor } from "./ErrorMapping.ts"
 
 /** As HttpApi decodes a JSON payload: the union of the endpoint's payload schemas (here one). */
@@ -43,9 +46,50 @@ const notJson = payloadError(
   new Schema.SchemaError(new SchemaIssue.InvalidValue({ message: "Expected a valid JSON body" }))
 )
 
+const decoder = new TextDecoder()
+
+/**
+ * The body's text as `request.text` gives it, read straight from Node's message when it declares
+ * a length within the limit and no `Expect`: the platform's reader runs two fibers per request
+ * (its body effect is made by `runSync` and cached), this reads by one callback. Anything else
+ * goes to the platform, which also answers `Expect: 100-continue` and bodies that outgrow the
+ * limit. An aborted body fails as the platform's does (a parse error: the edge answers 400).
+ */
+const textOf = (request: HttpServerRequest.HttpServerRequest, maxBytes: number) => {
+  const source = NodeHttpServerRequest.toIncomingMessage(request) as Http.IncomingMessage
+  const declared = request.headers["content-length"]
+  if (
+    declared === undefined || request.headers.expect !== undefined || !(Number(declared) <= maxBytes)
+    || typeof source?.on !== "function"
+  ) return request.text
+  return Effect.callback<string, HttpServerError.HttpServerError>((resume) => {
+    const chunks: Array<Uint8Array> = []
+    const onData = (chunk: Uint8Array) => void chunks.push(chunk)
+    const cleanup = finished(source, { readable: true, writable: false }, (error) => {
+      source.off("data", onData)
+      cleanup()
+      if (error) {
+        source.destroy()
+        return resume(Effect.fail(
+          new HttpServerError.HttpServerError({
+            reason: new HttpServerError.RequestParseError({ request, reason: "Parse", cause: error })
+          })
+        ))
+      }
+      resume(Effect.succeed(decoder.decode(chunks.length === 1 ? chunks[0] : Buffer.concat(chunks))))
+    })
+    source.on("data", onData)
+    return Effect.sync(() => {
+      source.off("data", onData)
+      cleanup()
+      source.destroy()
+    })
+  })
+}
+
 /** The body as HttpApi reads it: unreadable or too large is a defect (the edge answers 400 or 413). */
-const payloadOf = (request: HttpServerRequest.HttpServerRequest) =>
-  Effect.flatMap(Effect.orDie(request.text), (text) => {
+const payloadOf = (request: HttpServerRequest.HttpServerRequest, maxBytes: number) =>
+  Effect.flatMap(Effect.orDie(textOf(request, maxBytes)), (text) => {
     let json: unknown = undefined
     if (text !== "") {
       try {
@@ -77,10 +121,11 @@ export const SendRoute = Layer.unwrap(Effect.gen(function* () {
   const limits = yield* RateLimits
   const known = yield* KnownConversations
   const sender = yield* ConversationSender
-  const { whileReachable } = yield* DatabaseHealth
   /** Domain errors to the contract's; on several nodes also bounded by the request timeout. */
   const withinLimits = mappedFor(Option.isSome(config.runnerPort))
   const maxContent = config.maxContentBytes ?? DEFAULT_MAX_CONTENT_BYTES
+  // What BodyLimitLive (src/server/Edge.ts) sets as the server's MaxBodySize.
+  const maxBody = config.maxBodyBytes
   const tooLarge = new PayloadTooLarge({
     code: ErrorCode.BodyTooLarge,
     error: `content is larger than ${maxContent} bytes (UTF-8)`
@@ -99,14 +144,14 @@ export const SendRoute = Layer.unwrap(Effect.gen(function* () {
   const send = (payload: typeof SendMsgPayload.Type, session: string) =>
     Effect.suspend(() => {
       const started = performance.now()
-      return whileReachable(sender.send({
+      return sender.sendWhileReachable({
         conversationId: payload.conversation_id,
         session,
         status: payload.status,
         type: payload.type,
         content: payload.content,
         ...(payload.client_msg_id === undefined ? {} : { clientMsgId: payload.client_msg_id })
-      })).pipe(
+      }).pipe(
         Effect.onExit((exit) =>
           Effect.andThen(
             Metric.update(outcomeOf(exit), 1),
@@ -149,7 +194,7 @@ export const SendRoute = Layer.unwrap(Effect.gen(function* () {
         : caller(token)
       return session.pipe(
         Effect.flatMap(({ sid }) =>
-          Effect.flatMap(payloadOf(request), (payload) => bounded(payload, sid, request, clock))
+          Effect.flatMap(payloadOf(request, maxBody), (payload) => bounded(payload, sid, request, clock))
         ),
         Effect.catch((error) => Effect.succeed(answer(error)))
       )
@@ -162,7 +207,6 @@ export const SendRoute = Layer.unwrap(Effect.gen(function* () {
 export const SendRouteLive = SendRoute.pipe(
   Layer.provide([
     ConversationSender.layer,
-    DatabaseHealth.layer,
     KnownConversations.layer,
     RateLimits.layer,
     Tokens.layer

@@ -66,6 +66,12 @@ export class DatabaseHealth extends Context.Service<DatabaseHealth, {
    * retried with its client_msg_id is answered with its MsgId if it did commit).
    */
   readonly whileReachable: <A, E, R>(effect: Effect.Effect<A, E, R>) => Effect.Effect<A, E | DatabaseUnavailable, R>
+  /**
+   * Calls `listener` once, when the database is next lost (not when it is lost already); the
+   * returned function takes it back. For a wait that answers by callback, this is `whileReachable`
+   * without the two fibers of its race (ConversationSender's sends to a conversation active here).
+   */
+  readonly onLost: (listener: () => void) => () => void
 }>()("quick-im/storage/DatabaseHealth") {
   static readonly layer = Layer.effect(
     DatabaseHealth,
@@ -74,12 +80,16 @@ export class DatabaseHealth extends Context.Service<DatabaseHealth, {
       let reachable = true
       // Completed when the database is lost; a new one replaces it when the database is back.
       let lost = Deferred.makeUnsafe<void>()
+      const listeners = new Set<() => void>()
       const unavailable = Effect.fail(new DatabaseUnavailable())
       const markLost = (cause: Cause.Cause<unknown>) =>
         Effect.suspend(() => {
           if (!reachable) return Effect.void
           reachable = false
           Deferred.doneUnsafe(lost, Exit.void)
+          const called = [...listeners]
+          listeners.clear()
+          for (const listener of called) listener()
           return Effect.logWarning("database unreachable: answering 503 until it answers again", cause)
         })
       const markBack = Effect.suspend(() => {
@@ -103,7 +113,11 @@ export class DatabaseHealth extends Context.Service<DatabaseHealth, {
         whileReachable: (effect) =>
           Effect.suspend(() =>
             reachable ? Effect.raceFirst(effect, Effect.andThen(Deferred.await(lost), unavailable)) : unavailable
-          )
+          ),
+        onLost: (listener) => {
+          listeners.add(listener)
+          return () => void listeners.delete(listener)
+        }
       })
     })
   )

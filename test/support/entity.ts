@@ -17,6 +17,7 @@ import { LocalMailboxes } from "../../src/push/LocalMailboxes.ts"
 import { MailboxRelay } from "../../src/push/MailboxRelay.ts"
 import { ConversationStore } from "../../src/storage/ConversationStore.ts"
 import { DatabaseLive } from "../../src/storage/Database.ts"
+import { DatabaseHealth } from "../../src/storage/DatabaseHealth.ts"
 
 /**
  * The shard routes of this runner, except that the sessions in `elsewhere` have their Mailbox's
@@ -43,7 +44,7 @@ export const conversationEntityLayer = (settings: AppSettings, elsewhere: Readon
     Layer.provideMerge(RunnerWatch.layer),
     Layer.provideMerge(TestRunner.layer),
     Layer.provideMerge(Layer.mergeAll(NodeIdentity.layer, Telemetry.layer)),
-    Layer.provideMerge(ConversationStore.layer),
+    Layer.provideMerge(Layer.mergeAll(ConversationStore.layer, DatabaseHealth.layer)),
     Layer.provideMerge(DatabaseLive),
     Layer.provideMerge(AppConfig.make(settings)),
     Layer.provide(NodeCrypto.layerDigest)
