@@ -86,6 +86,12 @@ const procStat1 = (pid: number) => {
 }
 const procStat = (pids: ReadonlyArray<number>) =>
   pids.map(procStat1).reduce((a, b) => ({ rssMb: a.rssMb + b.rssMb, cpuUs: a.cpuUs + b.cpuUs }))
+/** Read and write system calls the processes have made (all their threads), from /proc/<pid>/io. */
+const syscalls = (pids: ReadonlyArray<number>) =>
+  pids.map((pid) => {
+    const io = Fs.readFileSync(`/proc/${pid}/io`, "utf8")
+    return { reads: Number(io.match(/syscr:\s+(\d+)/)?.[1] ?? 0), writes: Number(io.match(/syscw:\s+(\d+)/)?.[1] ?? 0) }
+  }).reduce((a, b) => ({ reads: a.reads + b.reads, writes: a.writes + b.writes }))
 
 /**
  * PSS (proportional set size) summed over `pids`, MB: a page shared by n processes counts 1/n in
@@ -380,20 +386,29 @@ const quickIm = async (
   return target
 }
 
-const ceiling = async () => {
+/**
+ * A plain server of bench/ceiling.ts's protocol, as its own process: the ceiling itself, or the
+ * persisting floor (bench/floor.ts, on a database of its own, dropped when it stops).
+ */
+const plain = async (name: string, script: string, database?: string) => {
   const port = await freePort()
+  if (database !== undefined) execFileSync("psql", [ADMIN, "-qAtc", `CREATE DATABASE ${database}`])
   const child: ChildProcess = spawn(Path.join(root, "node_modules/.bin/deno"), [
     "run",
     "-A",
-    Path.join(root, "bench/ceiling.ts")
+    Path.join(root, script)
   ], {
-    env: { ...process.env, PORT: String(port) },
+    env: {
+      ...process.env,
+      PORT: String(port),
+      ...(database === undefined ? {} : { DATABASE_URL: ADMIN.replace(/\/[^/]*$/, `/${database}`) })
+    },
     stdio: ["ignore", "pipe", "inherit"]
   })
   await new Promise((r) => child.stdout!.once("data", r))
   const http = makeHttpClient(`http://127.0.0.1:${port}`)
   return {
-    name: "ceiling ws",
+    name,
     pids: [child.pid!],
     connect: async (user: number, onMessage: (content: string) => void) => {
       const ws = new WebSocket(`ws://127.0.0.1:${port}/?id=${user}`)
@@ -401,14 +416,26 @@ const ceiling = async () => {
       await new Promise((r) => (ws.onopen = r))
       return () => ws.close()
     },
-    send: async (from: number, _conv: number, members: ReadonlyArray<number>, content: string) => {
-      await http.post("/send", { to: members.map(String), message: { FromSession: `u${from}`, Content: content } })
+    send: async (from: number, conv: number, members: ReadonlyArray<number>, content: string) => {
+      await http.post("/send", {
+        to: members.map(String),
+        conversation: `c${conv}`,
+        message: { FromSession: `u${from}`, Content: content }
+      })
     },
     stop: async () => {
+      const exited = new Promise((r) => child.once("exit", r))
       child.kill("SIGTERM")
+      await exited
+      if (database !== undefined) execFileSync("psql", [ADMIN, "-qAtc", `DROP DATABASE IF EXISTS ${database}`])
     }
   }
 }
+
+const ceiling = () => plain("ceiling ws", "bench/ceiling.ts")
+
+/** BENCH_FLOOR=1: the persisting floor runs beside the ceiling, in the pairs workload. */
+const floor = () => plain("floor ws", "bench/floor.ts", `quickim_bench_floor_${process.pid}_${Date.now().toString(36)}`)
 
 interface Result {
   readonly workload: string
@@ -477,6 +504,7 @@ const runWorkload = async (
     await new Promise((r) => setTimeout(r, 50))
   }
   const before = procStat(target.pids)
+  const callsBefore = syscalls(target.pids)
   // BENCH_PERF="task-clock,context-switches" counts those events in the servers over the measured part.
   // BENCH_PERF_RECORD=/tmp/x records CPU samples instead, to /tmp/x.<target> (with
   // BENCH_SERVER_V8_FLAGS=--perf-basic-prof for JavaScript names).
@@ -541,6 +569,7 @@ const runWorkload = async (
   }
   const seconds = (lastDelivery - started) / 1000
   const after = procStat(target.pids)
+  const callsAfter = syscalls(target.pids)
   clearInterval(sampler)
   samplePss()
   if (perf !== undefined) {
@@ -556,7 +585,9 @@ const runWorkload = async (
       percentile(acks, 99).toFixed(1)
     } ms; cores busy over ${seconds.toFixed(1)} s: server ${busy(after.cpuUs - before.cpuUs)}, `
       + `driver ${busy(driverCpu.user + driverCpu.system)}, postgres ${busy(postgresCpuUs() - postgresBefore)}; `
-      + `peak PSS ${peakPss.toFixed(0)} MB (${peakSplit})`
+      + `peak PSS ${peakPss.toFixed(0)} MB (${peakSplit}); system calls per send: `
+      + `${((callsAfter.reads - callsBefore.reads) / messages).toFixed(2)} reads, `
+      + `${((callsAfter.writes - callsBefore.writes) / messages).toFixed(2)} writes`
   )
   for (const close of closers) close()
   let unique = 0
@@ -600,6 +631,11 @@ const workloads = (process.env.BENCH_WORKLOADS ?? "pairs,group").split(",")
     results.push(await runWorkload("group", c, GROUP, group, GROUP_MESSAGES, 4, GROUP_WARMUP))
   }
   await c.stop()
+  if (process.env.BENCH_FLOOR === "1" && workloads.includes("pairs")) {
+    const f = await floor()
+    results.push(await runWorkload("pairs", f, PAIRS * 2, pairs, PAIRS_MESSAGES, PAIRS_SENDERS, PAIRS_WARMUP))
+    await f.stop()
+  }
 }
 // BENCH_NODES=1,3 runs each workload on one node and on three (multi-node mode, same machine).
 // "3i": three independent single nodes, each with its own database and a third of the pairs (its
