@@ -14,6 +14,9 @@
  *       # one node; three independent nodes; three nodes with local placement; three nodes (see quickIm)
  *   BENCH_NODES=3,3n,3l ...            # spread; Mailboxes near their connections; local placement
  *
+ * BENCH_FLOOR=1 also runs the pairs workload against the persisting floor (bench/floor.ts: plain
+ * node:http, ws and pg with a group commit, no framework and no checks), beside the ceiling.
+ *
  * Tuning aids: BENCH_PERF=task-clock,context-switches counts perf events in the servers over the
  * measured part; BENCH_PERF_RECORD=/tmp/x records CPU samples there; BENCH_SERVER_V8_FLAGS passes V8
  * flags to the servers; BENCH_NODE=/path/to/node runs them under Node (BENCH_NODE_FLAGS=--cpu-prof);
