@@ -8,6 +8,7 @@ import * as Cause from "effect/Cause"
 import * as Effect from "effect/Effect"
 import * as Tracer from "effect/Tracer"
 import type * as Rpc from "effect/rpc/Rpc"
+import type * as SqlError from "effect/sql/SqlError"
 import { NotMember, UnstorableMessage } from "../domain/Conversation.ts"
 import type { MsgIdClock } from "../domain/MsgId.ts"
 import { formatSendTime } from "../domain/SendTime.ts"
@@ -76,30 +77,44 @@ export const isUnstorable = (cause: Cause.Cause<unknown>) =>
  * once the append committed; a failure leaves it as it was (the caller reloads it: the outcome of a
  * failed append is unknown).
  */
-export const commitSends = Effect.fnUntraced(function* (
+export const commitSends = (
   store: ConversationStore["Service"],
   id: string,
   state: Sequence,
   clock: MsgIdClock,
   sends: ReadonlyArray<SendPayload>,
   now: number
-) {
-  const known = new Map<string, SentMessage>()
-  const withClientId = sends.filter((p) => p.clientMsgId !== undefined && state.members.has(p.session))
-  if (withClientId.length > 0) {
-    const found = yield* store.findByClientIds(
-      id,
-      withClientId.map((p) => ({ session: p.session, clientMsgId: p.clientMsgId! }))
+): Effect.Effect<Committed, SqlError.SqlError | UnstorableMessage> =>
+  Effect.suspend(() => {
+    const withClientId = sends.filter((p) => p.clientMsgId !== undefined && state.members.has(p.session))
+    if (withClientId.length === 0) return numbered(store, id, state, clock, sends, now, new Map())
+    return Effect.flatMap(
+      store.findByClientIds(id, withClientId.map((p) => ({ session: p.session, clientMsgId: p.clientMsgId! }))),
+      (found) => {
+        const known = new Map<string, SentMessage>()
+        for (const f of found) {
+          known.set(dedupeKey(f.session, f.clientMsgId), {
+            msgId: f.msgId,
+            seq: f.seq,
+            sendTime: f.sendTime,
+            duplicate: true
+          })
+        }
+        return numbered(store, id, state, clock, sends, now, known)
+      }
     )
-    for (const f of found) {
-      known.set(dedupeKey(f.session, f.clientMsgId), {
-        msgId: f.msgId,
-        seq: f.seq,
-        sendTime: f.sendTime,
-        duplicate: true
-      })
-    }
-  }
+  })
+
+/** The rest of commitSends, with the stored messages the sends' client_msg_ids already name. */
+const numbered = (
+  store: ConversationStore["Service"],
+  id: string,
+  state: Sequence,
+  clock: MsgIdClock,
+  sends: ReadonlyArray<SendPayload>,
+  now: number,
+  known: Map<string, SentMessage>
+) => {
   const sendTime = formatSendTime(now)
   const rows: Array<MessageRow> = []
   const answers: Array<SentMessage | NotMember> = []
@@ -131,12 +146,13 @@ export const commitSends = Effect.fnUntraced(function* (
     })
     answers.push(sent)
   }
-  if (rows.length > 0) {
-    yield* store.appendMessages(id, rows)
+  const committed: Committed = { answers, rows }
+  if (rows.length === 0) return Effect.succeed(committed)
+  return Effect.map(store.appendMessages(id, rows), () => {
     const last = rows[rows.length - 1]
     state.lastSeq = last.seq
     state.lastMsgId = last.msg_id
     for (const r of rows) state.reads.set(r.from_session, { seq: r.seq, msgId: r.msg_id })
-  }
-  return { answers, rows } satisfies Committed
-})
+    return committed
+  })
+}

@@ -405,40 +405,49 @@ export class Delivery extends Context.Service<Delivery, {
           for (const [member, joined] of audience) if (joined < lastSeq) gapped.add(member)
         }
 
-        const offer = Effect.fnUntraced(function* (
+        /** What the backlog cannot hold: what is queued is dropped, and its members owed a gap. */
+        const dropQueued = Effect.flatMap(Queue.clear(batches), (queued) => {
+          for (const dropped of queued) {
+            undelivered--
+            if (dropped.announced !== undefined) continue
+            backlogBytes -= dropped.bytes
+            if (dropped.messages.length === 0) gapQueued = false
+            gapAll(dropped.audience, dropped.lastSeq)
+          }
+          return Metric.update(deliveryGaps, 1)
+        })
+
+        const offer = (
           audience: ReadonlyMap<string, number>,
           lastSeq: number,
           messages: ReadonlyArray<MsgData>,
           deadline: number,
           span?: Tracer.Span
-        ) {
-          const bytes = sizeOf(messages)
-          if (backlogBytes + bytes > backlogMax && Queue.sizeUnsafe(batches) > 0) {
-            // The backlog is full (its hand-overs are slower than the conversation's commits): what is
-            // queued is dropped, and its members told of the gap with their next delivery.
-            for (const dropped of yield* Queue.clear(batches)) {
-              undelivered--
-              if (dropped.announced !== undefined) continue
-              backlogBytes -= dropped.bytes
-              if (dropped.messages.length === 0) gapQueued = false
-              gapAll(dropped.audience, dropped.lastSeq)
+        ) =>
+          Effect.suspend(() => {
+            const bytes = sizeOf(messages)
+            const enqueue = () => {
+              undelivered++
+              backlogBytes += bytes
+              Queue.offerUnsafe(
+                batches,
+                span === undefined ? { audience, lastSeq, messages, bytes, deadline } : {
+                  audience,
+                  lastSeq,
+                  messages,
+                  bytes,
+                  deadline,
+                  span
+                }
+              )
             }
-            yield* Metric.update(deliveryGaps, 1)
-          }
-          undelivered++
-          backlogBytes += bytes
-          Queue.offerUnsafe(
-            batches,
-            span === undefined ? { audience, lastSeq, messages, bytes, deadline } : {
-              audience,
-              lastSeq,
-              messages,
-              bytes,
-              deadline,
-              span
+            // The backlog is full (its hand-overs are slower than the conversation's commits).
+            if (backlogBytes + bytes > backlogMax && Queue.sizeUnsafe(batches) > 0) {
+              return Effect.andThen(dropQueued, Effect.sync(enqueue))
             }
-          )
-        })
+            enqueue()
+            return Effect.void
+          })
 
         yield* Queue.take(batches).pipe(
           Effect.flatMap((batch) =>

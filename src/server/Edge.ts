@@ -107,8 +107,7 @@ export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
   const tooLarge = `request body is larger than ${config.maxBodyBytes} bytes`
   return HttpRouter.middleware(
     (httpEffect) =>
-      Effect.gen(function* () {
-        const request = yield* HttpServerRequest.HttpServerRequest
+      Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
         const contentType = request.headers["content-type"] ?? ""
         // Each service provided here is one more layer on the request's context, which Effect copies
         // whole past a depth of 8: the request is replaced only when its content type must change.
@@ -119,11 +118,14 @@ export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
             request.modify({ headers: Headers.set(request.headers, "content-type", "application/json") })
           )
           : httpEffect
-        return yield* served.pipe(
-          Effect.map((response) => fillEmpty(response, tooLarge)),
-          Effect.catchCause((cause) => fromCause(cause, tooLarge)),
-          Effect.tap((response) => Effect.sync(() => telemetry.request(request.url, response.status)))
-        )
+        const counted = (response: HttpServerResponse.HttpServerResponse) => {
+          telemetry.request(request.url, response.status)
+          return response
+        }
+        return Effect.matchCauseEffect(served, {
+          onSuccess: (response) => Effect.succeed(counted(fillEmpty(response, tooLarge))),
+          onFailure: (cause) => Effect.map(fromCause(cause, tooLarge), counted)
+        })
       }),
     { global: true }
   )

@@ -222,28 +222,30 @@ export const makeCommitBatcher = (
     rows: ReadonlyArray<MessageRow>,
     reads: ReadonlyArray<ReadMove> = []
   ): Effect.Effect<ReadonlyArray<MovedRead>, SqlError.SqlError> =>
-    Effect.gen(function* () {
-      const done = yield* Deferred.make<ReadonlyArray<MovedRead>, SqlError.SqlError>()
+    Effect.suspend(() => {
+      const done = Deferred.makeUnsafe<ReadonlyArray<MovedRead>, SqlError.SqlError>()
       const bytes = sizeOf(rows, reads)
       queue.push({ rows, reads, bytes, done })
       queuedRows += rows.length + reads.length
       queuedBytes += bytes
-      // Whoever finds a free slot commits everything queued, then keeps going while work remains.
-      yield* Effect.uninterruptible(Effect.gen(function* () {
-        while (queue.length > 0 && inFlight < inFlightMax) {
-          const batch = take()
-          inFlight++
-          // Whatever happens, the slot is given back, every waiter in the batch is answered and
-          // this loop goes on with what queued meanwhile (those waiters count on it).
-          const exit = yield* Effect.exit(commit(batch))
-          inFlight--
-          if (Exit.isFailure(exit)) {
-            for (const p of batch) Deferred.doneUnsafe(p.done, Exit.failCause(exit.cause))
-          }
-        }
-      }))
-      return yield* Deferred.await(done)
+      // Whoever finds a free slot commits everything queued, then keeps going while work remains;
+      // the others only wait for their answer.
+      return inFlight < inFlightMax ? Effect.andThen(drain, Deferred.await(done)) : Deferred.await(done)
     })
+
+  const drain = Effect.uninterruptible(Effect.gen(function* () {
+    while (queue.length > 0 && inFlight < inFlightMax) {
+      const batch = take()
+      inFlight++
+      // Whatever happens, the slot is given back, every waiter in the batch is answered and
+      // this loop goes on with what queued meanwhile (those waiters count on it).
+      const exit = yield* Effect.exit(commit(batch))
+      inFlight--
+      if (Exit.isFailure(exit)) {
+        for (const p of batch) Deferred.doneUnsafe(p.done, Exit.failCause(exit.cause))
+      }
+    }
+  }))
 
   return { append }
 }
