@@ -16,6 +16,7 @@ import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
 import * as Semaphore from "effect/Semaphore"
+import type * as Tracer from "effect/Tracer"
 import * as Entity from "effect/cluster/Entity"
 import type * as Envelope from "effect/cluster/Envelope"
 import { AppConfig } from "../Config.ts"
@@ -30,9 +31,9 @@ import {
 import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { entityActivations } from "../observability/Telemetry.ts"
 import { Delivery } from "../push/Delivery.ts"
-import { ConversationStore, toMsgData } from "../storage/ConversationStore.ts"
+import { ConversationStore, type MessageRow, toMsgData } from "../storage/ConversationStore.ts"
 import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
-import { commitSends, isUnstorable, traced } from "./GroupCommit.ts"
+import { commitSends, type Committed, isUnstorable, traced } from "./GroupCommit.ts"
 import { type Lane, LocalConversations, type LocalRefusal, type LocalSend } from "./LocalConversations.ts"
 import * as Membership from "./Membership.ts"
 import { makeStateHolder } from "./State.ts"
@@ -158,42 +159,54 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             yield* fail(requests[0], new UnstorableMessage({ conversationId: id }))
           })
 
-        const sendBatch = (requests: ReadonlyArray<SendItem>): Effect.Effect<void> =>
-          Effect.gen(function* () {
-            const current = yield* load
-            if (current === null) {
-              for (const r of requests) yield* fail(r, new ConversationNotFound({ conversationId: id }))
-              return
-            }
-            const now = yield* Clock.currentTimeMillis
-            const { answers, rows } = yield* commitSends(
-              store,
-              id,
-              current.state,
-              current.clock,
-              requests.map((r) => r.payload),
-              now
-            )
-            if (rows.length > 0) {
-              if (debug) {
-                yield* Effect.logDebug("messages committed").pipe(
-                  Effect.annotateLogs(aboutMessages(id, rows.map((r) => r.msg_id)))
-                )
+        /** Each send's answer, in order; sends taken by direct call all answered in one step. */
+        const answerAll = (requests: ReadonlyArray<SendItem>, answers: Committed["answers"]) => {
+          if (requests.every(isLocal)) {
+            return Effect.sync(() => {
+              for (let i = 0; i < requests.length; i++) {
+                const answer = answers[i]
+                settle(requests[i] as LocalSend, "_tag" in answer ? Exit.fail(answer) : Exit.succeed(answer))
               }
-              const span = tracing ? Option.getOrUndefined(yield* Effect.option(Effect.currentSpan)) : undefined
-              yield* handovers.offer(
-                current.state.members,
-                rows[rows.length - 1].seq,
-                rows.map(toMsgData),
-                now + handovers.budget,
-                span
-              )
+            })
+          }
+          return Effect.forEach(requests, (request, i) => {
+            const answer = answers[i]
+            return "_tag" in answer ? fail(request, answer) : reply(request, answer)
+          }, { discard: true })
+        }
+
+        /** The committed rows to Delivery, which takes them to the members. */
+        const handOver = (members: ReadonlyMap<string, number>, rows: ReadonlyArray<MessageRow>, now: number) => {
+          const offer = (span?: Tracer.Span) =>
+            handovers.offer(members, rows[rows.length - 1].seq, rows.map(toMsgData), now + handovers.budget, span)
+          const offered = tracing
+            ? Effect.flatMap(Effect.option(Effect.currentSpan), (span) => offer(Option.getOrUndefined(span)))
+            : offer()
+          return debug
+            ? Effect.andThen(
+              Effect.logDebug("messages committed").pipe(
+                Effect.annotateLogs(aboutMessages(id, rows.map((r) => r.msg_id)))
+              ),
+              offered
+            )
+            : offered
+        }
+
+        const sendBatch = (requests: ReadonlyArray<SendItem>): Effect.Effect<void> =>
+          Effect.flatMap(load, (current) => {
+            if (current === null) {
+              return Effect.forEach(requests, (r) => fail(r, new ConversationNotFound({ conversationId: id })), {
+                discard: true
+              })
             }
-            for (let i = 0; i < requests.length; i++) {
-              const answer = answers[i]
-              if ("_tag" in answer) yield* fail(requests[i], answer)
-              else yield* reply(requests[i], answer)
-            }
+            return Effect.flatMap(Clock.currentTimeMillis, (now) =>
+              Effect.flatMap(
+                commitSends(store, id, current.state, current.clock, requests.map((r) => r.payload), now),
+                ({ answers, rows }) =>
+                  rows.length === 0
+                    ? answerAll(requests, answers)
+                    : Effect.andThen(handOver(current.state.members, rows, now), answerAll(requests, answers))
+              ))
           }).pipe(
             Effect.catchCause((cause) => isUnstorable(cause) ? refuseInvalid(requests) : failAll(requests, cause))
           )
@@ -266,8 +279,14 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             Effect.flatMap((batch) => {
               let begun = 0
               let direct = false
+              // Every send's case: a batch of sends only, handled at once (no generator to step through).
+              const sendsOnly = batch.every((item) => item.tag === "Send")
+              if (sendsOnly) {
+                begun = batch.length
+                direct = batch.some(isLocal)
+              }
               return lock.withPermit(
-                Effect.gen(function* () {
+                (sendsOnly ? handleSends(batch as Array<SendItem>) : Effect.gen(function* () {
                   let i = 0
                   while (i < batch.length) {
                     if (batch[i].tag === "Send") {
@@ -288,7 +307,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                   // A defect no handler caught must not end the loop (with fatal defects off, nothing
                   // would restart it): whoever is still unanswered in the batch gets it (answers are
                   // given once, so the others are untouched).
-                }).pipe(Effect.catchCause((cause) => failAll(batch, cause)))
+                })).pipe(Effect.catchCause((cause) => failAll(batch, cause)))
               ).pipe(
                 Effect.onInterrupt(() => abandon(batch, begun)),
                 Effect.andThen(Effect.suspend(() => {

@@ -48,8 +48,10 @@ export const makeStateHolder = (
    */
   let unknownAfter: string | undefined = undefined
 
-  const load = Effect.gen(function* () {
-    if (loaded !== undefined) return loaded
+  // Loaded already is every send's case: answered without running the load's generator.
+  const load = Effect.suspend(() => loaded !== undefined ? Effect.succeed(loaded) : loadFresh)
+
+  const loadFresh = Effect.gen(function* () {
     const found = yield* store.load(id)
     const next = Option.isNone(found) ? null : {
       state: { ...found.value },
