@@ -4,10 +4,9 @@
  * those clients' sockets; clients connect to `/?id=<client id>`. Run as its own process.
  */
 import * as Http from "node:http"
-import { WebSocket, WebSocketServer } from "ws"
+import { clientSockets } from "./plain-clients.ts"
 
 const port = Number(process.env.PORT ?? 8090)
-const clients = new Map<string, Set<WebSocket>>()
 const server = Http.createServer((req, res) => {
   let body = ""
   req.on("data", (d) => (body += d))
@@ -19,12 +18,5 @@ const server = Http.createServer((req, res) => {
     res.end('{"code":0}')
   })
 })
-const wss = new WebSocketServer({ server, perMessageDeflate: false })
-wss.on("connection", (ws, req) => {
-  const id = new URL(req.url ?? "/", "http://x").searchParams.get("id") ?? ""
-  const set = clients.get(id) ?? new Set()
-  set.add(ws)
-  clients.set(id, set)
-  ws.on("close", () => set.delete(ws))
-})
+const clients = clientSockets(server)
 server.listen(port, "127.0.0.1", () => console.log(`ceiling listening on ${port}`))

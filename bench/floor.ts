@@ -11,7 +11,7 @@
  */
 import * as Http from "node:http"
 import pg from "pg"
-import { WebSocket, WebSocketServer } from "ws"
+import { clientSockets } from "./plain-clients.ts"
 
 interface Pending {
   readonly conversation: string
@@ -40,7 +40,6 @@ const commit = `
   INSERT INTO floor_conversations (id, last_seq) SELECT conversation_id, max(seq) FROM m GROUP BY conversation_id
   ON CONFLICT (id) DO UPDATE SET last_seq = EXCLUDED.last_seq`
 
-const clients = new Map<string, Set<WebSocket>>()
 const seqs = new Map<string, number>()
 let pending: Array<Pending> = []
 let committing = false
@@ -91,14 +90,7 @@ const server = Http.createServer((req, res) => {
     )
   })
 })
-const wss = new WebSocketServer({ server, perMessageDeflate: false })
-wss.on("connection", (ws, req) => {
-  const id = new URL(req.url ?? "/", "http://x").searchParams.get("id") ?? ""
-  const set = clients.get(id) ?? new Set()
-  set.add(ws)
-  clients.set(id, set)
-  ws.on("close", () => set.delete(ws))
-})
+const clients = clientSockets(server)
 server.listen(port, "127.0.0.1", () => console.log(`floor listening on ${port}`))
 // Exit by the runtime's own path (a Node CPU profile is written then).
 for (const signal of ["SIGINT", "SIGTERM"] as const) process.on(signal, () => process.exit(0))
