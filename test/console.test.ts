@@ -127,6 +127,60 @@ describe.skipIf(!hasChromium)("web console", () => {
     }
   })
 
+  it("a message pushed while a conversation's history loads stays listed after it", async () => {
+    const browser = await launchChromium()
+    try {
+      const { bob, errors, pageA, pageB } = await twoSessions(browser)
+      const opened = async (page: typeof pageA, id: string) =>
+        await page.waitForFunction((x) => document.getElementById("room-id")!.textContent === x, id)
+      const create = async () => {
+        const before = await pageA.textContent("#room-id")
+        await pageA.getByRole("button", { name: "New conversation" }).click()
+        await pageA.waitForFunction((b) => {
+          const t = document.getElementById("room-id")!.textContent
+          return t.length > 0 && t !== b
+        }, before)
+        return (await pageA.textContent("#room-id"))!
+      }
+      const first = await create()
+      await pageB.getByLabel("Join by id").fill(first)
+      await pageB.getByRole("button", { name: "Join" }).click()
+      await opened(pageB, first)
+      await create()
+
+      // Alice opens the first again; its history is held on its way back until Bob's message is on screen.
+      let held!: () => void
+      const fetched = new Promise<void>((resolve) => (held = resolve))
+      let release!: () => void
+      const released = new Promise<void>((resolve) => (release = resolve))
+      await pageA.route("**/get_conversation_last_30_msg", async (route) => {
+        const response = await route.fetch()
+        held()
+        await released
+        await route.fulfill({ response })
+      })
+      await pageA.getByRole("button", { name: new RegExp(`^${first.slice(0, 8)}`) }).click()
+      await fetched
+      const sent = await server.post(
+        "/send_msg",
+        { conversation_id: first, content: "while loading" },
+        await server.token(bob)
+      )
+      assert.strictEqual(sent.body.code, 0)
+      await pageA.waitForFunction(() =>
+        [...document.querySelectorAll("#messages li p")].some((p: any) => p.textContent === "while loading")
+      )
+      release()
+      // The history is in once the compose box has the focus (open's last step but marking read).
+      await pageA.waitForFunction(() => document.activeElement?.id === "text")
+      const texts = await pageA.$$eval("#messages li p", (ps) => ps.map((p) => p.textContent))
+      assert.include(texts, "while loading")
+      assert.deepStrictEqual(errors, [])
+    } finally {
+      await browser.close()
+    }
+  })
+
   it("read state: unread badges and inbox order from the server, read by N, typing, member changes", async () => {
     const browser = await launchChromium()
     try {

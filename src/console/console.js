@@ -169,9 +169,15 @@ const open = async (id) => {
   $("room-id").textContent = id
   $("typing").textContent = ""
   $("compose").hidden = false
+  // From here on, what is pushed for this conversation is listed as it comes (see receive).
+  $("messages").replaceChildren()
   await loadMembers(id)
   const { Msg } = await api("/get_conversation_last_30_msg", { conversation_id: id, desc: false })
-  $("messages").replaceChildren(...Msg.map(messageItem))
+  if (state.current !== id) return // another conversation was opened meanwhile
+  // The history goes before what was pushed while it loaded: messages newer than it, and notes.
+  const newest = Msg.at(-1)?.MsgId ?? ""
+  const pushed = [...$("messages").children].filter((li) => li.dataset.msgId === undefined || li.dataset.msgId > newest)
+  $("messages").replaceChildren(...Msg.map(messageItem), ...pushed)
   state.oldest = Msg[0]?.MsgId
   $("older").hidden = Msg.length < 30
   renderConversations()
