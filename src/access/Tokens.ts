@@ -105,10 +105,10 @@ export class Tokens extends Context.Service<Tokens, {
           })
         )
 
+      const isRevoked = (claims: TokenClaims) => revocations.isRevoked(claims.sid, claims.platform, claims.issuedMs)
+
       const check = (claims: TokenClaims) =>
-        revocations.isRevoked(claims.sid, claims.platform, claims.issuedMs)
-          ? Effect.fail(new TokenInvalid({ reason: "token revoked" }))
-          : Effect.succeed(claims)
+        isRevoked(claims) ? Effect.fail(new TokenInvalid({ reason: "token revoked" })) : Effect.succeed(claims)
 
       const verify = (token: string) =>
         Effect.flatMap(Clock.currentTimeMillis, (now) => {
@@ -123,9 +123,7 @@ export class Tokens extends Context.Service<Tokens, {
 
       const known = (token: string, nowMs: number) => {
         const hit = verified.get(token)
-        return hit !== undefined && hit.expMs > nowMs && !revocations.isRevoked(hit.sid, hit.platform, hit.issuedMs)
-          ? hit
-          : undefined
+        return hit !== undefined && hit.expMs > nowMs && !isRevoked(hit) ? hit : undefined
       }
 
       return Tokens.of({ issue, verify, known })

@@ -10,10 +10,8 @@
  */
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
-import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
-import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import { DatabaseUnavailable } from "../domain/Conversation.ts"
@@ -78,15 +76,21 @@ export class DatabaseHealth extends Context.Service<DatabaseHealth, {
     Effect.gen(function* () {
       const sql = yield* SqlClient.SqlClient
       let reachable = true
-      // Completed when the database is lost; a new one replaces it when the database is back.
-      let lost = Deferred.makeUnsafe<void>()
+      // Called once when the database is next lost: the waits answered DatabaseUnavailable then.
       const listeners = new Set<() => void>()
+      const onLost = (listener: () => void) => {
+        listeners.add(listener)
+        return () => void listeners.delete(listener)
+      }
       const unavailable = Effect.fail(new DatabaseUnavailable())
+      /** Fails with DatabaseUnavailable when the database is next lost. */
+      const untilLost = Effect.callback<never, DatabaseUnavailable>((resume) =>
+        Effect.sync(onLost(() => resume(unavailable)))
+      )
       const markLost = (cause: Cause.Cause<unknown>) =>
         Effect.suspend(() => {
           if (!reachable) return Effect.void
           reachable = false
-          Deferred.doneUnsafe(lost, Exit.void)
           const called = [...listeners]
           listeners.clear()
           for (const listener of called) listener()
@@ -95,7 +99,6 @@ export class DatabaseHealth extends Context.Service<DatabaseHealth, {
       const markBack = Effect.suspend(() => {
         if (reachable) return Effect.void
         reachable = true
-        lost = Deferred.makeUnsafe<void>()
         return Effect.logInfo("database reachable again")
       })
       const probe = sql`SELECT 1`.pipe(
@@ -110,14 +113,8 @@ export class DatabaseHealth extends Context.Service<DatabaseHealth, {
       return DatabaseHealth.of({
         reachable: () => reachable,
         observe: (cause) => causeIsUnreachable(cause) ? markLost(cause) : Effect.void,
-        whileReachable: (effect) =>
-          Effect.suspend(() =>
-            reachable ? Effect.raceFirst(effect, Effect.andThen(Deferred.await(lost), unavailable)) : unavailable
-          ),
-        onLost: (listener) => {
-          listeners.add(listener)
-          return () => void listeners.delete(listener)
-        }
+        whileReachable: (effect) => Effect.suspend(() => reachable ? Effect.raceFirst(effect, untilLost) : unavailable),
+        onLost
       })
     })
   )
