@@ -38,7 +38,7 @@ import { BodyLimitLive, CorsLive, EdgeLive } from "./server/Edge.ts"
 import { watchConnections } from "./server/ConnectionWatch.ts"
 import { isLoopbackHost } from "./access/Access.ts"
 import { HandlersLive } from "./server/Handlers.ts"
-import { SendRouteLive } from "./server/SendRoute.ts"
+import { SendListener, SendRouteLive } from "./server/SendRoute.ts"
 import { DatabaseLive } from "./storage/Database.ts"
 import { ConsoleRoutes } from "./console/ConsoleRoutes.ts"
 import { LoggingLive } from "./observability/Logging.ts"
@@ -159,9 +159,10 @@ const httpServer = (settings: AppSettings) => {
 const HttpLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const gateway = yield* WebSocketTransport
+  const sends = yield* SendListener
   const exposure = innerExposure(config)
   if (exposure !== undefined) yield* Effect.logWarning(exposure)
-  const publicServer = NodeHttpServer.layer(() => gateway.attach(httpServer(config)), {
+  const publicServer = NodeHttpServer.layer(() => gateway.attach(sends.attach(httpServer(config))), {
     port: config.port,
     host: config.host
   })
@@ -187,7 +188,7 @@ const HttpLive = Layer.unwrap(Effect.gen(function* () {
   return HttpRouter.serve(Layer.mergeAll(PublicOnlyRoutes, NotifyRoutes, ConsoleRoutes, EdgeLive, CorsLive), {
     disableLogger: !config.accessLog
   }).pipe(Layer.provide(BodyLimitLive), Layer.provideMerge(publicServer), Layer.merge(inner))
-})).pipe(Layer.provide(WebSocketTransport.layer))
+})).pipe(Layer.provide([WebSocketTransport.layer, SendListener.layer]))
 
 /** Multi-node mode: this node's NodeInbox, through which other nodes' mailboxes reach its connections. */
 const InboxLive = Layer.unwrap(

@@ -24,14 +24,26 @@ const at = (why: string, key: string) => invalid(`${why} at ["${key}"]`)
 const MISSING_TOKEN: Answer = { status: 401, code: 10101, error: "missing bearer token" }
 const SENT: Answer = { status: 200, code: 0 }
 
-describe("send_msg by its own route", () => {
+/** The node's count of send_msg requests answered beside the router. */
+const besideRouter = async (server: TestServer) => {
+  const text = await (await fetch(`${server.url}/metrics`)).text()
+  const line = text.split("\n").find((l) => l.startsWith("quickim_send_msg_beside_router_total"))
+  return line === undefined ? 0 : Number(line.slice(line.lastIndexOf(" ") + 1))
+}
+
+// Each request is answered beside Effect's router (SendListener) when it can be, through it when the
+// access log is on: the same answers either way.
+describe.each([
+  { way: "beside the router", accessLog: false },
+  { way: "through the router", accessLog: true }
+])("send_msg by its own route, $way", ({ accessLog }) => {
   let server: TestServer
   let conversation: string
   let member: string
   let outsider: string
 
   beforeAll(async () => {
-    server = await startServer(settingsFor("postgres", { maxContentBytes: 1000 }))
+    server = await startServer(settingsFor("postgres", { maxContentBytes: 1000, accessLog }))
     const alice = unique("alice")
     member = await server.token(alice)
     outsider = await server.token(unique("bob"))
@@ -141,7 +153,13 @@ describe("send_msg by its own route", () => {
         error: "request body is larger than 65536 bytes"
       }]
     ]
+    const before = await besideRouter(server)
     for (const [what, payload, headers, answer] of cases) expect(await send(payload, headers), answer, what)
+    // All but six without a valid token, the body over the limit, and each token's first use (which
+    // verifies it) are answered beside the router.
+    const beside = await besideRouter(server) - before
+    if (accessLog) assert.strictEqual(beside, 0)
+    else assert.strictEqual(beside, cases.length - 6 - 1 - 2)
 
     const accepted: Array<[string, string | undefined, Record<string, string>]> = [
       ["lower-case scheme, two spaces", ok, { ...json(null), authorization: `bearer  ${member}` }],

@@ -110,13 +110,16 @@ export class RateLimits extends Context.Service<RateLimits, {
   readonly guard: (
     kind: RateKind
   ) => Effect.Effect<void, TooManyRequests, CurrentSession | HttpServerRequest.HttpServerRequest>
-  /** `guard` with the caller, its request and the time given: Effect.void at once when allowed. */
-  readonly check: (
+  /**
+   * Takes one `kind` for `session` from `address` at `nowMs`, with no effect: undefined when
+   * allowed, else the refusal `guard` answers (429/10008, its `retryAfter` for `Retry-After`).
+   */
+  readonly admit: (
     kind: RateKind,
     session: string,
-    request: HttpServerRequest.HttpServerRequest,
+    address: string | undefined,
     nowMs: number
-  ) => Effect.Effect<void, TooManyRequests, HttpServerRequest.HttpServerRequest>
+  ) => LimitRefusal | undefined
   /**
    * A push connection (`connects`) or poll (`polls`) for `session`: its rate and the session's live
    * connections on this node. Gives the function that releases the connection's place (idempotent).
@@ -173,18 +176,21 @@ export class RateLimits extends Context.Service<RateLimits, {
         retryAfter: seconds(waitMs)
       })
 
-      const refuse = (kind: RateKind, wait: number) =>
+      const refuse = (refused: LimitRefusal) =>
         Effect.gen(function* () {
-          const refused = refusal(kind, wait)
           yield* HttpEffect.appendPreResponseHandler((_, response) =>
             Effect.succeed(HttpServerResponse.setHeader(response, "retry-after", String(refused.retryAfter)))
           )
           return yield* new TooManyRequests({ code: refused.code, error: refused.error })
         })
 
+      const admit = (kind: RateKind, session: string, address: string | undefined, now: number) => {
+        const wait = takeAt(kind, session, address, now)
+        return wait === 0 ? undefined : refusal(kind, wait)
+      }
       const check = (kind: RateKind, session: string, request: HttpServerRequest.HttpServerRequest, now: number) => {
-        const wait = takeAt(kind, session, remoteAddressOf(request), now)
-        return wait === 0 ? Effect.void : refuse(kind, wait)
+        const refused = admit(kind, session, remoteAddressOf(request), now)
+        return refused === undefined ? Effect.void : refuse(refused)
       }
 
       // Read the caller and the time without a generator, and answer at once when allowed.
@@ -226,7 +232,7 @@ export class RateLimits extends Context.Service<RateLimits, {
           })
         })
 
-      return RateLimits.of({ take, guard, check, admitPush })
+      return RateLimits.of({ take, guard, admit, admitPush })
     })
   )
 }

@@ -9,6 +9,7 @@
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import { AppConfig } from "../Config.ts"
@@ -74,6 +75,12 @@ export class ConversationSender extends Context.Service<ConversationSender, {
    * this process the wait is a listener, not a race of two fibers (bench/RESULTS.md, "Fibers per send").
    */
   readonly sendWhileReachable: (item: SendItem) => Effect.Effect<SentMessage, SendError>
+  /**
+   * `sendWhileReachable` to a conversation active in this process, with no fiber: `done` gets its
+   * outcome once. False, and nothing done, when the conversation is not active here or the
+   * database is lost: use `sendWhileReachable` then.
+   */
+  readonly sendHere: (item: SendItem, done: (exit: Exit.Exit<SentMessage, SendError>) => void) => boolean
 }>()("quick-im/conversation/ConversationSender") {
   static readonly layerNoDeps = Layer.effect(
     ConversationSender,
@@ -87,11 +94,42 @@ export class ConversationSender extends Context.Service<ConversationSender, {
       const tracing = (yield* AppConfig).otlpEndpoint !== undefined
       const direct = ({ conversationId, ...send }: SendItem) => conversations(conversationId).Send(send)
 
+      const run = Effect.runCallbackWith(yield* Effect.context<never>())
+
       /**
        * By direct call to the entity active here; the entity message when it stopped before taking
        * it. `guarded`: answered DatabaseUnavailable as soon as the database is lost (the entity's
-       * later answer is then not heard, as when whileReachable's race interrupts the wait).
+       * later answer is then not heard, as when whileReachable's race interrupts the wait). `done`
+       * is called once, with an Exit or with the effect that takes the entity message instead. Gives
+       * what stops listening for the database's loss, when guarded.
        */
+      const handTo = (
+        lane: Lane,
+        item: SendItem,
+        guarded: boolean,
+        span: { traceId: string; spanId: string; sampled: boolean } | undefined,
+        done: (outcome: Effect.Effect<SentMessage, SendError>) => void
+      ): (() => void) | undefined => {
+        const { conversationId: _, ...payload } = item
+        const off = guarded ? health.onLost(() => done(unavailable)) : undefined
+        const instead = () => guarded ? health.whileReachable(direct(item)) : direct(item)
+        const send: LocalSend = {
+          _tag: "LocalSend",
+          tag: "Send",
+          payload,
+          ...span,
+          answered: false,
+          resume: (outcome) => {
+            off?.()
+            done(outcome === undefined ? instead() : outcome)
+          }
+        }
+        if (!lane(send)) {
+          off?.()
+          done(instead())
+        }
+        return off
+      }
       const byLane = (
         lane: Lane,
         item: SendItem,
@@ -99,24 +137,7 @@ export class ConversationSender extends Context.Service<ConversationSender, {
         span?: { traceId: string; spanId: string; sampled: boolean }
       ) =>
         Effect.callback<SentMessage, SendError>((resume) => {
-          const { conversationId: _, ...payload } = item
-          const off = guarded ? health.onLost(() => resume(unavailable)) : undefined
-          const instead = () => guarded ? health.whileReachable(direct(item)) : direct(item)
-          const send: LocalSend = {
-            _tag: "LocalSend",
-            tag: "Send",
-            payload,
-            ...span,
-            answered: false,
-            resume: (outcome) => {
-              off?.()
-              resume(outcome === undefined ? instead() : outcome)
-            }
-          }
-          if (!lane(send)) {
-            off?.()
-            resume(instead())
-          }
+          const off = handTo(lane, item, guarded, span, resume)
           if (off !== undefined) return Effect.sync(off)
         })
       const local = (lane: Lane, item: SendItem, guarded: boolean) =>
@@ -193,8 +214,24 @@ export class ConversationSender extends Context.Service<ConversationSender, {
         })
       }
 
+      /** sendWhileReachable without a fiber, to a conversation active here (see the interface). */
+      const sendHere = (item: SendItem, done: (exit: Exit.Exit<SentMessage, SendError>) => void) => {
+        if (!health.reachable() || !routes.holds(item.conversationId)) return false
+        const lane = locals.get(item.conversationId)
+        if (lane === undefined) return false
+        let answered = false
+        handTo(lane, item, true, undefined, (outcome) => {
+          if (answered) return
+          answered = true
+          if (Exit.isExit(outcome)) done(outcome as Exit.Exit<SentMessage, SendError>)
+          else run(outcome, { onExit: done })
+        })
+        return true
+      }
+
       return ConversationSender.of({
         send,
+        sendHere,
         sendWhileReachable: (item) => {
           if (health.reachable() && routes.holds(item.conversationId)) {
             const lane = locals.get(item.conversationId)

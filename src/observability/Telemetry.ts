@@ -50,6 +50,8 @@ export class Telemetry extends Context.Service<Telemetry, {
    * carried, and those not served (their senders took the sure way).
    */
   readonly relays: { sent: number; carried: number; handedBack: number }
+  /** `send_msg` requests that Node's server answered beside Effect's router (SendListener). */
+  readonly sendsBesideRouter: { count: number }
   readonly request: (url: string, status: number) => void
 }>()("quick-im/observability/Telemetry") {
   static readonly layer = Layer.sync(Telemetry, () => {
@@ -61,6 +63,7 @@ export class Telemetry extends Context.Service<Telemetry, {
       connections: { ws: 0, sse: 0, poll: 0 },
       active: { mailboxes: 0, mailboxEntities: 0, inboxes: 0 },
       relays: { sent: 0, carried: 0, handedBack: 0 },
+      sendsBesideRouter: { count: 0 },
       request: (url, status) => {
         const key = `${routeOf(url)}|${status}`
         requests.set(key, (requests.get(key) ?? 0) + 1)

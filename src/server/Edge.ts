@@ -30,7 +30,11 @@ const describeSchemaError = (error: HttpApiError.HttpApiSchemaError) =>
     error.cause.message.replace(/\s*\n\s*/g, " ")
   }`
 
-const fromCause = (cause: Cause.Cause<unknown>, tooLarge: string) =>
+/**
+ * The envelope for a request that failed or died (`tooLarge`: the text of 413 / 10005, see bodyTooLarge); an
+ * interruption by the client itself stays a failure: nobody is there to answer.
+ */
+export const answerCause = (cause: Cause.Cause<unknown>, tooLarge: string) =>
   Effect.gen(function* () {
     for (const reason of cause.reasons) {
       const value = Cause.isFailReason(reason) ? reason.error : Cause.isDieReason(reason) ? reason.defect : undefined
@@ -64,6 +68,9 @@ const fromCause = (cause: Cause.Cause<unknown>, tooLarge: string) =>
     yield* Effect.logError("request failed", cause)
     return envelope(500, ErrorCode.Internal, "internal error")
   })
+
+/** The error text of 413 / 10005 for a body over `QUICKIM_MAX_BODY_BYTES`. */
+export const bodyTooLarge = (maxBodyBytes: number) => `request body is larger than ${maxBodyBytes} bytes`
 
 /**
  * The media type as HttpApi picks a body decoder by it: anything but `application/json` (also
@@ -104,7 +111,7 @@ export const BodyLimitLive = Layer.effect(
 export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
   const config = yield* AppConfig
   const telemetry = yield* Telemetry
-  const tooLarge = `request body is larger than ${config.maxBodyBytes} bytes`
+  const tooLarge = bodyTooLarge(config.maxBodyBytes)
   return HttpRouter.middleware(
     (httpEffect) =>
       Effect.flatMap(HttpServerRequest.HttpServerRequest, (request) => {
@@ -124,7 +131,7 @@ export const EdgeLive = Layer.unwrap(Effect.gen(function* () {
         }
         return Effect.matchCauseEffect(served, {
           onSuccess: (response) => Effect.succeed(counted(fillEmpty(response, tooLarge))),
-          onFailure: (cause) => Effect.map(fromCause(cause, tooLarge), counted)
+          onFailure: (cause) => Effect.map(answerCause(cause, tooLarge), counted)
         })
       }),
     { global: true }

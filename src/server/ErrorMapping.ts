@@ -108,6 +108,12 @@ export const toApiError = (e: unknown): Effect.Effect<never, ApiError> => {
  */
 export const REQUEST_TIMEOUT = "15 seconds"
 
+/** A request that waited REQUEST_TIMEOUT on the cluster. */
+export const notInTime = new Unavailable({
+  code: ErrorCode.Unavailable,
+  error: "the cluster did not answer in time, retry"
+})
+
 /** Runs a handler effect with its failures mapped to wire errors. */
 export const mapped = <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, ApiError, R> =>
   Effect.catch(effect, toApiError)
@@ -120,12 +126,6 @@ export const mappedFor = (multiNode: boolean) =>
   multiNode
     ? <A, E, R>(effect: Effect.Effect<A, E, R>): Effect.Effect<A, ApiError, R> =>
       mapped(effect).pipe(
-        Effect.timeoutOrElse({
-          duration: REQUEST_TIMEOUT,
-          orElse: () =>
-            Effect.fail(
-              new Unavailable({ code: ErrorCode.Unavailable, error: "the cluster did not answer in time, retry" })
-            )
-        })
+        Effect.timeoutOrElse({ duration: REQUEST_TIMEOUT, orElse: () => Effect.fail(notInTime) })
       )
     : mapped

@@ -66,6 +66,11 @@ export const MetricsRoute = Layer.unwrap(Effect.gen(function* () {
         telemetry.connections[protocol]
       )
     }
+    yield* fold(
+      "besideRouter",
+      counter("quickim_send_msg_beside_router_total", "send_msg requests answered beside the router (the usual case)"),
+      telemetry.sendsBesideRouter.count
+    )
     yield* fold("relays", counter("quickim_relays_total", "Batched relays sent to other nodes"), telemetry.relays.sent)
     yield* fold(
       "relayed",
