@@ -6,6 +6,7 @@
  */
 import * as Cause from "effect/Cause"
 import * as Clock from "effect/Clock"
+import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
@@ -15,7 +16,6 @@ import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
 import * as Scope from "effect/Scope"
-import * as Semaphore from "effect/Semaphore"
 import type * as Tracer from "effect/Tracer"
 import * as Entity from "effect/cluster/Entity"
 import type * as Envelope from "effect/cluster/Envelope"
@@ -41,11 +41,18 @@ import { Conversation, type Send } from "./Protocol.ts"
 import * as Reading from "./Reading.ts"
 
 type Request = Envelope.Request<any>
-/** What the entity's loop takes: its mailbox's requests, and sends handed to it in this process. */
-type Item = Request | LocalSend
+/** A reload of the conversation's state after a write of unknown outcome (see failAll), run by the loop. */
+interface Reload {
+  readonly _tag: "Reload"
+  readonly tag: "Reload"
+  readonly done: Deferred.Deferred<void, unknown>
+}
+/** What the entity's loop takes: its mailbox's requests, sends handed to it in this process, reloads. */
+type Item = Request | LocalSend | Reload
 type SendItem = Envelope.Request<typeof Send> | LocalSend
 
 const isLocal = (item: Item): item is LocalSend => item._tag === "LocalSend"
+const isReload = (item: Item): item is Reload => item._tag === "Reload"
 
 /** How soon a conversation reloads after a write whose outcome is unknown, and retries. */
 const RELOAD_AFTER = "1 second"
@@ -86,8 +93,8 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         const reading = Reading.make(id, store, handovers)
         /** A reload is scheduled (see failAll). */
         let reloading = false
-        // Requests and a scheduled reload take turns.
-        const lock = Semaphore.makeUnsafe(1)
+        /** Puts an item in the loop's queue; false once the entity is stopping (set with the queue below). */
+        let enqueue: (item: Item) => boolean = () => false
         /** Answers a send taken by direct call, once (`undefined`: not begun, the sender goes round by the entity message). */
         const settle = (send: LocalSend, outcome: Exit.Exit<any, LocalRefusal> | undefined) => {
           if (send.answered) return
@@ -101,11 +108,23 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         const fail = (item: Item, error: unknown) =>
           isLocal(item)
             ? Effect.sync(() => settle(item, Exit.fail(error as LocalRefusal)))
+            : isReload(item)
+            ? Effect.sync(() => Deferred.doneUnsafe(item.done, Exit.fail(error)))
             : replier.fail(item as any, error as any)
         const failCause = (item: Item, cause: Cause.Cause<unknown>) =>
           isLocal(item)
             ? Effect.sync(() => settle(item, Exit.failCause(cause as Cause.Cause<LocalRefusal>)))
+            : isReload(item)
+            ? Effect.sync(() => Deferred.doneUnsafe(item.done, Exit.failCause(cause)))
             : replier.failCause(item as any, cause as any)
+        /**
+         * The state loaded again, by the loop, so that no request runs meanwhile; nothing to do when
+         * the entity is stopping (its next host loads anew).
+         */
+        const reload = Effect.suspend(() => {
+          const done = Deferred.makeUnsafe<void, unknown>()
+          return enqueue({ _tag: "Reload", tag: "Reload", done }) ? Deferred.await(done) : Effect.void
+        })
 
         /**
          * A write whose outcome is unknown: reload state before the next one, and answer
@@ -126,7 +145,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             if (holder.drop(true) && !reloading) {
               reloading = true
               yield* Effect.sleep(RELOAD_AFTER).pipe(
-                Effect.andThen(lock.withPermit(load)),
+                Effect.andThen(reload),
                 Effect.retry({ schedule: Schedule.spaced(RELOAD_AFTER) }),
                 Effect.ensuring(Effect.sync(() => (reloading = false))),
                 Effect.forkIn(scope)
@@ -214,8 +233,12 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         const handleSends = (requests: ReadonlyArray<SendItem>) =>
           tracing ? traced(id, requests, sendBatch(requests)) : sendBatch(requests)
 
-        const handleOne = (request: Request) =>
+        const handleOne = (request: Request | Reload) =>
           Effect.gen(function* () {
+            if (isReload(request)) {
+              const loaded = yield* Effect.exit(load)
+              return Deferred.doneUnsafe(request.done, Exit.asVoid(loaded))
+            }
             if (request.tag === "Touch") return yield* reply(request, undefined)
             if (request.tag === "Redeliver") {
               // Starting is the point: `load` hands the resume window over again.
@@ -260,7 +283,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
           }).pipe(Effect.catchCause((cause) => failAll([request], cause)))
 
         // Sends by direct call (LocalConversations) and the mailbox's requests meet in one queue:
-        // the loop below takes them in arrival order, in batches, under one lock.
+        // the loop below takes them in arrival order, in batches, one batch at a time (reloads too).
         /** When the cluster last saw a message of this entity's (see Touch). */
         let lastMessage = Date.now()
         const touchEvery = Duration.toMillis(maxIdleTime) / 3
@@ -285,30 +308,31 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                 begun = batch.length
                 direct = batch.some(isLocal)
               }
-              return lock.withPermit(
-                (sendsOnly ? handleSends(batch as Array<SendItem>) : Effect.gen(function* () {
-                  let i = 0
-                  while (i < batch.length) {
-                    if (batch[i].tag === "Send") {
-                      let j = i
-                      while (j < batch.length && batch[j].tag === "Send") {
-                        if (isLocal(batch[j])) direct = true
-                        j++
-                      }
-                      begun = j
-                      yield* handleSends(batch.slice(i, j) as Array<SendItem>)
-                      i = j
-                    } else {
-                      begun = i + 1
-                      yield* handleOne(batch[i] as Request)
-                      i++
+              const handled = sendsOnly ? handleSends(batch as Array<SendItem>) : Effect.gen(function* () {
+                let i = 0
+                while (i < batch.length) {
+                  if (batch[i].tag === "Send") {
+                    let j = i
+                    while (j < batch.length && batch[j].tag === "Send") {
+                      if (isLocal(batch[j])) direct = true
+                      j++
                     }
+                    begun = j
+                    yield* handleSends(batch.slice(i, j) as Array<SendItem>)
+                    i = j
+                  } else {
+                    begun = i + 1
+                    if (isReload(batch[i])) direct = true
+                    yield* handleOne(batch[i] as Request | Reload)
+                    i++
                   }
-                  // A defect no handler caught must not end the loop (with fatal defects off, nothing
-                  // would restart it): whoever is still unanswered in the batch gets it (answers are
-                  // given once, so the others are untouched).
-                })).pipe(Effect.catchCause((cause) => failAll(batch, cause)))
-              ).pipe(
+                }
+                // A defect no handler caught must not end the loop (with fatal defects off, nothing
+                // would restart it): whoever is still unanswered in the batch gets it (answers are
+                // given once, so the others are untouched).
+              })
+              return handled.pipe(
+                Effect.catchCause((cause) => failAll(batch, cause)),
                 Effect.onInterrupt(() => abandon(batch, begun)),
                 Effect.andThen(Effect.suspend(() => {
                   const now = Date.now()
@@ -331,11 +355,12 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         return Effect.gen(function* () {
           const inbox = yield* Queue.unbounded<Item>()
           let open = true
-          const lane: Lane = (send) => {
+          enqueue = (item) => {
             if (!open) return false
-            Queue.offerUnsafe(inbox, send)
+            Queue.offerUnsafe(inbox, item)
             return true
           }
+          const lane: Lane = enqueue
           const unregister = locals.add(id, lane)
           yield* Scope.addFinalizer(
             scope,
