@@ -8,7 +8,6 @@
 import * as Schema from "effect/Schema"
 
 const ALPHABET = "23456789ABCDEFGHJKLMNPQRSTUVWXYZ"
-const DIGITS = 16
 const SEQ_BITS = 12n
 const TYPE_BITS = 4n
 const HASH_BITS = 22n
@@ -41,19 +40,30 @@ export interface MsgIdParts {
   readonly hash: number
 }
 
-export const encode = (parts: MsgIdParts): string => {
-  let n = (BigInt(parts.millis) << LOW_BITS)
-    | (BigInt(parts.seq) << (TYPE_BITS + HASH_BITS))
-    | (BigInt(parts.conversationType & 0xf) << HASH_BITS)
-    | BigInt(parts.hash)
-  const out: Array<string> = new Array(DIGITS)
-  for (let i = DIGITS - 1; i >= 0; i--) {
-    out[i] = ALPHABET[Number(n & 31n)]
-    n >>= 5n
+/** `count` base32 digits of `value` (below 32 ** count), most significant first, appended to `out`. */
+const digits = (out: Array<string>, value: number, count: number) => {
+  const start = out.length
+  for (let i = 0; i < count; i++) out.push("")
+  for (let i = count - 1; i >= 0; i--) {
+    out[start + i] = ALPHABET[value % 32]
+    value = Math.floor(value / 32)
   }
-  return `${out.slice(0, 5).join("")}-${out.slice(5, 9).join("")}-${out.slice(9, 13).join("")}-${
-    out.slice(13).join("")
-  }`
+}
+
+/**
+ * The id of `parts`, in two 40-bit halves of plain numbers (BigInt arithmetic allocated on every
+ * step, and every send makes an id): the high half is the time's top 40 bits, the low half its two
+ * last bits above the sequence, the type and the hash.
+ */
+export const encode = (parts: MsgIdParts): string => {
+  const low = (parts.millis % 4) * 2 ** 38 + parts.seq * 2 ** 26 + (parts.conversationType & 0xf) * 2 ** 22
+    + parts.hash
+  const out: Array<string> = []
+  digits(out, Math.floor(parts.millis / 4), 8)
+  digits(out, low, 8)
+  return `${out[0]}${out[1]}${out[2]}${out[3]}${out[4]}-${out[5]}${out[6]}${out[7]}${out[8]}-${out[9]}${out[10]}${
+    out[11]
+  }${out[12]}-${out[13]}${out[14]}${out[15]}`
 }
 
 export const decode = (id: string): MsgIdParts => {

@@ -143,14 +143,27 @@ export const timed = <A, E, R>(metric: Metric.Metric<number, unknown>, effect: E
 /** Store operations of this process under way now (`quickim_db_operations_in_flight`): how busy the pool is. */
 export const storeActivity = { inFlight: 0 }
 
-/** A store operation: timed into `queryDuration(op)` and counted in flight while it runs. */
+/**
+ * A store operation: timed into `queryDuration(op)` and counted in flight while it runs. It is
+ * counted up only once its exit hook is in place, and down by that hook only if it was counted up:
+ * the gauge cannot drift, however the operation ends (an interruption included).
+ */
 export const storeOperation = <A, E, R>(metric: Metric.Metric<number, unknown>, effect: Effect.Effect<A, E, R>) =>
-  // Counted up and down around the operation with no interruption point between: the gauge cannot drift.
-  Effect.acquireUseRelease(
-    Effect.sync(() => storeActivity.inFlight++),
-    () => timed(metric, effect),
-    () => Effect.sync(() => storeActivity.inFlight--)
-  )
+  Effect.suspend(() => {
+    let started = -1
+    return Effect.onExit(
+      Effect.suspend(() => {
+        started = performance.now()
+        storeActivity.inFlight++
+        return effect
+      }),
+      () => {
+        if (started < 0) return Effect.void
+        storeActivity.inFlight--
+        return Metric.update(metric, (performance.now() - started) / 1000)
+      }
+    )
+  })
 
 /** A replay of `count` messages. */
 export const recordReplay = (count: number) =>

@@ -285,7 +285,9 @@ export class Delivery extends Context.Service<Delivery, {
         // take the batch in that node's relay (MailboxRelay: one cluster message for many
         // conversations), and any the relay did not serve, or whose node is unknown, or that is told
         // of a gap, an entity message in the background (deliverToEntity).
-        const handOver = Effect.fnUntraced(function* ({ audience, lastSeq, messages, deadline, bytes }: Batch) {
+        // Plain code up to the direct calls (every batch's case on one node); relays, entity messages
+        // and traced hand-overs continue as effects (handOverRest).
+        const handOver = ({ audience, lastSeq, messages, deadline, bytes }: Batch): Effect.Effect<void> => {
           backlogBytes -= bytes
           if (messages.length === 0) gapQueued = false
           else processedThrough = messages[messages.length - 1].MsgId
@@ -293,9 +295,7 @@ export class Delivery extends Context.Service<Delivery, {
             // Waited out its budget in the queue (behind a slow relay): too late to be resumed safely.
             // Its members hear of the gap with the next delivery, queued now if none follows.
             gapAll(audience, lastSeq)
-            yield* Metric.update(deliveryGaps, 1)
-            queueGap()
-            return
+            return Effect.andThen(Metric.update(deliveryGaps, 1), Effect.sync(queueGap))
           }
           const entityMessage: Array<string> = []
           let byNode: Groups<string, string> = undefined
@@ -341,7 +341,22 @@ export class Delivery extends Context.Service<Delivery, {
           } else {
             for (const [member, joined] of audience) if (joined < lastSeq) visit(member)
           }
-          for (const [member, direct, gap] of traced ?? []) {
+          if ((traced === undefined || traced.length === 0) && byNode === undefined && entityMessage.length === 0) {
+            queueGap()
+            settledUpTo()
+            return Effect.void
+          }
+          return handOverRest(messages, deadline, traced ?? [], byNode, entityMessage)
+        }
+
+        const handOverRest = Effect.fnUntraced(function* (
+          messages: ReadonlyArray<MsgData>,
+          deadline: number,
+          traced: ReadonlyArray<readonly [string, LocalMailbox, boolean]>,
+          byNode: Groups<string, string>,
+          entityMessage: ReadonlyArray<string>
+        ) {
+          for (const [member, direct, gap] of traced) {
             yield* Effect.sync(() => direct.deliver(messages, gap)).pipe(
               Effect.withSpan("Mailbox.deliver", { attributes: { session: member } })
             )
