@@ -61,6 +61,8 @@ interface Batch {
   readonly span?: Tracer.Span
   /** Not messages but a live event, for `announced` (see Handovers.announce). */
   readonly announced?: Announced
+  /** Not messages but the rest of a batch handed over at once (see `offer`): its relays and entity messages. */
+  readonly rest?: Effect.Effect<void>
 }
 
 interface Announced {
@@ -286,8 +288,10 @@ export class Delivery extends Context.Service<Delivery, {
         // conversations), and any the relay did not serve, or whose node is unknown, or that is told
         // of a gap, an entity message in the background (deliverToEntity).
         // Plain code up to the direct calls (every batch's case on one node); relays, entity messages
-        // and traced hand-overs continue as effects (handOverRest).
-        const handOver = ({ audience, lastSeq, messages, deadline, bytes }: Batch): Effect.Effect<void> => {
+        // and traced hand-overs continue as effects (handOverRest): undefined when there are none.
+        const handOver = (
+          { audience, lastSeq, messages, deadline, bytes }: Batch
+        ): Effect.Effect<void> | undefined => {
           backlogBytes -= bytes
           if (messages.length === 0) gapQueued = false
           else processedThrough = messages[messages.length - 1].MsgId
@@ -344,7 +348,7 @@ export class Delivery extends Context.Service<Delivery, {
           if ((traced === undefined || traced.length === 0) && byNode === undefined && entityMessage.length === 0) {
             queueGap()
             settledUpTo()
-            return Effect.void
+            return undefined
           }
           return handOverRest(messages, deadline, traced ?? [], byNode, entityMessage)
         }
@@ -441,6 +445,18 @@ export class Delivery extends Context.Service<Delivery, {
         ) =>
           Effect.suspend(() => {
             const bytes = sizeOf(messages)
+            if (undelivered === 0 && span === undefined) {
+              // Nothing queued or under way: handed over now, by the conversation's fiber (the direct
+              // calls need no wake of the hand-over fiber). What is left for relays and entity
+              // messages goes on in the hand-over fiber, ahead of any later batch.
+              backlogBytes += bytes
+              const rest = handOver({ audience, lastSeq, messages, bytes, deadline })
+              if (rest !== undefined) {
+                undelivered++
+                Queue.offerUnsafe(batches, { audience: nobody, lastSeq: 0, messages: [], bytes: 0, deadline, rest })
+              }
+              return Effect.void
+            }
             const enqueue = () => {
               undelivered++
               backlogBytes += bytes
@@ -466,11 +482,13 @@ export class Delivery extends Context.Service<Delivery, {
 
         yield* Queue.take(batches).pipe(
           Effect.flatMap((batch) =>
-            (batch.announced !== undefined
+            (batch.rest !== undefined
+              ? batch.rest
+              : batch.announced !== undefined
               ? Effect.sync(() => announceNow(batch.announced!))
               : batch.span === undefined
-              ? handOver(batch)
-              : handOver(batch).pipe(
+              ? Effect.suspend(() => handOver(batch) ?? Effect.void)
+              : Effect.suspend(() => handOver(batch) ?? Effect.void).pipe(
                 Effect.withSpan("Conversation.deliver", {
                   parent: batch.span,
                   attributes: {
