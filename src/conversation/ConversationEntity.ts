@@ -5,7 +5,6 @@
  * its commit, and hands each committed batch to Delivery (push/), which takes it to the members.
  */
 import * as Cause from "effect/Cause"
-import * as Clock from "effect/Clock"
 import * as Deferred from "effect/Deferred"
 import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
@@ -36,7 +35,7 @@ import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
 import { commitSends, type Committed, isUnstorable, traced } from "./GroupCommit.ts"
 import { type Lane, LocalConversations, type LocalRefusal, type LocalSend } from "./LocalConversations.ts"
 import * as Membership from "./Membership.ts"
-import { makeStateHolder } from "./State.ts"
+import { type Loaded, makeStateHolder } from "./State.ts"
 import { Conversation, type Send } from "./Protocol.ts"
 import * as Reading from "./Reading.ts"
 
@@ -211,24 +210,33 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             : offered
         }
 
-        const sendBatch = (requests: ReadonlyArray<SendItem>): Effect.Effect<void> =>
-          Effect.flatMap(load, (current) => {
-            if (current === null) {
-              return Effect.forEach(requests, (r) => fail(r, new ConversationNotFound({ conversationId: id })), {
-                discard: true
-              })
-            }
-            return Effect.flatMap(Clock.currentTimeMillis, (now) =>
-              Effect.flatMap(
-                commitSends(store, id, current.state, current.clock, requests.map((r) => r.payload), now),
-                ({ answers, rows }) =>
-                  rows.length === 0
-                    ? answerAll(requests, answers)
-                    : Effect.andThen(handOver(current.state.members, rows, now), answerAll(requests, answers))
-              ))
-          }).pipe(
-            Effect.catchCause((cause) => isUnstorable(cause) ? refuseInvalid(requests) : failAll(requests, cause))
-          )
+        const sendLoaded = (requests: ReadonlyArray<SendItem>, current: Loaded | null) => {
+          if (current === null) {
+            return Effect.forEach(requests, (r) => fail(r, new ConversationNotFound({ conversationId: id })), {
+              discard: true
+            })
+          }
+          return Effect.clockWith((clock) => {
+            const now = clock.currentTimeMillisUnsafe()
+            return Effect.flatMap(
+              commitSends(store, id, current.state, current.clock, requests.map((r) => r.payload), now),
+              ({ answers, rows }) =>
+                rows.length === 0
+                  ? answerAll(requests, answers)
+                  : Effect.andThen(handOver(current.state.members, rows, now), answerAll(requests, answers))
+            )
+          })
+        }
+
+        // Loaded already is every send's case: no effect to read the state.
+        const sendBatch = (requests: ReadonlyArray<SendItem>): Effect.Effect<void> => {
+          const current = holder.current()
+          return (current !== undefined
+            ? sendLoaded(requests, current)
+            : Effect.flatMap(load, (loaded) => sendLoaded(requests, loaded))).pipe(
+              Effect.catchCause((cause) => isUnstorable(cause) ? refuseInvalid(requests) : failAll(requests, cause))
+            )
+        }
 
         const handleSends = (requests: ReadonlyArray<SendItem>) =>
           tracing ? traced(id, requests, sendBatch(requests)) : sendBatch(requests)

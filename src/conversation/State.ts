@@ -24,6 +24,8 @@ const REDELIVER_MAX = 1000
 export interface StateHolder {
   /** The state; null: no such conversation. */
   readonly load: Effect.Effect<Loaded | null, SqlError.SqlError>
+  /** The state when it is loaded (null: no such conversation); undefined when `load` has work to do. */
+  readonly current: () => Loaded | null | undefined
   /** The state of a conversation just created here: the whole state, with nothing to hand over. */
   readonly created: (conversationType: number, sessions: ReadonlyArray<string>) => void
   /**
@@ -98,6 +100,7 @@ export const makeStateHolder = (
 
   return {
     load,
+    current: () => loaded,
     created: (conversationType, sessions) => {
       const state = {
         conversationType,
