@@ -389,8 +389,13 @@ export class SendListener extends Context.Service<SendListener, {
       ) => {
         telemetry.request("/send_msg", status)
         if (response.destroyed || response.writableEnded) return
-        response.writeHead(status, headers)
-        response.end(body)
+        try {
+          response.writeHead(status, headers)
+          response.end(body)
+        } catch {
+          // Node refused to write the answer: the connection is closed.
+          response.destroy()
+        }
       }
       const writePlain = (response: Http.ServerResponse, plain: Plain) =>
         write(response, plain.status, {
@@ -416,15 +421,21 @@ export class SendListener extends Context.Service<SendListener, {
         const claims = tokens.known(bearerCredential(headers.authorization), now)
         if (claims === undefined) return false
         telemetry.sendsBesideRouter.count++
+        const respond = (answer: Answer) => {
+          if (isPlain(answer)) return writePlain(response, answer)
+          run(Effect.catchCause(answer, (cause) => answerCause(cause, tooLarge)), {
+            onExit: (exit) => Exit.isSuccess(exit) ? writeResponse(response, exit.value) : response.destroy()
+          })
+        }
         readDeclared(request, (text) => {
           // A body cut short: the client is gone, nothing was sent.
           if (text === undefined) return
-          sendMsg.answerText(text, claims.sid, request.socket.remoteAddress, now, (answer) => {
-            if (isPlain(answer)) return writePlain(response, answer)
-            run(Effect.catchCause(answer, (cause) => answerCause(cause, tooLarge)), {
-              onExit: (exit) => Exit.isSuccess(exit) ? writeResponse(response, exit.value) : response.destroy()
-            })
-          })
+          try {
+            sendMsg.answerText(text, claims.sid, request.socket.remoteAddress, now, respond)
+          } catch (defect) {
+            // A bug, answered as the router answers a defect (logged; 500 / 10002), not a crash of the node.
+            respond(Effect.die(defect))
+          }
         })
         return true
       }
