@@ -3,7 +3,7 @@
  * this node's gateway, or relayed here by another node) joins its queue by a direct call instead of
  * a cluster message. Measured: the entity message was the largest share of a one-to-one send's
  * CPU (docs/architecture.md, "The path of a message"). The entity is still the single writer: it takes these
- * sends in the same loop, under the same lock, as its mailbox.
+ * sends in the same loop, one batch at a time, as its mailbox's requests.
  */
 import * as Context from "effect/Context"
 import type * as Exit from "effect/Exit"
