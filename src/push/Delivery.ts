@@ -61,8 +61,6 @@ interface Batch {
   readonly span?: Tracer.Span
   /** Not messages but a live event, for `announced` (see Handovers.announce). */
   readonly announced?: Announced
-  /** Not messages but the rest of a batch handed over at once (see `offer`): its relays and entity messages. */
-  readonly rest?: Effect.Effect<void>
 }
 
 interface Announced {
@@ -170,6 +168,12 @@ export class Delivery extends Context.Service<Delivery, {
       const backlogMax = config.deliveryBacklogBytes ?? DELIVERY_BACKLOG_BYTES
 
       const multiNode = Option.isSome(config.runnerPort)
+      /**
+       * A batch may be handed over by the conversation's fiber when the hand-over fiber has nothing
+       * queued: on one node and untraced, where a hand-over is direct calls only (no relay, no entity
+       * message, no span to wait on).
+       */
+      const atOnce = !multiNode && !tracing
       const debug = debugEnabled(config.logLevel)
       // Runs what a relay's answer starts (a callback, outside any fiber) with this layer's services.
       const run = Effect.runForkWith(yield* Effect.context<never>())
@@ -445,17 +449,11 @@ export class Delivery extends Context.Service<Delivery, {
         ) =>
           Effect.suspend(() => {
             const bytes = sizeOf(messages)
-            if (undelivered === 0 && span === undefined) {
-              // Nothing queued or under way: handed over now, by the conversation's fiber (the direct
-              // calls need no wake of the hand-over fiber). What is left for relays and entity
-              // messages goes on in the hand-over fiber, ahead of any later batch.
+            if (atOnce && undelivered === 0) {
+              // Nothing queued or under way: handed over now, by the conversation's fiber, with no
+              // wake of the hand-over fiber (one node, untraced: every member is called directly).
               backlogBytes += bytes
-              const rest = handOver({ audience, lastSeq, messages, bytes, deadline })
-              if (rest !== undefined) {
-                undelivered++
-                Queue.offerUnsafe(batches, { audience: nobody, lastSeq: 0, messages: [], bytes: 0, deadline, rest })
-              }
-              return Effect.void
+              return handOver({ audience, lastSeq, messages, bytes, deadline }) ?? Effect.void
             }
             const enqueue = () => {
               undelivered++
@@ -482,9 +480,7 @@ export class Delivery extends Context.Service<Delivery, {
 
         yield* Queue.take(batches).pipe(
           Effect.flatMap((batch) =>
-            (batch.rest !== undefined
-              ? batch.rest
-              : batch.announced !== undefined
+            (batch.announced !== undefined
               ? Effect.sync(() => announceNow(batch.announced!))
               : batch.span === undefined
               ? Effect.suspend(() => handOver(batch) ?? Effect.void)
