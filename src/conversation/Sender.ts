@@ -152,6 +152,12 @@ export class ConversationSender extends Context.Service<ConversationSender, {
                 : undefined
             ))
           : byLane(lane, item, guarded)
+      /**
+       * The way into conversation `id` by direct call: only while this node holds its shard, which
+       * is what Effect cluster checks before it lets a request in (a node losing a shard stops taking
+       * its sends at once, even while the entity is still stopping), and only while it is active here.
+       */
+      const laneHere = (id: string) => routes.holds(id) ? locals.get(id) : undefined
       /** A send for a conversation this node holds. */
       const here = (item: SendItem) => {
         const lane = locals.get(item.conversationId)
@@ -189,13 +195,8 @@ export class ConversationSender extends Context.Service<ConversationSender, {
         })
 
       const send = (item: SendItem): Effect.Effect<SentMessage, SendError> => {
-        // By direct call only while this node holds the conversation's shard: what Effect cluster
-        // checks before it lets a request in (a node losing a shard stops taking its sends at once,
-        // even while the entity is still stopping).
-        if (routes.holds(item.conversationId)) {
-          const lane = locals.get(item.conversationId)
-          if (lane !== undefined) return local(lane, item, false)
-        }
+        const lane = laneHere(item.conversationId)
+        if (lane !== undefined) return local(lane, item, false)
         const node = routes.nodeOf(item.conversationId)
         if (node === undefined) return direct(item)
         return Effect.flatMap(relayed(node, item), (outcome) => {
@@ -216,8 +217,7 @@ export class ConversationSender extends Context.Service<ConversationSender, {
 
       /** sendWhileReachable without a fiber, to a conversation active here (see the interface). */
       const sendHere = (item: SendItem, done: (exit: Exit.Exit<SentMessage, SendError>) => void) => {
-        if (!health.reachable() || !routes.holds(item.conversationId)) return false
-        const lane = locals.get(item.conversationId)
+        const lane = health.reachable() ? laneHere(item.conversationId) : undefined
         if (lane === undefined) return false
         let answered = false
         handTo(lane, item, true, undefined, (outcome) => {
@@ -233,10 +233,8 @@ export class ConversationSender extends Context.Service<ConversationSender, {
         send,
         sendHere,
         sendWhileReachable: (item) => {
-          if (health.reachable() && routes.holds(item.conversationId)) {
-            const lane = locals.get(item.conversationId)
-            if (lane !== undefined) return local(lane, item, true)
-          }
+          const lane = health.reachable() ? laneHere(item.conversationId) : undefined
+          if (lane !== undefined) return local(lane, item, true)
           return health.whileReachable(send(item))
         }
       })

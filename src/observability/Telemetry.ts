@@ -133,13 +133,6 @@ export const queryDuration = (op: string) =>
     boundaries: SECONDS
   })
 
-/** `effect`, with its duration recorded in `metric` (seconds) however it ends. */
-export const timed = <A, E, R>(metric: Metric.Metric<number, unknown>, effect: Effect.Effect<A, E, R>) =>
-  Effect.suspend(() => {
-    const started = performance.now()
-    return Effect.onExit(effect, () => Metric.update(metric, (performance.now() - started) / 1000))
-  })
-
 /** Store operations of this process under way now (`quickim_db_operations_in_flight`): how busy the pool is. */
 export const storeActivity = { inFlight: 0 }
 

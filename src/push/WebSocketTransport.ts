@@ -27,6 +27,7 @@ import { Connections } from "./Connections.ts"
 import { eventJson, messageJson } from "./Frames.ts"
 import { isNotifyPath, limited, NotifyRefused, type NotifyRequest, parseNotify } from "./Notify.ts"
 import { RateLimits } from "../access/RateLimits.ts"
+import { divert } from "../NodeServer.ts"
 import { SlowConsumer } from "./Protocol.ts"
 import { Revocations } from "../access/Revocations.ts"
 
@@ -213,18 +214,11 @@ export class WebSocketTransport extends Context.Service<WebSocketTransport, {
           stop()
           return close(callback)
         }) as typeof server.close
-        const on = server.on.bind(server)
-        const wrap = (event: string | symbol, listener: (...args: Array<any>) => void) =>
-          event === "upgrade"
-            ? on(
-              "upgrade",
-              (request: Http.IncomingMessage, socket: Duplex, head: Buffer) =>
-                isNotifyPath(request.url) ? handle(request, socket, head) : listener(request, socket, head)
-            )
-            : on(event as string, listener)
-        server.on = wrap as typeof server.on
-        server.addListener = wrap as typeof server.addListener
-        return server
+        return divert(server, "upgrade", (request: Http.IncomingMessage, socket: Duplex, head: Buffer) => {
+          if (!isNotifyPath(request.url)) return false
+          handle(request, socket, head)
+          return true
+        })
       }
 
       return WebSocketTransport.of({ attach })

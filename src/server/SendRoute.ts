@@ -39,6 +39,7 @@ import { KnownConversations } from "../conversation/KnownConversations.ts"
 import { ConversationSender, type SendItem } from "../conversation/Sender.ts"
 import { ConversationNotFound, NotMember } from "../domain/Conversation.ts"
 import { sendDuration, sendsTotal, Telemetry } from "../observability/Telemetry.ts"
+import { divert } from "../NodeServer.ts"
 import { answerCause, bodyTooLarge } from "./Edge.ts"
 import { mapped, mappedFor, notInTime, REQUEST_TIMEOUT } from "./ErrorMapping.ts"
 
@@ -442,16 +443,7 @@ export class SendListener extends Context.Service<SendListener, {
 
       const attach = (server: Http.Server) => {
         if (!enabled) return server
-        const on = server.on.bind(server)
-        const wrap = (event: string | symbol, listener: (...args: Array<any>) => void) =>
-          event === "request"
-            ? on("request", (request: Http.IncomingMessage, response: Http.ServerResponse) => {
-              if (!handle(request, response)) listener(request, response)
-            })
-            : on(event as string, listener)
-        server.on = wrap as typeof server.on
-        server.addListener = wrap as typeof server.addListener
-        return server
+        return divert(server, "request", handle)
       }
 
       return SendListener.of({ attach })
