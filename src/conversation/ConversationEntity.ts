@@ -14,6 +14,7 @@ import * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
 import * as Queue from "effect/Queue"
 import * as Schedule from "effect/Schedule"
+import type * as Scheduler from "effect/Scheduler"
 import * as Scope from "effect/Scope"
 import type * as Tracer from "effect/Tracer"
 import * as Entity from "effect/cluster/Entity"
@@ -32,7 +33,7 @@ import { entityActivations } from "../observability/Telemetry.ts"
 import { Delivery } from "../push/Delivery.ts"
 import { ConversationStore, type MessageRow, toMsgData } from "../storage/ConversationStore.ts"
 import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
-import { commitSends, type Committed, isUnstorable, traced } from "./GroupCommit.ts"
+import { advance, commitSends, type Committed, isUnstorable, needsLookup, number, traced } from "./GroupCommit.ts"
 import { type Lane, LocalConversations, type LocalRefusal, type LocalSend } from "./LocalConversations.ts"
 import * as Membership from "./Membership.ts"
 import { type Loaded, makeStateHolder } from "./State.ts"
@@ -66,6 +67,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const locals = yield* LocalConversations
       const debug = debugEnabled(config.logLevel)
       const tracing = config.otlpEndpoint !== undefined
+      const clock = yield* Effect.clockWith(Effect.succeed)
       const scope = yield* Scope.Scope
       const self = (yield* Conversation.client)(id)
       // Hand-overs left undone when this conversation stops go to its next host: it hands over
@@ -216,15 +218,37 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               discard: true
             })
           }
-          return Effect.clockWith((clock) => {
-            const now = clock.currentTimeMillisUnsafe()
+          const now = clock.currentTimeMillisUnsafe()
+          const sends = requests.map((r) => r.payload)
+          if (tracing || debug || needsLookup(current.state, sends)) {
             return Effect.flatMap(
-              commitSends(store, id, current.state, current.clock, requests.map((r) => r.payload), now),
+              commitSends(store, id, current.state, current.clock, sends, now),
               ({ answers, rows }) =>
                 rows.length === 0
                   ? answerAll(requests, answers)
                   : Effect.andThen(handOver(current.state.members, rows, now), answerAll(requests, answers))
             )
+          }
+          // Every send's case: numbered, written and handed over with no effect but the write's.
+          const { answers, rows } = number(id, current.state, current.clock, sends, now, new Map())
+          if (rows.length === 0) return answerAll(requests, answers)
+          return Effect.flatMap(store.appendMessages(id, rows), () => {
+            advance(current.state, rows)
+            const members = current.state.members
+            const left = handovers.offerNow(
+              members,
+              rows[rows.length - 1].seq,
+              rows.map(toMsgData),
+              now + handovers.budget
+            )
+            if (left === undefined && requests.every(isLocal)) {
+              for (let i = 0; i < requests.length; i++) {
+                const answer = answers[i]
+                settle(requests[i] as LocalSend, "_tag" in answer ? Exit.fail(answer) : Exit.succeed(answer))
+              }
+              return Effect.void
+            }
+            return Effect.andThen(left ?? Effect.void, answerAll(requests, answers))
           })
         }
 
@@ -305,10 +329,59 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             }
           })
 
-        const run = (inbox: Queue.Dequeue<Item>) =>
-          Queue.takeBetween(inbox, 1, config.groupCommitMax).pipe(
+        // The loop's queue, in arrival order, and its wake while it waits for an item. The wake is
+        // scheduled, not called: the sends that arrive meanwhile (one read of the sockets) join the batch.
+        let inbox: Array<Item> = []
+        let wake: ((next: Effect.Effect<Array<Item>>) => void) | undefined
+        /** Where the wake is scheduled: the loop fiber's dispatcher (set as the loop starts). */
+        let dispatcher: Scheduler.SchedulerDispatcher | undefined
+        const put = (item: Item) => {
+          inbox.push(item)
+          if (wake === undefined) return
+          const resume = wake
+          wake = undefined
+          dispatcher!.scheduleTask(() => resume(takeSome), 0)
+        }
+        const some = (): Array<Item> => {
+          if (inbox.length <= config.groupCommitMax) {
+            const batch = inbox
+            inbox = []
+            return batch
+          }
+          return inbox.splice(0, config.groupCommitMax)
+        }
+        const takeSome = Effect.sync(some)
+        const next = Effect.callback<Array<Item>>((resume) => {
+          if (inbox.length > 0) return resume(Effect.succeed(some()))
+          wake = resume
+        })
+
+        /** The batch under way (undefined between batches) and how many of its items were begun. */
+        let underWay: Array<Item> | undefined
+        let begun = 0
+
+        /** After a batch: a conversation busy with direct calls only tells the cluster it is in use now and then. */
+        const touched = (direct: boolean): Effect.Effect<void> => {
+          underWay = undefined
+          const now = Date.now()
+          if (!direct) {
+            lastMessage = now
+            return Effect.void
+          }
+          if (now - lastMessage < touchEvery) return Effect.void
+          lastMessage = now
+          return self.Touch(undefined, { discard: true }).pipe(
+            Effect.catchCause(warn("could not keep the conversation active")),
+            Effect.forkIn(scope),
+            Effect.asVoid
+          )
+        }
+
+        const run = () =>
+          next.pipe(
             Effect.flatMap((batch) => {
-              let begun = 0
+              underWay = batch
+              begun = 0
               let direct = false
               // Every send's case: a batch of sends only, handled at once (no generator to step through).
               const sendsOnly = batch.every((item) => item.tag === "Send")
@@ -335,37 +408,27 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
                     i++
                   }
                 }
-                // A defect no handler caught must not end the loop (with fatal defects off, nothing
-                // would restart it): whoever is still unanswered in the batch gets it (answers are
-                // given once, so the others are untouched).
               })
+              // A defect no handler caught must not end the loop (with fatal defects off, nothing
+              // would restart it): whoever is still unanswered in the batch gets it (answers are
+              // given once, so the others are untouched).
               return handled.pipe(
                 Effect.catchCause((cause) => failAll(batch, cause)),
-                Effect.onInterrupt(() => abandon(batch, begun)),
-                Effect.andThen(Effect.suspend(() => {
-                  const now = Date.now()
-                  if (!direct) {
-                    lastMessage = now
-                    return Effect.void
-                  }
-                  if (now - lastMessage < touchEvery) return Effect.void
-                  lastMessage = now
-                  return self.Touch(undefined, { discard: true }).pipe(
-                    Effect.catchCause(warn("could not keep the conversation active")),
-                    Effect.forkIn(scope)
-                  )
-                }))
+                Effect.flatMap(() => touched(direct))
               )
             }),
-            Effect.forever
+            // Every batch waits for its commit or answers at once: the fiber need not yield besides.
+            Effect.forever({ disableYield: true }),
+            // The entity stopping: the batch under way is abandoned (one hook for the whole loop).
+            Effect.onInterrupt(() => underWay === undefined ? Effect.void : abandon(underWay, begun))
           )
 
         return Effect.gen(function* () {
-          const inbox = yield* Queue.unbounded<Item>()
+          dispatcher = (yield* Effect.fiber).currentDispatcher
           let open = true
           enqueue = (item) => {
             if (!open) return false
-            Queue.offerUnsafe(inbox, item)
+            put(item)
             return true
           }
           const lane: Lane = enqueue
@@ -375,17 +438,19 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             Effect.suspend(() => {
               open = false
               unregister()
-              return Effect.map(Queue.clear(inbox), (items) => {
+              return Effect.sync(() => {
+                const items = inbox
+                inbox = []
                 for (const item of items) if (isLocal(item)) settle(item, undefined)
               })
             })
           )
           yield* Queue.takeAll(mailbox).pipe(
-            Effect.flatMap((requests) => Effect.sync(() => Queue.offerAllUnsafe(inbox, requests))),
+            Effect.flatMap((requests) => Effect.sync(() => requests.forEach(put))),
             Effect.forever,
             Effect.forkIn(scope)
           )
-          return yield* run(inbox)
+          return yield* run()
         }).pipe(Effect.orDie) as Effect.Effect<never>
       }
     }),

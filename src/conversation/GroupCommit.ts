@@ -72,6 +72,10 @@ export const traced = <A, E, R>(
 export const isUnstorable = (cause: Cause.Cause<unknown>) =>
   cause.reasons.some((r) => Cause.isFailReason(r) && r.error instanceof UnstorableMessage)
 
+/** Whether `sends` need the stored messages their client_msg_ids name before they are numbered. */
+export const needsLookup = (state: Sequence, sends: ReadonlyArray<SendPayload>) =>
+  sends.some((p) => p.clientMsgId !== undefined && state.members.has(p.session))
+
 /**
  * Numbers and stores `sends` of conversation `id` at wall-clock time `now`. The state advances only
  * once the append committed; a failure leaves it as it was (the caller reloads it: the outcome of a
@@ -87,7 +91,7 @@ export const commitSends = (
 ): Effect.Effect<Committed, SqlError.SqlError | UnstorableMessage> =>
   Effect.suspend(() => {
     const withClientId = sends.filter((p) => p.clientMsgId !== undefined && state.members.has(p.session))
-    if (withClientId.length === 0) return numbered(store, id, state, clock, sends, now, new Map())
+    if (withClientId.length === 0) return stored(store, id, state, number(id, state, clock, sends, now, new Map()))
     return Effect.flatMap(
       store.findByClientIds(id, withClientId.map((p) => ({ session: p.session, clientMsgId: p.clientMsgId! }))),
       (found) => {
@@ -100,21 +104,38 @@ export const commitSends = (
             duplicate: true
           })
         }
-        return numbered(store, id, state, clock, sends, now, known)
+        return stored(store, id, state, number(id, state, clock, sends, now, known))
       }
     )
   })
 
-/** The rest of commitSends, with the stored messages the sends' client_msg_ids already name. */
-const numbered = (
-  store: ConversationStore["Service"],
+/** `committed` written, and the state advanced past it (nothing to write: answered at once). */
+const stored = (store: ConversationStore["Service"], id: string, state: Sequence, committed: Committed) =>
+  committed.rows.length === 0 ? Effect.succeed(committed) : Effect.map(store.appendMessages(id, committed.rows), () => {
+    advance(state, committed.rows)
+    return committed
+  })
+
+/** The state past `rows`, once they committed. */
+export const advance = (state: Sequence, rows: ReadonlyArray<MessageRow>) => {
+  const last = rows[rows.length - 1]
+  state.lastSeq = last.seq
+  state.lastMsgId = last.msg_id
+  for (const r of rows) state.reads.set(r.from_session, { seq: r.seq, msgId: r.msg_id })
+}
+
+/**
+ * The answers and rows of `sends`, numbered after the state (which does not move: see `advance`),
+ * with the stored messages their client_msg_ids already name (`known`).
+ */
+export const number = (
   id: string,
   state: Sequence,
   clock: MsgIdClock,
   sends: ReadonlyArray<SendPayload>,
   now: number,
   known: Map<string, SentMessage>
-) => {
+): Committed => {
   const sendTime = formatSendTime(now)
   const rows: Array<MessageRow> = []
   const answers: Array<SentMessage | NotMember> = []
@@ -146,13 +167,5 @@ const numbered = (
     })
     answers.push(sent)
   }
-  const committed: Committed = { answers, rows }
-  if (rows.length === 0) return Effect.succeed(committed)
-  return Effect.map(store.appendMessages(id, rows), () => {
-    const last = rows[rows.length - 1]
-    state.lastSeq = last.seq
-    state.lastMsgId = last.msg_id
-    for (const r of rows) state.reads.set(r.from_session, { seq: r.seq, msgId: r.msg_id })
-    return committed
-  })
+  return { answers, rows }
 }

@@ -101,6 +101,14 @@ export interface Handovers {
     deadline: number,
     span?: Tracer.Span
   ) => Effect.Effect<void>
+  /** `offer` done now: what is left of it as an effect, or undefined when nothing is. */
+  readonly offerNow: (
+    audience: ReadonlyMap<string, number>,
+    lastSeq: number,
+    messages: ReadonlyArray<MsgData>,
+    deadline: number,
+    span?: Tracer.Span
+  ) => Effect.Effect<void> | undefined
   /**
    * Queues a live event for the connections that opted in of `members` (read when it is handed over),
    * plus `also` (a session that just left) and minus `except` (the typist); never waits. Events keep
@@ -440,43 +448,50 @@ export class Delivery extends Context.Service<Delivery, {
           return Metric.update(deliveryGaps, 1)
         })
 
+        const offerNow = (
+          audience: ReadonlyMap<string, number>,
+          lastSeq: number,
+          messages: ReadonlyArray<MsgData>,
+          deadline: number,
+          span?: Tracer.Span
+        ): Effect.Effect<void> | undefined => {
+          const bytes = sizeOf(messages)
+          if (atOnce && undelivered === 0) {
+            // Nothing queued or under way: handed over now, by the conversation's fiber, with no
+            // wake of the hand-over fiber (one node, untraced: every member is called directly).
+            backlogBytes += bytes
+            return handOver({ audience, lastSeq, messages, bytes, deadline })
+          }
+          const enqueue = () => {
+            undelivered++
+            backlogBytes += bytes
+            Queue.offerUnsafe(
+              batches,
+              span === undefined ? { audience, lastSeq, messages, bytes, deadline } : {
+                audience,
+                lastSeq,
+                messages,
+                bytes,
+                deadline,
+                span
+              }
+            )
+          }
+          // The backlog is full (its hand-overs are slower than the conversation's commits).
+          if (backlogBytes + bytes > backlogMax && Queue.sizeUnsafe(batches) > 0) {
+            return Effect.andThen(dropQueued, Effect.sync(enqueue))
+          }
+          enqueue()
+          return undefined
+        }
+
         const offer = (
           audience: ReadonlyMap<string, number>,
           lastSeq: number,
           messages: ReadonlyArray<MsgData>,
           deadline: number,
           span?: Tracer.Span
-        ) =>
-          Effect.suspend(() => {
-            const bytes = sizeOf(messages)
-            if (atOnce && undelivered === 0) {
-              // Nothing queued or under way: handed over now, by the conversation's fiber, with no
-              // wake of the hand-over fiber (one node, untraced: every member is called directly).
-              backlogBytes += bytes
-              return handOver({ audience, lastSeq, messages, bytes, deadline }) ?? Effect.void
-            }
-            const enqueue = () => {
-              undelivered++
-              backlogBytes += bytes
-              Queue.offerUnsafe(
-                batches,
-                span === undefined ? { audience, lastSeq, messages, bytes, deadline } : {
-                  audience,
-                  lastSeq,
-                  messages,
-                  bytes,
-                  deadline,
-                  span
-                }
-              )
-            }
-            // The backlog is full (its hand-overs are slower than the conversation's commits).
-            if (backlogBytes + bytes > backlogMax && Queue.sizeUnsafe(batches) > 0) {
-              return Effect.andThen(dropQueued, Effect.sync(enqueue))
-            }
-            enqueue()
-            return Effect.void
-          })
+        ) => Effect.suspend(() => offerNow(audience, lastSeq, messages, deadline, span) ?? Effect.void)
 
         yield* Queue.take(batches).pipe(
           Effect.flatMap((batch) =>
@@ -551,6 +566,7 @@ export class Delivery extends Context.Service<Delivery, {
         return {
           budget,
           offer,
+          offerNow,
           announce: (event, members, options) =>
             queueEmpty(0, { event, members, also: options?.also, except: options?.except }),
           handedFrom: (position) => {

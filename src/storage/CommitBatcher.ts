@@ -49,8 +49,15 @@ interface Pending {
   readonly reads: ReadonlyArray<ReadMove>
   /** About the JSON this Pending adds to a statement (UTF-16 units, not exact bytes). */
   readonly bytes: number
-  /** Settled with the moves of `reads` the statement made. */
-  readonly done: Deferred.Deferred<ReadonlyArray<MovedRead>, SqlError.SqlError>
+  /** Called with the moves of `reads` the statement made: through `answer`, so once. */
+  readonly done: (exit: Exit.Exit<ReadonlyArray<MovedRead>, SqlError.SqlError>) => void
+  answered: boolean
+}
+
+const answer = (p: Pending, exit: Exit.Exit<ReadonlyArray<MovedRead>, SqlError.SqlError>) => {
+  if (p.answered) return
+  p.answered = true
+  p.done(exit)
 }
 
 /** Bounds on one merged statement; a single Pending beyond them still goes, alone. */
@@ -72,6 +79,8 @@ const sizeOf = (rows: ReadonlyArray<MessageRow>, reads: ReadonlyArray<ReadMove>)
   }
   return bytes
 }
+
+const nothingMoved: Exit.Exit<ReadonlyArray<MovedRead>> = Exit.succeed([])
 
 /** The database could not be reached: every statement would fail alike, so none is tried again. */
 const isUnreachable = (exit: Exit.Exit<unknown, SqlError.SqlError>) =>
@@ -168,13 +177,10 @@ export const makeCommitBatcher = (
 
   /** Each waiter gets the moves of the reads it asked for (a sender's own move is not asked for). */
   const settle = (p: Pending, exit: Exit.Exit<ReadonlyArray<MovedRead>, SqlError.SqlError>) => {
-    if (Exit.isFailure(exit)) return Deferred.doneUnsafe(p.done, exit)
-    if (p.reads.length === 0) return Deferred.doneUnsafe(p.done, Exit.succeed([]))
+    if (Exit.isFailure(exit)) return answer(p, exit)
+    if (p.reads.length === 0) return answer(p, nothingMoved)
     const asked = new Set(p.reads.map((r) => `${r.conversation_id}\u0000${r.session_id}`))
-    Deferred.doneUnsafe(
-      p.done,
-      Exit.succeed(exit.value.filter((m) => asked.has(`${m.conversation_id}\u0000${m.session_id}`)))
-    )
+    answer(p, Exit.succeed(exit.value.filter((m) => asked.has(`${m.conversation_id}\u0000${m.session_id}`))))
   }
 
   const commit = (batch: ReadonlyArray<Pending>) =>
@@ -215,22 +221,32 @@ export const makeCommitBatcher = (
   }
 
   /**
-   * Writes `rows` (one conversation's, in order) and read position `reads` durably; shares the
-   * statement with others waiting.
+   * Queues `rows` (one conversation's, in order) and read positions `reads`, to be written durably in
+   * a statement shared with others waiting; `done` is called once with the outcome. True: a commit
+   * slot is free, and the caller must run `drain` (whoever finds a free slot commits everything
+   * queued, then keeps going while work remains; the others only wait for their answer).
    */
+  const submit = (
+    rows: ReadonlyArray<MessageRow>,
+    reads: ReadonlyArray<ReadMove>,
+    done: Pending["done"]
+  ): boolean => {
+    const bytes = sizeOf(rows, reads)
+    queue.push({ rows, reads, bytes, done, answered: false })
+    queuedRows += rows.length + reads.length
+    queuedBytes += bytes
+    return inFlight < inFlightMax
+  }
+
+  /** `submit` as an effect: its outcome, once written. */
   const append = (
     rows: ReadonlyArray<MessageRow>,
     reads: ReadonlyArray<ReadMove> = []
   ): Effect.Effect<ReadonlyArray<MovedRead>, SqlError.SqlError> =>
     Effect.suspend(() => {
       const done = Deferred.makeUnsafe<ReadonlyArray<MovedRead>, SqlError.SqlError>()
-      const bytes = sizeOf(rows, reads)
-      queue.push({ rows, reads, bytes, done })
-      queuedRows += rows.length + reads.length
-      queuedBytes += bytes
-      // Whoever finds a free slot commits everything queued, then keeps going while work remains;
-      // the others only wait for their answer.
-      return inFlight < inFlightMax ? Effect.andThen(drain, Deferred.await(done)) : Deferred.await(done)
+      const free = submit(rows, reads, (exit) => Deferred.doneUnsafe(done, exit))
+      return free ? Effect.andThen(drain, Deferred.await(done)) : Deferred.await(done)
     })
 
   const drain = Effect.uninterruptible(Effect.gen(function* () {
@@ -242,10 +258,10 @@ export const makeCommitBatcher = (
       const exit = yield* Effect.exit(commit(batch))
       inFlight--
       if (Exit.isFailure(exit)) {
-        for (const p of batch) Deferred.doneUnsafe(p.done, Exit.failCause(exit.cause))
+        for (const p of batch) answer(p, Exit.failCause(exit.cause))
       }
     }
   }))
 
-  return { append }
+  return { append, submit, drain }
 }

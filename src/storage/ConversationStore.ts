@@ -2,8 +2,10 @@
  * SQL access for conversations, members and messages. Writes are called only by the owning
  * Conversation entity; reads serve the HTTP handlers directly.
  */
+import type * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import type * as Metric from "effect/Metric"
 import * as Option from "effect/Option"
@@ -24,7 +26,7 @@ import {
   type ReadMove
 } from "./CommitBatcher.ts"
 import { DatabaseHealth, isInvalidData } from "./DatabaseHealth.ts"
-import { queryDuration, storeOperation } from "../observability/Telemetry.ts"
+import { queryDuration, storeActivity, storeOperation } from "../observability/Telemetry.ts"
 
 export interface ConversationState {
   readonly conversationType: number
@@ -88,6 +90,14 @@ const refusingData = <A>(id: string, effect: Sql<A>): Effect.Effect<A, SqlError.
       )
   )
 
+const timedAlready = new WeakSet<object>()
+
+/** An operation that times itself, counts itself in flight and informs DatabaseHealth: timedStore leaves it as it is. */
+const timesItself = <F extends object>(operation: F): F => {
+  timedAlready.add(operation)
+  return operation
+}
+
 /**
  * Every operation of a store timed into `quickim_db_query_duration_seconds{op}` and counted while in
  * flight, and its failures shown to DatabaseHealth (one for want of the database marks it lost).
@@ -97,6 +107,10 @@ export const timedStore = <S extends object>(store: S, health: DatabaseHealth["S
   const watched = (metric: Metric.Metric<number, unknown>, effect: Effect.Effect<unknown, unknown>) =>
     Effect.tapCause(storeOperation(metric, effect), health.observe)
   for (const [op, value] of Object.entries(store)) {
+    if (timedAlready.has(value)) {
+      out[op] = value
+      continue
+    }
     const metric = queryDuration(op)
     out[op] = Effect.isEffect(value)
       ? watched(metric, value as Effect.Effect<unknown, unknown>)
@@ -241,6 +255,31 @@ export class ConversationStore extends Context.Service<ConversationStore, {
         )
       }
 
+      // Every send's commit: timed, counted in flight and shown to DatabaseHealth as timedStore does,
+      // but by the batcher's callback rather than by an effect per wrapper.
+      const appendDuration = queryDuration("appendMessages")
+      const metricContext = yield* Effect.context<never>()
+      const appendFailed = (id: string, cause: Cause.Cause<SqlError.SqlError>) =>
+        Effect.andThen(health.observe(cause), refusingData(id, Effect.failCause(cause)))
+      const appendMessages = (id: string, rows: ReadonlyArray<MessageRow>) =>
+        Effect.suspend(() => {
+          const started = performance.now()
+          storeActivity.inFlight++
+          let outcome: Effect.Effect<void, SqlError.SqlError | UnstorableMessage> | undefined
+          let resume: ((effect: Effect.Effect<void, SqlError.SqlError | UnstorableMessage>) => void) | undefined
+          const free = batcher.submit(rows, [], (exit) => {
+            storeActivity.inFlight--
+            appendDuration.updateUnsafe((performance.now() - started) / 1000, metricContext)
+            outcome = Exit.isSuccess(exit) ? Effect.void : appendFailed(id, exit.cause)
+            if (resume !== undefined) resume(outcome)
+          })
+          const answered = Effect.callback<void, SqlError.SqlError | UnstorableMessage>((r) => {
+            if (outcome !== undefined) r(outcome)
+            else resume = r
+          })
+          return free ? Effect.andThen(batcher.drain, answered) : answered
+        })
+
       return ConversationStore.of(timedStore({
         load: (id) =>
           Effect.gen(function* () {
@@ -335,7 +374,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             yield* sql`UPDATE conversations SET is_archive = ${isArchive} WHERE ${sql.in("id", unique)}`
           }))
         },
-        appendMessages: (id, rows) => refusingData(id, Effect.asVoid(batcher.append(rows))),
+        appendMessages: timesItself(appendMessages),
         moveReads: (_id, moves) => batcher.append([], moves),
         findByClientIds: (id, keys) =>
           refusingData(
