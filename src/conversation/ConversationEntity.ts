@@ -380,6 +380,8 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         const run = () =>
           next.pipe(
             Effect.flatMap((batch) => {
+              // Empty only if the entity stopped between the wake and this take: nothing to do.
+              if (batch.length === 0) return Effect.void
               underWay = batch
               begun = 0
               let direct = false
