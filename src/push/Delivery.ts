@@ -448,13 +448,7 @@ export class Delivery extends Context.Service<Delivery, {
           return Metric.update(deliveryGaps, 1)
         })
 
-        const offerNow = (
-          audience: ReadonlyMap<string, number>,
-          lastSeq: number,
-          messages: ReadonlyArray<MsgData>,
-          deadline: number,
-          span?: Tracer.Span
-        ): Effect.Effect<void> | undefined => {
+        const offerNow: Handovers["offerNow"] = (audience, lastSeq, messages, deadline, span) => {
           const bytes = sizeOf(messages)
           if (atOnce && undelivered === 0) {
             // Nothing queued or under way: handed over now, by the conversation's fiber, with no
@@ -485,13 +479,7 @@ export class Delivery extends Context.Service<Delivery, {
           return undefined
         }
 
-        const offer = (
-          audience: ReadonlyMap<string, number>,
-          lastSeq: number,
-          messages: ReadonlyArray<MsgData>,
-          deadline: number,
-          span?: Tracer.Span
-        ) => Effect.suspend(() => offerNow(audience, lastSeq, messages, deadline, span) ?? Effect.void)
+        const offer: Handovers["offer"] = (...args) => Effect.suspend(() => offerNow(...args) ?? Effect.void)
 
         yield* Queue.take(batches).pipe(
           Effect.flatMap((batch) =>
