@@ -264,7 +264,6 @@ export class ConversationStore extends Context.Service<ConversationStore, {
       const appendMessages = (id: string, rows: ReadonlyArray<MessageRow>) =>
         Effect.suspend(() => {
           const started = performance.now()
-          storeActivity.inFlight++
           let outcome: Effect.Effect<void, SqlError.SqlError | UnstorableMessage> | undefined
           let resume: ((effect: Effect.Effect<void, SqlError.SqlError | UnstorableMessage>) => void) | undefined
           const free = batcher.submit(rows, [], (exit) => {
@@ -273,6 +272,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             outcome = Exit.isSuccess(exit) ? Effect.void : appendFailed(id, exit.cause)
             if (resume !== undefined) resume(outcome)
           })
+          // Counted once queued (the callback, which counts it out, comes later: never from submit).
+          storeActivity.inFlight++
           const answered = Effect.callback<void, SqlError.SqlError | UnstorableMessage>((r) => {
             if (outcome !== undefined) r(outcome)
             else resume = r
