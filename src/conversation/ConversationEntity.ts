@@ -180,15 +180,15 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
           })
 
         /** Each send's answer, in order; sends taken by direct call all answered in one step. */
-        const answerAll = (requests: ReadonlyArray<SendItem>, answers: Committed["answers"]) => {
-          if (requests.every(isLocal)) {
-            return Effect.sync(() => {
-              for (let i = 0; i < requests.length; i++) {
-                const answer = answers[i]
-                settle(requests[i] as LocalSend, "_tag" in answer ? Exit.fail(answer) : Exit.succeed(answer))
-              }
-            })
+        /** Sends taken by direct call, each answered now. */
+        const settleAll = (requests: ReadonlyArray<LocalSend>, answers: Committed["answers"]) => {
+          for (let i = 0; i < requests.length; i++) {
+            const answer = answers[i]
+            settle(requests[i], "_tag" in answer ? Exit.fail(answer) : Exit.succeed(answer))
           }
+        }
+        const answerAll = (requests: ReadonlyArray<SendItem>, answers: Committed["answers"]) => {
+          if (requests.every(isLocal)) return Effect.sync(() => settleAll(requests as Array<LocalSend>, answers))
           return Effect.forEach(requests, (request, i) => {
             const answer = answers[i]
             return "_tag" in answer ? fail(request, answer) : reply(request, answer)
@@ -242,10 +242,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               now + handovers.budget
             )
             if (left === undefined && requests.every(isLocal)) {
-              for (let i = 0; i < requests.length; i++) {
-                const answer = answers[i]
-                settle(requests[i] as LocalSend, "_tag" in answer ? Exit.fail(answer) : Exit.succeed(answer))
-              }
+              settleAll(requests as Array<LocalSend>, answers)
               return Effect.void
             }
             return Effect.andThen(left ?? Effect.void, answerAll(requests, answers))

@@ -73,8 +73,10 @@ export const isUnstorable = (cause: Cause.Cause<unknown>) =>
   cause.reasons.some((r) => Cause.isFailReason(r) && r.error instanceof UnstorableMessage)
 
 /** Whether `sends` need the stored messages their client_msg_ids name before they are numbered. */
-export const needsLookup = (state: Sequence, sends: ReadonlyArray<SendPayload>) =>
-  sends.some((p) => p.clientMsgId !== undefined && state.members.has(p.session))
+export const needsLookup = (state: Sequence, sends: ReadonlyArray<SendPayload>) => sends.some(looksUp(state))
+
+/** A member's send with a client_msg_id: its session may have stored that message already. */
+const looksUp = (state: Sequence) => (p: SendPayload) => p.clientMsgId !== undefined && state.members.has(p.session)
 
 /**
  * Numbers and stores `sends` of conversation `id` at wall-clock time `now`. The state advances only
@@ -90,7 +92,7 @@ export const commitSends = (
   now: number
 ): Effect.Effect<Committed, SqlError.SqlError | UnstorableMessage> =>
   Effect.suspend(() => {
-    const withClientId = sends.filter((p) => p.clientMsgId !== undefined && state.members.has(p.session))
+    const withClientId = sends.filter(looksUp(state))
     if (withClientId.length === 0) return stored(store, id, state, number(id, state, clock, sends, now, new Map()))
     return Effect.flatMap(
       store.findByClientIds(id, withClientId.map((p) => ({ session: p.session, clientMsgId: p.clientMsgId! }))),

@@ -102,13 +102,7 @@ export interface Handovers {
     span?: Tracer.Span
   ) => Effect.Effect<void>
   /** `offer` done now: what is left of it as an effect, or undefined when nothing is. */
-  readonly offerNow: (
-    audience: ReadonlyMap<string, number>,
-    lastSeq: number,
-    messages: ReadonlyArray<MsgData>,
-    deadline: number,
-    span?: Tracer.Span
-  ) => Effect.Effect<void> | undefined
+  readonly offerNow: (...args: Parameters<Handovers["offer"]>) => Effect.Effect<void> | undefined
   /**
    * Queues a live event for the connections that opted in of `members` (read when it is handed over),
    * plus `also` (a session that just left) and minus `except` (the typist); never waits. Events keep
@@ -479,23 +473,27 @@ export class Delivery extends Context.Service<Delivery, {
           return undefined
         }
 
+        /** A hand-over traced as a child of its commit's span, when it has one. */
+        const tracedBy = (batch: Batch, handedOver: Effect.Effect<void>) =>
+          batch.span === undefined ? handedOver : handedOver.pipe(
+            Effect.withSpan("Conversation.deliver", {
+              parent: batch.span,
+              attributes: {
+                ...aboutMessages(id, batch.messages.map((m) => m.MsgId)),
+                members: batch.audience.size
+              }
+            })
+          )
+
         const offer: Handovers["offer"] = (...args) => Effect.suspend(() => offerNow(...args) ?? Effect.void)
 
         yield* Queue.take(batches).pipe(
           Effect.flatMap((batch) =>
             (batch.announced !== undefined
               ? Effect.sync(() => announceNow(batch.announced!))
-              : batch.span === undefined
-              ? Effect.suspend(() => handOver(batch) ?? Effect.void)
-              : Effect.suspend(() => handOver(batch) ?? Effect.void).pipe(
-                Effect.withSpan("Conversation.deliver", {
-                  parent: batch.span,
-                  attributes: {
-                    ...aboutMessages(id, batch.messages.map((m) => m.MsgId)),
-                    members: batch.audience.size
-                  }
-                })
-              )).pipe(Effect.ensuring(Effect.sync(() => undelivered--)))
+              : tracedBy(batch, Effect.suspend(() => handOver(batch) ?? Effect.void))).pipe(
+                Effect.ensuring(Effect.sync(() => undelivered--))
+              )
           ),
           Effect.forever,
           Effect.forkScoped
