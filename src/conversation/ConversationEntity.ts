@@ -179,7 +179,6 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             yield* fail(requests[0], new UnstorableMessage({ conversationId: id }))
           })
 
-        /** Each send's answer, in order; sends taken by direct call all answered in one step. */
         /** Sends taken by direct call, each answered now. */
         const settleAll = (requests: ReadonlyArray<LocalSend>, answers: Committed["answers"]) => {
           for (let i = 0; i < requests.length; i++) {
@@ -187,6 +186,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             settle(requests[i], "_tag" in answer ? Exit.fail(answer) : Exit.succeed(answer))
           }
         }
+        /** Each send's answer, in order; sends taken by direct call all answered in one step. */
         const answerAll = (requests: ReadonlyArray<SendItem>, answers: Committed["answers"]) => {
           if (requests.every(isLocal)) return Effect.sync(() => settleAll(requests as Array<LocalSend>, answers))
           return Effect.forEach(requests, (request, i) => {
