@@ -135,6 +135,13 @@ describe("metrics", () => {
     // Nothing is under way between requests: the gauge goes back down.
     assert.strictEqual(valueOf(after, "quickim_db_operations_in_flight"), 0)
     assert.isTrue(after.some((s) => s.name === "quickim_db_operations_in_flight"))
+    // The process's memory, as the runtime reports it: a heap in use within the heap reserved,
+    // within the resident set.
+    const memory = (kind: string) => valueOf(after, "quickim_memory_bytes", { kind })
+    assert.isAbove(memory("heap_used"), 1_000_000)
+    assert.isAtMost(memory("heap_used"), memory("heap_total"))
+    assert.isAbove(memory("rss"), memory("heap_used"))
+    assert.isAbove(memory("external"), 0)
   })
 
   it("is behind the inner guard: with an admin key set, a scrape without it is refused", async () => {

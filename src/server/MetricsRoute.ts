@@ -11,6 +11,7 @@ import * as HttpRouter from "effect/http/HttpRouter"
 import * as HttpServerRequest from "effect/http/HttpServerRequest"
 import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as PrometheusMetrics from "effect/observability/PrometheusMetrics"
+import * as Process from "node:process"
 import { AppConfig } from "../Config.ts"
 import { heldShards } from "../cluster/ShardRoutes.ts"
 import { makeInnerCheck } from "../access/Access.ts"
@@ -94,6 +95,22 @@ export const MetricsRoute = Layer.unwrap(Effect.gen(function* () {
       gauge("quickim_db_operations_in_flight", "Store operations under way (against the pool's connections)"),
       storeActivity.inFlight
     )
+    const memory = Process.memoryUsage()
+    for (
+      const [kind, bytes] of [
+        ["rss", memory.rss],
+        ["heap_total", memory.heapTotal],
+        ["heap_used", memory.heapUsed],
+        ["external", memory.external]
+      ] as const
+    ) {
+      yield* set(
+        gauge("quickim_memory_bytes", "The node's memory: resident set, JavaScript heap reserved and used, external", {
+          kind
+        }),
+        bytes
+      )
+    }
   })
 
   const serve = Effect.gen(function* () {
