@@ -257,6 +257,31 @@ describe("group commit (postgres)", () => {
       assert.deepStrictEqual(yield* stored(prefix), [`${prefix}a`, `${prefix}b`, `${prefix}c`, `${prefix}lead`])
     }).pipe(Effect.provide(databaseLayer(db))))
 
+  it.live("whoever starts the commits gets its answer with its own commit, however many others follow", () =>
+    Effect.gen(function* () {
+      const prefix = `steady-${crypto.randomUUID()}-`
+      const batcher = makeCommitBatcher(yield* SqlClient.SqlClient, 1, defaultCommitBounds)
+      // A steady load: each of another conversation's 40 batches is queued as the one before it
+      // is answered, so the queue is never empty until the last.
+      const others = 40
+      let answered = 0
+      const next = () =>
+        batcher.submit([row(`${prefix}other`, answered + 1, "m")], [], () => {
+          answered++
+          if (answered < others) next()
+        })
+      // Queued with no commit under way (its caller does not start one): the append below starts
+      // the commits, and its own rows go in the first.
+      next()
+      yield* batcher.append([row(`${prefix}first`, 1, "m")]).pipe(Effect.timeout("20 seconds"))
+      const whenAnswered = answered
+      for (let i = 0; i < 400 && answered < others; i++) yield* Effect.sleep("50 millis")
+      assert.strictEqual(answered, others, "every queued batch was committed")
+      // Answered with the first commit, not once the others stopped coming.
+      assert.isAtMost(whenAnswered, 2)
+      assert.strictEqual((yield* stored(prefix)).length, others + 1)
+    }).pipe(Effect.provide(databaseLayer(db))))
+
   it.live("each merged commit stays within its bounds in rows and bytes; a larger Pending goes alone", () =>
     Effect.gen(function* () {
       const byRows = `rows-${crypto.randomUUID()}-`

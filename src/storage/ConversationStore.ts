@@ -278,7 +278,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             if (outcome !== undefined) r(outcome)
             else resume = r
           })
-          return free ? Effect.andThen(batcher.drain, answered) : answered
+          return free ? Effect.andThen(batcher.start, answered) : answered
         })
 
       return ConversationStore.of(timedStore({
