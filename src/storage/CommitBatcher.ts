@@ -270,7 +270,7 @@ export const makeCommitBatcher = (
    * batches for as long as more kept coming: under a steady load one conversation at a time had
    * its sends answered up to 1.7 s late, all at once (bench/RESULTS.md, "The committer's convoy").
    */
-  const start = Effect.asVoid(Effect.forkDetach(drain, { startImmediately: true, uninterruptible: true }))
+  const start = Effect.asVoid(Effect.forkDetach(drain, { startImmediately: true }))
 
   return { append, submit, start }
 }
