@@ -86,7 +86,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
             Effect.timeout("2 seconds"),
             Effect.catchCause(warn("could not leave a redelivery for the next host"))
           )
-        ))
+        ), (from, to) => store.markGap(id, from, to))
 
       return (mailbox, replier) => {
         const holder = makeStateHolder(id, store, config.resumeWindow, handovers)

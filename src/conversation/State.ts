@@ -63,7 +63,10 @@ export const makeStateHolder = (
     if (next !== null) {
       // After an unknown outcome here, or a previous host's stop with hand-overs outstanding,
       // from the earlier of the two positions.
-      const marks = [unknownAfter, next.state.redeliverAfter].filter((m) => m !== undefined).sort()
+      // And from before what a previous host dropped for some member within two resume windows: it
+      // may have died before telling them, so they would take newer messages with no replay first.
+      const dropped = next.state.gapFrom === undefined ? undefined : floorOf(next.state.gapFrom, Duration.millis(1))
+      const marks = [unknownAfter, next.state.redeliverAfter, dropped].filter((m) => m !== undefined).sort()
       const from = yield* redeliverRecent(next.state, marks[0])
       handovers.handedFrom(from ?? next.state.lastMsgId ?? "")
     }

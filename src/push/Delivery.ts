@@ -6,12 +6,14 @@
  * a member whose previous batch is still on its way (an entity message waiting for its mailbox's
  * new home) skips the next ones and is told so with the one after (`gap`).
  *
- * Resume covers a message only if it reached the mailbox within the resume window of its commit
- * (docs/architecture.md, "Why resume loses nothing"), so every hand-over is bounded by `budget`, two
- * thirds of the window from the commit (the rest is margin for clock skew between nodes). A batch
+ * Resume covers a message only if it reached the mailbox within the resume window of its MsgId's
+ * time (docs/architecture.md, "Why resume loses nothing"), so every hand-over is bounded by `budget`,
+ * two thirds of the window from that time (the rest is margin for clock skew between nodes). A batch
  * that waited longer, or that does not fit the conversation's backlog
  * (QUICKIM_DELIVERY_BACKLOG_BYTES), is dropped, and its members are told of the gap instead: their
- * mailbox ends every subscription, and each connection replays from its last message.
+ * mailbox ends every subscription, and each connection replays from its last message. What was
+ * dropped is recorded first (MarkGap): a member's last message may by then be newer than the window
+ * around it, and replays read the recorded range however old.
  *
  * Offline members cost nothing: only a member whose Mailbox is active (it has a live connection or
  * a poll under way) is handed anything. A session with no active Mailbox has nothing to be handed
@@ -136,6 +138,12 @@ export interface Handovers {
  */
 export type Owe = (left: Unsettled) => Effect.Effect<void>
 
+/**
+ * Records that the conversation's messages `from` … `to` were dropped for some member, so that
+ * replays read them however old (ConversationStore.markGap, Replay). Done before any member is told.
+ */
+export type MarkGap = (from: string, to: string) => Effect.Effect<void, unknown>
+
 const DELIVER_ATTEMPT = "5 seconds"
 /** The audience of a delivery of nothing but the gap (its targets are the gapped members). */
 const nobody: ReadonlyMap<string, number> = new Map()
@@ -155,7 +163,7 @@ export class Delivery extends Context.Service<Delivery, {
    * The hand-overs of `conversationId`, until the scope closes (the entity stops). Closing waits a
    * little for the hand-overs under way; in multi-node mode what is left then goes to `owe`.
    */
-  readonly open: (conversationId: string, owe: Owe) => Effect.Effect<Handovers, never, Scope.Scope>
+  readonly open: (conversationId: string, owe: Owe, markGap: MarkGap) => Effect.Effect<Handovers, never, Scope.Scope>
 }>()("quick-im/push/Delivery") {
   static readonly layerNoDeps = Layer.effect(
     Delivery,
@@ -180,7 +188,7 @@ export class Delivery extends Context.Service<Delivery, {
       // Runs what a relay's answer starts (a callback, outside any fiber) with this layer's services.
       const run = Effect.runForkWith(yield* Effect.context<never>())
 
-      const open = Effect.fnUntraced(function* (id: string, owe: Owe) {
+      const open = Effect.fnUntraced(function* (id: string, owe: Owe, markGap: MarkGap) {
         const batches = yield* Queue.unbounded<Batch>()
         let undelivered = 0 // batches queued or being handed over
         let backlogBytes = 0 // of the batches queued
@@ -197,6 +205,40 @@ export class Delivery extends Context.Service<Delivery, {
         const settledUpTo = () => {
           if (busy.size === 0 && gapped.size === 0 && processedThrough !== undefined) handedThrough = processedThrough
         }
+        /**
+         * The MsgIds of what was dropped for some member and is not yet recorded (markGap). A member
+         * told of a gap replays from its last message, which may be newer than the resume window
+         * around what it missed (messages of other conversations kept coming), so the range is
+         * recorded before any member is told: the replay reads it (Replay).
+         */
+        let unmarkedFrom: string | undefined = undefined
+        let unmarkedTo: string | undefined = undefined
+        const skipped = (messages: ReadonlyArray<MsgData>) => {
+          if (messages.length === 0) return
+          const from = messages[0].MsgId
+          const to = messages[messages.length - 1].MsgId
+          if (unmarkedFrom === undefined || from < unmarkedFrom) unmarkedFrom = from
+          if (unmarkedTo === undefined || to > unmarkedTo) unmarkedTo = to
+        }
+        /** Records what was dropped; tried again every second until it is (nobody is told meanwhile). */
+        const recordGaps = Effect.suspend(() => {
+          const from = unmarkedFrom
+          const to = unmarkedTo
+          if (from === undefined || to === undefined) return Effect.void
+          return markGap(from, to).pipe(
+            Effect.tapCause((cause) =>
+              Effect.logWarning("could not record dropped messages; trying again", cause).pipe(
+                Effect.annotateLogs({ conversationId: id })
+              )
+            ),
+            Effect.retry({ schedule: Schedule.spaced("1 second") }),
+            Effect.andThen(Effect.sync(() => {
+              // Widened meanwhile: recorded again, whole, before the next hand-over.
+              if (unmarkedFrom === from && unmarkedTo === to) unmarkedFrom = unmarkedTo = undefined
+            })),
+            Effect.ignore
+          )
+        })
         const scope = yield* Scope.fork(yield* Scope.Scope)
         /**
          * Entity-message deliveries on their way. When the conversation stops they are interrupted
@@ -252,6 +294,10 @@ export class Delivery extends Context.Service<Delivery, {
           if (gap) gapped.delete(member)
           let settled = false
           const client = mailboxes(member)
+          const missed = () => {
+            gapped.add(member)
+            for (const part of parts) skipped(part)
+          }
           return Effect.forEach(
             parts,
             (messages, i) => client.Deliver(i === 0 && gap ? { messages, gap: true } : { messages }),
@@ -268,7 +314,7 @@ export class Delivery extends Context.Service<Delivery, {
               onFailure: (cause) =>
                 Effect.sync(() => {
                   settled = true
-                  gapped.add(member)
+                  missed()
                 }).pipe(
                   Effect.andThen(Effect.logWarning("push to mailbox failed; its connections replay", cause)),
                   Effect.annotateLogs({ conversationId: id, session: member })
@@ -277,7 +323,7 @@ export class Delivery extends Context.Service<Delivery, {
             Effect.ensuring(Effect.sync(() => {
               busy.delete(member)
               // Interrupted (the conversation stops): the batch is left to the next host (Redeliver).
-              if (!settled) gapped.add(member)
+              if (!settled) missed()
               else if (gapped.has(member)) queueGap()
               else settledUpTo()
             })),
@@ -295,7 +341,12 @@ export class Delivery extends Context.Service<Delivery, {
         // of a gap, an entity message in the background (deliverToEntity).
         // Plain code up to the direct calls (every batch's case on one node); relays, entity messages
         // and traced hand-overs continue as effects (handOverRest): undefined when there are none.
-        const handOver = (
+        const handOver = (batch: Batch): Effect.Effect<void> | undefined =>
+          unmarkedFrom === undefined
+            ? handOverNow(batch)
+            : Effect.andThen(recordGaps, Effect.suspend(() => handOverNow(batch) ?? Effect.void))
+
+        const handOverNow = (
           { audience, lastSeq, messages, deadline, bytes }: Batch
         ): Effect.Effect<void> | undefined => {
           backlogBytes -= bytes
@@ -304,7 +355,7 @@ export class Delivery extends Context.Service<Delivery, {
           if (Date.now() >= deadline) {
             // Waited out its budget in the queue (behind a slow relay): too late to be resumed safely.
             // Its members hear of the gap with the next delivery, queued now if none follows.
-            gapAll(audience, lastSeq)
+            gapAll(audience, lastSeq, messages)
             return Effect.andThen(Metric.update(deliveryGaps, 1), Effect.sync(queueGap))
           }
           const entityMessage: Array<string> = []
@@ -315,6 +366,7 @@ export class Delivery extends Context.Service<Delivery, {
             if (busy.has(member)) {
               // Its previous batch is still on its way: this one must not overtake it.
               gapped.add(member)
+              skipped(messages)
               return
             }
             const gap = gapped.has(member)
@@ -426,7 +478,8 @@ export class Delivery extends Context.Service<Delivery, {
         }
 
         /** Every member the batch was for is owed a gap. */
-        const gapAll = (audience: ReadonlyMap<string, number>, lastSeq: number) => {
+        const gapAll = (audience: ReadonlyMap<string, number>, lastSeq: number, messages: ReadonlyArray<MsgData>) => {
+          skipped(messages)
           for (const [member, joined] of audience) if (joined < lastSeq) gapped.add(member)
         }
 
@@ -437,14 +490,14 @@ export class Delivery extends Context.Service<Delivery, {
             if (dropped.announced !== undefined) continue
             backlogBytes -= dropped.bytes
             if (dropped.messages.length === 0) gapQueued = false
-            gapAll(dropped.audience, dropped.lastSeq)
+            gapAll(dropped.audience, dropped.lastSeq, dropped.messages)
           }
           return Metric.update(deliveryGaps, 1)
         })
 
         const offerNow: Handovers["offerNow"] = (audience, lastSeq, messages, deadline, span) => {
           const bytes = sizeOf(messages)
-          if (atOnce && undelivered === 0) {
+          if (atOnce && undelivered === 0 && unmarkedFrom === undefined) {
             // Nothing queued or under way: handed over now, by the conversation's fiber, with no
             // wake of the hand-over fiber (one node, untraced: every member is called directly).
             backlogBytes += bytes

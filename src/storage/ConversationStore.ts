@@ -4,6 +4,7 @@
  */
 import type * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
@@ -37,6 +38,11 @@ export interface ConversationState {
   readonly reads: Map<string, Position>
   /** Set by a host that stopped with hand-overs outstanding: everything after it is handed over again. */
   readonly redeliverAfter: string | undefined
+  /**
+   * The start of what was dropped for some member within two resume windows (markGap), if anything
+   * was: a host that died as it dropped them may not have told the members.
+   */
+  readonly gapFrom?: string | undefined
 }
 
 export type { MessageRow, MovedRead, ReadMove } from "./CommitBatcher.ts"
@@ -91,6 +97,14 @@ const refusingData = <A>(id: string, effect: Sql<A>): Effect.Effect<A, SqlError.
   )
 
 const timedAlready = new WeakSet<object>()
+
+/**
+ * How long after a conversation dropped messages for a member (conversations.gap_at) a replay still
+ * reads them however old: forty resume windows (10 minutes by default). A member told of the gap
+ * replays within it unless its mailbox stays out of reach that long while its connection gets
+ * other messages.
+ */
+export const gapMemoryMillis = (resumeWindow: Duration.Duration) => 40 * Duration.toMillis(resumeWindow)
 
 /** An operation that times itself, counts itself in flight and informs DatabaseHealth: timedStore leaves it as it is. */
 const timesItself = <F extends object>(operation: F): F => {
@@ -187,6 +201,11 @@ export class ConversationStore extends Context.Service<ConversationStore, {
   readonly lastMsgId: (id: string) => Sql<string | null>
   /** Records how far a stopping host handed everything over (cleared by the next commit). */
   readonly markRedeliverAfter: (id: string, after: string) => Sql<void>
+  /**
+   * Records that messages `from` … `to` were dropped for some member (Delivery): replays read them
+   * for the gap memory (Replay). A range recorded within the resume window is widened, an older one replaced.
+   */
+  readonly markGap: (id: string, from: string, to: string) => Sql<void>
   /**
    * History pages. With `reader`, only if that session is a member (else nothing), in the same
    * statement: a history read is one round trip (the caller tells "not a member" from "no messages"
@@ -289,7 +308,10 @@ export class ConversationStore extends Context.Service<ConversationStore, {
               last_msg_id: string | null
               last_seq: string
               redeliver_after: string | null
-            }>`SELECT conversation_type, last_msg_id, last_seq, redeliver_after FROM conversations WHERE id = ${id}`
+              gap_from: string | null
+              gap_at: string | null
+            }>`SELECT conversation_type, last_msg_id, last_seq, redeliver_after, gap_from, gap_at
+              FROM conversations WHERE id = ${id}`
             if (rows.length === 0) return Option.none()
             const members = yield* sql<
               { session_id: string; joined_seq: string; read_seq: string; read_msg_id: string | null }
@@ -302,7 +324,11 @@ export class ConversationStore extends Context.Service<ConversationStore, {
               lastSeq: Number(row.last_seq),
               members: new Map(members.map((m) => [m.session_id, Number(m.joined_seq)])),
               reads: new Map(members.map((m) => [m.session_id, { seq: Number(m.read_seq), msgId: m.read_msg_id }])),
-              redeliverAfter: row.redeliver_after ?? undefined
+              redeliverAfter: row.redeliver_after ?? undefined,
+              gapFrom:
+                row.gap_at !== null && Number(row.gap_at) >= Date.now() - 2 * Duration.toMillis(config.resumeWindow)
+                  ? row.gap_from ?? undefined
+                  : undefined
             })
           }),
         create: (id, conversationType, sessions, info) =>
@@ -466,6 +492,19 @@ export class ConversationStore extends Context.Service<ConversationStore, {
           ),
         markRedeliverAfter: (id, after) =>
           Effect.asVoid(sql`UPDATE conversations SET redeliver_after = ${after} WHERE id = ${id}`),
+        markGap: (id, from, to) =>
+          Effect.suspend(() => {
+            const now = Date.now()
+            // A drop within the resume window of the last one belongs to the same episode (a node
+            // dying, a stalled commit): the range widens. An older range is replaced: its members
+            // were told long ago, and a range kept growing would have every replay repeat all of it.
+            const fresh = sql`gap_at >= ${now - Duration.toMillis(config.resumeWindow)}`
+            return Effect.asVoid(sql`UPDATE conversations SET
+              gap_from = CASE WHEN ${fresh} AND gap_from < ${from} THEN gap_from ELSE ${from} END,
+              gap_to = CASE WHEN ${fresh} AND gap_to > ${to} THEN gap_to ELSE ${to} END,
+              gap_at = ${now}
+              WHERE id = ${id}`)
+          }),
         lastMsgId: (id) =>
           sql<{ last_msg_id: string | null }>`SELECT last_msg_id FROM conversations WHERE id = ${id}`.pipe(
             Effect.map((rows) => rows[0]?.last_msg_id ?? null)

@@ -23,7 +23,7 @@ import type * as SqlError from "effect/sql/SqlError"
 import { AppConfig } from "../Config.ts"
 import { conversationHash, decode, encode } from "../domain/MsgId.ts"
 import type { MsgData } from "../domain/Conversation.ts"
-import { type StoredMessage, toMsgData } from "./ConversationStore.ts"
+import { gapMemoryMillis, type StoredMessage, toMsgData } from "./ConversationStore.ts"
 import { replayPageBytes, replayPages } from "../observability/Telemetry.ts"
 
 /** Rows per page at most, however small they are. */
@@ -50,6 +50,11 @@ export interface ReplayPosition {
   readonly own: string
   /** `[{id, last}]` as JSON: each conversation's newest MsgId when the replay started. */
   readonly snapshot: string
+  /**
+   * `[{id, lo, hi}]` as JSON: ranges below the floor read too, however old: what a conversation
+   * dropped for some member within the gap memory (ConversationStore.markGap).
+   */
+  readonly gaps?: string
   /** The last row read (MsgId, conversation). */
   readonly id: string
   readonly conversation: string
@@ -81,6 +86,9 @@ export class Replay extends Context.Service<Replay, {
       const start = (session: string, cursor: string) =>
         Effect.gen(function* () {
           const floor = floorOf(cursor, config.resumeWindow)
+          // Ranges a conversation dropped for some member within the gap memory are read however old:
+          // a member may have been told of the gap only after newer messages moved its cursor on.
+          const since = decode(cursor).millis - gapMemoryMillis(config.resumeWindow)
           // The cursor's own conversation was seen in order up to the cursor: nothing of it before.
           const hash = decode(cursor).hash
           const candidates = yield* sql<{ conversation_id: string }>`
@@ -89,27 +97,64 @@ export class Replay extends Context.Service<Replay, {
             WHERE cm.session_id = ${session}`
           const own = candidates.find((c) => conversationHash(c.conversation_id) === hash)?.conversation_id ?? ""
           // A conversation's messages and its `last_msg_id` are written by one statement.
-          const lasts = yield* sql<{ id: string; last: string }>`
-            SELECT c.id, c.last_msg_id AS last FROM conversation_members cm
-            JOIN conversations c ON c.id = cm.conversation_id AND c.last_msg_id > ${floor}
+          const gap = sql`c.gap_at >= ${since} AND c.gap_from <= ${floor}`
+          const lasts = yield* sql<{ id: string; last: string; lo: string | null; hi: string | null }>`
+            SELECT c.id, c.last_msg_id AS last,
+              CASE WHEN ${gap} THEN c.gap_from END AS lo,
+              CASE WHEN ${gap} THEN LEAST(c.gap_to, ${floor}) END AS hi
+            FROM conversation_members cm
+            JOIN conversations c ON c.id = cm.conversation_id AND (c.last_msg_id > ${floor} OR (${gap}))
             WHERE cm.session_id = ${session}`
-          return { cursor, floor, own, snapshot: JSON.stringify(lasts), id: floor, conversation: "" }
+          let id = floor
+          const gaps: Array<{ id: string; lo: string; hi: string }> = []
+          for (const c of lasts) {
+            if (c.lo === null || c.hi === null) continue
+            gaps.push({ id: c.id, lo: c.lo, hi: c.hi })
+            if (c.lo < id) id = c.lo
+          }
+          const snapshot = JSON.stringify(lasts.map((c) => ({ id: c.id, last: c.last })))
+          const position: ReplayPosition = { cursor, floor, own, snapshot, id, conversation: "" }
+          return gaps.length === 0 ? position : { ...position, gaps: JSON.stringify(gaps) }
         })
 
-      const page = (session: string, at: ReplayPosition) =>
-        // One order across conversations (by MsgId), so that any message a client received during
-        // a replay is itself a safe cursor: everything after it in the replay sorts above it. The
-        // running size stops a page at the first row past the byte bound (a page has one row at least).
-        sql<StoredMessage & { readonly running: string | number }>`SELECT * FROM (
-            SELECT m.msg_id, m.conversation_id, m.from_session, m.send_time, m.status, m.type, m.content, m.seq,
-              sum(octet_length(m.content) + ${ROW_OVERHEAD}) OVER (ORDER BY m.msg_id, m.conversation_id) AS running,
-              octet_length(m.content) + ${ROW_OVERHEAD} AS size
+      const columns = sql`m.msg_id, m.conversation_id, m.from_session, m.send_time, m.status, m.type, m.content, m.seq`
+
+      /** Messages above the floor, each conversation up to its newest when the replay started. */
+      const aboveFloor = (session: string, at: ReplayPosition) => {
+        // Below the floor (a replay with gaps starts there) the position says nothing here; the
+        // index's range starts at whichever bound is higher.
+        const below = at.id < at.floor
+        return sql`SELECT ${columns}
             FROM jsonb_to_recordset(${at.snapshot}::jsonb) AS s(id text, last text)
             JOIN conversation_members cm ON cm.conversation_id = s.id AND cm.session_id = ${session}
             JOIN messages m ON m.conversation_id = s.id AND m.msg_id > ${at.floor} AND m.msg_id <= s.last
               AND m.seq > cm.joined_seq
             WHERE NOT (m.conversation_id = ${at.own} AND m.msg_id <= ${at.cursor})
-              AND (m.msg_id, m.conversation_id) > (${at.id}, ${at.conversation})
+              AND (m.msg_id, m.conversation_id) > (${below ? at.floor : at.id}, ${below ? "" : at.conversation})`
+      }
+
+      const page = (session: string, at: ReplayPosition) =>
+        // One order across conversations (by MsgId), so that any message a client received during
+        // a replay is itself a safe cursor: everything after it in the replay sorts above it. The
+        // running size stops a page at the first row past the byte bound (a page has one row at least).
+        // Gap ranges (below the floor) are a second index range per conversation, merged in order.
+        sql<StoredMessage & { readonly running: string | number }>`SELECT * FROM (
+            SELECT m.*,
+              sum(octet_length(m.content) + ${ROW_OVERHEAD}) OVER (ORDER BY m.msg_id, m.conversation_id) AS running,
+              octet_length(m.content) + ${ROW_OVERHEAD} AS size
+            FROM (${
+          at.gaps === undefined ? aboveFloor(session, at) : sql`(${aboveFloor(session, at)}
+              ORDER BY m.msg_id, m.conversation_id LIMIT ${PAGE})
+              UNION ALL
+              (SELECT ${columns}
+              FROM jsonb_to_recordset(${at.gaps}::jsonb) AS g(id text, lo text, hi text)
+              JOIN conversation_members cm ON cm.conversation_id = g.id AND cm.session_id = ${session}
+              JOIN messages m ON m.conversation_id = g.id AND m.msg_id >= g.lo AND m.msg_id <= g.hi
+                AND m.seq > cm.joined_seq
+              WHERE NOT (m.conversation_id = ${at.own} AND m.msg_id <= ${at.cursor})
+                AND (m.msg_id, m.conversation_id) > (${at.id}, ${at.conversation})
+              ORDER BY m.msg_id, m.conversation_id LIMIT ${PAGE})`
+        }) m
             ORDER BY m.msg_id, m.conversation_id LIMIT ${PAGE}
           ) p WHERE running - size < ${pageBytes}`.pipe(
           Effect.map((rows) => {
