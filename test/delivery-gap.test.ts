@@ -206,7 +206,9 @@ describe("delivery gap, a host that died before telling the members", () => {
     // The conversation as a host that died left it: two messages older than the resume window, the
     // second dropped for the member and never handed over; no host has it loaded now.
     const at = Date.now() - 60_000
-    const ids = [1, 2].map((seq) => encode({ millis: at + seq * 20_000, seq, conversationType: 0, hash: conversationHash(id) }))
+    const ids = [1, 2].map((seq) =>
+      encode({ millis: at + seq * 20_000, seq, conversationType: 0, hash: conversationHash(id) })
+    )
     await Effect.runPromise(Effect.gen(function* () {
       yield* sql`INSERT INTO conversations (id, conversation_type, last_msg_id, last_seq)
         VALUES (${id}, 0, ${ids[1]}, 2)`
