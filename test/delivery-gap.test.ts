@@ -230,7 +230,8 @@ describe("delivery gap, a host that died before telling the members", () => {
       for (const c of clients) assert.deepStrictEqual(c.messages.map((m) => m.MsgId), [])
       // The host died after recording what it dropped, before telling the members.
       await Effect.runPromise(
-        sql`UPDATE conversations SET gap_from = ${ids[1]}, gap_to = ${ids[1]}, gap_at = ${Date.now()} WHERE id = ${id}`
+        sql`INSERT INTO conversation_gaps (conversation_id, gap_from, gap_to, gap_at)
+          VALUES (${id}, ${ids[1]}, ${ids[1]}, ${Date.now()})`
       )
       const reply =
         (await server.post("/send_msg", { conversation_id: id, content: "new", type: 1 }, await server.token(a)))

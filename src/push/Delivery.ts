@@ -501,7 +501,7 @@ export class Delivery extends Context.Service<Delivery, {
             // Nothing queued or under way: handed over now, by the conversation's fiber, with no
             // wake of the hand-over fiber (one node, untraced: every member is called directly).
             backlogBytes += bytes
-            return handOver({ audience, lastSeq, messages, bytes, deadline })
+            return handOverNow({ audience, lastSeq, messages, bytes, deadline })
           }
           const enqueue = () => {
             undelivered++

@@ -310,8 +310,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
               redeliver_after: string | null
               gap_from: string | null
               gap_at: string | null
-            }>`SELECT conversation_type, last_msg_id, last_seq, redeliver_after, gap_from, gap_at
-              FROM conversations WHERE id = ${id}`
+            }>`SELECT c.conversation_type, c.last_msg_id, c.last_seq, c.redeliver_after, g.gap_from, g.gap_at
+              FROM conversations c LEFT JOIN conversation_gaps g ON g.conversation_id = c.id WHERE c.id = ${id}`
             if (rows.length === 0) return Option.none()
             const members = yield* sql<
               { session_id: string; joined_seq: string; read_seq: string; read_msg_id: string | null }
@@ -498,12 +498,13 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             // A drop within the resume window of the last one belongs to the same episode (a node
             // dying, a stalled commit): the range widens. An older range is replaced: its members
             // were told long ago, and a range kept growing would have every replay repeat all of it.
-            const fresh = sql`gap_at >= ${now - Duration.toMillis(config.resumeWindow)}`
-            return Effect.asVoid(sql`UPDATE conversations SET
-              gap_from = CASE WHEN ${fresh} AND gap_from < ${from} THEN gap_from ELSE ${from} END,
-              gap_to = CASE WHEN ${fresh} AND gap_to > ${to} THEN gap_to ELSE ${to} END,
-              gap_at = ${now}
-              WHERE id = ${id}`)
+            const fresh = sql`g.gap_at >= ${now - Duration.toMillis(config.resumeWindow)}`
+            return Effect.asVoid(sql`INSERT INTO conversation_gaps AS g (conversation_id, gap_from, gap_to, gap_at)
+              VALUES (${id}, ${from}, ${to}, ${now})
+              ON CONFLICT (conversation_id) DO UPDATE SET
+                gap_from = CASE WHEN ${fresh} AND g.gap_from < EXCLUDED.gap_from THEN g.gap_from ELSE EXCLUDED.gap_from END,
+                gap_to = CASE WHEN ${fresh} AND g.gap_to > EXCLUDED.gap_to THEN g.gap_to ELSE EXCLUDED.gap_to END,
+                gap_at = EXCLUDED.gap_at`)
           }),
         lastMsgId: (id) =>
           sql<{ last_msg_id: string | null }>`SELECT last_msg_id FROM conversations WHERE id = ${id}`.pipe(

@@ -97,14 +97,15 @@ export class Replay extends Context.Service<Replay, {
             WHERE cm.session_id = ${session}`
           const own = candidates.find((c) => conversationHash(c.conversation_id) === hash)?.conversation_id ?? ""
           // A conversation's messages and its `last_msg_id` are written by one statement.
-          const gap = sql`c.gap_at >= ${since} AND c.gap_from <= ${floor}`
+          const gap = sql`g.gap_at >= ${since} AND g.gap_from <= ${floor}`
           const lasts = yield* sql<{ id: string; last: string; lo: string | null; hi: string | null }>`
             SELECT c.id, c.last_msg_id AS last,
-              CASE WHEN ${gap} THEN c.gap_from END AS lo,
-              CASE WHEN ${gap} THEN LEAST(c.gap_to, ${floor}) END AS hi
+              CASE WHEN ${gap} THEN g.gap_from END AS lo,
+              CASE WHEN ${gap} THEN LEAST(g.gap_to, ${floor}) END AS hi
             FROM conversation_members cm
-            JOIN conversations c ON c.id = cm.conversation_id AND (c.last_msg_id > ${floor} OR (${gap}))
-            WHERE cm.session_id = ${session}`
+            JOIN conversations c ON c.id = cm.conversation_id
+            LEFT JOIN conversation_gaps g ON g.conversation_id = c.id
+            WHERE (c.last_msg_id > ${floor} OR (${gap})) AND cm.session_id = ${session}`
           let id = floor
           const gaps: Array<{ id: string; lo: string; hi: string }> = []
           for (const c of lasts) {
