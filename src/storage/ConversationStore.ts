@@ -99,7 +99,7 @@ const refusingData = <A>(id: string, effect: Sql<A>): Effect.Effect<A, SqlError.
 const timedAlready = new WeakSet<object>()
 
 /**
- * How long after a conversation dropped messages for a member (conversations.gap_at) a replay still
+ * How long after a conversation dropped messages for a member (conversation_gaps.gap_at) a replay still
  * reads them however old: forty resume windows (10 minutes by default). A member told of the gap
  * replays within it unless its mailbox stays out of reach that long while its connection gets
  * other messages.
