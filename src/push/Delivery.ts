@@ -500,6 +500,7 @@ export class Delivery extends Context.Service<Delivery, {
           if (atOnce && undelivered === 0 && unmarkedFrom === undefined) {
             // Nothing queued or under way: handed over now, by the conversation's fiber, with no
             // wake of the hand-over fiber (one node, untraced: every member is called directly).
+            // Not while a drop waits to be recorded: that write is the hand-over fiber's (recordGaps).
             backlogBytes += bytes
             return handOverNow({ audience, lastSeq, messages, bytes, deadline })
           }
