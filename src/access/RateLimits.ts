@@ -26,12 +26,19 @@ import { makeAllowList, remoteAddressOf } from "./Access.ts"
 interface Bucket {
   tokens: number
   at: number
+  /** When the key last moved to the back of the map's order (ms). */
+  moved: number
 }
+
+/** How often a key seen again moves to the back of the order, at most (ms). */
+const REORDER_EVERY = 1000
 
 /**
  * Token buckets by key, at most `maxKeys` of them: a key seen again moves to the back of the map's
  * order, so the one forgotten first is the least recently seen (by then usually refilled, so
- * forgetting it changes nothing).
+ * forgetting it changes nothing). It moves at most once a second: each move takes the key out of
+ * the map and puts it back, and a map churned by every request keeps what it held alive through
+ * V8's young collections (see src/storage/Waiters.ts).
  */
 export class Buckets {
   private readonly buckets = new Map<string, Bucket>()
@@ -52,13 +59,17 @@ export class Buckets {
     let bucket = this.buckets.get(key)
     if (bucket === undefined) {
       if (this.buckets.size >= this.maxKeys) this.buckets.delete(this.buckets.keys().next().value!)
-      bucket = { tokens: burst, at: now }
+      bucket = { tokens: burst, at: now, moved: now }
+      this.buckets.set(key, bucket)
     } else {
-      this.buckets.delete(key)
       bucket.tokens = Math.min(burst, bucket.tokens + (Math.max(0, now - bucket.at) * perSecond) / 1000)
       bucket.at = now
+      if (now - bucket.moved >= REORDER_EVERY || now < bucket.moved) {
+        bucket.moved = now
+        this.buckets.delete(key)
+        this.buckets.set(key, bucket)
+      }
     }
-    this.buckets.set(key, bucket)
     if (bucket.tokens >= 1) {
       bucket.tokens -= 1
       return 0

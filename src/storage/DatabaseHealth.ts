@@ -15,6 +15,7 @@ import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as SqlClient from "effect/sql/SqlClient"
 import { DatabaseUnavailable } from "../domain/Conversation.ts"
+import { Waiters } from "./Waiters.ts"
 
 /** How often a reachable database is probed, and how long a probe may take before it counts as lost. */
 const PROBE_EVERY = Duration.seconds(1)
@@ -77,11 +78,8 @@ export class DatabaseHealth extends Context.Service<DatabaseHealth, {
       const sql = yield* SqlClient.SqlClient
       let reachable = true
       // Called once when the database is next lost: the waits answered DatabaseUnavailable then.
-      const listeners = new Set<() => void>()
-      const onLost = (listener: () => void) => {
-        listeners.add(listener)
-        return () => void listeners.delete(listener)
-      }
+      const listeners = new Waiters()
+      const onLost = (listener: () => void) => listeners.add(listener)
       const unavailable = Effect.fail(new DatabaseUnavailable())
       /** Fails with DatabaseUnavailable when the database is next lost. */
       const untilLost = Effect.callback<never, DatabaseUnavailable>((resume) =>
@@ -91,9 +89,7 @@ export class DatabaseHealth extends Context.Service<DatabaseHealth, {
         Effect.suspend(() => {
           if (!reachable) return Effect.void
           reachable = false
-          const called = [...listeners]
-          listeners.clear()
-          for (const listener of called) listener()
+          listeners.callAll()
           return Effect.logWarning("database unreachable: answering 503 until it answers again", cause)
         })
       const markBack = Effect.suspend(() => {
