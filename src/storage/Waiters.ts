@@ -36,9 +36,8 @@ export class Waiters {
   callAll(): void {
     const called: Array<() => void> = []
     while (this.head !== undefined) {
-      const node = this.head
-      if (node.callback !== undefined) called.push(node.callback)
-      this.unlink(node)
+      called.push(this.head.callback!)
+      this.unlink(this.head)
     }
     for (const callback of called) callback()
   }
