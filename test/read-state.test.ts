@@ -212,7 +212,12 @@ describe("read state", () => {
       await sleep(2)
     }
     // Activity: c0..c6 in order of their messages, except c3 which has none (its join time, older).
-    for (const [i, c] of convs.entries()) if (i !== 3) await send(b.token, c, `in ${i}`)
+    // A millisecond apart at least: activity is kept to the millisecond (a tie sorts by id).
+    for (const [i, c] of convs.entries()) {
+      if (i === 3) continue
+      await send(b.token, c, `in ${i}`)
+      await sleep(2)
+    }
     const expected = [6, 5, 4, 2, 1, 0, 3].map((i) => convs[i])
     const first = ok(await server.post("/get_inbox", { limit: 3 }, a.token))
     assert.deepStrictEqual(first.Conversations.map((e: any) => e.ConversationId), expected.slice(0, 3))
@@ -224,7 +229,9 @@ describe("read state", () => {
     assert.isNull(entry.ReadMsgId)
     // Meanwhile: the oldest two get new messages (they would jump to the top) and a new one appears.
     await send(b.token, convs[0], "late")
+    await sleep(2)
     await send(b.token, convs[3], "late")
+    await sleep(2)
     const added = await create([a.id, b.id])
     const seen = [...first.Conversations.map((e: any) => e.ConversationId)]
     let cursor = first.NextCursor

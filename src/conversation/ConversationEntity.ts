@@ -32,11 +32,11 @@ import { aboutMessages, debugEnabled } from "../observability/Logging.ts"
 import { entityActivations } from "../observability/Telemetry.ts"
 import { Delivery } from "../push/Delivery.ts"
 import { ConversationStore, type MessageRow, toMsgData } from "../storage/ConversationStore.ts"
-import { causeIsUnreachable } from "../storage/DatabaseHealth.ts"
+import { causeIsUniqueViolation, causeIsUnreachable } from "../storage/DatabaseHealth.ts"
 import { advance, commitSends, type Committed, isUnstorable, needsLookup, number, traced } from "./GroupCommit.ts"
 import { type Lane, LocalConversations, type LocalRefusal, type LocalSend } from "./LocalConversations.ts"
 import * as Membership from "./Membership.ts"
-import { type Loaded, makeStateHolder } from "./State.ts"
+import { type Loaded, makeStateHolder, type StateHolder } from "./State.ts"
 import { Conversation, type Send } from "./Protocol.ts"
 import * as Reading from "./Reading.ts"
 
@@ -76,35 +76,54 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       // be this node at once (a conversation passivating here), and it reads the position as it loads.
       const warn = (what: string) => (cause: Cause.Cause<unknown>) =>
         Effect.logWarning(what, cause).pipe(Effect.annotateLogs({ conversationId: id }))
-      const handovers = yield* (yield* Delivery).open(id, ({ handedThrough }) =>
-        Effect.andThen(
-          handedThrough === undefined ? Effect.void : store.markRedeliverAfter(id, handedThrough).pipe(
-            Effect.timeout("2 seconds"),
-            Effect.catchCause(warn("could not record how far hand-overs went"))
-          ),
-          self.Redeliver(undefined, { discard: true }).pipe(
-            Effect.timeout("2 seconds"),
-            Effect.catchCause(warn("could not leave a redelivery for the next host"))
-          )
-        ), (from, to) => store.markGap(id, from, to))
+      /** The state's holder of the entity's run (set as it starts). */
+      let holder: StateHolder | undefined
+      // Each commit records how far hand-overs went when it was written (a host killed right after
+      // a commit leaves the rest to the next host). A stop with everything handed over says so, so
+      // that the next host does not hand the last batch over again.
+      const handovers = yield* (yield* Delivery).open(id, ({ handedThrough, settled }) =>
+        settled
+          ? holder?.mayOwe() === true && handedThrough !== undefined && handedThrough !== ""
+            ? store.clearRedeliverAfter(id, handedThrough).pipe(
+              Effect.timeout("2 seconds"),
+              Effect.catchCause(warn("could not record that every hand-over was done"))
+            )
+            : Effect.void
+          : Effect.andThen(
+            handedThrough === undefined ? Effect.void : store.markRedeliverAfter(id, handedThrough).pipe(
+              Effect.timeout("2 seconds"),
+              Effect.catchCause(warn("could not record how far hand-overs went"))
+            ),
+            self.Redeliver(undefined, { discard: true }).pipe(
+              Effect.timeout("2 seconds"),
+              Effect.catchCause(warn("could not leave a redelivery for the next host"))
+            )
+          ), (from, to) =>
+        store.markGap(id, from, to))
 
       return (mailbox, replier) => {
-        const holder = makeStateHolder(id, store, config.resumeWindow, handovers)
-        const load = holder.load
+        const state = makeStateHolder(id, store, config.resumeWindow, handovers)
+        holder = state
+        const load = state.load
         const reading = Reading.make(id, store, handovers)
         /** A reload is scheduled (see failAll). */
         let reloading = false
         /** Puts an item in the loop's queue; false once the entity is stopping (set with the queue below). */
-        let enqueue: (item: Item) => boolean = () => false
+        let enqueue: (item: Item) => boolean = () =>
+          false
         /** Answers a send taken by direct call, once (`undefined`: not begun, the sender goes round by the entity message). */
         const settle = (send: LocalSend, outcome: Exit.Exit<any, LocalRefusal> | undefined) => {
-          if (send.answered) return
+          if (send.answered) {
+            return
+          }
           send.answered = true
           send.resume(outcome)
         }
         const reply = (item: Item, value: unknown) =>
           isLocal(item)
-            ? Effect.sync(() => settle(item, Exit.succeed(value)))
+            ? Effect.sync(() =>
+              settle(item, Exit.succeed(value))
+            )
             : replier.succeed(item as any, value as any)
         const fail = (item: Item, error: unknown) =>
           isLocal(item)
@@ -130,7 +149,8 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         /**
          * A write whose outcome is unknown: reload state before the next one, and answer
          * DatabaseUnavailable (503 / 10006 at the edge: retry) when the database could not be reached
-         * or the connection broke, a defect (10002) for anything else. The entity runs with fatal
+         * or the connection broke, or another host wrote the same key first (a previous host of the
+         * conversation still writing: the retry numbers after it), a defect (10002) for anything else. The entity runs with fatal
          * defects off, so the answer is final: the cluster does not restart the entity and replay
          * these requests (which, for a request that can never succeed, went on forever and left the
          * conversation answering nobody).
@@ -143,7 +163,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         const failAll = (requests: ReadonlyArray<Item>, cause: Cause.Cause<unknown>) =>
           Effect.gen(function* () {
             if (Cause.hasInterruptsOnly(cause)) return yield* Effect.failCause(cause as Cause.Cause<never>)
-            if (holder.drop(true) && !reloading) {
+            if (state.drop(true) && !reloading) {
               reloading = true
               yield* Effect.sleep(RELOAD_AFTER).pipe(
                 Effect.andThen(reload),
@@ -153,13 +173,16 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               )
             }
             const unreachable = causeIsUnreachable(cause)
+            const elsewhere = !unreachable && causeIsUniqueViolation(cause)
             yield* (unreachable
               ? Effect.logWarning("conversation write failed: database unreachable", cause)
+              : elsewhere
+              ? Effect.logWarning("conversation written by another host meanwhile: state reloaded", cause)
               : Effect.logError("conversation write failed", cause)).pipe(Effect.annotateLogs({ conversationId: id }))
             const defect = Cause.die(Cause.squash(cause))
             for (const r of requests) {
               // Redeliver declares no errors: it is retried by its next host whatever happens here.
-              if (unreachable && r.tag !== "Redeliver") yield* fail(r, new DatabaseUnavailable())
+              if ((unreachable || elsewhere) && r.tag !== "Redeliver") yield* fail(r, new DatabaseUnavailable())
               else yield* failCause(r, defect)
             }
           })
@@ -171,7 +194,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
          */
         const refuseInvalid = (requests: ReadonlyArray<SendItem>) =>
           Effect.gen(function* () {
-            holder.drop(false)
+            state.drop(false)
             if (requests.length > 1) {
               for (const r of requests) yield* handleSends([r])
               return
@@ -222,18 +245,20 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
           const sends = requests.map((r) => r.payload)
           if (tracing || debug || needsLookup(current.state, sends)) {
             return Effect.flatMap(
-              commitSends(store, id, current.state, current.clock, sends, now),
-              ({ answers, rows }) =>
-                rows.length === 0
-                  ? answerAll(requests, answers)
-                  : Effect.andThen(handOver(current.state.members, rows, now), answerAll(requests, answers))
+              commitSends(store, id, current.state, current.clock, sends, now, handovers.handedThrough()),
+              ({ answers, rows }) => {
+                if (rows.length === 0) return answerAll(requests, answers)
+                state.committed()
+                return Effect.andThen(handOver(current.state.members, rows, now), answerAll(requests, answers))
+              }
             )
           }
           // Every send's case: numbered, written and handed over with no effect but the write's.
           const { answers, rows } = number(id, current.state, current.clock, sends, now, new Map())
           if (rows.length === 0) return answerAll(requests, answers)
-          return Effect.flatMap(store.appendMessages(id, rows), () => {
+          return Effect.flatMap(store.appendMessages(id, rows, handovers.handedThrough()), () => {
             advance(current.state, rows)
+            state.committed()
             const members = current.state.members
             const left = handovers.offerNow(
               members,
@@ -251,7 +276,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
 
         // Loaded already is every send's case: no effect to read the state.
         const sendBatch = (requests: ReadonlyArray<SendItem>): Effect.Effect<void> => {
-          const current = holder.current()
+          const current = state.current()
           return (current !== undefined
             ? sendLoaded(requests, current)
             : Effect.flatMap(load, (loaded) => sendLoaded(requests, loaded))).pipe(
@@ -288,7 +313,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
               if (request.tag === "Create") {
                 if (current === null) {
                   yield* store.create(id, payload.conversationType, sessions, payload)
-                  holder.created(payload.conversationType, sessions)
+                  state.created(payload.conversationType, sessions)
                 }
                 return yield* reply(request, undefined)
               }

@@ -89,11 +89,14 @@ export const commitSends = (
   state: Sequence,
   clock: MsgIdClock,
   sends: ReadonlyArray<SendPayload>,
-  now: number
+  now: number,
+  handedThrough?: string
 ): Effect.Effect<Committed, SqlError.SqlError | UnstorableMessage> =>
   Effect.suspend(() => {
     const withClientId = sends.filter(looksUp(state))
-    if (withClientId.length === 0) return stored(store, id, state, number(id, state, clock, sends, now, new Map()))
+    if (withClientId.length === 0) {
+      return stored(store, id, state, number(id, state, clock, sends, now, new Map()), handedThrough)
+    }
     return Effect.flatMap(
       store.findByClientIds(id, withClientId.map((p) => ({ session: p.session, clientMsgId: p.clientMsgId! }))),
       (found) => {
@@ -106,17 +109,25 @@ export const commitSends = (
             duplicate: true
           })
         }
-        return stored(store, id, state, number(id, state, clock, sends, now, known))
+        return stored(store, id, state, number(id, state, clock, sends, now, known), handedThrough)
       }
     )
   })
 
 /** `committed` written, and the state advanced past it (nothing to write: answered at once). */
-const stored = (store: ConversationStore["Service"], id: string, state: Sequence, committed: Committed) =>
-  committed.rows.length === 0 ? Effect.succeed(committed) : Effect.map(store.appendMessages(id, committed.rows), () => {
-    advance(state, committed.rows)
-    return committed
-  })
+const stored = (
+  store: ConversationStore["Service"],
+  id: string,
+  state: Sequence,
+  committed: Committed,
+  handedThrough: string | undefined
+) =>
+  committed.rows.length === 0
+    ? Effect.succeed(committed)
+    : Effect.map(store.appendMessages(id, committed.rows, handedThrough), () => {
+      advance(state, committed.rows)
+      return committed
+    })
 
 /** The state past `rows`, once they committed. */
 export const advance = (state: Sequence, rows: ReadonlyArray<MessageRow>) => {

@@ -34,6 +34,13 @@ export interface StateHolder {
    * load is owed (the caller schedules one).
    */
   readonly drop: (outcomeUnknown: boolean) => boolean
+  /**
+   * Whether the conversation's row may say that hand-overs are owed (redeliver_after): it did when
+   * loaded, or this host committed since (each commit records how far hand-overs went).
+   */
+  readonly mayOwe: () => boolean
+  /** This host committed: its row records how far hand-overs went then. */
+  readonly committed: () => void
 }
 
 export const makeStateHolder = (
@@ -49,6 +56,7 @@ export const makeStateHolder = (
    * The next load hands over everything after it, however old: that write may have committed.
    */
   let unknownAfter: string | undefined = undefined
+  let owes = false
 
   // Loaded already is every send's case: answered without running the load's generator.
   const load = Effect.suspend(() => loaded !== undefined ? Effect.succeed(loaded) : loadFresh)
@@ -68,10 +76,11 @@ export const makeStateHolder = (
       const dropped = next.state.gapFrom === undefined ? undefined : floorOf(next.state.gapFrom, Duration.millis(1))
       const marks = [unknownAfter, next.state.redeliverAfter, dropped].filter((m) => m !== undefined).sort()
       const from = yield* redeliverRecent(next.state, marks[0])
-      handovers.handedFrom(from ?? next.state.lastMsgId ?? "")
+      if (from === undefined) handovers.handedFrom(next.state.lastMsgId ?? "")
     }
     loaded = next
     unknownAfter = undefined
+    if (next?.state.redeliverAfter !== undefined) owes = true
     return next
   })
 
@@ -80,8 +89,10 @@ export const makeStateHolder = (
    * to the members' mailboxes. So a conversation that had messages within the resume window
    * hands those over again before anything new, in order; connections drop what they already
    * have by MsgId (Feed, Mailbox), and nothing new can overtake what was missed. With `after`
-   * (the last position known to be handed over), from there if earlier, however old.
-   * Returns the position it hands over from, if it hands over anything.
+   * (the last position known to be handed over: recorded by every commit, by a stopping host, or
+   * known here after a write of unknown outcome), from there if earlier, however old.
+   * Returns the position it hands over from, if it hands over anything (and then starts the
+   * hand-overs' count from there: `handedFrom`).
    */
   const redeliverRecent = (state: Loaded["state"], after: string | undefined) =>
     Effect.gen(function* () {
@@ -96,7 +107,16 @@ export const makeStateHolder = (
       // messages (a busy conversation may have more in the window than a hand-over should carry).
       const recent = yield* store.newestAfter(id, floor, REDELIVER_MAX)
       if (recent.length === 0) return undefined
+      // Older than the resume window (a host killed between a commit and its hand-over, and this
+      // conversation hosted again only now): a member may have moved its cursor more than the window
+      // past them meanwhile (other conversations' messages), and its replay would not reach back to
+      // them. Recorded as a gap, which replays read however old (Replay), before anyone is handed them.
+      if (decode(recent[0].MsgId).millis < now - Duration.toMillis(resumeWindow)) {
+        yield* store.markGap(id, recent[0].MsgId, recent[recent.length - 1].MsgId)
+      }
       // Old by nature, so each gets the budget from now; a member only what followed its join.
+      // Handed over from the floor on, as far as the hand-overs go (they may finish right away).
+      handovers.handedFrom(floor)
       yield* handovers.again(state.members, recent, state.lastSeq, now)
       return floor
     })
@@ -120,6 +140,10 @@ export const makeStateHolder = (
       if (outcomeUnknown && loaded) unknownAfter ??= loaded.state.lastMsgId ?? ""
       loaded = undefined
       return unknownAfter !== undefined
+    },
+    mayOwe: () => owes,
+    committed: () => {
+      owes = true
     }
   }
 }

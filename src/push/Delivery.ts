@@ -74,6 +74,8 @@ interface Announced {
 
 /** What a stopping conversation's hand-overs left undone. */
 export interface Unsettled {
+  /** Nothing: every member was handed everything, or told of the gap. */
+  readonly settled: boolean
   /** How long the stop waited for them (ms). */
   readonly waited: number
   /** Batches queued or being handed over, members with an entity message on its way, members owed a gap. */
@@ -119,6 +121,8 @@ export interface Handovers {
   ) => void
   /** A fresh start of the hand-overs (load, create): everything up to `position` counts as handed over. */
   readonly handedFrom: (position: string) => void
+  /** See `Unsettled.handedThrough`: undefined before the first `handedFrom`. */
+  readonly handedThrough: () => string | undefined
   /**
    * Hands `recent` (the conversation's newest messages, in order, the last with seq `lastSeq`) over
    * again, each member only what was sent after it joined (`members`: session → the seq it joined
@@ -134,7 +138,9 @@ export interface Handovers {
 
 /**
  * How a stopping conversation leaves unsettled hand-overs to its next host: it gets everything
- * after `handedThrough` handed over again (see `Unsettled`).
+ * after `handedThrough` handed over again (see `Unsettled`). Called too when everything is settled
+ * (`settled`), in both modes; with hand-overs left, in multi-node mode only (on one node the next
+ * host is this node after a restart, which hands over from the position each commit recorded).
  */
 export type Owe = (left: Unsettled) => Effect.Effect<void>
 
@@ -161,7 +167,7 @@ const sizeOf = (messages: ReadonlyArray<MsgData>) => {
 export class Delivery extends Context.Service<Delivery, {
   /**
    * The hand-overs of `conversationId`, until the scope closes (the entity stops). Closing waits a
-   * little for the hand-overs under way; in multi-node mode what is left then goes to `owe`.
+   * little for the hand-overs under way, then tells `owe` what is left (see Owe).
    */
   readonly open: (conversationId: string, owe: Owe, markGap: MarkGap) => Effect.Effect<Handovers, never, Scope.Scope>
 }>()("quick-im/push/Delivery") {
@@ -568,13 +574,15 @@ export class Delivery extends Context.Service<Delivery, {
               Effect.ignore
             )
             const waited = Date.now() - started
-            if ((undelivered === 0 && busy.size === 0 && gapped.size === 0) || !multiNode) {
+            const settled = undelivered === 0 && busy.size === 0 && gapped.size === 0
+            if (settled || !multiNode) {
+              if (settled) yield* owe({ settled, waited, undelivered, busy: 0, gapped: 0, handedThrough })
               if (debug) {
                 yield* Effect.logDebug("conversation stopped").pipe(Effect.annotateLogs({ conversationId: id, waited }))
               }
               return
             }
-            const left = { waited, undelivered, busy: busy.size, gapped: gapped.size, handedThrough }
+            const left = { settled, waited, undelivered, busy: busy.size, gapped: gapped.size, handedThrough }
             yield* owe(left)
             if (debug) {
               yield* Effect.logDebug("conversation stopped, its hand-overs left to the next host").pipe(
@@ -613,6 +621,7 @@ export class Delivery extends Context.Service<Delivery, {
             processedThrough = undefined
             handedThrough = position
           },
+          handedThrough: () => handedThrough,
           again
         } satisfies Handovers
       })

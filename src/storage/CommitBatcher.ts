@@ -47,6 +47,8 @@ export interface MovedRead {
 interface Pending {
   readonly rows: ReadonlyArray<MessageRow>
   readonly reads: ReadonlyArray<ReadMove>
+  /** For `rows`' conversation: how far its members were handed everything (conversations.redeliver_after). */
+  readonly handed: string | null
   /** About the JSON this Pending adds to a statement (UTF-16 units, not exact bytes). */
   readonly bytes: number
   /** Called with the moves of `reads` the statement made: through `answer`, so once. */
@@ -123,12 +125,16 @@ export const makeCommitBatcher = (
       })
     }
     const reads = [...senders.values(), ...batch.flatMap((p) => p.reads)]
+    // A conversation waits for each commit before the next: one Pending of its rows per batch.
+    const handed = new Map<string, string | null>()
+    for (const p of batch) if (p.rows.length > 0) handed.set(p.rows[0].conversation_id, p.handed)
     const lasts = [...lastByConversation.values()].map((r) => ({
       id: r.conversation_id,
       last_msg_id: r.msg_id,
       last_send_time: r.send_time,
       last_send_session: r.from_session,
-      last_seq: r.seq
+      last_seq: r.seq,
+      redeliver_after: handed.get(r.conversation_id) ?? null
     }))
     return sql<
       { conversation_id: string; session_id: string; read_seq: string; read_msg_id: string }
@@ -153,10 +159,10 @@ export const makeCommitBatcher = (
         RETURNING m.conversation_id, m.session_id, m.read_seq, m.read_msg_id),
       lasts AS (
         UPDATE conversations c SET last_msg_id = v.last_msg_id, last_send_time = v.last_send_time,
-          last_send_session = v.last_send_session, last_seq = v.last_seq, redeliver_after = NULL,
+          last_send_session = v.last_send_session, last_seq = v.last_seq, redeliver_after = v.redeliver_after,
           last_msg_at = v.last_send_time::timestamptz, last_xid = pg_current_xact_id()
         FROM jsonb_to_recordset(${JSON.stringify(lasts)}::jsonb) AS v(id text, last_msg_id text, last_send_time text,
-          last_send_session text, last_seq bigint)
+          last_send_session text, last_seq bigint, redeliver_after text)
         WHERE c.id = v.id
         RETURNING 1)
       SELECT conversation_id, session_id, read_seq, read_msg_id FROM readers`
@@ -221,7 +227,8 @@ export const makeCommitBatcher = (
   }
 
   /**
-   * Queues `rows` (one conversation's, in order) and read positions `reads`, to be written durably in
+   * Queues `rows` (one conversation's, in order, with how far its members were handed everything:
+   * `handed`, null when unknown) and read positions `reads`, to be written durably in
    * a statement shared with others waiting; `done` is called once with the outcome. True: a commit
    * slot is free, and the caller must run `start` (the commits of everything queued, in a fiber of
    * their own that keeps going while work remains; everyone only waits for its answer).
@@ -229,10 +236,11 @@ export const makeCommitBatcher = (
   const submit = (
     rows: ReadonlyArray<MessageRow>,
     reads: ReadonlyArray<ReadMove>,
-    done: Pending["done"]
+    done: Pending["done"],
+    handed: string | null = null
   ): boolean => {
     const bytes = sizeOf(rows, reads)
-    queue.push({ rows, reads, bytes, done, answered: false })
+    queue.push({ rows, reads, handed, bytes, done, answered: false })
     queuedRows += rows.length + reads.length
     queuedBytes += bytes
     return inFlight < inFlightMax

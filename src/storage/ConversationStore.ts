@@ -178,7 +178,8 @@ export class ConversationStore extends Context.Service<ConversationStore, {
   /** Fails with UnstorableMessage when the database refused the rows' data (nothing was written). */
   readonly appendMessages: (
     id: string,
-    rows: ReadonlyArray<MessageRow>
+    rows: ReadonlyArray<MessageRow>,
+    handedThrough?: string
   ) => Effect.Effect<void, SqlError.SqlError | UnstorableMessage>
   /**
    * Moves read positions forward (never back), in a statement shared with other conversations'
@@ -199,8 +200,14 @@ export class ConversationStore extends Context.Service<ConversationStore, {
   /** With `session`'s read state: None when the conversation does not exist or it is not a member. */
   readonly detail: (id: string, session: string) => Sql<Option.Option<ConversationDetail>>
   readonly lastMsgId: (id: string) => Sql<string | null>
-  /** Records how far a stopping host handed everything over (cleared by the next commit). */
+  /**
+   * Records how far a stopping host handed everything over. Each commit records it too (how far its
+   * host had handed everything over when it wrote: `appendMessages`' `handedThrough`), so that a host
+   * killed between a commit and its hand-over leaves it to the next one.
+   */
   readonly markRedeliverAfter: (id: string, after: string) => Sql<void>
+  /** A stopping host handed everything over through `last`, its last message: nothing is owed. */
+  readonly clearRedeliverAfter: (id: string, last: string) => Sql<void>
   /**
    * Records that messages `from` … `to` were dropped for some member (Delivery): replays read them
    * for the gap memory (Replay). A range recorded within the resume window is widened, an older one replaced.
@@ -280,7 +287,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
       const metricContext = yield* Effect.context<never>()
       const appendFailed = (id: string, cause: Cause.Cause<SqlError.SqlError>) =>
         Effect.andThen(health.observe(cause), refusingData(id, Effect.failCause(cause)))
-      const appendMessages = (id: string, rows: ReadonlyArray<MessageRow>) =>
+      const appendMessages = (id: string, rows: ReadonlyArray<MessageRow>, handedThrough?: string) =>
         Effect.suspend(() => {
           const started = performance.now()
           let outcome: Effect.Effect<void, SqlError.SqlError | UnstorableMessage> | undefined
@@ -290,7 +297,7 @@ export class ConversationStore extends Context.Service<ConversationStore, {
             appendDuration.updateUnsafe((performance.now() - started) / 1000, metricContext)
             outcome = Exit.isSuccess(exit) ? Effect.void : appendFailed(id, exit.cause)
             if (resume !== undefined) resume(outcome)
-          })
+          }, handedThrough ?? null)
           // Counted once queued (the callback, which counts it out, comes later: never from submit).
           storeActivity.inFlight++
           const answered = Effect.callback<void, SqlError.SqlError | UnstorableMessage>((r) => {
@@ -492,6 +499,11 @@ export class ConversationStore extends Context.Service<ConversationStore, {
           ),
         markRedeliverAfter: (id, after) =>
           Effect.asVoid(sql`UPDATE conversations SET redeliver_after = ${after} WHERE id = ${id}`),
+        clearRedeliverAfter: (id, last) =>
+          Effect.asVoid(
+            sql`UPDATE conversations SET redeliver_after = NULL WHERE id = ${id} AND last_msg_id = ${last}
+              AND redeliver_after IS NOT NULL`
+          ),
         markGap: (id, from, to) =>
           Effect.suspend(() => {
             const now = Date.now()

@@ -51,6 +51,14 @@ export const isDatabaseUnreachable = (error: unknown): boolean => {
 /** Whether `error` is a SqlError of SQLSTATE class 22 (data exception): the statement's data was refused, nothing written. */
 export const isInvalidData = (error: unknown): boolean => sqlState(error)?.startsWith("22") === true
 
+/**
+ * Whether a failure's cause holds a unique violation (SQLSTATE 23505): another writer stored the
+ * same key first (for a conversation's commit: a previous host still writing while the conversation
+ * is hosted here). The statement wrote nothing; tried again on fresh state, it can succeed.
+ */
+export const causeIsUniqueViolation = (cause: Cause.Cause<unknown>) =>
+  cause.reasons.some((r) => Cause.isFailReason(r) && sqlState(r.error) === "23505")
+
 /** Whether a failure's cause holds an unreachable-database error (see isDatabaseUnreachable). */
 export const causeIsUnreachable = (cause: Cause.Cause<unknown>) =>
   cause.reasons.some((r) => Cause.isFailReason(r) && isDatabaseUnreachable(r.error))

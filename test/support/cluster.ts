@@ -31,11 +31,16 @@ let clusters = 0
 /**
  * `together`: the nodes start at the same moment (a cold start), not one after another.
  * `adminUrl`: the PostgreSQL server to create the cluster's database on (by default the run's).
+ * `nodeDatabaseUrl`: the URL the nodes use for that database (a proxy in front of it).
  */
 export const startCluster = async (
   count: number,
   env: Record<string, string> = {},
-  options: { readonly together?: boolean; readonly adminUrl?: string } = {}
+  options: {
+    readonly together?: boolean
+    readonly adminUrl?: string
+    readonly nodeDatabaseUrl?: (url: string) => string
+  } = {}
 ): Promise<TestCluster> => {
   const admin = options.adminUrl ?? pgAdminUrl()
   const name = `${testDatabaseUrl().replace(/.*\//, "")}_c${++clusters}`
@@ -46,7 +51,7 @@ export const startCluster = async (
     const runnerPort = port ?? await freePort()
     const server = await spawnServer({
       env: {
-        DATABASE_URL: databaseUrl,
+        DATABASE_URL: options.nodeDatabaseUrl?.(databaseUrl) ?? databaseUrl,
         QUICKIM_JWT_SECRET: "cluster-test-secret-cluster-test-secret",
         QUICKIM_RUNNER_HOST: "127.0.0.1",
         QUICKIM_RUNNER_PORT: String(runnerPort),

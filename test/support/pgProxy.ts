@@ -8,8 +8,11 @@ import { freePort } from "./process.ts"
 
 export interface PgProxy {
   readonly port: number
-  /** The next connection that sends `text` (in a Parse or Query message) is cut when the server answers. */
-  readonly cutAfter: (text: string) => void
+  /**
+   * The next connection that sends `text` (in a Parse, Bind or Query message) is cut when the server
+   * answers; `onCut` runs first (a test kills the client's process there, before it can hear a thing).
+   */
+  readonly cutAfter: (text: string, onCut?: () => void) => void
   /** Connections cut so far. */
   readonly cuts: () => number
   readonly close: () => Promise<void>
@@ -17,13 +20,14 @@ export interface PgProxy {
 
 export const startPgProxy = async (target: { readonly host: string; readonly port: number }): Promise<PgProxy> => {
   let armed: string | undefined = undefined
+  let beforeCut: (() => void) | undefined = undefined
   let cuts = 0
   const sockets = new Set<Net.Socket>()
   const server = Net.createServer((client) => {
     const upstream = Net.connect(target.port, target.host)
     sockets.add(client)
     sockets.add(upstream)
-    let cutting = false
+    let cutting: (() => void) | undefined = undefined
     const end = () => {
       client.destroy()
       upstream.destroy()
@@ -33,12 +37,14 @@ export const startPgProxy = async (target: { readonly host: string; readonly por
     client.on("data", (data) => {
       if (armed !== undefined && data.includes(armed)) {
         armed = undefined
-        cutting = true
+        cutting = beforeCut ?? (() => {})
+        beforeCut = undefined
       }
       upstream.write(data)
     })
     upstream.on("data", (data) => {
-      if (cutting) {
+      if (cutting !== undefined) {
+        cutting()
         cuts++
         return end()
       }
@@ -53,7 +59,10 @@ export const startPgProxy = async (target: { readonly host: string; readonly por
   await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve))
   return {
     port,
-    cutAfter: (text) => (armed = text),
+    cutAfter: (text, onCut) => {
+      armed = text
+      beforeCut = onCut
+    },
     cuts: () => cuts,
     close: () =>
       new Promise<void>((resolve) => {
