@@ -107,12 +107,15 @@ export const makeStateHolder = (
       // messages (a busy conversation may have more in the window than a hand-over should carry).
       const recent = yield* store.newestAfter(id, floor, REDELIVER_MAX)
       if (recent.length === 0) return undefined
-      // Older than the resume window (a host killed between a commit and its hand-over, and this
-      // conversation hosted again only now): a member may have moved its cursor more than the window
-      // past them meanwhile (other conversations' messages), and its replay would not reach back to
-      // them. Recorded as a gap, which replays read however old (Replay), before anyone is handed them.
-      if (decode(recent[0].MsgId).millis < now - Duration.toMillis(resumeWindow)) {
-        yield* store.markGap(id, recent[0].MsgId, recent[recent.length - 1].MsgId)
+      // What was owed (after the last position known to be handed over) and is older than the
+      // resume window (a host killed between a commit and its hand-over, and this conversation
+      // hosted again only now): a member may have moved its cursor more than the window past it
+      // meanwhile (other conversations' messages), and its replay would not reach back to it.
+      // Recorded as a gap, which replays read however old (Replay), before anyone is handed it.
+      // The rest of the window was most likely handed over already: no gap for it.
+      const owed = after === undefined ? -1 : recent.findIndex((m) => m.MsgId > after)
+      if (owed >= 0 && decode(recent[owed].MsgId).millis < now - Duration.toMillis(resumeWindow)) {
+        yield* store.markGap(id, recent[owed].MsgId, recent[recent.length - 1].MsgId)
       }
       // Old by nature, so each gets the budget from now; a member only what followed its join.
       // Handed over from the floor on, as far as the hand-overs go (they may finish right away).
