@@ -156,10 +156,10 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
          * A write whose outcome is unknown: reload state before the next one, and answer
          * DatabaseUnavailable (503 / 10006 at the edge: retry) when the database could not be reached
          * or the connection broke, or another host wrote the same key first (a previous host of the
-         * conversation still writing: the retry numbers after it), a defect (10002) for anything else. The entity runs with fatal
-         * defects off, so the answer is final: the cluster does not restart the entity and replay
-         * these requests (which, for a request that can never succeed, went on forever and left the
-         * conversation answering nobody).
+         * conversation still writing: the retry numbers after it), a defect (10002) for anything
+         * else. The entity runs with fatal defects off, so the answer is final: the cluster does not
+         * restart the entity and replay these requests (which, for a request that can never succeed,
+         * went on forever and left the conversation answering nobody).
          *
          * The write may have committed all the same (the connection was lost after COMMIT). So the
          * state is reloaded soon, whether or not another request comes (a database outage ends, and
