@@ -70,10 +70,6 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       const clock = yield* Effect.clockWith(Effect.succeed)
       const scope = yield* Scope.Scope
       const self = (yield* Conversation.client)(id)
-      // Hand-overs left undone when this conversation stops go to its next host: it hands over
-      // everything after the position recorded here, however old (read when it loads), before
-      // anything new. The position is written first: the Redeliver starts the next host, which may
-      // be this node at once (a conversation passivating here), and it reads the position as it loads.
       const warn = (what: string) => (cause: Cause.Cause<unknown>) =>
         Effect.logWarning(what, cause).pipe(Effect.annotateLogs({ conversationId: id }))
       /** The state's holder of the entity's run (set as it starts). */
@@ -81,31 +77,39 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
       // Each commit records how far hand-overs went when it was written (a host killed right after
       // a commit leaves the rest to the next host). A stop with everything handed over says so, so
       // that the next host does not hand the last batch over again.
-      const handovers = yield* (yield* Delivery).open(id, ({ handedThrough, settled }) =>
-        settled
-          ? holder?.mayOwe() === true && handedThrough !== undefined && handedThrough !== ""
-            ? store.clearRedeliverAfter(id, handedThrough).pipe(
-              Effect.timeout("2 seconds"),
-              // Without the database (its outage stops every conversation at once) the record stays,
-              // and the next host hands the last batch over again: nothing to warn about.
-              Effect.catchCause((cause) =>
-                causeIsUnreachable(cause) || Cause.isTimeoutError(Cause.squash(cause))
-                  ? Effect.void
-                  : warn("could not record that every hand-over was done")(cause)
-              )
+      const settledAll = (last: string | undefined) =>
+        holder?.mayOwe() !== true || last === undefined || last === ""
+          ? Effect.void
+          : store.clearRedeliverAfter(id, last).pipe(
+            Effect.timeout("2 seconds"),
+            // Without the database (its outage stops every conversation at once) the record stays,
+            // and the next host hands the last batch over again: nothing to warn about.
+            Effect.catchCause((cause) =>
+              causeIsUnreachable(cause) || Cause.isTimeoutError(Cause.squash(cause))
+                ? Effect.void
+                : warn("could not record that every hand-over was done")(cause)
             )
-            : Effect.void
-          : Effect.andThen(
-            handedThrough === undefined ? Effect.void : store.markRedeliverAfter(id, handedThrough).pipe(
-              Effect.timeout("2 seconds"),
-              Effect.catchCause(warn("could not record how far hand-overs went"))
-            ),
-            self.Redeliver(undefined, { discard: true }).pipe(
-              Effect.timeout("2 seconds"),
-              Effect.catchCause(warn("could not leave a redelivery for the next host"))
-            )
-          ), (from, to) =>
-        store.markGap(id, from, to))
+          )
+      // Hand-overs left undone when this conversation stops go to its next host: it hands over
+      // everything after the position recorded here, however old (read when it loads), before
+      // anything new. The position is written first: the Redeliver starts the next host, which may
+      // be this node at once (a conversation passivating here), and it reads the position as it loads.
+      const leaveOwed = (handedThrough: string | undefined) =>
+        Effect.andThen(
+          handedThrough === undefined ? Effect.void : store.markRedeliverAfter(id, handedThrough).pipe(
+            Effect.timeout("2 seconds"),
+            Effect.catchCause(warn("could not record how far hand-overs went"))
+          ),
+          self.Redeliver(undefined, { discard: true }).pipe(
+            Effect.timeout("2 seconds"),
+            Effect.catchCause(warn("could not leave a redelivery for the next host"))
+          )
+        )
+      const handovers = yield* (yield* Delivery).open(
+        id,
+        ({ handedThrough, settled }) => settled ? settledAll(handedThrough) : leaveOwed(handedThrough),
+        (from, to) => store.markGap(id, from, to)
+      )
 
       return (mailbox, replier) => {
         const state = makeStateHolder(id, store, config.resumeWindow, handovers)
@@ -115,8 +119,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         /** A reload is scheduled (see failAll). */
         let reloading = false
         /** Puts an item in the loop's queue; false once the entity is stopping (set with the queue below). */
-        let enqueue: (item: Item) => boolean = () =>
-          false
+        let enqueue: (item: Item) => boolean = () => false
         /** Answers a send taken by direct call, once (`undefined`: not begun, the sender goes round by the entity message). */
         const settle = (send: LocalSend, outcome: Exit.Exit<any, LocalRefusal> | undefined) => {
           if (send.answered) {
@@ -127,9 +130,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         }
         const reply = (item: Item, value: unknown) =>
           isLocal(item)
-            ? Effect.sync(() =>
-              settle(item, Exit.succeed(value))
-            )
+            ? Effect.sync(() => settle(item, Exit.succeed(value)))
             : replier.succeed(item as any, value as any)
         const fail = (item: Item, error: unknown) =>
           isLocal(item)

@@ -575,14 +575,14 @@ export class Delivery extends Context.Service<Delivery, {
             )
             const waited = Date.now() - started
             const settled = undelivered === 0 && busy.size === 0 && gapped.size === 0
+            const left = { settled, waited, undelivered, busy: busy.size, gapped: gapped.size, handedThrough }
             if (settled || !multiNode) {
-              if (settled) yield* owe({ settled, waited, undelivered, busy: 0, gapped: 0, handedThrough })
+              if (settled) yield* owe(left)
               if (debug) {
                 yield* Effect.logDebug("conversation stopped").pipe(Effect.annotateLogs({ conversationId: id, waited }))
               }
               return
             }
-            const left = { settled, waited, undelivered, busy: busy.size, gapped: gapped.size, handedThrough }
             yield* owe(left)
             if (debug) {
               yield* Effect.logDebug("conversation stopped, its hand-overs left to the next host").pipe(

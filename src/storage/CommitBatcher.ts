@@ -112,29 +112,28 @@ export const makeCommitBatcher = (
   // its commits: its entity waits for each). The answer: the positions moved.
   const write = (batch: ReadonlyArray<Pending>) => {
     const rows = batch.flatMap((p) => p.rows)
-    const lastByConversation = new Map<string, MessageRow>()
+    const lastByConversation = new Map<string, { readonly row: MessageRow; readonly handed: string | null }>()
     const senders = new Map<string, ReadMove>()
-    for (const r of rows) {
-      lastByConversation.set(r.conversation_id, r)
-      // Rows come in seq order: the last one of each sender is its position.
-      senders.set(`${r.conversation_id}\u0000${r.from_session}`, {
-        conversation_id: r.conversation_id,
-        session_id: r.from_session,
-        seq: r.seq,
-        msg_id: r.msg_id
-      })
+    for (const p of batch) {
+      for (const r of p.rows) {
+        lastByConversation.set(r.conversation_id, { row: r, handed: p.handed })
+        // Rows come in seq order: the last one of each sender is its position.
+        senders.set(`${r.conversation_id}\u0000${r.from_session}`, {
+          conversation_id: r.conversation_id,
+          session_id: r.from_session,
+          seq: r.seq,
+          msg_id: r.msg_id
+        })
+      }
     }
     const reads = [...senders.values(), ...batch.flatMap((p) => p.reads)]
-    // A conversation waits for each commit before the next: one Pending of its rows per batch.
-    const handed = new Map<string, string | null>()
-    for (const p of batch) if (p.rows.length > 0) handed.set(p.rows[0].conversation_id, p.handed)
-    const lasts = [...lastByConversation.values()].map((r) => ({
+    const lasts = [...lastByConversation.values()].map(({ handed, row: r }) => ({
       id: r.conversation_id,
       last_msg_id: r.msg_id,
       last_send_time: r.send_time,
       last_send_session: r.from_session,
       last_seq: r.seq,
-      redeliver_after: handed.get(r.conversation_id) ?? null
+      redeliver_after: handed
     }))
     return sql<
       { conversation_id: string; session_id: string; read_seq: string; read_msg_id: string }
