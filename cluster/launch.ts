@@ -12,6 +12,7 @@ import { type ChildProcess, spawn } from "node:child_process"
 import { randomBytes } from "node:crypto"
 import * as Path from "node:path"
 import { parseArgs } from "node:util"
+import { denoV8Flags } from "../src/RuntimeFlags.ts"
 
 const root = Path.resolve(import.meta.dirname ?? ".", "..")
 const { values } = parseArgs({
@@ -60,7 +61,7 @@ const prefix = (i: number, stream: NodeJS.ReadableStream, out: NodeJS.WritableSt
 }
 
 for (let i = 0; i < count; i++) {
-  const child = spawn(deno, ["run", "-A", Path.join(root, "src/main.ts")], {
+  const child = spawn(deno, ["run", "-A", denoV8Flags, Path.join(root, "src/main.ts")], {
     cwd: root,
     env: {
       ...process.env,

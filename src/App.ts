@@ -36,6 +36,7 @@ import { NotifyRoutes } from "./push/NotifyRoutes.ts"
 import { WebSocketTransport } from "./push/WebSocketTransport.ts"
 import { BodyLimitLive, CorsLive, EdgeLive } from "./server/Edge.ts"
 import { watchConnections } from "./server/ConnectionWatch.ts"
+import { keepRequestsOnSockets } from "./server/RuntimeConnections.ts"
 import { isLoopbackHost } from "./access/Access.ts"
 import { HandlersLive } from "./server/Handlers.ts"
 import { SendListener, SendRouteLive } from "./server/SendRoute.ts"
@@ -138,11 +139,12 @@ export const innerExposure = (config: AppSettings): string | undefined => {
  * headers and the whole request must arrive in time (408 and closed otherwise), kept-alive
  * connections close when idle between requests (Node's `keepAliveTimeout`), and a connection with
  * no bytes either way for the idle timeout (never shorter than a poll's wait or two SSE heartbeats)
- * is closed. Upgraded WebSockets leave this watch and live by their own pings.
+ * is closed. Upgraded WebSockets leave this watch and live by their own pings. Under Deno, the
+ * runtime's own record of the request being read moves onto its socket (`keepRequestsOnSockets`).
  */
 const httpServer = (settings: AppSettings) => {
   const t = settings.httpTimeouts ?? defaultHttpTimeouts
-  const server = createServer({ keepAliveTimeout: Duration.toMillis(t.keepAlive) })
+  const server = keepRequestsOnSockets(createServer({ keepAliveTimeout: Duration.toMillis(t.keepAlive) }))
   const headersMs = Duration.toMillis(t.headers)
   watchConnections(server, {
     headersMs,

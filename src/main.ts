@@ -1,4 +1,4 @@
-#!/usr/bin/env -S deno run -A
+#!/usr/bin/env -S deno run -A --v8-flags=--max-old-space-size=1536,--no-allocation-site-pretenuring
 /**
  * Entry point: with no arguments a node (`serve`); otherwise the `quick-im` command line
  * (src/cli/Cli.ts, `--help` lists the commands). Exit codes: 0 done, 1 the server refused or

@@ -6,7 +6,7 @@ import { assert, describe, it } from "@effect/vitest"
 import * as Fs from "node:fs"
 import * as Path from "node:path"
 import { execFileSync } from "node:child_process"
-import { root, spawnServer } from "./support/process.ts"
+import { heapLimitMb, root, spawnServer } from "./support/process.ts"
 import { tempDir } from "./support/server.ts"
 
 const node22 = [process.env.QUICKIM_TEST_NODE, Path.join(root, "node_modules/node22/bin/node")]
@@ -24,6 +24,9 @@ describe("Node runtime", () => {
       const last = await server.post("/get_conversation_lastone_msg", { conversation_id: id }, token)
       assert.strictEqual(last.body.data.Msg[0].MsgId, sent.body.data.MsgID)
       assert.strictEqual(last.body.data.Msg[0].Content, "from node")
+      // Started with the same V8 settings as under Deno (src/RuntimeFlags.ts).
+      const limit = await heapLimitMb(server)
+      assert.isTrue(limit >= 1536 && limit < 1800, `heap limit ${limit} MB`)
     } finally {
       await server.stop()
     }

@@ -12,6 +12,7 @@ import * as HttpServerRequest from "effect/http/HttpServerRequest"
 import * as HttpServerResponse from "effect/http/HttpServerResponse"
 import * as PrometheusMetrics from "effect/observability/PrometheusMetrics"
 import * as Process from "node:process"
+import * as V8 from "node:v8"
 import { AppConfig } from "../Config.ts"
 import { heldShards } from "../cluster/ShardRoutes.ts"
 import { makeInnerCheck } from "../access/Access.ts"
@@ -101,13 +102,18 @@ export const MetricsRoute = Layer.unwrap(Effect.gen(function* () {
         ["rss", memory.rss],
         ["heap_total", memory.heapTotal],
         ["heap_used", memory.heapUsed],
-        ["external", memory.external]
+        ["external", memory.external],
+        ["heap_limit", V8.getHeapStatistics().heap_size_limit]
       ] as const
     ) {
       yield* set(
-        gauge("quickim_memory_bytes", "The node's memory: resident set, JavaScript heap reserved and used, external", {
-          kind
-        }),
+        gauge(
+          "quickim_memory_bytes",
+          "The node's memory: resident set, JavaScript heap reserved, used and its limit, external",
+          {
+            kind
+          }
+        ),
         bytes
       )
     }

@@ -1,6 +1,7 @@
 /** Runs quick-im as a real child process (Deno by default, or a given Node) and waits until it serves. */
 import { type ChildProcess, spawn } from "node:child_process"
 import * as Path from "node:path"
+import { denoV8Flags, V8_FLAGS } from "../../src/RuntimeFlags.ts"
 import { freePort } from "./ports.ts"
 import { clientFor } from "./server.ts"
 
@@ -28,8 +29,8 @@ export const spawnServer = async (options: SpawnOptions): Promise<NodeProcess> =
   const port = await freePort()
   const main = Path.join(root, "src/main.ts")
   const [command, args] = options.runtime === undefined || options.runtime === "deno"
-    ? [denoBin, ["run", "-A", main, ...(options.args ?? [])]]
-    : [options.runtime.node, [...(options.runtime.flags ?? []), main, ...(options.args ?? [])]]
+    ? [denoBin, ["run", "-A", denoV8Flags, main, ...(options.args ?? [])]]
+    : [options.runtime.node, [...V8_FLAGS, ...(options.runtime.flags ?? []), main, ...(options.args ?? [])]]
   const child = spawn(command, args, {
     cwd: root,
     env: { ...process.env, PORT: String(port), HOST: "127.0.0.1", ...options.env },
@@ -67,6 +68,13 @@ export const spawnServer = async (options: SpawnOptions): Promise<NodeProcess> =
       return exited
     }
   }
+}
+
+/** A node's `quickim_memory_bytes{kind="heap_limit"}` (how much its JavaScript heap may take), in MB. */
+export const heapLimitMb = async (server: Pick<NodeProcess, "raw">) => {
+  const metrics = String((await server.raw("/metrics", { method: "GET" })).body)
+  const line = metrics.split("\n").find((l) => l.startsWith("quickim_memory_bytes{") && l.includes(`kind="heap_limit"`))
+  return Number(line?.split(" ").at(-1)) / 2 ** 20
 }
 
 /** Runs the server expecting it to exit by itself; returns its exit code and output. */
