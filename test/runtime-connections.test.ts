@@ -68,12 +68,13 @@ describe.skipIf(!isDeno)("the runtime's connection list, on each socket", () => 
     expect(fixed.promoted).toBeLessThan(fixed.payloads / 16)
   }, 60_000)
 
-  it("a head that never completes is still closed by the runtime's headers timeout", async () => {
+  /** What `sent` leaves unfinished is answered 408 and closed by the runtime's own check. */
+  const closedWith408 = async (sent: string) => {
     const { server, applied, port } = await start()
     try {
       assert.isTrue(applied)
       const { socket, state } = connect(port)
-      socket.write("GET / HTTP/1.1\r\nHost: x\r\n")
+      socket.write(sent)
       for (let i = 0; i < 100 && !state.closed; i++) await sleep(20)
       expect(state.closed).toBe(true)
       expect(state.received).toMatch(/^HTTP\/1\.1 408/)
@@ -81,21 +82,13 @@ describe.skipIf(!isDeno)("the runtime's connection list, on each socket", () => 
       server.close()
       server.closeAllConnections()
     }
-  })
+  }
 
-  it("a body that stops arriving is closed by the runtime's request timeout", async () => {
-    const { server, port } = await start()
-    try {
-      const { socket, state } = connect(port)
-      socket.write("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc")
-      for (let i = 0; i < 100 && !state.closed; i++) await sleep(20)
-      expect(state.closed).toBe(true)
-      expect(state.received).toMatch(/^HTTP\/1\.1 408/)
-    } finally {
-      server.close()
-      server.closeAllConnections()
-    }
-  })
+  it("a head that never completes is still closed by the runtime's headers timeout", () =>
+    closedWith408("GET / HTTP/1.1\r\nHost: x\r\n"))
+
+  it("a body that stops arriving is closed by the runtime's request timeout", () =>
+    closedWith408("POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc"))
 
   it("a kept-alive connection between requests is not an expired request", async () => {
     const { server, port } = await start()
