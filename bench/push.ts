@@ -19,7 +19,8 @@
  *
  * Tuning aids: BENCH_PERF=task-clock,context-switches counts perf events in the servers over the
  * measured part; BENCH_PERF_RECORD=/tmp/x records CPU samples there; BENCH_SERVER_V8_FLAGS passes V8
- * flags to the servers; BENCH_NODE=/path/to/node runs them under Node (BENCH_NODE_FLAGS=--cpu-prof);
+ * flags to the servers, comma-separated (in DENO_V8_FLAGS: the flags of src/RuntimeFlags.ts, on
+ * the command line, win over the same flag there); BENCH_NODE=/path/to/node runs them under Node (BENCH_NODE_FLAGS=--cpu-prof);
  * BENCH_METRICS=regex prints, per node, the /metrics lines matching it, and the database's
  * transactions and rows written (pg_stat_database), when a multi-node target stops.
  */
