@@ -6,7 +6,7 @@
  * young-generation collections (see `src/storage/Waiters.ts`), and each entry holds the request,
  * so every request, and what its listeners reach (the send, its rows, the commit statement), was
  * promoted and piled up as garbage in the old generation: about 40 % of what a send left there
- * (bench/RESULTS.md, "The runtime's connection list").
+ * (bench/RESULTS.md, "A bounded heap").
  *
  * `keepRequestsOnSockets` keeps the same record on the socket itself, with the same meaning, so
  * nothing is added to or taken out of a long-lived table per request. It changes nothing where the
