@@ -3,8 +3,9 @@
  * conversation fields, typing and the live events, through a real server on PostgreSQL.
  */
 import { afterAll, assert, beforeAll, describe, it } from "@effect/vitest"
+import { sql } from "./support/postgres.ts"
 import { connectLive, type Protocol, sleep } from "./support/push.ts"
-import { expectFailed, expectOk, settingsFor, startServer, type TestServer } from "./support/server.ts"
+import { expectFailed, expectOk, settingsFor, startServer, testDatabaseUrl, type TestServer } from "./support/server.ts"
 
 const unique = (name: string) => `${name}-${crypto.randomUUID().slice(0, 8)}`
 
@@ -250,6 +251,19 @@ describe("read state", () => {
     assert.deepStrictEqual(fresh, [added, convs[3], convs[0]])
   })
 
+  /** Waits until each (session, platform)'s first poll has its position in SQL. */
+  const firstPollsIn = async (platforms: ReadonlyArray<readonly [string, number]>) => {
+    const positions = () =>
+      sql(
+        testDatabaseUrl(),
+        `SELECT count(*) FROM poll_positions WHERE ${
+          platforms.map(([s, p]) => `(session_id = '${s}' AND platform = ${p})`).join(" OR ")
+        }`
+      ).then((n) => Number(n.trim()))
+    for (let i = 0; i < 100 && (await positions()) < platforms.length; i++) await sleep(100)
+    assert.strictEqual(await positions(), platforms.length, "every first poll reached its Mailbox")
+  }
+
   describe.each<Protocol>(["ws", "sse", "poll"])("live events over %s", (protocol) => {
     it("read reaches the reader's other platforms and the members; member, conversation and typing follow", async () => {
       const [a, b, c] = await users("a", "b", "c")
@@ -258,6 +272,9 @@ describe("read state", () => {
       const bLive = await connectLive(protocol, server.url, b.token, "read,member,typing")
       const bQuiet = await connectLive(protocol, server.url, await server.token(b.id, 3), "member")
       try {
+        // A platform's first poll starts its position when it reaches the server: wait for all
+        // three, or the first message may come before one of them and never reach it.
+        if (protocol === "poll") await firstPollsIn([[a.id, 2], [b.id, 1], [b.id, 3]])
         const first = await send(b.token, conv, "first")
         // Every connection is registered once it has the message.
         for (const client of [aPhone, bLive, bQuiet]) await client.until((m) => m.some((x) => x.MsgId === first))
