@@ -18,15 +18,8 @@ describe("a host killed right after a commit", () => {
   let proxy: PgProxy
   let cluster: TestCluster
   beforeAll(async () => {
-    const admin = new URL(pgAdminUrl())
-    proxy = await startPgProxy({ host: admin.hostname, port: Number(admin.port || 5432) })
-    cluster = await startCluster(1, { QUICKIM_RESUME_WINDOW: `${WINDOW_MS} millis` }, {
-      nodeDatabaseUrl: (url) => {
-        const viaProxy = new URL(url)
-        viaProxy.host = `127.0.0.1:${proxy.port}`
-        return viaProxy.toString()
-      }
-    })
+    proxy = await startPgProxy(pgAdminUrl())
+    cluster = await startCluster(1, { QUICKIM_RESUME_WINDOW: `${WINDOW_MS} millis` }, { nodeDatabaseUrl: proxy.via })
   })
   afterAll(async () => {
     await cluster?.stop()

@@ -17,10 +17,10 @@ describe("outcome unknown", () => {
   let proxy: PgProxy
   let server: TestServer
   beforeAll(async () => {
-    const url = new URL(testDatabaseUrl())
-    proxy = await startPgProxy({ host: url.hostname, port: Number(url.port || 5432) })
-    url.host = `127.0.0.1:${proxy.port}`
-    server = await startServer(settingsFor("postgres", { databaseUrl: Option.some(Redacted.make(url.toString())) }))
+    proxy = await startPgProxy(testDatabaseUrl())
+    server = await startServer(
+      settingsFor("postgres", { databaseUrl: Option.some(Redacted.make(proxy.via(testDatabaseUrl()))) })
+    )
   })
   afterAll(async () => {
     await server?.stop()

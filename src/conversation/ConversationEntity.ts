@@ -122,9 +122,7 @@ const entityLayer = (maxIdleTime: Duration.Duration) =>
         let enqueue: (item: Item) => boolean = () => false
         /** Answers a send taken by direct call, once (`undefined`: not begun, the sender goes round by the entity message). */
         const settle = (send: LocalSend, outcome: Exit.Exit<any, LocalRefusal> | undefined) => {
-          if (send.answered) {
-            return
-          }
+          if (send.answered) return
           send.answered = true
           send.resume(outcome)
         }

@@ -8,6 +8,8 @@ import { freePort } from "./process.ts"
 
 export interface PgProxy {
   readonly port: number
+  /** `url` (a database on the proxied server) through the proxy. */
+  readonly via: (url: string) => string
   /**
    * The next connection that sends `text` (in a Parse, Bind or Query message) is cut when the server
    * answers; `onCut` runs first (a test kills the client's process there, before it can hear a thing).
@@ -18,12 +20,18 @@ export interface PgProxy {
   readonly close: () => Promise<void>
 }
 
-export const startPgProxy = async (target: { readonly host: string; readonly port: number }): Promise<PgProxy> => {
+/** A proxy in front of the server of `url` (a PostgreSQL URL), or of `host`:`port`. */
+export const startPgProxy = async (
+  server: string | { readonly host: string; readonly port: number }
+): Promise<PgProxy> => {
+  const target = typeof server === "string"
+    ? { host: new URL(server).hostname, port: Number(new URL(server).port || 5432) }
+    : server
   let armed: string | undefined = undefined
   let beforeCut: (() => void) | undefined = undefined
   let cuts = 0
   const sockets = new Set<Net.Socket>()
-  const server = Net.createServer((client) => {
+  const listener = Net.createServer((client) => {
     const upstream = Net.connect(target.port, target.host)
     sockets.add(client)
     sockets.add(upstream)
@@ -56,9 +64,14 @@ export const startPgProxy = async (target: { readonly host: string; readonly por
     upstream.on("error", end)
   })
   const port = await freePort()
-  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve))
+  await new Promise<void>((resolve) => listener.listen(port, "127.0.0.1", resolve))
   return {
     port,
+    via: (url) => {
+      const through = new URL(url)
+      through.host = `127.0.0.1:${port}`
+      return through.toString()
+    },
     cutAfter: (text, onCut) => {
       armed = text
       beforeCut = onCut
@@ -67,7 +80,7 @@ export const startPgProxy = async (target: { readonly host: string; readonly por
     close: () =>
       new Promise<void>((resolve) => {
         for (const s of sockets) s.destroy()
-        server.close(() => resolve())
+        listener.close(() => resolve())
       })
   }
 }
